@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh Linux machine with Python 3.10+:
+#   make demo   creates .venv if missing, installs the app extras, starts the Gradio app on localhost
+#   make test   creates .venv if missing, installs the dev extras, runs ruff and the whole test suite
+# A second run reuses the venv; it reinstalls only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+PORT   ?= 7860
+MODEL  ?=
+
+.PHONY: demo test lint venv clean-venv help
+
+help:
+	@echo "make demo   - set up .venv and start the Gradio app on http://127.0.0.1:$(PORT)"
+	@echo "make test   - set up .venv and run ruff + pytest (offline)"
+	@echo "make lint   - ruff only"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python 3.10+ is needed; set PYTHON=/path/to/python3.x")'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+venv: $(BIN)/python
+
+# Stamps record which extras are installed; they are remade when pyproject.toml changes.
+$(VENV)/.stamp-app: pyproject.toml | $(BIN)/python
+	$(PIP) install --progress-bar off -e ".[app]"
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install --progress-bar off -e ".[dev]"
+	touch $@ $(VENV)/.stamp-app
+
+demo: $(VENV)/.stamp-app
+	$(BIN)/python app.py --port $(PORT) $(if $(MODEL),--model $(MODEL),)
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check .
+
+test: $(VENV)/.stamp-dev
+	$(BIN)/ruff check .
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

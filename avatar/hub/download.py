@@ -1,0 +1,278 @@
+"""Fetch, verify, convert and cache the upstream files a model id needs.
+
+Layout of the cache (``$AVATAR_CACHE``, default ``~/.cache/avatar4d``)::
+
+    converted/<file key>/<revision[:12]>/
+        <name>.safetensors, <name>.json      converted tensors + metadata (or a verified copy)
+        manifest.json                         written last: source digest, size, format, time
+    downloads/github/<commit[:12]>/<path>   raw files fetched from GitHub (Hub files stay in the HF cache)
+
+A file whose ``manifest.json`` exists is done: later calls return it without touching the network.
+Offline (``HF_HUB_OFFLINE=1`` or ``AVATAR_OFFLINE=1``) or on a network error, a missing file raises
+:class:`AssetNotFoundError` at once (one attempt, no retries) naming the file, the repo and the command
+that fetches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .convert import COPY_FORMATS, convert_file, sha256_of
+from .registry import FILES, UpstreamFile, get_model
+
+__all__ = [
+    "AssetNotFoundError",
+    "AssetVerificationError",
+    "cache_root",
+    "converted_dir",
+    "is_converted",
+    "ensure_file",
+    "download_model",
+    "find_in_local_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+NETWORK_TIMEOUT_S = 30.0
+
+
+class AssetNotFoundError(FileNotFoundError):
+    """An upstream file is not in the cache and cannot be fetched now."""
+
+
+class AssetVerificationError(RuntimeError):
+    """A fetched file does not match its expected size or SHA-256 digest."""
+
+
+def cache_root() -> Path:
+    """The toolkit's cache folder: ``$AVATAR_CACHE`` or ``~/.cache/avatar4d``."""
+    return Path(os.environ.get("AVATAR_CACHE") or Path.home() / ".cache" / "avatar4d").expanduser()
+
+
+def is_offline() -> bool:
+    truthy = {"1", "true", "yes", "on"}
+    return any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "AVATAR_OFFLINE"))
+
+
+def converted_dir(file: UpstreamFile, root: Path | None = None) -> Path:
+    return (root or cache_root()) / "converted" / file.key / file.revision[:12]
+
+
+def is_converted(file: UpstreamFile, root: Path | None = None) -> bool:
+    return (converted_dir(file, root) / "manifest.json").is_file()
+
+
+def _how_to_fetch(file: UpstreamFile, model_id: str | None) -> str:
+    command = f"avatar download {model_id}" if model_id else f"avatar download --file {file.key}"
+    return (
+        f"'{file.path}' from {'Hub repo' if file.source == 'hub' else 'GitHub repo'} {file.repo} "
+        f"(revision {file.revision[:12]}) is not in the cache {cache_root()}. Run `{command}` on a machine with "
+        f"network access (then copy the cache folder here, or set AVATAR_CACHE), or pass files you already "
+        f"have with `{command} --from-dir DIR`."
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# raw fetchers
+
+
+def find_in_local_dir(file: UpstreamFile, local_dir: Path) -> Path | None:
+    """Find ``file`` in a folder laid out like the Hub repo or like an official Portrait-4D checkout."""
+    base = Path(file.path).name
+    candidates = [
+        local_dir / file.path,
+        local_dir / base,
+        local_dir / "portrait4d" / file.path,
+        local_dir / "portrait4d" / "pretrained_models" / base,
+        local_dir / "pretrained_models" / base,
+    ]
+    if file.path.startswith("portrait4d/"):
+        candidates.append(local_dir / file.path[len("portrait4d/"):])
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _fetch_from_hub(file: UpstreamFile, model_id: str | None) -> tuple[Path, str | None]:
+    """Download through huggingface_hub (progress bars, resumable, HF cache). Returns the path and the
+    Hub's LFS SHA-256 when it can be read."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        path = Path(hf_hub_download(file.repo, file.path, revision=file.revision, etag_timeout=NETWORK_TIMEOUT_S))
+    except (LocalEntryNotFoundError, OSError) as exc:
+        raise AssetNotFoundError(_how_to_fetch(file, model_id) + f" ({type(exc).__name__})") from exc
+    except (EntryNotFoundError, RepositoryNotFoundError) as exc:
+        raise AssetNotFoundError(f"{file.repo} has no file '{file.path}' at {file.revision[:12]}: {exc}") from exc
+    remote_sha: str | None = None
+    try:
+        info = next(iter(HfApi().get_paths_info(file.repo, [file.path], revision=file.revision)), None)
+        lfs = getattr(info, "lfs", None)
+        remote_sha = getattr(lfs, "sha256", None) if lfs is not None else None
+    except Exception as exc:  # metadata is a second check only; the local digest is still verified
+        logger.warning("could not read the Hub's digest of %s (%s); checking the registry digest only", file.path, exc)
+    return path, remote_sha
+
+
+def _fetch_from_github(file: UpstreamFile, model_id: str | None) -> Path:
+    target = cache_root() / "downloads" / "github" / file.revision[:12] / file.path
+    if target.is_file():
+        return target
+    if is_offline():
+        raise AssetNotFoundError(_how_to_fetch(file, model_id) + " (offline mode is on)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        from tqdm.auto import tqdm
+
+        with urllib.request.urlopen(file.url, timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=Path(file.path).name) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise AssetNotFoundError(_how_to_fetch(file, model_id) + f" ({exc})") from exc
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------
+# verification + conversion
+
+
+def verify(file: UpstreamFile, path: Path, remote_sha256: str | None = None) -> str:
+    """Check size and digest. Returns the file's SHA-256. Raises :class:`AssetVerificationError`."""
+    size = path.stat().st_size
+    if file.size is not None:
+        if file.size_exact and size != file.size:
+            raise AssetVerificationError(f"{path}: {size} bytes, expected {file.size} for {file.key}")
+        if not file.size_exact and abs(size - file.size) > 0.03 * file.size + 100_000:
+            raise AssetVerificationError(f"{path}: {size} bytes, expected about {file.size} for {file.key}")
+    digest = sha256_of(path)
+    for expected, where in ((file.sha256, "the registry"), (remote_sha256, "the Hub")):
+        if expected and not digest.startswith(expected.lower()):
+            raise AssetVerificationError(
+                f"{path}: SHA-256 {digest} does not match {where} ({expected}) for {file.key}; delete it and "
+                "download again"
+            )
+    return digest
+
+
+def ensure_file(
+    file: UpstreamFile | str,
+    *,
+    model_id: str | None = None,
+    local_dir: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Return the converted folder of one upstream file, fetching, verifying and converting it if needed.
+
+    Args:
+        file: an :class:`UpstreamFile` or its registry key.
+        model_id: used in error messages (which command to run).
+        local_dir: take the raw file from this folder (Hub or official-checkout layout) instead of the network.
+        force: convert again even if the cache has it.
+    """
+    file = FILES[file] if isinstance(file, str) else file
+    out = converted_dir(file)
+    if not force and (out / "manifest.json").is_file():
+        return out
+    remote_sha = None
+    if local_dir is not None:
+        raw = find_in_local_dir(file, Path(local_dir))
+        if raw is None:
+            raise AssetNotFoundError(f"'{file.path}' was not found under {local_dir}. " + _how_to_fetch(file, model_id))
+    elif file.source == "hub":
+        raw, remote_sha = _fetch_from_hub(file, model_id)
+    else:
+        raw = _fetch_from_github(file, model_id)
+    digest = verify(file, raw, remote_sha)
+    staging = out.parent / (out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    extra = {"registry_key": file.key, "repo": file.repo, "revision": file.revision, "path": file.path,
+             "licence": file.licence}
+    fmt = file.fmt if file.fmt not in COPY_FORMATS else "raw"
+    convert_file(raw, staging, fmt=fmt, name=Path(file.path).name.split(".")[0], network=file.network,
+                 extra_metadata=extra)
+    manifest = {**extra, "sha256": digest, "size": raw.stat().st_size, "format": file.fmt,
+                "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return out
+
+
+@dataclass
+class DownloadReport:
+    model_id: str
+    folders: dict[str, Path]
+    fetched: list[str]
+    cached: list[str]
+
+
+def download_model(
+    model_id: str,
+    *,
+    local_dir: str | Path | None = None,
+    force: bool = False,
+    only: Iterable[str] | None = None,
+    on_file: Callable[[UpstreamFile, str], None] | None = None,
+) -> DownloadReport:
+    """Fetch, verify and convert every file ``model_id`` needs. Files already converted are skipped.
+
+    Missing files are reported together: one :class:`AssetNotFoundError` lists all of them.
+    """
+    spec = get_model(model_id)
+    folders: dict[str, Path] = {}
+    fetched: list[str] = []
+    cached: list[str] = []
+    missing: list[str] = []
+    network_down = local_dir is None and is_offline()
+    wanted = set(only) if only else None
+    for file in spec.files:
+        if wanted is not None and file.key not in wanted:
+            continue
+        if not force and is_converted(file):
+            folders[file.key] = converted_dir(file)
+            cached.append(file.key)
+            if on_file:
+                on_file(file, "cached")
+            continue
+        if network_down:  # one failed attempt is enough: no retry storm over the remaining files
+            missing.append(f"  - {file.path} ({file.repo})")
+            continue
+        try:
+            folders[file.key] = ensure_file(file, model_id=model_id, local_dir=local_dir, force=force)
+        except AssetNotFoundError as exc:
+            missing.append(f"  - {file.path} ({file.repo})")
+            network_down = local_dir is None
+            logger.debug("missing %s: %s", file.path, exc)
+            continue
+        fetched.append(file.key)
+        if on_file:
+            on_file(file, "fetched")
+    if missing:
+        raise AssetNotFoundError(
+            f"{model_id}: {len(missing)} file(s) are missing from the cache {cache_root()} and could not be "
+            f"fetched now:\n" + "\n".join(dict.fromkeys(missing)) + f"\nRun `avatar download {model_id}` with "
+            f"network access to the Hugging Face Hub, or `avatar download {model_id} --from-dir DIR` with a folder "
+            "that holds the official files."
+        )
+    return DownloadReport(model_id, folders, fetched, cached)
+
+
+def temporary_cache() -> tempfile.TemporaryDirectory:
+    """A throwaway cache root (for tests and dry runs): use with ``AVATAR_CACHE``."""
+    return tempfile.TemporaryDirectory(prefix="avatar-cache-")

@@ -1,0 +1,225 @@
+"""Registry of the upstream assets: which files exist, where they live, what they are, who needs them.
+
+Facts come from the official Hub repo ``bEijuuu/Portrait4D`` (tagged MIT) and the official code
+``YuDeng/Portrait-4D``. Sizes marked ``approx`` are the Hub page's rounded figures; exact sizes and SHA-256
+digests are given where they are known (GitHub-hosted files, read from the repository at the pinned commit).
+For Hub files the exact digest is taken from the Hub's own LFS metadata at download time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "HUB_REPO",
+    "HUB_REVISION",
+    "GITHUB_REPO",
+    "GITHUB_COMMIT",
+    "UpstreamFile",
+    "ModelSpec",
+    "FILES",
+    "MODELS",
+    "DEFAULT_MODEL_ID",
+    "get_model",
+    "get_file",
+]
+
+HUB_REPO = "bEijuuu/Portrait4D"
+# Latest commit of the Hub repo seen (2024-04-29, "Upload ffhq_all_shape_n_motion_bfm_params.npy").
+HUB_REVISION = "a00d8a3b0fbbabff68414156f1e260f0600c9654"
+GITHUB_REPO = "YuDeng/Portrait-4D"
+GITHUB_COMMIT = "da5eec6fa3dfca4d7c8f08daa46326f2de8244db"
+
+LICENCE_PORTRAIT4D = (
+    "Hub repo tagged MIT. The pickle also embeds EG3D-derived source under the NVIDIA Source Code License "
+    "(non-commercial); that source is never executed nor redistributed by this toolkit."
+)
+LICENCE_FLAME = (
+    "FLAME model licence (MPI-IS): non-commercial scientific research only; register at flame.is.tue.mpg.de "
+    "to accept the terms. Re-hosted on the Portrait4D Hub repo."
+)
+LICENCE_BFM = "Basel Face Model licence (University of Basel): non-commercial research; accept it at faces.dmi.unibas.ch."
+LICENCE_ARCFACE = "InsightFace/ArcFace model weights: non-commercial research use only."
+LICENCE_PDFGC = "PD-FGC (Dorniwang/PD-FGC-inference) weights: research use; see the upstream repository."
+LICENCE_MIT_UPSTREAM = "MIT (upstream project licence)."
+
+
+@dataclass(frozen=True)
+class UpstreamFile:
+    """One upstream file.
+
+    Attributes:
+        key: short stable name used in the cache and in model specs.
+        path: path inside the Hub repo (``source='hub'``) or the GitHub repo (``source='github'``).
+        fmt: reader format (see :mod:`avatar.hub.formats`): ``persistence-pickle``, ``chumpy-pickle``,
+            ``numpy-pickle``, ``npy``, ``torch``, ``torchscript``, ``text`` or ``raw`` (copied as is).
+        size: expected size in bytes; exact when ``size_exact`` else the Hub's rounded figure.
+        sha256: expected SHA-256 when known (full digest), or a known prefix.
+        licence: licence note shown to the user.
+        description: what it is and who uses it.
+        network: for persistence pickles, the network to extract (EG3D stores ``G``, ``D``, ``G_ema``).
+    """
+
+    key: str
+    path: str
+    fmt: str
+    size: int | None
+    licence: str
+    description: str
+    source: str = "hub"
+    size_exact: bool = False
+    sha256: str | None = None
+    network: str | None = None
+
+    @property
+    def repo(self) -> str:
+        return HUB_REPO if self.source == "hub" else GITHUB_REPO
+
+    @property
+    def revision(self) -> str:
+        return HUB_REVISION if self.source == "hub" else GITHUB_COMMIT
+
+    @property
+    def url(self) -> str:
+        if self.source == "hub":
+            return f"https://huggingface.co/{HUB_REPO}/resolve/{HUB_REVISION}/{self.path}"
+        return f"https://raw.githubusercontent.com/{GITHUB_REPO}/{GITHUB_COMMIT}/{self.path}"
+
+
+_MB = 1_000_000
+_GB = 1_000_000_000
+
+
+def _hub(key: str, path: str, fmt: str, size: int | None, licence: str, description: str, **kw: object) -> UpstreamFile:
+    return UpstreamFile(key=key, path=path, fmt=fmt, size=size, licence=licence, description=description, **kw)
+
+
+def _gh(key: str, path: str, fmt: str, size: int, sha256: str, licence: str, description: str) -> UpstreamFile:
+    return UpstreamFile(
+        key=key, path=path, fmt=fmt, size=size, size_exact=True, sha256=sha256, licence=licence,
+        description=description, source="github",
+    )
+
+
+_FILE_LIST: list[UpstreamFile] = [
+    # --- reconstructors and generator (EG3D persistence pickles) ---------------------------------------
+    _hub("portrait4d-v2-vfhq512", "portrait4d-v2-vfhq512.pkl", "persistence-pickle", None, LICENCE_PORTRAIT4D,
+         "Portrait4D-v2 reconstructor, fine-tuned from the static model on VFHQ (G_ema).", network="G_ema"),
+    _hub("portrait4d-genhead512", "portrait4d-genhead512.pkl", "persistence-pickle", int(1.99 * _GB),
+         LICENCE_PORTRAIT4D, "Portrait4D (v1) reconstructor trained on GenHead synthetic data (G_ema).",
+         sha256="f5a9a094", network="G_ema"),
+    _hub("portrait4d-static-genhead512", "portrait4d-static-genhead512.pkl", "persistence-pickle",
+         int(1.99 * _GB), LICENCE_PORTRAIT4D,
+         "Static Portrait4D (no motion cross-attention), v2's initialisation and frozen G_fix (G_ema).",
+         sha256="552b7ff8", network="G_ema"),
+    _hub("genhead-ffhq512", "genhead-ffhq512.pkl", "persistence-pickle", None, LICENCE_PORTRAIT4D,
+         "GenHead: part-wise animatable 3D head generator on FFHQ (G_ema).", network="G_ema"),
+    # --- FLAME (models/FLAME on the Hub, the rest in the GitHub repo) ---------------------------------
+    _hub("flame-generic-model", "models/FLAME/geometry/generic_model.pkl", "chumpy-pickle", 53 * _MB,
+         LICENCE_FLAME, "FLAME 2020 generic model (chumpy pickle): template, shape/expression/pose bases, "
+         "joint regressor, skinning weights. Drives the head-pose deformation field."),
+    _hub("flame-masks", "models/FLAME/mask/FLAME_masks.pkl", "numpy-pickle", 96_100, LICENCE_FLAME,
+         "FLAME vertex masks per face region (face, eyes, lips, ...)."),
+    _gh("flame-ca-shape", "portrait4d/models/FLAME/ca_shape.txt", "text", 2500,
+        "913c0823c09df32fe576af50f7559f5e9eb93b786b33bf2dbb2438168b9b51a9", LICENCE_MIT_UPSTREAM,
+        "Canonical FLAME shape parameters of the deformation field."),
+    _gh("flame-ca-exp", "portrait4d/models/FLAME/ca_exp.txt", "text", 1250,
+        "acb214afb8725181ffddc2e700602724eee0ff4839735f62d7c5a58bd5728786", LICENCE_MIT_UPSTREAM,
+        "Canonical FLAME expression parameters of the deformation field."),
+    _gh("flame-ca-pose", "portrait4d/models/FLAME/ca_pose.txt", "text", 150,
+        "d125bbdd685508b6d762648aaeacc67d07360f59467f4f1a2f8aee30c8136a76", LICENCE_MIT_UPSTREAM,
+        "Canonical FLAME pose parameters of the deformation field."),
+    _gh("flame-simplify-barycentric", "portrait4d/models/FLAME/simplify_baricentric2.npy", "npy", 617939,
+        "a51165cac9a371fcf1165b3c03b50b90a19fd2b56e2ffedee4c1a0125c5dcfa2", LICENCE_MIT_UPSTREAM,
+        "Simplified FLAME mesh used for the surface deformation field (object .npy)."),
+    _gh("flame-addition-info", "portrait4d/models/FLAME/flame_addition_info_new_smallface.npy", "npy", 497332,
+        "fc5e39b2ebf3be03fafd36c5c609c2c44d5c0af4b28107661a9681ad7eb1dc6d", LICENCE_MIT_UPSTREAM,
+        "Small-face region information of the deformation field (object .npy)."),
+    _gh("flame-landmark-embedding", "portrait4d/models/FLAME/geometry/landmark_embedding_with_eyes.npy", "npy",
+        32187, "a9050103cc98d5505beadca2f9b101acce9a78ebdd5d10cb001fa164ab7d309b", LICENCE_FLAME,
+        "FLAME landmark embedding (68 + eyes), object .npy."),
+    # --- motion encoder and loss networks -------------------------------------------------------------
+    _hub("pdfgc-motion", "models/pdfgc/weights/motion_model.pth", "torch", None, LICENCE_PDFGC,
+         "PD-FGC FanEncoder: the 548-d motion embedding (eye 6 + emotion 30 + mouth 512)."),
+    _hub("arcface-r18", "models/arcface/ms1mv3_arcface_r18_fp16/backbone.pth", "torch", None, LICENCE_ARCFACE,
+         "ArcFace iresnet18 (ms1mv3): identity loss in training."),
+    _hub("lpips-alex", "models/lpips/weights/v0.1/alex.pth", "torch", None, "BSD-2-Clause (LPIPS).",
+         "LPIPS v0.1 linear heads for AlexNet."),
+    _hub("lpips-vgg", "models/lpips/weights/v0.1/vgg.pth", "torch", None, "BSD-2-Clause (LPIPS).",
+         "LPIPS v0.1 linear heads for VGG (training loss)."),
+    # --- preprocessing (data_preprocess/assets on the Hub) --------------------------------------------
+    _hub("retinaface-r50", "data_preprocess/assets/facedetect/retinaface/Resnet50_Final.pth", "torch", None,
+         LICENCE_MIT_UPSTREAM, "RetinaFace ResNet-50 face detector."),
+    _hub("h3r-hrnet-w18-wflw", "data_preprocess/assets/hrnet_w18_wflw/h3r/model.pth", "torch", 39_300_000,
+         LICENCE_MIT_UPSTREAM, "H3R HRNet-W18 98-point WFLW landmarks."),
+    _hub("fan3d-landmarks", "data_preprocess/assets/landmark3d/3DFAN4-4a694010b9.zip", "torchscript", None,
+         "BSD-3-Clause (face-alignment).", "3DFAN4 68-point landmarks (TorchScript archive; tensors only)."),
+    _hub("fan3d-depth", "data_preprocess/assets/landmark3d/depth-6c4283c0e0.zip", "torchscript", None,
+         "BSD-3-Clause (face-alignment).", "3DFAN depth network for 3D landmarks (TorchScript archive)."),
+    _hub("deep3d-recon", "data_preprocess/assets/facerecon/deep3d_2023/epoch_20.pth", "torch", None,
+         LICENCE_MIT_UPSTREAM + " Trained with BFM; " + LICENCE_BFM,
+         "Deep3DFaceRecon ResNet-50 (2023 model): 257 BFM coefficients."),
+    _hub("bfm-front", "data_preprocess/assets/facerecon/bfm/BFM_model_front.mat", "raw", None, LICENCE_BFM,
+         "Basel Face Model (front part) used by Deep3DFaceRecon."),
+    _gh("bfm2flame-mapper", "data_preprocess/assets/bfm2flame_mapper/model-iter200000.pth", "torch", 1125471,
+        "730c2d2289bb5b1d1c2c351b0de8cc5c3a55c008bfcac2fb45130808635fd91c", LICENCE_MIT_UPSTREAM,
+        "BFM -> FLAME mapper MLP (144 -> 403)."),
+]
+
+FILES: dict[str, UpstreamFile] = {f.key: f for f in _FILE_LIST}
+
+_PREPROCESSING = ("retinaface-r50", "h3r-hrnet-w18-wflw", "fan3d-landmarks", "fan3d-depth", "deep3d-recon",
+                  "bfm-front", "bfm2flame-mapper")
+_FLAME = ("flame-generic-model", "flame-masks", "flame-ca-shape", "flame-ca-exp", "flame-ca-pose",
+          "flame-simplify-barycentric", "flame-addition-info", "flame-landmark-embedding")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model id and the files it needs.
+
+    Attributes:
+        model_id: short id (``portrait4d-v2``).
+        reconstructor: key of the main checkpoint in :data:`FILES`.
+        requires: keys of every other file the model's pipeline needs.
+        static: ``True`` for the static model (motion scale 0).
+    """
+
+    model_id: str
+    description: str
+    reconstructor: str
+    requires: tuple[str, ...] = field(default_factory=tuple)
+    static: bool = False
+
+    @property
+    def files(self) -> tuple[UpstreamFile, ...]:
+        return tuple(FILES[k] for k in (self.reconstructor, *self.requires))
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.model_id: spec
+    for spec in (
+        ModelSpec("portrait4d-v2", "Portrait4D-v2 (ECCV 2024): one-shot 4D head synthesis, trained on VFHQ.",
+                  "portrait4d-v2-vfhq512", (*_FLAME, "pdfgc-motion", *_PREPROCESSING)),
+        ModelSpec("portrait4d-v1", "Portrait4D (CVPR 2024): one-shot 4D head synthesis from GenHead data.",
+                  "portrait4d-genhead512", (*_FLAME, "pdfgc-motion", *_PREPROCESSING)),
+        ModelSpec("portrait4d-static", "Static Portrait4D: one-shot 3D head reconstruction (no reenactment).",
+                  "portrait4d-static-genhead512", (*_FLAME, *_PREPROCESSING), static=True),
+    )
+}
+DEFAULT_MODEL_ID = "portrait4d-v2"
+
+
+def get_model(model_id: str) -> ModelSpec:
+    """Look up a model id; the error lists the known ids."""
+    try:
+        return MODELS[model_id]
+    except KeyError:
+        raise KeyError(f"unknown model id '{model_id}'; known ids: {', '.join(MODELS)}") from None
+
+
+def get_file(key: str) -> UpstreamFile:
+    try:
+        return FILES[key]
+    except KeyError:
+        raise KeyError(f"unknown upstream file '{key}'; known files: {', '.join(FILES)}") from None
