@@ -26,7 +26,7 @@ OFFICIAL_PICKLES = {"portrait4d-v2-vfhq512.pkl", "portrait4d-genhead512.pkl", "p
 
 def test_registry_lists_the_official_files() -> None:
     hub_paths = {f.path for f in FILES.values() if f.source == "hub"}
-    assert OFFICIAL_PICKLES <= hub_paths
+    assert hub_paths >= OFFICIAL_PICKLES
     for needed in ("models/FLAME/geometry/generic_model.pkl", "models/pdfgc/weights/motion_model.pth",
                    "models/arcface/ms1mv3_arcface_r18_fp16/backbone.pth", "models/lpips/weights/v0.1/alex.pth",
                    "data_preprocess/assets/facedetect/retinaface/Resnet50_Final.pth",

@@ -1,0 +1,1 @@
+"""Training scripts for avatar4d models (``accelerate launch train/portrait4d.py ...``)."""
