@@ -176,3 +176,26 @@ def test_github_files_match_an_official_checkout() -> None:
         if f.source == "github":
             dl.verify(f, root / f.path)
             ensure_file(f, local_dir=root)
+
+
+def test_unreachable_hub_is_probed_once_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("AVATAR_OFFLINE", "0")
+    calls: list[str] = []
+
+    def unreachable(repo: str) -> str:
+        calls.append(repo)
+        return "cannot reach https://huggingface.co: Name or service not known"
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("hf_hub_download must not be tried when the Hub is unreachable")
+
+    monkeypatch.setattr(dl, "_hub_unreachable_reason", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(dl, "_fetch_from_github", no_download)
+    with pytest.raises(AssetNotFoundError, match="Name or service not known") as info:
+        download_model("portrait4d-v2")
+    assert calls == ["bEijuuu/Portrait4D"]
+    assert "portrait4d-v2-vfhq512.pkl" in str(info.value)

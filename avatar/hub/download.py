@@ -101,12 +101,39 @@ def find_in_local_dir(file: UpstreamFile, local_dir: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+_HUB_PROBES: dict[str, str | None] = {}
+
+
+def _hub_unreachable_reason(repo: str) -> str | None:
+    """One quick request to the Hub (no retries) before a download. ``None`` when the Hub answers (any HTTP
+    status counts as an answer); otherwise why it could not be reached. Remembered for the process."""
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT.rstrip("/")
+    if endpoint in _HUB_PROBES:
+        return _HUB_PROBES[endpoint]
+    request = urllib.request.Request(f"{endpoint}/api/models/{repo}", method="HEAD")
+    reason: str | None = None
+    try:
+        urllib.request.urlopen(request, timeout=NETWORK_TIMEOUT_S / 3).close()
+    except urllib.error.HTTPError:
+        reason = None  # the server answered
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = f"cannot reach {endpoint}: {getattr(exc, 'reason', exc)}"
+    _HUB_PROBES[endpoint] = reason
+    return reason
+
+
 def _fetch_from_hub(file: UpstreamFile, model_id: str | None) -> tuple[Path, str | None]:
     """Download through huggingface_hub (progress bars, resumable, HF cache). Returns the path and the
     Hub's LFS SHA-256 when it can be read."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    if not is_offline():
+        reason = _hub_unreachable_reason(file.repo)
+        if reason is not None:
+            raise AssetNotFoundError(_how_to_fetch(file, model_id) + f" ({reason})")
     try:
         path = Path(hf_hub_download(file.repo, file.path, revision=file.revision, etag_timeout=NETWORK_TIMEOUT_S))
     except (LocalEntryNotFoundError, OSError) as exc:
@@ -240,6 +267,7 @@ def download_model(
     cached: list[str] = []
     missing: list[str] = []
     network_down = local_dir is None and is_offline()
+    reason = "offline mode is on (HF_HUB_OFFLINE / AVATAR_OFFLINE)" if network_down else ""
     wanted = set(only) if only else None
     for file in spec.files:
         if wanted is not None and file.key not in wanted:
@@ -258,6 +286,7 @@ def download_model(
         except AssetNotFoundError as exc:
             missing.append(f"  - {file.path} ({file.repo})")
             network_down = local_dir is None
+            reason = reason or (str(exc).rsplit(" (", 1)[-1].rstrip(")") if str(exc).endswith(")") else "")
             logger.debug("missing %s: %s", file.path, exc)
             continue
         fetched.append(file.key)
@@ -266,7 +295,7 @@ def download_model(
     if missing:
         raise AssetNotFoundError(
             f"{model_id}: {len(missing)} file(s) are missing from the cache {cache_root()} and could not be "
-            f"fetched now:\n" + "\n".join(dict.fromkeys(missing)) + f"\nRun `avatar download {model_id}` with "
+            f"fetched now{f' ({reason})' if reason else ''}:\n" + "\n".join(dict.fromkeys(missing)) + f"\nRun `avatar download {model_id}` with "
             f"network access to the Hugging Face Hub, or `avatar download {model_id} --from-dir DIR` with a folder "
             "that holds the official files."
         )
