@@ -27,6 +27,21 @@ EVIL_SOURCE_TEMPLATE = "import pathlib\npathlib.Path({marker!r}).write_text('exe
 
 
 @contextlib.contextmanager
+def installed_modules(modules: dict[str, types.ModuleType]) -> Iterator[None]:
+    """Put ``modules`` into ``sys.modules`` for the duration, then restore what was there."""
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+@contextlib.contextmanager
 def fake_modules() -> Iterator[types.SimpleNamespace]:
     persistence = types.ModuleType("torch_utils.persistence")
     torch_utils = types.ModuleType("torch_utils")
@@ -48,17 +63,9 @@ def fake_modules() -> Iterator[types.SimpleNamespace]:
     dnnlib_util.EasyDict = EasyDict
     torch_utils.persistence = persistence
     dnnlib.util = dnnlib_util
-    saved = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence", "dnnlib", "dnnlib.util")}
-    sys.modules.update({"torch_utils": torch_utils, "torch_utils.persistence": persistence, "dnnlib": dnnlib,
-                        "dnnlib.util": dnnlib_util})
-    try:
+    with installed_modules({"torch_utils": torch_utils, "torch_utils.persistence": persistence, "dnnlib": dnnlib,
+                            "dnnlib.util": dnnlib_util}):
         yield types.SimpleNamespace(reconstruct=_reconstruct_persistent_obj, EasyDict=EasyDict)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 def make_persistent(module: nn.Module, class_name: str, module_src: str, init_kwargs: dict, hook) -> nn.Module:
@@ -153,23 +160,13 @@ def fake_chumpy_modules() -> Iterator[types.SimpleNamespace]:
     csc_matrix.__module__, csc_matrix.__qualname__ = "scipy.sparse.csc", "csc_matrix"
     ch_mod.Ch = Ch
     sparse_mod.csc_matrix = csc_matrix
-    names = ("chumpy", "chumpy.ch", "scipy", "scipy.sparse", "scipy.sparse.csc")
-    saved = {k: sys.modules.get(k) for k in names}
     chumpy_pkg = types.ModuleType("chumpy")
     chumpy_pkg.ch = ch_mod
-    sys.modules.update({"chumpy": chumpy_pkg, "chumpy.ch": ch_mod, "scipy.sparse.csc": sparse_mod})
-    if saved["scipy"] is None:
-        sys.modules["scipy"] = types.ModuleType("scipy")
-    if saved["scipy.sparse"] is None:
-        sys.modules["scipy.sparse"] = types.ModuleType("scipy.sparse")
-    try:
+    modules = {"chumpy": chumpy_pkg, "chumpy.ch": ch_mod, "scipy.sparse.csc": sparse_mod}
+    for parent in ("scipy", "scipy.sparse"):  # keep a real scipy if there is one
+        modules[parent] = sys.modules.get(parent) or types.ModuleType(parent)
+    with installed_modules(modules):
         yield types.SimpleNamespace(Ch=Ch, csc_matrix=csc_matrix)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
 
 
 def write_chumpy_pickle(path: Path) -> dict[str, np.ndarray]:
