@@ -1,0 +1,1 @@
+"""Networks: the Portrait4D reconstructor and its parts (more model families follow)."""
