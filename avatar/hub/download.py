@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -301,7 +300,3 @@ def download_model(
         )
     return DownloadReport(model_id, folders, fetched, cached)
 
-
-def temporary_cache() -> tempfile.TemporaryDirectory:
-    """A throwaway cache root (for tests and dry runs): use with ``AVATAR_CACHE``."""
-    return tempfile.TemporaryDirectory(prefix="avatar-cache-")

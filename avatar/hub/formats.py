@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,9 +389,5 @@ def read_asset(path: str | Path, fmt: str | None = None, **kwargs: Any) -> Extra
     return READERS[fmt](path, **kwargs)
 
 
-def dumps_metadata(metadata: dict[str, Any]) -> str:
-    return json.dumps(metadata, indent=2, sort_keys=True, default=repr)
-
-
 __all__ += ["FormatError", "guess_format", "module_state_dict", "read_numpy_pickle", "read_torch_checkpoint",
-            "read_torchscript_archive", "restricted_loads", "to_jsonable", "dumps_metadata"]
+            "read_torchscript_archive", "restricted_loads", "to_jsonable"]
