@@ -52,6 +52,7 @@ INERT_CLASS_PREFIXES: tuple[str, ...] = (
     "timm.",
     "models.",  # Portrait-4D's own `models/` package (deeplabv3, mix_transformer, unet, stylegan, ...)
     "training.",  # Portrait-4D's `training/` package
+    "avatar.",  # this library's own layers (checkpoints written from our modules)
     "torch_utils.",
     "dnnlib.",
     "chumpy.",

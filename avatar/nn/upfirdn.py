@@ -79,7 +79,7 @@ def _filter_size(f: torch.Tensor | None) -> tuple[int, int]:
 
 def setup_filter(
     f: FilterLike,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     normalize: bool = True,
     flip_filter: bool = False,
     gain: float = 1,
@@ -114,7 +114,7 @@ def setup_filter(
     if flip_filter:
         t = t.flip(list(range(t.ndim)))
     t = t * (gain ** (t.ndim / 2))
-    return t.to(device=device)
+    return t if device is None else t.to(device=device)
 
 
 def _zero_upsample(x: torch.Tensor, upx: int, upy: int) -> torch.Tensor:

@@ -1,0 +1,505 @@
+"""Portrait4D / Portrait4D-v2 reconstructor Psi (official ``TriPlaneReconstructorNeutralize``).
+
+One aligned 512x512 source photo and its PD-FGC motion vector give an animatable triplane avatar; a
+driving motion vector and a camera render it. The module and buffer names equal the official ``G_ema``
+names, so converted official checkpoints load strictly (see :mod:`avatar.models.portrait4d_convert`).
+
+Work split for fast inference (the official ``synthesis()`` recomputes everything for every frame):
+
+* :meth:`Portrait4D.encode` - source-only work, once per avatar: E_global, E_detail, the 4 neutral
+  cross-attention blocks, the background U-Net (and, for the static model, the whole triplane);
+* :meth:`Portrait4D.render` - per driving frame: the 4 motion blocks, the triplane decoder, volume
+  rendering (with the optional FLAME head-pose deformation) and super-resolution.
+
+:meth:`Portrait4D.reference_forward` is the official order of operations, kept as the reference that the
+cached path is tested against.
+
+Conventions: images are ``(B, 3, H, W)`` float in ``[-1, 1]``; cameras are 25-number labels
+(cam2world 4x4 flattened + normalised intrinsics 3x3, see :mod:`avatar.render.camera`); motions are
+PD-FGC vectors ``(B, 548)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avatar.flame.deformation import FlameHeadPoseDeformer, HeadPoseField
+from avatar.models.portrait4d_config import Portrait4DConfig
+from avatar.models.portrait4d_encoders import Portrait4DEncoders
+from avatar.nn.stylegan2 import constant_ws
+from avatar.render.camera import camera_z, split_label
+from avatar.render.rays import sample_rays
+from avatar.render.triplane import ImportanceRenderer, TriplaneNeRFDecoder, rays_to_image
+
+__all__ = ["AvatarState", "HeadPose", "Portrait4D", "HeadPoseDeformerSlot"]
+
+logger = logging.getLogger(__name__)
+
+FLAME_SHAPE_DIM = 300
+FLAME_EXP_DIM = 100
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs and cached state
+
+
+@dataclass
+class HeadPose:
+    """FLAME parameters that drive the head-pose deformation field (only the neck rotation moves the head).
+
+    Attributes:
+        pose: ``(B, 6)`` neck (global) + jaw axis-angle, as in the 437-float label ``[425:431]``.
+        expression: ``(B, 100)`` driving expression (``[325:425]``); zeros when ``None``.
+        eye_pose: ``(B, 6)`` driving eye pose (``[431:437]``); zeros when ``None``.
+        shape: ``(B, 300)`` identity; ``None`` uses the source shape stored in the avatar state (upstream
+            passes the *source* shape), or zeros.
+    """
+
+    pose: Tensor
+    expression: Tensor | None = None
+    eye_pose: Tensor | None = None
+    shape: Tensor | None = None
+
+    @classmethod
+    def from_label(cls, label: Tensor, use_shape: bool = False) -> HeadPose:
+        """From ``(B, 437)`` FLAME labels (camera 25, shape 300, expression 100, pose 6, eye pose 6)."""
+        if label.ndim != 2 or label.shape[1] != 437:
+            raise ValueError(f"expected FLAME labels of shape (B, 437), got {tuple(label.shape)}")
+        return cls(
+            pose=label[:, 425:431],
+            expression=label[:, 325:425],
+            eye_pose=label[:, 431:437],
+            shape=label[:, 25:325] if use_shape else None,
+        )
+
+    def index(self, i: slice) -> HeadPose:
+        return HeadPose(*(None if v is None else v[i] for v in (self.pose, self.expression, self.eye_pose,
+                                                                self.shape)))
+
+
+@dataclass
+class AvatarState:
+    """Source-only encoding of one or more avatars (the result of :meth:`Portrait4D.encode`).
+
+    Attributes:
+        features_detail: ``(B, 96, 256, 256)`` E_detail output.
+        neutral_tokens: ``(B, 1024, 1024)`` tokens after the neutral (canonicalisation) blocks.
+        token_hw: ``(32, 32)`` token grid of ``neutral_tokens``.
+        background: ``(B, 32, 512, 512)`` ``sigmoid`` of the background U-Net (``None`` without background).
+        flame_shape: ``(B, 300)`` source FLAME identity for the deformation field, or ``None``.
+        planes: ``(B, 3, 32, 256, 256)`` triplanes when they do not depend on the driving frame (static
+            model), else ``None``.
+    """
+
+    features_detail: Tensor
+    neutral_tokens: Tensor
+    token_hw: tuple[int, int]
+    background: Tensor | None = None
+    flame_shape: Tensor | None = None
+    planes: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.neutral_tokens.shape[0]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Tensor)}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> AvatarState:
+        def move(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if t.is_floating_point() and dtype is not None else None)
+
+        return AvatarState(move(self.features_detail), move(self.neutral_tokens), self.token_hw,  # type: ignore[arg-type]
+                           move(self.background), move(self.flame_shape), move(self.planes))
+
+    def expand(self, batch_size: int) -> AvatarState:
+        """Broadcast a batch-1 state to ``batch_size`` driving frames (no copy)."""
+        if self.batch_size == batch_size:
+            return self
+        if self.batch_size != 1:
+            raise ValueError(f"the avatar state holds {self.batch_size} avatars but {batch_size} driving frames "
+                             "were given; use one avatar, or as many driving frames as avatars")
+
+        def ex(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.expand(batch_size, *t.shape[1:])
+
+        return AvatarState(ex(self.features_detail), ex(self.neutral_tokens), self.token_hw,  # type: ignore[arg-type]
+                           ex(self.background), ex(self.flame_shape), ex(self.planes))
+
+    def save(self, path: str | Path) -> None:
+        """Write the state as safetensors (token grid in the metadata)."""
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors().items()}
+        save_file(tensors, str(path), metadata={"token_hw": f"{self.token_hw[0]},{self.token_hw[1]}"})
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> AvatarState:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        if "token_hw" not in meta or "neutral_tokens" not in tensors:
+            raise ValueError(f"{path} is not a saved Portrait4D avatar state")
+        h, w = (int(v) for v in meta["token_hw"].split(","))
+        return cls(token_hw=(h, w), **tensors)
+
+
+class HeadPoseDeformerSlot(nn.Module):
+    """Holds the official ``deformer.flame_deform`` buffers (the upstream ``DeformationModuleOnlyHead``).
+
+    Empty until a checkpoint with FLAME buffers is loaded (or buffers are given); rendering with a
+    ``head_pose`` then needs it.
+    """
+
+    def __init__(self, flame_deform: FlameHeadPoseDeformer | None = None) -> None:
+        super().__init__()
+        self.flame_deform = flame_deform
+
+    @property
+    def available(self) -> bool:
+        return self.flame_deform is not None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+
+
+class Portrait4D(Portrait4DEncoders):
+    """The Portrait4D reconstructor Psi: source photo + motions + camera -> 512x512 portrait.
+
+    Build with a :class:`Portrait4DConfig` (random init, nothing downloaded) or load with
+    :meth:`from_pretrained`. Attribute names follow the official module, so ``state_dict()`` keys are the
+    official ``G_ema`` keys.
+    """
+
+    def __init__(self, config: Portrait4DConfig | None = None,
+                 deformer_buffers: Mapping[str, Any] | None = None) -> None:
+        config = config or Portrait4DConfig()
+        super().__init__(config.encoders, has_background=config.has_background)
+        self.config = config
+        self.renderer = ImportanceRenderer(config.rendering)
+        self.superresolution = config.superresolution.build() if config.has_superresolution else None
+        self.decoder = TriplaneNeRFDecoder(config.encoders.plane_channels, config.feature_channels,
+                                           lr_multiplier=config.decoder_lr_mul)
+        deform = None
+        if deformer_buffers is not None:
+            deform = FlameHeadPoseDeformer(deformer_buffers, box_warp=config.deformer_box_warp)
+        self.deformer = HeadPoseDeformerSlot(deform)
+        self.register_buffer("w_avg", torch.zeros([config.w_dim]))
+        self.autocast_dtype: torch.dtype | None = None
+        self.is_random_init = True
+
+    # ------------------------------------------------------------------------------------------------------
+    # loading and saving
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Load official-named weights. FLAME deformer buffers (``deformer.flame_deform.*``), when present,
+        (re)build the deformer with their shapes first; with ``strict`` every other key must match exactly."""
+        prefix = "deformer.flame_deform."
+        buffers = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if buffers:
+            device = self.w_avg.device
+            self.deformer.flame_deform = FlameHeadPoseDeformer(buffers, box_warp=self.config.deformer_box_warp).to(device)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.is_random_init = False
+        return result
+
+    @classmethod
+    def from_pretrained(cls, model_id_or_dir: str | Path, device: torch.device | str = "cpu",
+                        **kwargs: Any) -> Portrait4D:
+        """Load a model saved with :meth:`save_pretrained`, a folder made by ``avatar convert`` from an official
+        checkpoint, or a model id (``portrait4d-v2``, ``portrait4d-v1``, ``portrait4d-static``) from the cache
+        (``avatar download`` fetches it).
+
+        Keyword arguments are passed to :func:`avatar.models.portrait4d_convert.load_portrait4d`.
+        """
+        from avatar.models.portrait4d_convert import load_portrait4d
+
+        return load_portrait4d(model_id_or_dir, device=device, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (official key names) into ``save_directory``."""
+        from avatar.models.portrait4d_convert import save_portrait4d
+
+        return save_portrait4d(self, save_directory)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
+                    commit_message: str = "Upload Portrait4D", model_card: str | None = None) -> str:
+        """Save to a temporary folder and upload it (with a model card) to the Hugging Face Hub; returns the URL."""
+        from avatar.models.portrait4d_convert import push_portrait4d
+
+        return push_portrait4d(self, repo_id, private=private, token=token, commit_message=commit_message,
+                               model_card=model_card)
+
+    # ------------------------------------------------------------------------------------------------------
+    # fast-path switches
+
+    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16, sdpa: bool = True) -> Portrait4D:
+        """Run the encoders and the triplane decoder under ``torch.autocast(dtype)`` (``None``: fp32) and use
+        PyTorch's fused attention. Rendering and the super-resolution keep their official precision."""
+        from avatar.nn.attention import set_sdpa
+
+        self.autocast_dtype = dtype
+        set_sdpa(self, sdpa)
+        return self
+
+    @contextlib.contextmanager
+    def _autocast(self, device: torch.device) -> Iterator[None]:
+        if self.autocast_dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=device.type, dtype=self.autocast_dtype):
+            yield
+
+    # ------------------------------------------------------------------------------------------------------
+    # input checks
+
+    def _check_image(self, image: Tensor, name: str = "source_image") -> None:
+        r = self.config.img_resolution
+        if not isinstance(image, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor of shape (B, 3, {r}, {r}), got {type(image).__name__}")
+        if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (r, r):
+            raise ValueError(f"{name} must have shape (B, 3, {r}, {r}) (an aligned crop), got {tuple(image.shape)}")
+        if not image.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor in [-1, 1], got dtype {image.dtype} "
+                             "(convert uint8 images with x / 127.5 - 1)")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -1.01 or hi > 1.01:
+            raise ValueError(f"{name} values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+
+    def _check_motion(self, motion: Tensor | None, batch: int | None, name: str) -> Tensor:
+        dim = self.config.encoders.motion_dim
+        if motion is None:
+            if self.config.is_static:
+                return torch.zeros([batch or 1, dim], device=self.w_avg.device)
+            raise ValueError(f"{name} is required: a PD-FGC motion vector of shape (B, {dim})")
+        if not isinstance(motion, Tensor) or motion.ndim != 2 or motion.shape[1] != dim:
+            shape = tuple(motion.shape) if isinstance(motion, Tensor) else type(motion).__name__
+            raise ValueError(f"{name} must have shape (B, {dim}), got {shape}")
+        if not motion.is_floating_point():
+            raise ValueError(f"{name} must be a float tensor, got {motion.dtype}")
+        if batch is not None and motion.shape[0] != batch:
+            raise ValueError(f"{name} has batch {motion.shape[0]}, expected {batch}")
+        return motion
+
+    @staticmethod
+    def _check_camera(camera: Tensor, batch: int) -> Tensor:
+        if not isinstance(camera, Tensor) or camera.ndim != 2 or camera.shape[1] != 25:
+            shape = tuple(camera.shape) if isinstance(camera, Tensor) else type(camera).__name__
+            raise ValueError(f"camera must be (B, 25) labels (cam2world 16 + intrinsics 9), got {shape}")
+        if camera.shape[0] == 1 and batch > 1:
+            camera = camera.expand(batch, 25)
+        if camera.shape[0] != batch:
+            raise ValueError(f"camera has batch {camera.shape[0]}, expected 1 or {batch}")
+        return camera.float()
+
+    # ------------------------------------------------------------------------------------------------------
+    # encoding (source only)
+
+    @torch.no_grad()
+    def encode(self, source_image: Tensor, source_motion: Tensor | None = None,
+               flame_shape: Tensor | None = None) -> AvatarState:
+        """The source-only work, once per avatar.
+
+        Args:
+            source_image: ``(B, 3, 512, 512)`` aligned crop in ``[-1, 1]``.
+            source_motion: ``(B, 548)`` PD-FGC motion of the source (optional for the static model).
+            flame_shape: ``(B, 300)`` FLAME identity of the source, used by the head-pose deformation.
+        """
+        self._check_image(source_image)
+        b = source_image.shape[0]
+        motion_app = self._check_motion(source_motion, b, "source_motion")
+        if flame_shape is not None and (flame_shape.ndim != 2 or flame_shape.shape != (b, FLAME_SHAPE_DIM)):
+            raise ValueError(f"flame_shape must have shape ({b}, {FLAME_SHAPE_DIM}), got {tuple(flame_shape.shape)}")
+        scale = self.config.motion_scale
+        with self._autocast(source_image.device):
+            features_global = self.encoder_global(source_image)
+            features_detail = self.encoder_detail(source_image)
+            tokens, h, w = self.encoder_canonical.neutralize(features_global, motion_app, scale)
+        background = torch.sigmoid(self.background(source_image).float()) if self.background is not None else None
+        state = AvatarState(features_detail.float(), tokens.float(), (h, w), background, flame_shape)
+        if self.config.is_static:  # the motion blocks are then the identity in the motion: cache the planes
+            state.planes = self._planes(state, torch.zeros_like(motion_app))
+        return state
+
+    def _planes(self, state: AvatarState, motion: Tensor) -> Tensor:
+        """Motion blocks + triplane decoder: ``(B, 3, C, 256, 256)`` float32."""
+        with self._autocast(motion.device):
+            h, w = state.token_hw
+            _, features_sr = self.encoder_canonical.reenact(state.neutral_tokens, h, w, motion,
+                                                            self.config.motion_scale)
+            p = self.generator_triplane(features_sr, state.features_detail)
+        p = p.float()
+        return p.view(p.shape[0], -1, self.cfg.plane_channels, p.shape[-2], p.shape[-1])
+
+    # ------------------------------------------------------------------------------------------------------
+    # rendering (per driving frame)
+
+    def head_pose_field(self, head_pose: HeadPose | None, flame_shape: Tensor | None, batch: int) -> HeadPoseField | None:
+        """Precompute the FLAME head-pose deformation grids (``None``: identity)."""
+        if head_pose is None:
+            return None
+        if not self.deformer.available:
+            raise RuntimeError("this model has no FLAME deformer buffers; load an official checkpoint "
+                               "(they carry them) or render with head_pose=None")
+        pose = head_pose.pose
+        if pose.ndim != 2 or pose.shape != (batch, 6):
+            raise ValueError(f"head_pose.pose must have shape ({batch}, 6), got {tuple(pose.shape)}")
+        dev = pose.device
+        shape = head_pose.shape if head_pose.shape is not None else flame_shape
+        shape = torch.zeros([batch, FLAME_SHAPE_DIM], device=dev) if shape is None else shape.expand(batch, -1)
+        exp = head_pose.expression if head_pose.expression is not None else torch.zeros([batch, FLAME_EXP_DIM], device=dev)
+        eye = head_pose.eye_pose if head_pose.eye_pose is not None else torch.zeros([batch, 6], device=dev)
+        for name, t, d in (("shape", shape, FLAME_SHAPE_DIM), ("expression", exp, FLAME_EXP_DIM), ("eye_pose", eye, 6)):
+            if t.shape != (batch, d):
+                raise ValueError(f"head_pose {name} must have shape ({batch}, {d}), got {tuple(t.shape)}")
+        assert self.deformer.flame_deform is not None
+        return self.deformer.flame_deform.precompute(shape.float(), exp.float(), pose.float(), eye.float())
+
+    @torch.no_grad()
+    def render(
+        self,
+        state: AvatarState,
+        driving_motion: Tensor | None,
+        camera: Tensor,
+        head_pose: HeadPose | None = None,
+        *,
+        neural_rendering_resolution: int | None = None,
+        deterministic: bool = True,
+        chunk: int | None = None,
+    ) -> dict[str, Tensor]:
+        """Render driving frames of an encoded avatar.
+
+        Args:
+            state: from :meth:`encode`; a batch-1 state is broadcast over the driving frames.
+            driving_motion: ``(N, 548)`` PD-FGC motions (ignored, may be ``None``, for the static model).
+            camera: ``(N, 25)`` or ``(1, 25)`` camera labels.
+            head_pose: FLAME parameters for the head-pose deformation; ``None`` renders without it (identity).
+            neural_rendering_resolution: raw render side (default ``config.neural_rendering_resolution``).
+            deterministic: stratified depths without jitter and deterministic importance samples (our
+                inference convention); ``False`` draws them randomly as the official renderer does.
+            chunk: render at most this many rays at a time (memory bound).
+
+        Returns:
+            ``image`` ``(N, 3, 512, 512)`` in ``[-1, 1]``; ``image_raw`` ``(N, 3, r, r)``; ``depth``
+            ``(N, 1, r, r)`` (distance along the ray); ``alpha`` ``(N, 1, r, r)`` (``1 - T_bg``); ``features``
+            ``(N, 32, r, r)`` (the composited feature image in ``[-1, 1]``).
+        """
+        if not isinstance(state, AvatarState):
+            raise ValueError(f"state must be an AvatarState from Portrait4D.encode, got {type(state).__name__}")
+        if driving_motion is None:
+            if state.planes is None:
+                raise ValueError(f"driving_motion is required: PD-FGC motions of shape (N, {self.config.encoders.motion_dim})")
+            n = max(camera.shape[0] if isinstance(camera, Tensor) and camera.ndim == 2 else 1, state.batch_size)
+        else:
+            driving_motion = self._check_motion(driving_motion, None, "driving_motion")
+            n = driving_motion.shape[0]
+        camera = self._check_camera(camera, n)
+        state = state.expand(n)
+        planes = state.planes if state.planes is not None else self._planes(state, driving_motion)
+        field = self.head_pose_field(head_pose, state.flame_shape, n)
+        return self._render_planes(planes, state.background, camera, field, neural_rendering_resolution,
+                                   deterministic, chunk)
+
+    def _render_planes(self, planes: Tensor, background: Tensor | None, camera: Tensor, field: HeadPoseField | None,
+                       resolution: int | None, deterministic: bool, chunk: int | None) -> dict[str, Tensor]:
+        """Volume rendering, background compositing and super-resolution (official ``synthesis()`` tail)."""
+        r = resolution or self.config.neural_rendering_resolution
+        if not 0 < r <= 128:
+            raise ValueError(f"neural_rendering_resolution must be in 1..128 (the inference branch upstream), got {r}")
+        n = planes.shape[0]
+        cam2world, intrinsics = split_label(camera)
+        origins, directions = sample_rays(cam2world, intrinsics, r)
+        deformer = None
+        if field is not None:
+            def deformer(points: Tensor) -> Tensor:
+                return FlameHeadPoseDeformer.warp(field, points)
+        out = self.renderer(planes, self.decoder, origins, directions, cam_z=camera_z(cam2world),
+                            deformer=deformer, deterministic=deterministic, chunk=chunk)
+        features = rays_to_image(out.features, r, r)
+        depth = rays_to_image(out.depth, r, r)
+        t_bg = rays_to_image(out.t_bg, r, r)
+        if background is not None:
+            if background.shape[-1] != r:
+                background = F.interpolate(background, size=(r, r), mode="bilinear", align_corners=False)
+            features = features + t_bg * background
+        else:
+            features = features + t_bg * 0
+        features = 2 * features - 1
+        rgb = features[:, :3]
+        if self.superresolution is not None:
+            ws = constant_ws(self.w_avg, n)
+            image = self.superresolution(rgb, features, ws, noise_mode=self.config.superresolution_noise_mode)
+        else:
+            image = rgb
+        return {"image": image, "image_raw": rgb, "depth": depth, "alpha": 1 - t_bg, "features": features}
+
+    # ------------------------------------------------------------------------------------------------------
+    # reference (official order: everything recomputed for each frame)
+
+    @torch.no_grad()
+    def reference_forward(
+        self,
+        source_image: Tensor,
+        source_motion: Tensor,
+        driving_motion: Tensor,
+        camera: Tensor,
+        head_pose: HeadPose | None = None,
+        *,
+        flame_shape: Tensor | None = None,
+        neural_rendering_resolution: int | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Tensor]:
+        """Every encoder recomputed from the source image, in the order of the official ``synthesis()``,
+        in float32 whatever :meth:`enable_fast_inference` set. Same arguments as :meth:`encode` + :meth:`render`."""
+        self._check_image(source_image)
+        b = source_image.shape[0]
+        source_motion = self._check_motion(source_motion, b, "source_motion")
+        driving_motion = self._check_motion(driving_motion, b, "driving_motion")
+        camera = self._check_camera(camera, b)
+        saved, self.autocast_dtype = self.autocast_dtype, None
+        try:
+            planes = self.planes(source_image, driving_motion, source_motion, self.config.motion_scale)
+            background = self.background_image(source_image) if self.background is not None else None
+            field = self.head_pose_field(head_pose, flame_shape, b)
+            return self._render_planes(planes, background, camera, field, neural_rendering_resolution,
+                                       deterministic, None)
+        finally:
+            self.autocast_dtype = saved
+
+    def forward(self, state: AvatarState, driving_motion: Tensor | None, camera: Tensor,  # type: ignore[override]
+                head_pose: HeadPose | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        """Alias of :meth:`render`."""
+        return self.render(state, driving_motion, camera, head_pose, **kwargs)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"img_resolution={c.img_resolution}, neural_rendering_resolution={c.neural_rendering_resolution}, "
+                f"motion_scale={c.motion_scale}, background={c.has_background}")
+
+
+def tiny_portrait4d(seed: int = 0, **overrides: Any) -> Portrait4D:
+    """A tiny random model (64x64 input) for tests and offline work; outputs are meaningless."""
+    torch.manual_seed(seed)
+    model = Portrait4D(replace(Portrait4DConfig.tiny(), **overrides) if overrides else Portrait4DConfig.tiny())
+    with torch.no_grad():  # non-zero density, and cross-attention strong enough for the motion to show
+        model.decoder.out_sigma.bias.fill_(2.0)
+        model.decoder.out_sigma.weight.normal_(0.0, 0.5)
+        model.w_avg.normal_()
+        for name, p in model.encoder_canonical.named_parameters():
+            if "attn2" in name or "proj_y" in name:
+                p.normal_(0.0, 0.3)
+    return model.eval()

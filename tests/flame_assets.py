@@ -1,0 +1,83 @@
+"""Synthetic FLAME-like assets for tests: a sphere head skinned to the neck (no FLAME licence needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def icosphere(subdivisions: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    t = (1 + 5**0.5) / 2
+    verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
+             (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
+             (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
+             (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    v = [np.array(p, dtype=np.float64) / np.linalg.norm(p) for p in verts]
+
+    def mid(cache: dict[tuple[int, int], int], a: int, b: int) -> int:
+        key = (min(a, b), max(a, b))
+        if key not in cache:
+            m = v[a] + v[b]
+            v.append(m / np.linalg.norm(m))
+            cache[key] = len(v) - 1
+        return cache[key]
+
+    for _ in range(subdivisions):
+        cache: dict[tuple[int, int], int] = {}
+        new = []
+        for a, b, c in faces:
+            ab, bc, ca = mid(cache, a, b), mid(cache, b, c), mid(cache, c, a)
+            new += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
+        faces = new
+    return np.stack(v), np.array(faces)
+
+
+def synthetic_flame_assets(seed: int = 0, neck_correctives: bool = False) -> dict:
+    """Generic-model-like fields: a sphere head (radius 0.05, FLAME units) skinned to the neck subtree."""
+    rng = np.random.default_rng(seed)
+    unit, faces = icosphere(1)  # 42 vertices, 80 faces
+    nv = len(unit)
+    v_template = unit * 0.05 + np.array([0.0, 0.02, 0.0])
+    j_reg = rng.random((5, nv))
+    j_reg /= j_reg.sum(1, keepdims=True)
+    weights = np.zeros((nv, 5))
+    weights[:, 1:] = rng.random((nv, 4))
+    weights /= weights.sum(1, keepdims=True)
+    posedirs = rng.normal(size=(nv, 3, 36)) * 1e-3
+    if not neck_correctives:
+        posedirs[..., :9] = 0.0  # neck-rotation correctives would break rigidity
+    model = {
+        "f": faces.astype(np.uint32),
+        "v_template": v_template,
+        "shapedirs": rng.normal(size=(nv, 3, 400)) * 1e-4,
+        "posedirs": posedirs,
+        "J_regressor": j_reg,
+        "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64),
+        "weights": weights,
+    }
+    nbr = np.array([faces[np.nonzero((faces == i).any(1))[0][0]] for i in range(nv)])
+    idxs = np.stack([np.arange(nv), *[np.where(nbr[:, k] == np.arange(nv), nbr[:, (k + 1) % 3], nbr[:, k])
+                                      for k in (0, 1)]], 1)
+    simplify = {
+        "idxs": idxs.astype(np.int64),
+        "baris": np.tile(np.array([[0.8, 0.1, 0.1]], dtype=np.float32), (nv, 1)),
+        "faces": faces.astype(np.int64),
+        "coarse_face_region_idxs": rng.integers(0, nv + 1, size=(len(faces), 50)).astype(np.int64),
+    }
+    masks = {"face": np.arange(0, 30), "right_eyeball": np.arange(30, 36), "left_eyeball": np.arange(36, 42),
+             "lips": np.array([3, 1, 2, 5, 7, 9, 11, 12, 13, 14]), "noinmouth": np.arange(0, 40)}
+    addition = {
+        "dynamic_idxs": np.arange(5, 15), "eye_idxs": np.arange(30, 42), "eyelids_idxs": np.arange(20, 32),
+        "smallface_idxs": np.arange(0, 25), "face_idxs": np.arange(0, 30),
+        "eye_mask": (np.arange(nv) >= 30).astype(np.float32),
+        "vertices_region_idxs": rng.integers(0, nv + 1, size=(nv, 10)),
+    }
+    landmarks = {
+        "static_lmk_faces_idx": rng.integers(0, len(faces), 6), "static_lmk_bary_coords": rng.random((6, 3)),
+        "dynamic_lmk_faces_idx": torch.as_tensor(rng.integers(0, len(faces), (79, 17))),
+        "dynamic_lmk_bary_coords": torch.as_tensor(rng.random((79, 17, 3)), dtype=torch.float32),
+        "full_lmk_faces_idx": rng.integers(0, len(faces), (1, 8)), "full_lmk_bary_coords": rng.random((1, 8, 3)),
+    }
+    return {"generic_model": model, "simplify": simplify, "masks": masks, "addition": addition,
+            "landmarks": landmarks}
