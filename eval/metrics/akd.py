@@ -1,0 +1,105 @@
+"""AKD: average keypoint distance between the 68 facial landmarks of the prediction and the target.
+
+Formula (per frame), with ``p``, ``t`` the ``(68, 2)`` landmarks in pixels:
+
+* ``distance="l1"`` (default): ``mean |p - t|`` over the 68 x 2 coordinates (FOMM's ``pose-evaluation`` ``cmp.py``
+  and OTAvatar's "L1 between the 68 keypoints");
+* ``distance="l2"``: ``mean_k ||p_k - t_k||_2`` (mean Euclidean distance per point).
+
+Pixel scale: landmarks are in pixels of the images as given (512x512 in the CelebA/HDTF protocols); with
+``reference_size=S`` coordinates are first rescaled by ``S / W`` (x) and ``S / H`` (y), e.g. 256 to compare with
+FOMM-style numbers. Reported value: mean over frames; frames where no face was found (in either image) are
+excluded and counted (OTAvatar's preprocessing instead reused the previous frame's landmarks).
+
+Input: ``(B, 3, H, W)`` in [0, 1] (or uint8), same size for pred and target, handed to the landmark callable
+(face_alignment's FAN 2D in OTAvatar/GOHA; see :mod:`eval.metrics.face` for its output contract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .base import Metric, _check_choice, to_unit_images
+from .face import as_landmarks, declared_comparable, describe
+
+__all__ = ["AKD", "AKDOptions"]
+
+
+@dataclass(frozen=True)
+class AKDOptions:
+    """Attributes:
+    distance: ``"l1"`` (default) or ``"l2"`` (see the module docstring).
+    reference_size: rescale coordinates to this image side before measuring (``None``: pixels as given).
+    """
+
+    distance: str = "l1"
+    reference_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("distance", self.distance, ("l1", "l2"))
+        if self.reference_size is not None and self.reference_size <= 0:
+            raise ValueError("reference_size must be positive")
+
+
+class AKD(Metric):
+    """``update(pred, target, ids=None)`` runs ``landmarks`` on both images; ``update_landmarks(pred_lm,
+    target_lm, ids, image_size)`` takes landmarks computed elsewhere."""
+
+    name: ClassVar[str] = "akd"
+    higher_is_better: ClassVar[bool] = False
+    Options: ClassVar[type] = AKDOptions
+    opts: AKDOptions
+
+    def __init__(self, *, landmarks: Callable[[Tensor], Any] | None = None, comparable: bool | None = None,
+                 **options: Any) -> None:
+        super().__init__(**options)
+        self.landmark_fn = landmarks
+        ok = declared_comparable(landmarks) if comparable is None else comparable
+        if not ok:
+            self._not_comparable("akd: the landmark detector is not declared official (comparable=True): "
+                                 "not comparable")
+
+    def _facts(self) -> dict[str, Any]:
+        unit = f"pixels at {self.opts.reference_size}x{self.opts.reference_size}" if self.opts.reference_size \
+            else "pixels of the input images"
+        return {"unit": unit, "num_points": 68, "landmarks": describe(self.landmark_fn)}
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor, ids: Sequence[Hashable] | None = None) -> Tensor:
+        """Add a batch of images; returns the per-sample values ``(B,)`` (NaN marks excluded samples)."""
+        if self.landmark_fn is None:
+            raise ValueError("akd: no landmark callable; pass landmarks=... or use update_landmarks()")
+        pred = to_unit_images(pred, "akd pred")
+        target = to_unit_images(target, "akd target")
+        if pred.shape != target.shape:
+            raise ValueError(f"akd: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+        H, W = pred.shape[-2:]
+        return self.update_landmarks(self.landmark_fn(pred), self.landmark_fn(target), ids, (H, W))
+
+    def update_landmarks(self, pred: Any, target: Any, ids: Sequence[Hashable] | None = None,
+                         image_size: tuple[int, int] | None = None) -> Tensor:
+        """Add landmarks (any form :func:`~eval.metrics.face.as_landmarks` accepts). ``image_size = (H, W)`` is
+        needed with ``reference_size``."""
+        lp = as_landmarks(pred)
+        lt = as_landmarks(target, lp.points.shape[0])
+        p, t = lp.points, lt.points.to(lp.points.device)
+        if self.opts.reference_size is not None:
+            if image_size is None:
+                raise ValueError("akd: reference_size needs the image_size (H, W) the landmarks refer to")
+            H, W = image_size
+            s = torch.tensor([self.opts.reference_size / W, self.opts.reference_size / H], dtype=p.dtype,
+                             device=p.device)
+            p, t = p * s, t * s
+        d = (p - t).abs().flatten(1).mean(1) if self.opts.distance == "l1" else (p - t).norm(dim=2).mean(1)
+        keep = (lp.found.cpu() & lt.found.cpu())
+        d = torch.where(keep.to(d.device), d, torch.zeros_like(d)).cpu()
+        reasons = [None if k else ("no face found in target" if not ft else "no face found in pred")
+                   for k, ft in zip(keep.tolist(), lt.found.cpu().tolist(), strict=True)]
+        self._record(d, ids, keep, reasons)
+        return torch.where(keep, d, torch.full_like(d, float("nan")))
+
