@@ -1,0 +1,228 @@
+"""Shared pieces of the face detector (:mod:`avatar.face.retinaface`) and the landmark network
+(:mod:`avatar.face.h3r`): image conversion, a ResNet bottleneck block, the NMS of the official code and a strict
+loader for official state dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "Bottleneck",
+    "StateDictMismatchError",
+    "as_uint8_rgb",
+    "load_official_weights",
+    "nms_plus_one",
+    "read_weights",
+    "strip_key_prefixes",
+]
+
+
+# --------------------------------------------------------------------------------------------------------
+# images
+
+
+def as_uint8_rgb(image: np.ndarray | Tensor) -> np.ndarray:
+    """Return ``image`` as a C-contiguous ``(H, W, 3)`` uint8 RGB array.
+
+    Accepted inputs: a numpy ``(H, W, 3)`` uint8 array; a torch tensor ``(H, W, 3)`` or ``(3, H, W)`` that is
+    either uint8 (0..255) or floating point in [0, 1] (rounded to 0..255). A ``(3, 3, 3)`` tensor is read as
+    channels-last.
+    """
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3:
+            raise ValueError(f"expected an image tensor (H, W, 3) or (3, H, W), got shape {tuple(t.shape)}")
+        if t.shape[-1] != 3 and t.shape[0] == 3:
+            t = t.permute(1, 2, 0)
+        if t.is_floating_point():
+            t = (t.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+        elif t.dtype != torch.uint8:
+            raise TypeError(f"integer image tensors must be uint8, got {t.dtype}")
+        array = t.numpy()
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"numpy images must be uint8 (H, W, 3) RGB, got dtype {image.dtype}")
+        array = image
+    else:
+        raise TypeError(f"expected a numpy array or a torch tensor, got {type(image).__name__}")
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(f"empty image of shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+# --------------------------------------------------------------------------------------------------------
+# layers
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (1x1 -> 3x3 with the stride -> 1x1 x4, residual, ReLU), torchvision's names.
+
+    Shapes: ``(N, in_channels, H, W) -> (N, 4 * planes, ceil(H / stride), ceil(W / stride))``.
+    """
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        out_channels = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    @staticmethod
+    def make_layer(in_channels: int, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        """``blocks`` bottlenecks; the first one gets a 1x1 conv + BN shortcut when the shape changes."""
+        out_channels = planes * Bottleneck.expansion
+        downsample = None
+        if stride != 1 or in_channels != out_channels:
+            downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        layers = [Bottleneck(in_channels, planes, stride, downsample)]
+        layers += [Bottleneck(out_channels, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + shortcut)
+
+
+# --------------------------------------------------------------------------------------------------------
+# non-maximum suppression
+
+
+def nms_plus_one(boxes: Tensor | np.ndarray, scores: Tensor | np.ndarray, iou_threshold: float) -> Tensor:
+    """Greedy NMS with the official "+1 pixel" box convention, in float32 like the official ``py_cpu_nms``.
+
+    A box ``(x1, y1, x2, y2)`` covers ``(x2 - x1 + 1) x (y2 - y1 + 1)`` pixels and two boxes overlap by
+    ``max(0, min(x2) - max(x1) + 1)`` in x (same in y). Boxes are visited by decreasing score (ties keep their
+    input order); a box is kept when its IoU with every kept box is ``<= iou_threshold``.
+
+    Args:
+        boxes: ``(K, 4)`` corners in pixels.
+        scores: ``(K,)``.
+    Returns:
+        ``(M,)`` int64 indices into ``boxes`` of the kept boxes, by decreasing score.
+    """
+    b = (boxes.detach().cpu().numpy() if isinstance(boxes, Tensor) else np.asarray(boxes)).astype(np.float32)
+    s = (scores.detach().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores)).astype(np.float32)
+    if b.ndim != 2 or b.shape[1] != 4 or s.shape != (b.shape[0],):
+        raise ValueError(f"expected boxes (K, 4) and scores (K,), got {b.shape} and {s.shape}")
+    one = np.float32(1.0)
+    x1, y1, x2, y2 = b.T
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+    order = np.argsort(-s, kind="stable")
+    alive = np.ones(len(order), dtype=bool)
+    keep: list[int] = []
+    for rank, i in enumerate(order):
+        if not alive[rank]:
+            continue
+        keep.append(int(i))
+        rest = order[rank + 1:]
+        w = np.maximum(np.float32(0.0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
+        h = np.maximum(np.float32(0.0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter)
+        alive[rank + 1:] &= iou <= iou_threshold
+    device = boxes.device if isinstance(boxes, Tensor) else None
+    return torch.tensor(keep, dtype=torch.long, device=device)
+
+
+# --------------------------------------------------------------------------------------------------------
+# loading official weights
+
+
+class StateDictMismatchError(KeyError):
+    """An official state dict does not match the module: missing, unexpected or wrongly shaped tensors."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def strip_key_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
+    """Remove each prefix in turn from the keys that start with it (other keys are kept as they are)."""
+    out = dict(state_dict)
+    for prefix in prefixes:
+        out = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in out.items()}
+    return out
+
+
+def _preview(names: Iterable[str], limit: int = 8) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_official_weights(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    what: str,
+    optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
+) -> None:
+    """Copy ``state_dict`` into ``module`` strictly: every key of the module must be present with the same
+    shape and no other key may be there.
+
+    Keys ending in one of ``optional_suffixes`` (BatchNorm step counters, unused at inference) may be
+    absent; the module keeps its own value then.
+
+    Raises:
+        StateDictMismatchError: with the counts and the first names of the missing, unexpected and
+            mis-shaped tensors.
+    """
+    own = module.state_dict()
+    given = {k: (v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))) for k, v in state_dict.items()}
+    missing = [k for k in own if k not in given and not k.endswith(optional_suffixes)]
+    unexpected = [k for k in given if k not in own]
+    wrong_shape = [
+        f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in given and tuple(given[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = [f"{what}: the state dict does not match the network ({len(own)} tensors expected, "
+                 f"{len(given)} given)."]
+        if missing:
+            parts.append(f"Missing {len(missing)}: {_preview(missing)}.")
+        if unexpected:
+            parts.append(f"Unexpected {len(unexpected)}: {_preview(unexpected)}.")
+        if wrong_shape:
+            parts.append(f"Wrong shape {len(wrong_shape)}: {_preview(wrong_shape)}.")
+        raise StateDictMismatchError(" ".join(parts))
+    full = {k: given.get(k, v) for k, v in own.items()}
+    module.load_state_dict(full, strict=True)
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """Read a flat state dict from a ``.safetensors`` file, a converted-asset folder holding one, or an
+    upstream ``.pth`` (read with ``torch.load(weights_only=True)``; nested dicts flattened with dots)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected exactly one .safetensors file, found {len(found)}")
+        path = found[0]
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from avatar.hub.formats import read_torch_checkpoint
+
+    return {k: torch.as_tensor(v) for k, v in read_torch_checkpoint(path).tensors.items()}
