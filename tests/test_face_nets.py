@@ -19,24 +19,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from avatar.face.bfm2flame import (
-    BFM2FLAMEMapper,
-    MapperConfig,
-    bfm_angles_to_flame_pose,
-    flame_camera_label,
-    flame_label,
-    matrix_to_rotvec,
-)
-from avatar.face.deep3d import (
-    BFM_LANDMARKS_5,
-    Deep3DConfig,
-    Deep3DReconNet,
-    align_image,
-    pos_fit,
-    split_coefficients,
-    to_input,
-    wflw98_to_5p,
-)
+from avatar.face.bfm2flame import BFM2FLAMEMapper, MapperConfig, flame_label
+from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet, align_image, split_coefficients, to_input
 from avatar.face.fan3d import (
     FAN,
     DepthConfig,
@@ -50,17 +34,21 @@ from avatar.face.fan3d import (
     gaussian_kernel,
     heatmap_to_image,
 )
-from avatar.hub.download import AssetNotFoundError
-from avatar.hub.formats import read_torch_checkpoint, read_torchscript_archive
-from avatar.motion.pdfgc import (
-    MOTION_TEMPLATE_224,
-    PDFGCConfig,
-    PDFGCEncoder,
-    motion_alignment_matrix,
-    motion_crop,
-    similarity_transform,
+from avatar.face.geometry import (
+    BFM_FIVE_POINTS_3D,
+    PDFGC_TEMPLATE,
+    bfm_angles_to_flame_pose,
+    camera_label_from_pose,
+    matrix_to_axis_angle,
+    pdfgc_affine,
+    pdfgc_crop,
+    pos_fit,
+    similarity_matrix,
     warp_affine,
 )
+from avatar.hub.download import AssetNotFoundError
+from avatar.hub.formats import read_torch_checkpoint, read_torchscript_archive
+from avatar.motion.pdfgc import PDFGCConfig, PDFGCEncoder
 
 OFFICIAL_DIR = Path(os.environ.get("PORTRAIT4D_OFFICIAL_DIR", "/tmp/p4d"))
 
@@ -499,26 +487,28 @@ def test_deep3d_input_normalisation() -> None:
 
 def test_deep3d_pos_fit_and_alignment() -> None:
     s, t = 250.0, np.array([300.0, 200.0])  # y up
-    pts = s * BFM_LANDMARKS_5[:, :2] + t
-    t_fit, s_fit = pos_fit(pts, BFM_LANDMARKS_5)
+    pts = s * BFM_FIVE_POINTS_3D[:, :2] + t
+    t_fit, s_fit = pos_fit(pts, BFM_FIVE_POINTS_3D)
     np.testing.assert_allclose(t_fit, t, atol=1e-8)
     assert s_fit == pytest.approx(s)
 
     h, w = 420, 560
     lm98 = np.zeros((98, 2))
     lm98[[96, 97, 54, 76, 82]] = np.stack([pts[:, 0], h - 1 - pts[:, 1]], axis=1)  # back to y down
-    lm5 = wflw98_to_5p(lm98, h)
-    np.testing.assert_allclose(lm5, pts)
     image = np.zeros((h, w, 3), np.uint8)
     cx, cy = int(t[0]), int(h - 1 - t[1])  # the fitted centre, in y-down pixels
     image[cy - 3:cy + 4, cx - 3:cx + 4] = 255
-    out = align_image(image, lm5)
+    out = align_image(image, lm98)
     assert out.image.shape == (224, 224, 3) and out.image.dtype == np.uint8
     np.testing.assert_allclose(out.trans_params, [w, h, 102.0 / s, t[0], t[1]])
     ys, xs = np.nonzero(out.image[..., 0] > 128)
     assert abs(xs.mean() - 112) <= 1.5 and abs(ys.mean() - 112) <= 1.5  # the centre lands mid-crop
     # the 5 points in crop coordinates (y up) are the BFM layout at the fixed scale 102, centred on 112
-    np.testing.assert_allclose(out.landmarks, 102.0 * BFM_LANDMARKS_5[:, :2] + 112.0, atol=1.0)
+    np.testing.assert_allclose(out.landmarks, 102.0 * BFM_FIVE_POINTS_3D[:, :2] + 112.0, atol=1.0)
+    # outside the image the Deep3D crop is black (PIL crop), unlike the edge-padded 512 crop
+    corner = np.full((h, w, 3), 200, np.uint8)
+    far = align_image(corner, lm98 + np.array([w / 2, 0.0]))  # face centre moved right, crop passes the edge
+    assert far.image[112, -1].max() == 0 and far.image[112, 0].min() == 200
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,7 +555,7 @@ def test_rotvec_conversion_matches_scipy() -> None:
     np.testing.assert_allclose(ours, ref, atol=1e-9)
     # and back: rodrigues(rotvec) reproduces the matrix, also at 180 degrees
     vec = torch.tensor([[0.0, 0.0, math.pi], [0.3, -0.2, 0.1], [1e-7, 0.0, 0.0]], dtype=torch.float64)
-    back = matrix_to_rotvec(_rodrigues64(vec))
+    back = matrix_to_axis_angle(_rodrigues64(vec))
     torch.testing.assert_close(_rodrigues64(back), _rodrigues64(vec))
 
 
@@ -605,7 +595,7 @@ def test_camera_label_matches_official_example_labels() -> None:
         pytest.skip(f"{folder} is absent")
     for f in files:
         label = np.load(f)
-        cam = flame_camera_label(torch.from_numpy(label[None, 425:428].copy()))
+        cam = camera_label_from_pose(torch.from_numpy(label[None, 425:428].copy()))
         np.testing.assert_allclose(cam[0].numpy(), label[:25], rtol=0, atol=1e-6)
         assert not label[431:].any()
 
@@ -676,7 +666,7 @@ def test_similarity_transform_recovers_and_matches_skimage() -> None:
     src = rng.uniform(0, 500, (3, 2))
     a, s, t = 0.3, 0.45, np.array([12.0, -7.0])
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    m = similarity_transform(src, s * src @ rot.T + t)
+    m = similarity_matrix(torch.from_numpy(src)[None], torch.from_numpy(s * src @ rot.T + t)[None])[0].numpy()
     np.testing.assert_allclose(m[:2, :2], s * rot, atol=1e-10)
     np.testing.assert_allclose(m[:2, 2], t, atol=1e-8)
     transform = pytest.importorskip("skimage.transform")
@@ -685,23 +675,24 @@ def test_similarity_transform_recovers_and_matches_skimage() -> None:
         warnings.simplefilter("ignore")
         ref = transform.SimilarityTransform()
         ref.estimate(src, dst)
-    np.testing.assert_allclose(similarity_transform(src, dst), ref.params, atol=1e-9)
+    ours = similarity_matrix(torch.from_numpy(src)[None], torch.from_numpy(dst)[None])[0].numpy()
+    np.testing.assert_allclose(ours, ref.params, atol=1e-9)
 
 
 def _template_landmarks(scale: float = 1.0, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """68 points whose eye/mouth centres are the motion template mapped by ``p * scale + shift``."""
     lm = np.zeros((68, 2))
-    for (lo, hi), target in zip(((36, 42), (42, 48), (60, 68)), MOTION_TEMPLATE_224, strict=True):
+    for (lo, hi), target in zip(((36, 42), (42, 48), (60, 68)), np.array(PDFGC_TEMPLATE), strict=True):
         offsets = np.linspace(-3, 3, hi - lo)[:, None] * np.array([[1.0, 0.5]])
         lm[lo:hi] = target * scale + np.array(shift) + offsets - offsets.mean(0)
     return lm
 
 
 def test_motion_alignment_and_crop() -> None:
-    m = motion_alignment_matrix(torch.from_numpy(_template_landmarks(2.0, (10.0, 4.0)))[None])
+    m = pdfgc_affine(torch.from_numpy(_template_landmarks(2.0, (10.0, 4.0)))[None], 448)
     torch.testing.assert_close(m[0], torch.tensor([[0.5, 0.0, -5.0], [0.0, 0.5, -2.0]]), atol=1e-5, rtol=0)
     img = torch.rand(1, 3, 224, 224) * 2.2 - 1.1
-    crop = motion_crop(img, _template_landmarks()[None])  # identity warp
+    crop = pdfgc_crop(img, torch.from_numpy(_template_landmarks())[None])  # identity warp
     ref = torch.nn.functional.interpolate(img[:, :, :192, 16:208], size=[224, 224], mode="bilinear").clamp(-1, 1)
     torch.testing.assert_close(crop, ref, atol=1e-4, rtol=0)
 

@@ -7,7 +7,8 @@ concatenated into ``257 = 80 id + 64 exp + 80 tex + 3 angle + 27 gamma + 2 (tx, 
 
 * Input: the 224x224 aligned crop, RGB, ``uint8 / 255`` (no mean/std normalisation) -> :func:`to_input`.
 * Alignment: 5 landmarks (WFLW-98 indices ``[96, 97, 54, 76, 82]``, y flipped upwards) fitted to the BFM mean
-  face by least squares (:func:`pos_fit`), then a PIL bilinear resize and a 224 crop (:func:`align_image`).
+  face by least squares (:func:`avatar.face.geometry.pos_fit`, rescale 102 instead of the 512 crop's 180), then a
+  PIL bilinear resize and a 224 crop with black outside (:func:`align_image`).
 * Output: :func:`split_coefficients` -> ``id, exp, tex, angle, gamma, trans``.
 * Weights: the checkpoint holds ``{'net_recon': state_dict, ...}``; after flattening, the keys under
   ``net_recon.`` are loaded strictly (:meth:`Deep3DReconNet.load_official`); anything else in the file
@@ -28,20 +29,27 @@ import torch
 from torch import Tensor, nn
 
 from avatar.face.fan3d import make_resnet_stages, read_converted_weights
+from avatar.face.geometry import (
+    BFM_FIVE_POINTS_3D,
+    AlignParams,
+    estimate_align_params,
+    five_points_from_68,
+    five_points_from_wflw98,
+    transform_landmarks,
+    warp_to_aligned,
+)
 
 __all__ = [
-    "BFM_LANDMARKS_5",
     "COEFFICIENT_SPLIT",
+    "DEEP3D_RESCALE_FACTOR",
+    "DEEP3D_TARGET_SIZE",
     "Deep3DAlignment",
     "Deep3DConfig",
     "Deep3DReconNet",
-    "WFLW_5_POINT_INDEX",
     "align_image",
     "official_state_from_checkpoint",
-    "pos_fit",
     "split_coefficients",
     "to_input",
-    "wflw98_to_5p",
 ]
 
 COEFFICIENT_SPLIT: tuple[tuple[str, int], ...] = (
@@ -51,20 +59,6 @@ COEFFICIENT_SPLIT: tuple[tuple[str, int], ...] = (
 
 HEAD_WIDTHS: tuple[int, ...] = (80, 64, 80, 3, 27, 2, 1)
 """Output channels of ``final_layers.0..6`` (translation is split into (tx, ty) and tz)."""
-
-WFLW_5_POINT_INDEX: tuple[int, ...] = (96, 97, 54, 76, 82)
-"""WFLW-98 indices of the 5 alignment points: eye centres, nose tip, mouth corners."""
-
-BFM_LANDMARKS_5 = np.array(
-    [
-        [-0.31148657, 0.09036078, 0.13377953],
-        [0.30979887, 0.08972035, 0.13179526],
-        [0.0032535, -0.24617933, 0.55244243],
-        [-0.25216928, -0.5813392, 0.22405732],
-        [0.2484662, -0.5812824, 0.22235769],
-    ]
-)
-"""3D positions of the 5 alignment points on the BFM mean face (``facerecon/cropping.py``)."""
 
 CHECKPOINT_PREFIX = "net_recon."
 
@@ -181,34 +175,12 @@ def to_input(image: np.ndarray | Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------------
-# alignment (facerecon/cropping.py)
+# alignment (facerecon/cropping.py): the fit of :mod:`avatar.face.geometry` with Deep3DFaceRecon's constants
 
-
-def wflw98_to_5p(landmarks: np.ndarray, height: int) -> np.ndarray:
-    """WFLW-98 landmarks ``(98, 2)`` (y down) -> the 5 alignment points ``(5, 2)`` with y up
-    (``height - 1 - y``)."""
-    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)[list(WFLW_5_POINT_INDEX)].copy()
-    lm[:, 1] = height - 1 - lm[:, 1]
-    return lm
-
-
-def pos_fit(points_2d: np.ndarray, points_3d: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares scaled orthographic fit of ``points_2d (N, 2)`` to ``points_3d (N, 3)``.
-
-    Solves the 8 unknowns of ``x = r1 . X + tx``, ``y = r2 . X + ty``; returns ``t = (tx, ty)`` and
-    ``s = (|r1| + |r2|) / 2``.
-    """
-    xp = np.asarray(points_2d, dtype=np.float64)
-    x3 = np.asarray(points_3d, dtype=np.float64)
-    n = xp.shape[0]
-    a = np.zeros((2 * n, 8))
-    a[0::2, 0:3] = x3
-    a[0::2, 3] = 1.0
-    a[1::2, 4:7] = x3
-    a[1::2, 7] = 1.0
-    k = np.linalg.lstsq(a, xp.reshape(-1), rcond=None)[0]
-    scale = (np.linalg.norm(k[0:3]) + np.linalg.norm(k[4:7])) / 2.0
-    return np.array([k[3], k[7]]), float(scale)
+DEEP3D_TARGET_SIZE = 224
+"""Side of Deep3DFaceRecon's crop."""
+DEEP3D_RESCALE_FACTOR = 102.0
+"""Projected template scale in Deep3DFaceRecon's crop (the Portrait4D 512 crop uses 180)."""
 
 
 @dataclass
@@ -217,37 +189,42 @@ class Deep3DAlignment:
 
     Attributes:
         image: the ``(S, S, 3)`` uint8 crop.
-        landmarks: the input landmarks in crop pixels, y up, ``(N, 2)``.
-        trans_params: ``(w0, h0, s, tx, ty)`` as upstream returns them (to map results back).
+        landmarks: the five alignment points in crop pixels, **y up** (as upstream returns them), ``(5, 2)``.
+        params: the crop (:class:`~avatar.face.geometry.AlignParams`); ``params.to_array()`` is upstream's
+            ``trans_params`` ``(w0, h0, s, tx, ty)``.
     """
 
     image: np.ndarray
     landmarks: np.ndarray
-    trans_params: np.ndarray
+    params: AlignParams
+
+    @property
+    def trans_params(self) -> np.ndarray:
+        return self.params.to_array()
 
 
 def align_image(
-    image: Any, landmarks_5p: np.ndarray, target_size: float = 224.0, rescale_factor: float = 102.0
+    image: Any,
+    landmarks: np.ndarray,
+    target_size: int = DEEP3D_TARGET_SIZE,
+    rescale_factor: float = DEEP3D_RESCALE_FACTOR,
 ) -> Deep3DAlignment:
-    """The official Deep3D crop: ``image`` (PIL image or ``(H, W, 3)`` uint8 RGB) and 5 points ``(5, 2)``
-    (y up, :func:`wflw98_to_5p`) -> a ``target_size`` crop.
+    """The official Deep3D crop of ``image`` (PIL image or ``(H, W, 3)`` uint8 RGB).
 
-    The image is resized by ``s = rescale_factor / s_fit`` (PIL bilinear, integer size) and cropped so the
-    fitted face centre ``t`` lands in the middle (corners truncated towards zero; outside is black).
+    ``landmarks`` are WFLW-98, iBUG-68 or five points ``(N, 2)`` in image pixels (y down). The five points are
+    fitted to the plain BFM template (:data:`~avatar.face.geometry.BFM_FIVE_POINTS_3D`, no offset) by
+    :func:`~avatar.face.geometry.estimate_align_params`; the image is resized by ``rescale_factor / fitted scale``
+    (PIL bilinear, integer size) and cropped to ``target_size`` around the fitted centre (black outside).
     """
     from PIL import Image
 
-    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    lm = np.asarray(landmarks_5p, dtype=np.float64)
-    w0, h0 = img.size
-    t, s_fit = pos_fit(lm, BFM_LANDMARKS_5)
-    s = rescale_factor / s_fit
-    w, h = int(np.int32(w0 * s)), int(np.int32(h0 * s))
-    left = int(np.int32(w / 2 - target_size / 2 + (t[0] - w0 / 2) * s))
-    up = int(np.int32(h / 2 - target_size / 2 + (h0 / 2 - t[1]) * s))
-    resized = img.resize((w, h), resample=Image.BILINEAR)
-    crop = resized.crop((left, up, int(round(left + target_size)), int(round(up + target_size))))
-    lm_new = np.stack([lm[:, 0] - t[0] + w0 / 2, lm[:, 1] - t[1] + h0 / 2], axis=1) * s
-    lm_new = lm_new - np.array([[w / 2 - target_size / 2, h / 2 - target_size / 2]])
-    params = np.array([w0, h0, s, t[0], t[1]])
-    return Deep3DAlignment(np.asarray(crop.convert("RGB")), lm_new, params)
+    img = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image, dtype=np.uint8)
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
+    five = {98: five_points_from_wflw98, 68: five_points_from_68}.get(lm.shape[0], lambda x: x)(lm)
+    size = (img.shape[1], img.shape[0])
+    params = estimate_align_params(five, size, target_size, rescale_factor, template=BFM_FIVE_POINTS_3D)
+    crop = warp_to_aligned(np.ascontiguousarray(img), params, resample="bilinear", padding="zeros")
+    landmarks_crop = transform_landmarks(five, params, y_down=True)
+    landmarks_crop[:, 1] = target_size - landmarks_crop[:, 1]  # y up, upstream's convention
+    assert isinstance(crop, np.ndarray)
+    return Deep3DAlignment(crop, landmarks_crop, params)

@@ -238,8 +238,12 @@ def estimate_align_params(
     target_size: int = ALIGN_TARGET_SIZE,
     rescale_factor: float = ALIGN_RESCALE_FACTOR,
     y_down: bool = True,
+    template: ArrayLike | None = None,
 ) -> AlignParams:
     """Crop parameters from five points (see :func:`five_points_from_wflw98`).
+
+    The same fit serves Deep3DFaceRecon's own 224 crop with its constants (``target_size=224``,
+    ``rescale_factor=102``, ``template=BFM_FIVE_POINTS_3D``, see :func:`avatar.face.deep3d.align_image`).
 
     Args:
         five_points: ``(5, 2)`` points; image coordinates (y down) when ``y_down``, else already y-up.
@@ -247,12 +251,15 @@ def estimate_align_params(
         target_size: crop side (512).
         rescale_factor: projected template scale in the crop (180).
         y_down: flip the points as ``H - 1 - y`` first, as the official pipeline does.
+        template: ``(5, 3)`` 3D points of the fit; default :func:`alignment_template` (the Portrait4D crop).
     """
     width, height = int(image_size[0]), int(image_size[1])
     pts = _np(five_points).reshape(5, 2).copy()
     if y_down:
         pts[:, 1] = height - 1 - pts[:, 1]
-    t, fitted_scale = pos_fit(pts)
+    t, fitted_scale = pos_fit(pts, template)
+    if not np.isfinite(fitted_scale) or fitted_scale <= 0:
+        raise ValueError("the five alignment points are degenerate (zero fitted scale)")
     return AlignParams(
         width, height, float(rescale_factor / fitted_scale), float(t[0]), float(t[1]), target_size
     )
@@ -315,8 +322,31 @@ def _crop_indices(start: int, length: int, size: int) -> np.ndarray:
     return np.clip(np.arange(start, start + length), 0, size - 1)
 
 
-def _warp_numpy(image: np.ndarray, params: AlignParams, max_full_resize_pixels: int) -> np.ndarray:
-    """PIL path: Lanczos resize, edge padding, crop (the official steps)."""
+_RESAMPLE = {"lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR}
+
+
+def _warp_numpy(
+    image: np.ndarray, params: AlignParams, max_full_resize_pixels: int, resample: str, padding: str
+) -> np.ndarray:
+    """PIL path: resize, pad, crop (the official steps)."""
+    if resample not in _RESAMPLE:
+        raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+    if padding not in ("edge", "zeros"):
+        raise ValueError(f"padding must be 'edge' or 'zeros', got {padding!r}")
+    crop = _warp_numpy_edge(image, params, max_full_resize_pixels, _RESAMPLE[resample])
+    if padding == "zeros":  # PIL's crop outside the image (Deep3DFaceRecon): black
+        w, h = params.resized_size
+        left, top, _, _ = params.crop_box
+        n = params.target_size
+        rows, cols = np.arange(top, top + n), np.arange(left, left + n)
+        crop = crop.copy()
+        crop[(rows < 0) | (rows >= h)] = 0
+        crop[:, (cols < 0) | (cols >= w)] = 0
+    return crop
+
+
+def _warp_numpy_edge(image: np.ndarray, params: AlignParams, max_full_resize_pixels: int, resample: int) -> np.ndarray:
+    """Resize with ``resample``, edge padding, crop."""
     if image.dtype != np.uint8:
         raise TypeError(f"numpy images must be uint8, got {image.dtype}")
     if image.shape[:2] != (params.height, params.width):
@@ -328,7 +358,7 @@ def _warp_numpy(image: np.ndarray, params: AlignParams, max_full_resize_pixels: 
     left, top, _, _ = params.crop_box
     n = params.target_size
     if w * h <= max_full_resize_pixels:
-        resized = np.asarray(pil.resize((w, h), resample=Image.LANCZOS))
+        resized = np.asarray(pil.resize((w, h), resample=resample))
         return resized[_crop_indices(top, n, h)][:, _crop_indices(left, n, w)]
     # Very large resized image: resample only the visible part. PIL's box resize uses the same sample
     # positions and filter support; fixed-point rounding differs from a full resize by at most one level.
@@ -338,7 +368,7 @@ def _warp_numpy(image: np.ndarray, params: AlignParams, max_full_resize_pixels: 
         x0, x1 = min(max(left, 0), w - 1), min(max(left, 0), w - 1) + 1
         y0, y1 = min(max(top, 0), h - 1), min(max(top, 0), h - 1) + 1
     box = (x0 * params.width / w, y0 * params.height / h, x1 * params.width / w, y1 * params.height / h)
-    part = np.asarray(pil.resize((x1 - x0, y1 - y0), resample=Image.LANCZOS, box=box))
+    part = np.asarray(pil.resize((x1 - x0, y1 - y0), resample=resample, box=box))
     rows = _crop_indices(top, n, h).clip(y0, y1 - 1) - y0
     cols = _crop_indices(left, n, w).clip(x0, x1 - 1) - x0
     return part[rows][:, cols]
@@ -370,6 +400,8 @@ def warp_to_aligned(
     image: np.ndarray | Tensor,
     params: AlignParams | Sequence[AlignParams],
     max_full_resize_pixels: int = _MAX_FULL_RESIZE_PIXELS,
+    resample: str = "lanczos",
+    padding: str = "edge",
 ) -> np.ndarray | Tensor:
     """Warp an image to its aligned crop.
 
@@ -380,6 +412,8 @@ def warp_to_aligned(
         params: one :class:`AlignParams`, or ``B`` of them for a batch tensor.
         max_full_resize_pixels: numpy path only; above this resized size only the visible region is
             resampled (at most one grey level from the full resize, on very few pixels).
+        resample: numpy path only: ``'lanczos'`` (the Portrait4D crop) or ``'bilinear'`` (Deep3DFaceRecon).
+        padding: numpy path only: ``'edge'`` (the Portrait4D crop) or ``'zeros'`` (Deep3DFaceRecon).
 
     Returns:
         ``(n, n, 3)`` uint8 for numpy input; ``(C, n, n)`` / ``(B, C, n, n)`` of the input dtype for tensors.
@@ -387,7 +421,7 @@ def warp_to_aligned(
     if isinstance(image, np.ndarray):
         if not isinstance(params, AlignParams):
             raise TypeError("a numpy image takes a single AlignParams")
-        return _warp_numpy(image, params, max_full_resize_pixels)
+        return _warp_numpy(image, params, max_full_resize_pixels, resample, padding)
     batched = image.dim() == 4
     images = image if batched else image[None]
     plist = [params] * images.shape[0] if isinstance(params, AlignParams) else list(params)

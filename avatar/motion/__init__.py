@@ -1,21 +1,18 @@
-"""Motion descriptors of the driving frame: PD-FGC's 548-d motion vector (:mod:`avatar.motion.pdfgc`)."""
+"""Motion descriptors of the driving frame: PD-FGC's 548-d motion vector (:mod:`avatar.motion.pdfgc`).
+
+Its input crop is :func:`avatar.face.geometry.pdfgc_crop` (re-exported here).
+"""
 
 from __future__ import annotations
 
-from avatar.motion.pdfgc import (
-    MOTION_TEMPLATE_224,
-    MotionOutputs,
-    PDFGCConfig,
-    PDFGCEncoder,
-    motion_alignment_matrix,
-    motion_crop,
-)
+from avatar.face.geometry import pdfgc_affine, pdfgc_crop
+from avatar.motion.pdfgc import FanFeatureExtractor, MotionOutputs, PDFGCConfig, PDFGCEncoder
 
 __all__ = [
-    "MOTION_TEMPLATE_224",
+    "FanFeatureExtractor",
     "MotionOutputs",
     "PDFGCConfig",
     "PDFGCEncoder",
-    "motion_alignment_matrix",
-    "motion_crop",
+    "pdfgc_affine",
+    "pdfgc_crop",
 ]

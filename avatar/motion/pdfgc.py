@@ -18,10 +18,9 @@ Weights: upstream loads ``motion_model.pth`` with ``strict=False``, so any check
 have is silently dropped (and any missing key would keep its random init). :meth:`PDFGCEncoder.load_official`
 requires every module key (shapes checked) and returns the checkpoint keys it ignored.
 
-Input crop (:func:`motion_crop`): the similarity transform taking the centres of landmarks 36-41, 42-47 and
-60-67 (68-point layout, pixels, y down) to ``(87, 59), (137, 59), (112, 120)`` warps the [-1, 1] RGB image to
-224x224 (bilinear, zeros outside, pixel-corner-aligned as ``kornia.warp_affine``); rows ``[0, 192)`` and columns
-``[16, 208)`` are cut out, resized back to 224x224 (bilinear) and clamped to [-1, 1].
+Input crop: :func:`avatar.face.geometry.pdfgc_crop` (the similarity transform taking the centres of landmarks
+36-41, 42-47 and 60-67 to ``(87, 59), (137, 59), (112, 120)``, a 224 warp, the ``[:192, 16:208]`` cut, resized
+back to 224 and clamped to [-1, 1]); :meth:`PDFGCEncoder.motion_from_image` runs it and the encoder.
 """
 
 from __future__ import annotations
@@ -38,26 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatar.face.fan3d import ConvBlock, HourGlass, read_converted_weights, strip_common_prefix
+from avatar.face.geometry import pdfgc_crop
 
-__all__ = [
-    "MOTION_TEMPLATE_224",
-    "FanFeatureExtractor",
-    "MotionOutputs",
-    "PDFGCConfig",
-    "PDFGCEncoder",
-    "motion_alignment_matrix",
-    "motion_crop",
-    "similarity_transform",
-    "three_point_landmarks",
-    "warp_affine",
-]
+__all__ = ["FanFeatureExtractor", "MotionOutputs", "PDFGCConfig", "PDFGCEncoder"]
 
 logger = logging.getLogger(__name__)
-
-MOTION_TEMPLATE_224 = np.array([[87.0, 59.0], [137.0, 59.0], [112.0, 120.0]], dtype=np.float32)
-"""Targets (224-pixel frame) of the left-eye, right-eye and inner-mouth centres."""
-CROP_SIZE = 224
-CROP_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -179,10 +163,15 @@ class PDFGCEncoder(nn.Module):
         out = self(x)
         return torch.cat([out.eye, out.emotion, out.mouth], dim=-1)
 
-    def motion_from_image(self, images: Tensor, landmarks: Tensor) -> Tensor:
+    def motion_from_image(self, images: Tensor, landmarks: Tensor | np.ndarray) -> Tensor:
         """``get_motion_feature``: images ``(B, 3, H, W)`` in [-1, 1] and 68 landmarks ``(B, 68, >=2)`` in
-        pixels (y down) -> ``(B, 548)``."""
-        return self.motion(motion_crop(images, landmarks))
+        pixels (y down) -> ``(B, 548)``. The crop is :func:`avatar.face.geometry.pdfgc_crop`."""
+        lms = torch.as_tensor(np.asarray(landmarks)) if not isinstance(landmarks, Tensor) else landmarks
+        crops = pdfgc_crop(images, lms.to(images.device))
+        size = self.config.input_size
+        if crops.shape[-1] != size:  # reduced test configs only; the official input is the 224 crop
+            crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False)
+        return self.motion(crops)
 
     # ---- weights ------------------------------------------------------------------------------------
     def load_official(self, state: Mapping[str, Tensor]) -> list[str]:
@@ -203,93 +192,3 @@ class PDFGCEncoder(nn.Module):
         model = cls()
         model.load_official(read_converted_weights("pdfgc-motion", local_dir))
         return model.eval().to(device)
-
-
-# --------------------------------------------------------------------------------------------------------
-# input crop
-
-
-def three_point_landmarks(landmarks: np.ndarray) -> np.ndarray:
-    """68-point landmarks ``(68, >=2)`` -> ``(3, 2)``: means of points 36-41 (left eye), 42-47 (right eye) and
-    60-67 (inner mouth)."""
-    lm = np.asarray(landmarks)[:, :2]
-    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[60:68].mean(0)], axis=0)
-
-
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation; reflections excluded) mapping
-    ``src (N, 2)`` onto ``dst (N, 2)`` (Umeyama 1991, as ``skimage.transform.SimilarityTransform.estimate``).
-    Returns the ``(3, 3)`` float64 matrix; ``NaN`` when ``src`` is a single repeated point."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    n, dim = src.shape
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    src_c, dst_c = src - src_mean, dst - dst_mean
-    cov = dst_c.T @ src_c / n
-    d = np.ones(dim)
-    if np.linalg.det(cov) < 0:
-        d[-1] = -1
-    t = np.eye(dim + 1)
-    u, s, vt = np.linalg.svd(cov)
-    rank = np.linalg.matrix_rank(cov)
-    if rank == 0:
-        return np.full((dim + 1, dim + 1), np.nan)
-    if rank == dim - 1:
-        if np.linalg.det(u) * np.linalg.det(vt) > 0:
-            t[:dim, :dim] = u @ vt
-        else:
-            keep = d[-1]
-            d[-1] = -1
-            t[:dim, :dim] = u @ np.diag(d) @ vt
-            d[-1] = keep
-    else:
-        t[:dim, :dim] = u @ np.diag(d) @ vt
-    scale = (s @ d) / src_c.var(axis=0).sum()
-    t[:dim, dim] = dst_mean - scale * (t[:dim, :dim] @ src_mean)
-    t[:dim, :dim] *= scale
-    return t
-
-
-def motion_alignment_matrix(landmarks: Tensor | np.ndarray) -> Tensor:
-    """Landmarks ``(B, 68, >=2)`` (pixels, y down) -> affine matrices ``(B, 2, 3)`` float32 taking image pixels
-    to the 224 motion frame (identity when the fit is singular, as upstream)."""
-    lms = landmarks.detach().cpu().numpy() if isinstance(landmarks, Tensor) else np.asarray(landmarks)
-    mats = []
-    for lm in lms:
-        m = similarity_transform(three_point_landmarks(lm), MOTION_TEMPLATE_224)
-        if np.linalg.det(m) == 0:
-            m = np.eye(3)
-        mats.append(m[:2])
-    device = landmarks.device if isinstance(landmarks, Tensor) else None
-    return torch.tensor(np.array(mats), dtype=torch.float32, device=device)
-
-
-def warp_affine(images: Tensor, matrices: Tensor, size: tuple[int, int]) -> Tensor:
-    """``kornia.geometry.warp_affine`` with its defaults (bilinear, zero padding, ``align_corners=True``):
-    output pixel ``p`` takes the input at ``M^-1 p`` (pixel centres at integer positions).
-    ``images (B, C, H, W)``, ``matrices (B, 2, 3)``, ``size = (h, w)`` -> ``(B, C, h, w)``."""
-    b, _, h_in, w_in = images.shape
-    h_out, w_out = size
-    full = torch.eye(3, dtype=torch.float64, device=images.device).repeat(b, 1, 1)
-    full[:, :2] = matrices.double()
-    inv = torch.linalg.inv(full)
-    ys, xs = torch.meshgrid(
-        torch.arange(h_out, dtype=torch.float64, device=images.device),
-        torch.arange(w_out, dtype=torch.float64, device=images.device),
-        indexing="ij",
-    )
-    pix = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, -1, 3)
-    src = pix @ inv.transpose(1, 2)  # (B, h*w, 3)
-    gx = src[..., 0] * (2.0 / max(w_in - 1, 1e-14)) - 1.0
-    gy = src[..., 1] * (2.0 / max(h_in - 1, 1e-14)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1).reshape(b, h_out, w_out, 2).to(images.dtype)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def motion_crop(images: Tensor, landmarks: Tensor | np.ndarray) -> Tensor:
-    """Images ``(B, 3, H, W)`` in [-1, 1] and 68 landmarks ``(B, 68, >=2)`` (pixels, y down) -> the encoder
-    input ``(B, 3, 224, 224)``."""
-    m = motion_alignment_matrix(landmarks).to(images.device)
-    warped = warp_affine(images, m, (CROP_SIZE, CROP_SIZE))
-    cut = warped[:, :, : CROP_SIZE - 2 * CROP_MARGIN, CROP_MARGIN : CROP_SIZE - CROP_MARGIN]
-    return torch.clamp(F.interpolate(cut, size=[CROP_SIZE, CROP_SIZE], mode="bilinear"), -1, 1)
