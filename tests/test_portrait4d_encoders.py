@@ -318,3 +318,16 @@ def test_dilated_resnet_matches_torchvision_patch() -> None:
         got = ours(x)
     assert got.shape == (1, 512, 8, 8)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_half_attention_equals_sdpa() -> None:
+    from avatar.nn.attention import _half_attention_chunked
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 37, 16, generator=g) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+    chunked = _half_attention_chunked(q, k, v, 0.3, max_logits=2 * 2 * 19 * 8)  # forces several query chunks
+    torch.testing.assert_close(chunked, ref, atol=1e-5, rtol=1e-5)
+    half = _half_attention_chunked(q.bfloat16(), k.bfloat16(), v.bfloat16(), 0.3)
+    assert half.dtype == torch.bfloat16
+    assert float((half.float() - ref).norm() / ref.norm()) < 1e-2

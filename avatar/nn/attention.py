@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -87,10 +88,31 @@ def multihead_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, use_sdpa:
         ``(B, heads, N, d)``.
     """
     if use_sdpa:
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] > FUSED_MAX_HEAD_DIM:
+            return _half_attention_chunked(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     attn = (q @ k.transpose(-2, -1)) * scale
     attn = attn.softmax(dim=-1)
     return attn @ v
+
+
+FUSED_MAX_HEAD_DIM = 256
+"""Largest head dim of PyTorch's flash kernels; wider heads (the triplane block's 512) fall back to the
+memory-efficient kernel, which is slower on Hopper than two half-precision GEMMs around a softmax."""
+
+
+def _half_attention_chunked(q: Tensor, k: Tensor, v: Tensor, scale: float, max_logits: int = 1 << 28) -> Tensor:
+    """Half-precision attention as ``softmax(q k^T * scale) v`` over query chunks (logits stay in
+    ``q.dtype``; the softmax accumulates in float32 inside the kernel). At most ``max_logits`` logits live
+    at once."""
+    b, h, n, _ = q.shape
+    chunk = max(1, min(n, max_logits // max(1, b * h * k.shape[-2])))
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        outs = []
+        for qc in q.split(chunk, dim=2):
+            logits = torch.matmul(qc, k.transpose(-2, -1)).mul_(scale)
+            outs.append(torch.matmul(torch.softmax(logits, dim=-1), v))
+    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
 
 
 def set_sdpa(module: nn.Module, enabled: bool) -> nn.Module:
@@ -220,8 +242,16 @@ class DWConvTokens(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x: Tensor, H: int, W: int) -> Tensor:
-        """``(B, H*W, C)`` -> ``(B, H*W, C)``."""
-        return self.dwconv(tokens_to_map(x, H, W)).flatten(2).transpose(1, 2)
+        """``(B, H*W, C)`` -> ``(B, H*W, C)``.
+
+        The tokens are viewed as a channels-last map (no copy); cuDNN's NHWC depth-wise kernels then avoid
+        the two layout transposes of an NCHW round trip. Same maths as the NCHW view.
+        """
+        B, N, C = x.shape
+        if N != H * W:
+            raise ValueError(f"token count {N} does not match H*W = {H}*{W}")
+        y = self.dwconv(x.reshape(B, H, W, C).permute(0, 3, 1, 2))
+        return y.permute(0, 2, 3, 1).reshape(B, N, C)
 
 
 class MixFFN(nn.Module):

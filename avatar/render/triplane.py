@@ -514,6 +514,18 @@ class ImportanceRenderer(nn.Module):
     def __init__(self, options: RenderingOptions | None = None):
         super().__init__()
         self.options = options if options is not None else RenderingOptions()
+        # The per-pass steps, replaceable by compiled versions (see :meth:`compile_steps`).
+        self.march_fn: Callable[..., MarchOutput] = ray_march
+        self.importance_fn: Callable[..., Tensor] = sample_importance
+        self.merge_fn: Callable[..., tuple[Tensor, Tensor, Tensor]] = merge_samples
+
+    def compile_steps(self, mode: str | None = None) -> ImportanceRenderer:
+        """``torch.compile`` the ray marcher, the importance sampler and the sample merge (elementwise-heavy
+        steps that fuse well); the maths is unchanged."""
+        self.march_fn = torch.compile(ray_march, mode=mode, dynamic=False)
+        self.importance_fn = torch.compile(sample_importance, mode=mode, dynamic=False)
+        self.merge_fn = torch.compile(merge_samples, mode=mode, dynamic=False)
+        return self
 
     def _is_deterministic(self, deterministic: bool | None) -> bool:
         return (not self.training) if deterministic is None else deterministic
@@ -594,11 +606,11 @@ class ImportanceRenderer(nn.Module):
         depths = self.coarse_depths(origins, directions, cam_z, box_warp_scale, det)
         colors, densities = self._evaluate(field, origins, directions, depths, det)
         if opt.depth_resolution_importance > 0:
-            coarse = ray_march(colors, densities, depths, opt.clamp_mode, opt.white_back)
-            fine = sample_importance(depths, coarse.weights, opt.depth_resolution_importance, det)
+            coarse = self.march_fn(colors, densities, depths, opt.clamp_mode, opt.white_back)
+            fine = self.importance_fn(depths, coarse.weights, opt.depth_resolution_importance, det)
             colors_f, densities_f = self._evaluate(field, origins, directions, fine, det)
-            depths, colors, densities = merge_samples(depths, colors, densities, fine, colors_f, densities_f)
-        out = ray_march(colors, densities, depths, opt.clamp_mode, opt.white_back)
+            depths, colors, densities = self.merge_fn(depths, colors, densities, fine, colors_f, densities_f)
+        out = self.march_fn(colors, densities, depths, opt.clamp_mode, opt.white_back)
         return RenderOutput(out.rgb, out.depth, depths, out.weights, out.t_bg)
 
     def forward(

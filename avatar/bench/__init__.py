@@ -1,0 +1,1 @@
+"""Speed benchmarks (``python -m avatar.bench ...``): each prints a Markdown table of measured figures."""
