@@ -1,0 +1,180 @@
+"""The official Portrait4D preprocessing of one photo or video frame, as a chain of our networks.
+
+Per image (``data_preprocess/lib/inferencer.py``): RetinaFace box (largest face) -> H3R 98 WFLW points (crop 1.5x
+the box) and 3DFAN 68 3D points (on the box) -> the 512 crop from five of the 98 points
+(:func:`avatar.face.geometry.estimate_align_params`) with both point sets mapped into it; Deep3DFaceRecon on its
+own 224 crop of the source image -> BFM->FLAME mapper -> the 437-float FLAME label (camera, shape,
+expression, neck + jaw pose); PD-FGC's 548-d motion from the 512 crop and its 68 points.
+
+For video every frame is detected (batched) rather than tracked from the previous landmarks as upstream does, so
+that a frame without a face is recognised as such; the crop can be one-euro smoothed (upstream ``use_smooth``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from avatar.face.bfm2flame import BFM2FLAMEMapper, flame_label
+from avatar.face.deep3d import Deep3DReconNet, align_image, split_coefficients, to_input
+from avatar.face.fan3d import FAN3DLandmarker
+from avatar.face.geometry import (
+    AlignParams,
+    estimate_align_params,
+    five_points_from_wflw98,
+    transform_landmarks,
+    warp_to_aligned,
+)
+from avatar.face.h3r import H3RLandmarker
+from avatar.face.retinaface import DetectedFace, RetinaFace
+from avatar.face.smoothing import CROP_SCALE_FILTER, CROP_TRANSLATION_FILTER, OneEuroFilter
+from avatar.motion.pdfgc import PDFGCEncoder
+
+__all__ = ["ALIGNED_FACE_BOX", "CropSmoother", "FaceAnalysis", "FacePreprocessor", "crop_to_model_input"]
+
+logger = logging.getLogger(__name__)
+
+ALIGNED_FACE_BOX: tuple[float, float, float, float] = (127.0, 190.0, 380.0, 432.0)
+"""Tight box ``x1, y1, x2, y2`` of the 98 landmarks in an official 512 crop (mean over the 32 official aligned
+examples). Used instead of a detection for photos that are already aligned; upstream passes such landmark
+boxes to H3R (crop 1.8x) and 3DFAN when it tracks a face through a video."""
+ALIGNED_BOX_RATIO = 1.8
+
+
+@dataclass
+class FaceAnalysis:
+    """Everything the reconstructor needs from one image.
+
+    Attributes:
+        crop: ``(512, 512, 3)`` uint8, the official aligned crop.
+        align: the crop of the source image (``None`` when the input was already aligned).
+        box: ``(4,)`` face box in source pixels.
+        landmarks: ``(98, 2)`` WFLW points in crop pixels.
+        landmarks_3d: ``(68, 2)`` 3DFAN points (x, y) in crop pixels: the PD-FGC crop is built from them.
+        label: ``(437,)`` float32 FLAME label: camera 25, shape 300, expression 100, pose 6, eye pose 6.
+    """
+
+    crop: np.ndarray
+    align: AlignParams | None
+    box: np.ndarray
+    landmarks: np.ndarray
+    landmarks_3d: np.ndarray
+    label: Tensor
+
+
+class CropSmoother:
+    """One-euro filter of consecutive crops (translation and scale), the official ``use_smooth`` filters."""
+
+    def __init__(self) -> None:
+        self.translation = OneEuroFilter.from_params(CROP_TRANSLATION_FILTER)
+        self.scale = OneEuroFilter.from_params(CROP_SCALE_FILTER)
+
+    def __call__(self, params: AlignParams) -> AlignParams:
+        t = self.translation(np.array([params.tx, params.ty]))
+        s = float(self.scale(np.array(params.scale)))
+        return replace(params, tx=float(t[0]), ty=float(t[1]), scale=s)
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters(), torch.empty(0)).device
+
+
+class FacePreprocessor:
+    """Detector, landmarks, 3DMM, BFM->FLAME and motion networks chained as the official preprocessing.
+
+    Args:
+        detector: RetinaFace.
+        landmarker: H3R 98-point landmarker.
+        landmarker_3d: 3DFAN 68-point landmarker.
+        face_recon: Deep3DFaceRecon coefficient regressor.
+        bfm2flame: BFM -> FLAME mapper.
+        motion_encoder: PD-FGC (``None`` for the static model: no motion needed).
+        min_face_size: faces whose box (mean of width and height) is smaller, in source pixels, are refused.
+    """
+
+    def __init__(self, detector: RetinaFace, landmarker: H3RLandmarker, landmarker_3d: FAN3DLandmarker,
+                 face_recon: Deep3DReconNet, bfm2flame: BFM2FLAMEMapper, motion_encoder: PDFGCEncoder | None,
+                 min_face_size: float = 40.0) -> None:
+        self.detector = detector
+        self.landmarker = landmarker
+        self.landmarker_3d = landmarker_3d
+        self.face_recon = face_recon
+        self.bfm2flame = bfm2flame
+        self.motion_encoder = motion_encoder
+        self.min_face_size = min_face_size
+
+    def modules(self) -> dict[str, nn.Module | None]:
+        return {"detector": self.detector, "landmarker": self.landmarker.net, "landmarker_3d": self.landmarker_3d,
+                "face_recon": self.face_recon, "bfm2flame": self.bfm2flame, "motion_encoder": self.motion_encoder}
+
+    def to(self, device: torch.device | str) -> FacePreprocessor:
+        for m in self.modules().values():
+            if m is not None:
+                m.to(device)
+        return self
+
+    # ---- detection -------------------------------------------------------------------------------------
+    def detect(self, images: list[np.ndarray]) -> list[list[DetectedFace]]:
+        """Faces of each image, largest first (batched when the images have one size, e.g. video frames)."""
+        return self.detector.detect_batch(images)
+
+    # ---- analysis --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def analyze(self, images: list[np.ndarray], boxes: list[Any], smoother: CropSmoother | None = None,
+                aligned: bool = False) -> list[FaceAnalysis]:
+        """Landmarks, 512 crop and FLAME label of one face per image.
+
+        Args:
+            images: ``(H, W, 3)`` uint8 RGB images.
+            boxes: one ``(4,)`` face box per image (source pixels).
+            smoother: smooth the crops of consecutive video frames (called in order).
+            aligned: the images are official 512 crops already: keep them as they are.
+        """
+        if not images:
+            return []
+        ratio = ALIGNED_BOX_RATIO if aligned else None
+        lm98 = [self.landmarker(img, [box], box_ratio=ratio)[0] for img, box in zip(images, boxes, strict=True)]
+        lm68 = [self.landmarker_3d(img, [box])[0] for img, box in zip(images, boxes, strict=True)]
+        d3 = [align_image(img, lm) for img, lm in zip(images, lm98, strict=True)]
+        x = torch.cat([to_input(a.image) for a in d3]).to(_device(self.face_recon))
+        coeffs = split_coefficients(self.face_recon(x).float())
+        labels = flame_label(self.bfm2flame, coeffs["id"], coeffs["exp"], coeffs["angle"]).cpu()
+        out = []
+        for i, img in enumerate(images):
+            if aligned:
+                params, crop = None, img
+                l98c, l68c = lm98[i], lm68[i][:, :2]
+            else:
+                params = estimate_align_params(five_points_from_wflw98(lm98[i]), (img.shape[1], img.shape[0]))
+                if smoother is not None:
+                    params = smoother(params)
+                crop = warp_to_aligned(img, params)
+                l98c, l68c = transform_landmarks(lm98[i], params), transform_landmarks(lm68[i], params)
+            out.append(FaceAnalysis(np.asarray(crop), params, np.asarray(boxes[i], dtype=np.float32), l98c,
+                                    np.asarray(l68c, dtype=np.float32), labels[i]))
+        return out
+
+    @torch.no_grad()
+    def motion(self, analyses: list[FaceAnalysis]) -> Tensor | None:
+        """PD-FGC motions ``(B, D)`` float32 of the analysed crops (``None`` without a motion encoder)."""
+        if self.motion_encoder is None or not analyses:
+            return None
+        dev = _device(self.motion_encoder)
+        crops = torch.tensor(np.stack([a.crop for a in analyses])).to(dev).permute(0, 3, 1, 2).float()
+        crops = crops / 127.5 - 1
+        lms = torch.from_numpy(np.stack([a.landmarks_3d for a in analyses])).to(dev).float()
+        return self.motion_encoder.motion_from_image(crops, lms).float()
+
+
+def crop_to_model_input(crops: np.ndarray, resolution: int, device: torch.device | str) -> Tensor:
+    """``(B, 512, 512, 3)`` uint8 crops -> ``(B, 3, r, r)`` float in ``[-1, 1]`` (antialiased resize if needed)."""
+    x = torch.tensor(np.asarray(crops, dtype=np.uint8)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if x.shape[-1] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp(-1, 1)
