@@ -4,6 +4,9 @@ Subcommands:
     models      list model ids, the files each needs and whether they are in the cache
     download    fetch, verify and convert what a model id needs (once; later calls do nothing)
     convert     convert one upstream checkpoint file into safetensors + JSON, without running its code
+    reconstruct photo -> 3D avatar rendered along a camera orbit (video)
+    reenact     photo + driving video -> reenacted video (driving audio kept)
+    tiny        write a complete pipeline of tiny random networks (tests, offline work)
 
 Every command logs through :mod:`logging` (``-v`` for debug, ``-q`` for warnings only). Errors are one
 plain sentence on stderr and a non-zero exit code.
@@ -102,6 +105,119 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------------------
+# pipeline commands
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+    return name
+
+
+def _dtype(name: str):  # noqa: ANN202 - torch.dtype
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _check_output(path: Path) -> None:
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"output {path} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give a file name such as {path / 'out.mp4'}")
+
+
+def _load_pipeline(args: argparse.Namespace):  # noqa: ANN202 - Portrait4DPipeline
+    from .pipelines import Portrait4DPipeline
+
+    return Portrait4DPipeline.from_pretrained(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+
+
+def _avatar(pipe, source: Path, aligned: bool):  # noqa: ANN001, ANN202
+    from .pipelines import Avatar
+
+    if source.suffix == ".safetensors":
+        return Avatar.load(source, device=pipe.device)
+    return pipe.create_avatar(source, aligned=aligned)
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .io import VideoWriter, load_image
+
+    out = Path(args.output)
+    _check_output(out)
+    if args.frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    if Path(args.photo).suffix != ".safetensors":
+        load_image(args.photo)  # fail on a bad photo before loading the networks
+    pipe = _load_pipeline(args)
+    avatar = _avatar(pipe, Path(args.photo), args.aligned)
+    if args.save_avatar:
+        avatar.save(args.save_avatar)
+        logger.info("avatar saved to %s", args.save_avatar)
+    frames = pipe.render_orbit(avatar, args.frames, batch_size=args.batch_size, progress=not args.quiet)
+    with VideoWriter(out, args.fps) as writer:
+        for frame in frames:
+            writer.write(frame)
+    logger.info("wrote %s: %d frames at %s fps (%s)", out, writer.frames_written, writer.fps, writer.codec)
+    return EXIT_OK
+
+
+def _cmd_reenact(args: argparse.Namespace) -> int:
+    from .io import VideoReader, VideoWriter, load_image
+    from .pipelines import side_by_side
+
+    out = Path(args.output)
+    _check_output(out)
+    if Path(args.photo).suffix != ".safetensors":
+        load_image(args.photo)  # fail on bad inputs before loading the networks
+    reader = VideoReader(args.driving, max_frames=args.max_frames)
+    pipe = _load_pipeline(args)
+    avatar = _avatar(pipe, Path(args.photo), args.aligned)
+    if args.save_avatar:
+        avatar.save(args.save_avatar)
+    frames = pipe.iter_reenact(avatar, args.driving, relative=not args.absolute, head_pose=args.pose,
+                               smooth=not args.no_smooth, batch_size=args.batch_size, max_frames=args.max_frames,
+                               progress=not args.quiet)
+    with VideoWriter(out, reader.fps, audio_from=None if args.no_audio else args.driving) as writer:
+        for f in frames:
+            writer.write(side_by_side(avatar.source_crop, f.image, f.driving) if args.side_by_side else f.image)
+    missing = len(pipe.last_frames_without_face)
+    audio = {"copy": "audio copied", "aac": "audio re-encoded to AAC", None: "no audio"}[writer.audio_mode]
+    logger.info("wrote %s: %d frames at %s fps (%s, %s)%s", out, writer.frames_written, writer.fps, writer.codec,
+                audio, f"; {missing} frames without a face held the last motion" if missing else "")
+    return EXIT_OK
+
+
+def _cmd_tiny(args: argparse.Namespace) -> int:
+    from .pipelines import Portrait4DPipeline
+
+    folder = Portrait4DPipeline.tiny(seed=args.seed).save_pretrained(args.directory)
+    logger.info("wrote a tiny random pipeline to %s (use it with --model %s; its pictures are meaningless)",
+                folder, folder)
+    return EXIT_OK
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="portrait4d-v2",
+                   help="model id (portrait4d-v2, portrait4d-v1, portrait4d-static) or a pipeline folder "
+                        "(e.g. from `avatar tiny DIR`)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision of the reconstructor's networks (preprocessing stays float32)")
+    p.add_argument("--aligned", action="store_true",
+                   help="the photo is already a 512x512 Portrait4D crop: skip face detection and cropping")
+    p.add_argument("--batch-size", type=int, default=8, help="frames rendered together (default 8)")
+    p.add_argument("--save-avatar", metavar="FILE", help="also save the avatar (.safetensors) for later runs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar",
@@ -151,6 +267,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--network", default=None, help="network to extract from a persistence pickle (default G_ema)")
     p.add_argument("--name", default=None, help="output file stem (default: the input's stem)")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser(
+        "reconstruct", help="photo -> 3D avatar rendered along a camera orbit",
+        description="Build an avatar from one portrait photo and render it along a closed camera orbit into a "
+                    "video. PHOTO may also be an avatar saved with --save-avatar.")
+    p.add_argument("photo", help="portrait photo (JPEG, PNG, ...) or a saved avatar (.safetensors)")
+    p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    p.add_argument("--frames", type=int, default=60, help="frames in the orbit (default 60)")
+    p.add_argument("--fps", type=float, default=25.0, help="frame rate of the orbit video (default 25)")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser(
+        "reenact", help="photo + driving video -> reenacted video",
+        description="Animate the face of PHOTO with the expressions and head motion of DRIVING. The output keeps "
+                    "the driving video's frame rate and audio. Frames of DRIVING without a face hold the last "
+                    "good motion. PHOTO may also be an avatar saved with --save-avatar.")
+    p.add_argument("photo", help="portrait photo or a saved avatar (.safetensors)")
+    p.add_argument("driving", help="driving video")
+    p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
+    motion = p.add_mutually_exclusive_group()
+    motion.add_argument("--relative", action="store_true", default=True,
+                        help="apply the driving motion as changes from its first frame (default)")
+    motion.add_argument("--absolute", action="store_true", help="use the driving motion and head pose as they are")
+    p.add_argument("--pose", choices=["neck", "camera", "fixed"], default="neck",
+                   help="head rotation: neck (FLAME neck rotation, fixed camera; official default), camera (the "
+                        "driving camera moves), fixed (no head rotation)")
+    p.add_argument("--no-smooth", action="store_true", help="no one-euro smoothing of crops and head poses")
+    p.add_argument("--side-by-side", action="store_true", help="write source | result | driving panels")
+    p.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames")
+    p.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
+    _add_model_options(p)
+    p.set_defaults(func=_cmd_reenact)
+
+    p = sub.add_parser(
+        "tiny", help="write a complete pipeline of tiny random networks (tests, offline work)",
+        description="Write a pipeline folder with tiny random weights, loadable wherever a model id is accepted "
+                    "(--model DIR). Its pictures are meaningless; it exists for tests and offline trials.")
+    p.add_argument("directory", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_tiny)
     return parser
 
 
@@ -170,9 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .hub.download import AssetNotFoundError, AssetVerificationError
         from .hub.formats import FormatError
         from .hub.unpickle import UnsafePickleError
+        from .io.errors import InputError
 
         known = (AssetNotFoundError, AssetVerificationError, FormatError, UnsafePickleError, FileNotFoundError,
-                 KeyError, ValueError)
+                 KeyError, ValueError, InputError)
         if args.verbose or not isinstance(exc, known):
             logger.exception("%s failed", args.command)
         else:
