@@ -459,9 +459,10 @@ class Portrait4D(Portrait4DEncoders):
                 return FlameHeadPoseDeformer.warp(field, points)
         out = self.renderer(planes, self.decoder, origins, directions, cam_z=camera_z(cam2world),
                             deformer=deformer, deterministic=deterministic, chunk=chunk)
-        features = rays_to_image(out.features, r, r)
-        depth = rays_to_image(out.depth, r, r)
-        t_bg = rays_to_image(out.t_bg, r, r)
+        # contiguous NCHW images (the ray-major reshape is a strided view, slow for the convolutions after it)
+        features = rays_to_image(out.features, r, r).contiguous()
+        depth = rays_to_image(out.depth, r, r).contiguous()
+        t_bg = rays_to_image(out.t_bg, r, r).contiguous()
         if background is not None:
             if background.shape[-1] != r:
                 background = F.interpolate(background, size=(r, r), mode="bilinear", align_corners=False)
