@@ -380,3 +380,42 @@ def test_far_points_use_the_smoothed_field(deformer: FlameHeadPoseDeformer) -> N
     x = torch.tensor([[[0.55, -0.5, 0.5], [-0.5, 0.52, -0.45]]])  # far from the r = 0.15 head
     smooth = sample_grid(field.coarse_offsets, field.coarse_grids, x)
     torch.testing.assert_close(deformer.warp(field, x), x + smooth, atol=1e-6, rtol=0)
+
+
+def test_surface_field_on_the_grid_matches_brute_force(deformer: FlameHeadPoseDeformer) -> None:
+    """The 8^3 grid field (offsets and squared distances) against a float64 loop over every triangle: closest
+    triangle by exact point-triangle distance, unclamped plane barycentrics, GNARF normal offset."""
+    shape, exp, pose = _params(1, seed=4)
+    pose = torch.zeros_like(pose)
+    pose[:, 1] = 0.4  # neck yaw
+    target, canonical = deformer.head_pose_meshes(shape, exp, pose, None)
+    grids, offsets, dists = deformer.grid_deformation(target, canonical, 8)
+    faces = deformer.simplify_faces.numpy()
+    tgt, can = target[0].double().numpy(), canonical[0].double().numpy()
+    points = grids[0].reshape(3, -1).T.double().numpy()
+    want_off = np.zeros_like(points)
+    want_d = np.zeros(len(points))
+    def seg_sq(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+        t = np.clip(np.dot(p - a, b - a) / np.dot(b - a, b - a), 0.0, 1.0)
+        return float(np.sum((a + t * (b - a) - p) ** 2))
+
+    def sq_dist(p: np.ndarray, tri: np.ndarray) -> float:  # pytorch3d: triangles under 5e-3 area -> edges only
+        if 0.5 * np.linalg.norm(np.cross(tri[1] - tri[0], tri[2] - tri[0])) < 5e-3:
+            return min(seg_sq(p, tri[0], tri[1]), seg_sq(p, tri[1], tri[2]), seg_sq(p, tri[2], tri[0]))
+        return _ref_sq_dist(p, tri)
+
+    for i, p in enumerate(points):
+        d = [sq_dist(p, tgt[f]) for f in faces]
+        j = int(np.argmin(d))
+        t, c = tgt[faces[j]], can[faces[j]]
+        n_t = np.cross(t[1] - t[0], t[2] - t[0])
+        n_t /= np.linalg.norm(n_t)
+        n_c = np.cross(c[1] - c[0], c[2] - c[0])
+        n_c /= np.linalg.norm(n_c)
+        proj = p - np.dot(p - t[0], n_t) * n_t
+        w = np.linalg.lstsq(t.T, proj, rcond=None)[0]  # barycentrics of the plane projection (unclamped)
+        want_off[i] = w @ c + np.dot(p - w @ t, n_t) * n_c - p
+        want_d[i] = d[j]
+    np.testing.assert_allclose(offsets[0].reshape(3, -1).T.double().numpy(), want_off, atol=2e-5)
+    np.testing.assert_allclose(dists[0].reshape(-1).double().numpy(), want_d, rtol=1e-4, atol=1e-8)
+    assert np.abs(want_off).max() > 1e-2  # the neck rotation really moves the field

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -331,3 +332,31 @@ def test_bad_motion_and_camera_raise_value_error(model: Portrait4D) -> None:
     two = model.encode(torch.zeros(2, 3, 64, 64), torch.zeros(2, 12))
     with pytest.raises(ValueError, match="holds 2 avatars but 3 driving frames"):
         model.render(two, torch.zeros(3, 12), inference_label(1))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the side-by-side comparison with the official code
+
+
+def _comparison_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_official_portrait4d.py"
+    spec = importlib.util.spec_from_file_location("compare_official_portrait4d", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_comparison_script_skips_without_a_checkout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _comparison_script().main([]) == 2
+    assert "comparison skipped" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PORTRAIT4D_REPO"), reason="set PORTRAIT4D_REPO to an official checkout")
+def test_matches_the_official_reconstructor() -> None:
+    args = ["--official", os.environ["PORTRAIT4D_REPO"], "--batch", "1"]
+    if os.environ.get("PORTRAIT4D_EXTRA_PATH"):
+        args += ["--extra-path", os.environ["PORTRAIT4D_EXTRA_PATH"]]
+    assert _comparison_script().main(args) == 0
