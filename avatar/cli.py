@@ -15,6 +15,7 @@ plain sentence on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -102,6 +103,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     result = convert_file(args.checkpoint, out, fmt=args.format, name=args.name, network=args.network)
     target = result.weights or result.copy
     logger.info("wrote %s (%d tensors) and %s", target, result.num_tensors, result.metadata)
+    meta = json.loads(result.metadata.read_text())
+    if str(meta.get("class_name", "")).endswith("TriPlaneReconstructorNeutralize") and result.weights:
+        from .models.portrait4d_convert import load_official
+
+        model = load_official(result.weights)  # strict: raises on any missing, unexpected or mis-shaped tensor
+        logger.info("checked: loads strictly into Portrait4D (%d tensors, static=%s, FLAME deformer: %s)",
+                    len(model.state_dict()), model.config.is_static, model.deformer.available)
     return EXIT_OK
 
 
