@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     model.enable_fast_inference(torch.bfloat16 if args.dtype == "bf16" else None,
                                 channels_last=not args.no_channels_last,
-                                sr_fused_modconv=bool(args.sr_fused))
+                                sr_fused_modconv=False if args.sr_unfused else None)
     if args.compile:
         model.compile_fast_path(mode=args.compile_mode)
     state: AvatarState = model.encode(image, motion_app)
@@ -229,7 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-tflops", type=float, help="override the GPU's dense bf16 peak")
     parser.add_argument("--breakdown", action="store_true", help="time the fast path's stages separately")
     parser.add_argument("--no-channels-last", action="store_true", help="fast path without NHWC conv weights")
-    parser.add_argument("--sr-fused", action="store_true", help="fast path with upstream's grouped-conv SR")
+    parser.add_argument("--sr-unfused", action="store_true",
+                        help="fast path with the SR's modulated convs as batched convs (default: upstream's grouped conv)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest CUDA kernels")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
 

@@ -249,7 +249,7 @@ class Portrait4D(Portrait4DEncoders):
     # fast-path switches
 
     def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16, sdpa: bool = True,
-                              channels_last: bool = True, sr_fused_modconv: bool | None = False) -> Portrait4D:
+                              channels_last: bool = True, sr_fused_modconv: bool | None = None) -> Portrait4D:
         """Switch to the fast inference path (same outputs within bf16 tolerance).
 
         Args:
