@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from avatar.face._detect_utils import StateDictMismatchError, as_uint8_rgb, nms_plus_one
+from avatar.face._detect_utils import as_uint8_rgb, nms_plus_one
 from avatar.face.h3r import (
     H3R,
     H3RConfig,
@@ -41,6 +41,7 @@ from avatar.face.retinaface import (
     official_key_map,
     prior_boxes,
 )
+from avatar.hub.weights import StateDictMismatchError
 
 # --------------------------------------------------------------------------------------------------------
 # helpers

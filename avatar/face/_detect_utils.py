@@ -1,13 +1,8 @@
 """Shared pieces of the face detector (:mod:`avatar.face.retinaface`) and the landmark network
-(:mod:`avatar.face.h3r`): image conversion, a ResNet bottleneck block, the NMS of the official code and a strict
-loader for official state dicts.
+(:mod:`avatar.face.h3r`): image conversion, a ResNet bottleneck block, and the NMS of the official code.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,12 +10,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "Bottleneck",
-    "StateDictMismatchError",
     "as_uint8_rgb",
-    "load_official_weights",
     "nms_plus_one",
-    "read_weights",
-    "strip_key_prefixes",
 ]
 
 
@@ -147,82 +138,3 @@ def nms_plus_one(boxes: Tensor | np.ndarray, scores: Tensor | np.ndarray, iou_th
 
 # --------------------------------------------------------------------------------------------------------
 # loading official weights
-
-
-class StateDictMismatchError(KeyError):
-    """An official state dict does not match the module: missing, unexpected or wrongly shaped tensors."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-def strip_key_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
-    """Remove each prefix in turn from the keys that start with it (other keys are kept as they are)."""
-    out = dict(state_dict)
-    for prefix in prefixes:
-        out = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in out.items()}
-    return out
-
-
-def _preview(names: Iterable[str], limit: int = 8) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def load_official_weights(
-    module: nn.Module,
-    state_dict: Mapping[str, Any],
-    *,
-    what: str,
-    optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
-) -> None:
-    """Copy ``state_dict`` into ``module`` strictly: every key of the module must be present with the same
-    shape and no other key may be there.
-
-    Keys ending in one of ``optional_suffixes`` (BatchNorm step counters, unused at inference) may be
-    absent; the module keeps its own value then.
-
-    Raises:
-        StateDictMismatchError: with the counts and the first names of the missing, unexpected and
-            mis-shaped tensors.
-    """
-    own = module.state_dict()
-    given = {k: (v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))) for k, v in state_dict.items()}
-    missing = [k for k in own if k not in given and not k.endswith(optional_suffixes)]
-    unexpected = [k for k in given if k not in own]
-    wrong_shape = [
-        f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in given and tuple(given[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        parts = [f"{what}: the state dict does not match the network ({len(own)} tensors expected, "
-                 f"{len(given)} given)."]
-        if missing:
-            parts.append(f"Missing {len(missing)}: {_preview(missing)}.")
-        if unexpected:
-            parts.append(f"Unexpected {len(unexpected)}: {_preview(unexpected)}.")
-        if wrong_shape:
-            parts.append(f"Wrong shape {len(wrong_shape)}: {_preview(wrong_shape)}.")
-        raise StateDictMismatchError(" ".join(parts))
-    full = {k: given.get(k, v) for k, v in own.items()}
-    module.load_state_dict(full, strict=True)
-
-
-def read_weights(path: str | Path) -> dict[str, Tensor]:
-    """Read a flat state dict from a ``.safetensors`` file, a converted-asset folder holding one, or an
-    upstream ``.pth`` (read with ``torch.load(weights_only=True)``; nested dicts flattened with dots)."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("*.safetensors"))
-        if len(found) != 1:
-            raise FileNotFoundError(f"{path}: expected exactly one .safetensors file, found {len(found)}")
-        path = found[0]
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    from avatar.hub.formats import read_torch_checkpoint
-
-    return {k: torch.as_tensor(v) for k, v in read_torch_checkpoint(path).tensors.items()}

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from avatar.face.fan3d import read_converted_weights
 from avatar.face.geometry import FlameLabel, bfm_angles_to_flame_pose, camera_label_from_pose
+from avatar.hub.weights import read_converted_weights
 
 __all__ = ["BFM2FLAMEMapper", "MapperConfig", "flame_label"]
 

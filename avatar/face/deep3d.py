@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from avatar.face.fan3d import make_resnet_stages, read_converted_weights
+from avatar.face.fan3d import make_resnet_stages
 from avatar.face.geometry import (
     BFM_FIVE_POINTS_3D,
     AlignParams,
@@ -38,6 +38,7 @@ from avatar.face.geometry import (
     transform_landmarks,
     warp_to_aligned,
 )
+from avatar.hub.weights import read_converted_weights
 
 __all__ = [
     "COEFFICIENT_SPLIT",

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.hub.weights import read_converted_weights, strip_key_prefixes
+
 __all__ = [
     "REFERENCE_SCALE",
     "Bottleneck",
@@ -56,8 +58,6 @@ __all__ = [
     "gaussian_kernel",
     "heatmap_to_image",
     "make_resnet_stages",
-    "read_converted_weights",
-    "strip_common_prefix",
 ]
 
 REFERENCE_SCALE = 192.0
@@ -66,33 +66,6 @@ CENTER_SHIFT = 0.12
 """The crop centre is moved up by this fraction of the detector box height."""
 CROP_BASE = 200.0
 """A crop of ``scale = 1`` covers ``200`` source pixels."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# weights helpers (shared by avatar.face.deep3d, avatar.face.bfm2flame and avatar.motion.pdfgc)
-
-
-def read_converted_weights(key: str, local_dir: str | Path | None = None) -> dict[str, Tensor]:
-    """The tensors of one registry file (:data:`avatar.hub.registry.FILES`), converted to safetensors by
-    :func:`avatar.hub.download.ensure_file` (fetched, or taken from ``local_dir``). Offline and not cached,
-    this raises :class:`avatar.hub.download.AssetNotFoundError`."""
-    from safetensors.torch import load_file
-
-    from avatar.hub.download import ensure_file
-
-    folder = ensure_file(key, local_dir=local_dir)
-    found = sorted(folder.glob("*.safetensors"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"{folder}: expected one .safetensors file for '{key}', found {len(found)}")
-    return load_file(str(found[0]))
-
-
-def strip_common_prefix(state: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """Drop ``prefix`` from every key when *all* keys carry it (e.g. ``module.`` of ``DataParallel``);
-    otherwise return the keys unchanged."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -504,8 +477,8 @@ class FAN3DLandmarker(nn.Module):
     def load_official(self, fan_state: Mapping[str, Tensor], depth_state: Mapping[str, Tensor]) -> None:
         """Load the tensors of the two TorchScript archives (names as :func:`read_torchscript_archive`
         gives them; a ``module.`` prefix on every key is dropped) with ``strict=True``."""
-        self.fan.load_state_dict(strip_common_prefix(fan_state, "module."), strict=True)
-        self.depth.load_state_dict(strip_common_prefix(depth_state, "module."), strict=True)
+        self.fan.load_state_dict(strip_key_prefixes(fan_state, ("module.",)), strict=True)
+        self.depth.load_state_dict(strip_key_prefixes(depth_state, ("module.",)), strict=True)
 
     @classmethod
     def from_pretrained(

@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ._detect_utils import Bottleneck, as_uint8_rgb, load_official_weights, read_weights
+from avatar.hub.weights import load_state_dict_strict, read_converted_weights, read_weights
+
+from ._detect_utils import Bottleneck, as_uint8_rgb
 
 __all__ = [
     "H3R",
@@ -308,7 +310,7 @@ class H3R(nn.Module):
     def from_state_dict(cls, state_dict: Mapping[str, Any], config: H3RConfig | None = None) -> H3R:
         """Build the model and load the official names strictly (no prefix is removed, as upstream)."""
         model = cls(config)
-        load_official_weights(model, state_dict, what="H3R")
+        load_state_dict_strict(model, state_dict, what="H3R")
         return model
 
     @classmethod
@@ -317,11 +319,10 @@ class H3R(nn.Module):
         return cls.from_state_dict(read_weights(path), config)
 
     @classmethod
-    def from_pretrained(cls, device: torch.device | str = "cpu", config: H3RConfig | None = None) -> H3R:
+    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                        config: H3RConfig | None = None) -> H3R:
         """The official weights from the asset cache (``avatar download --file h3r-hrnet-w18-wflw``)."""
-        from avatar.hub.download import ensure_file
-
-        return cls.from_file(ensure_file(HUB_FILE_KEY), config).to(device)
+        return cls.from_state_dict(read_converted_weights(HUB_FILE_KEY, local_dir), config).eval().to(device)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         heatmaps = self.heatmap_head.head(self.backbone(x))
@@ -394,8 +395,8 @@ class H3RLandmarker:
         self.net = net
 
     @classmethod
-    def from_pretrained(cls, device: torch.device | str = "cpu") -> H3RLandmarker:
-        return cls(H3R.from_pretrained(device))
+    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu") -> H3RLandmarker:
+        return cls(H3R.from_pretrained(local_dir, device))
 
     @property
     def config(self) -> H3RConfig:

@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._detect_utils import (
-    Bottleneck,
-    as_uint8_rgb,
-    load_official_weights,
-    nms_plus_one,
+from avatar.hub.weights import (
+    load_state_dict_strict,
+    read_converted_weights,
     read_weights,
     strip_key_prefixes,
 )
+
+from ._detect_utils import Bottleneck, as_uint8_rgb, nms_plus_one
 
 __all__ = [
     "FPN",
@@ -351,15 +351,14 @@ class RetinaFace(nn.Module):
         return cls.from_state_dict(read_weights(path), config)
 
     @classmethod
-    def from_pretrained(cls, device: torch.device | str = "cpu", config: RetinaFaceConfig | None = None) -> RetinaFace:
+    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                        config: RetinaFaceConfig | None = None) -> RetinaFace:
         """The official weights from the asset cache (``avatar download --file retinaface-r50`` fetches them)."""
-        from avatar.hub.download import ensure_file
-
-        return cls.from_file(ensure_file(HUB_FILE_KEY), config).to(device)
+        return cls.from_state_dict(read_converted_weights(HUB_FILE_KEY, local_dir), config).eval().to(device)
 
     def load_official(self, state_dict: Mapping[str, Any]) -> None:
         """Strictly load an official state dict (``module.`` / ``state_dict.`` prefixes allowed)."""
-        load_official_weights(self, official_key_map(state_dict), what="RetinaFace")
+        load_state_dict_strict(self, official_key_map(state_dict), what="RetinaFace")
 
     # ----------------------------------------------------------------------------------------------------
     # network

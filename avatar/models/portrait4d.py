@@ -206,14 +206,24 @@ class Portrait4D(Portrait4DEncoders):
     # ------------------------------------------------------------------------------------------------------
     # loading and saving
 
+    def set_deformer_buffers(self, buffers: Mapping[str, Any]) -> None:
+        """(Re)build the FLAME head-pose deformer from its buffers (names without ``deformer.flame_deform.``),
+        unless the current deformer already has exactly these names and shapes."""
+        current = self.deformer.flame_deform
+        if current is not None:
+            own = current.state_dict()
+            if set(own) == set(buffers) and all(tuple(own[k].shape) == tuple(buffers[k].shape) for k in own):
+                return
+        deform = FlameHeadPoseDeformer(buffers, box_warp=self.config.deformer_box_warp)
+        self.deformer.flame_deform = deform.to(self.w_avg.device)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Load official-named weights. FLAME deformer buffers (``deformer.flame_deform.*``), when present,
         (re)build the deformer with their shapes first; with ``strict`` every other key must match exactly."""
         prefix = "deformer.flame_deform."
         buffers = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if buffers:
-            device = self.w_avg.device
-            self.deformer.flame_deform = FlameHeadPoseDeformer(buffers, box_warp=self.config.deformer_box_warp).to(device)
+            self.set_deformer_buffers(buffers)
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.is_random_init = False
         return result

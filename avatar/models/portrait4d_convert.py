@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from avatar.hub.weights import StateDictMismatchError, load_state_dict_strict, read_weights
 from avatar.models.portrait4d import Portrait4D
 from avatar.models.portrait4d_config import Portrait4DConfig
 
@@ -50,7 +51,7 @@ OFFICIAL_PREFIXES = ("encoder_global.", "encoder_detail.", "encoder_canonical.",
 OFFICIAL_TOP_LEVEL = ("w_avg",)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(StateDictMismatchError, ValueError):
     """A checkpoint's names or shapes do not match the model (strict loading)."""
 
 
@@ -70,31 +71,12 @@ def official_to_model_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _strict_load(model: Portrait4D, state: Mapping[str, Tensor], source: str) -> None:
-    expected = set(model.state_dict())
-    has_deformer = any(k.startswith("deformer.flame_deform.") for k in state)
-    if has_deformer:  # the deformer is rebuilt from these buffers; its keys are checked by load_state_dict
-        expected |= {k for k in state if k.startswith("deformer.flame_deform.")}
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    own = model.state_dict()
-    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-             for k, v in state.items() if k in own and not k.startswith("deformer.") and tuple(v.shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)}: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
-        if wrong:
-            parts.append(f"wrong shape {len(wrong)}: {'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}")
-        raise CheckpointMismatchError(f"{source} does not fit the model config ({' | '.join(parts)})")
-    model.load_state_dict(state, strict=True)
-
-
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+    """Strict load; FLAME deformer buffers in ``state`` first (re)build the deformer with their shapes."""
+    prefix = "deformer.flame_deform."
+    buffers = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if buffers:
+        model.set_deformer_buffers(buffers)
+    load_state_dict_strict(model, state, what=source, optional_suffixes=(), error=CheckpointMismatchError)
 
 
 def _find_official_weights(folder: Path) -> tuple[Path, dict[str, Any]]:
@@ -147,7 +129,7 @@ def load_official(folder_or_file: str | Path, static: bool | None = None,
     static = _is_static(meta) if static is None else static
     if config is None:
         config = Portrait4DConfig.from_official(meta.get("init_kwargs") or {}, static=static)
-    state = official_to_model_state(_read_safetensors(weights))
+    state = official_to_model_state(read_weights(weights))
     model = Portrait4D(config)
     _strict_load(model, state, str(weights))
     logger.info("loaded %s (%s, static=%s)", weights.name, cls_name or "Portrait4D", static)
@@ -157,7 +139,7 @@ def load_official(folder_or_file: str | Path, static: bool | None = None,
 def _load_saved(folder: Path, device: torch.device | str) -> Portrait4D:
     config = Portrait4DConfig.load(folder / CONFIG_NAME)
     model = Portrait4D(config)
-    _strict_load(model, _read_safetensors(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
+    _strict_load(model, read_weights(folder / WEIGHTS_NAME), str(folder / WEIGHTS_NAME))
     return model.to(device).eval()
 
 

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar.face.fan3d import ConvBlock, HourGlass, read_converted_weights, strip_common_prefix
+from avatar.face.fan3d import ConvBlock, HourGlass
 from avatar.face.geometry import pdfgc_crop
+from avatar.hub.weights import read_converted_weights, strip_key_prefixes
 
 __all__ = ["FanFeatureExtractor", "MotionOutputs", "PDFGCConfig", "PDFGCEncoder"]
 
@@ -178,7 +179,7 @@ class PDFGCEncoder(nn.Module):
         """Load ``motion_model.pth``: every module key must be present with its shape (``strict=True`` on the
         module's keys; a ``module.`` prefix on all keys is dropped). Returns the checkpoint keys that the module
         does not have, which upstream's ``strict=False`` drops silently."""
-        given = strip_common_prefix(state, "module.")
+        given = strip_key_prefixes(state, ("module.",))
         own = set(self.state_dict())
         ignored = sorted(k for k in given if k not in own)
         if ignored:

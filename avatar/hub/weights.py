@@ -1,0 +1,115 @@
+"""Reading weight files and loading them strictly: one mechanism for every network of the library.
+
+* :func:`read_weights` - a ``.safetensors`` file, a converted-asset folder holding one, or an upstream ``.pth``
+* :func:`read_converted_weights` - the tensors of one registry file, through the download cache
+* :func:`strip_key_prefixes` - drop wrapper prefixes (``module.`` of ``DataParallel``) from checkpoint keys
+* :func:`load_state_dict_strict` - copy a state dict into a module; any missing, unexpected or mis-shaped
+  tensor is an error that names them
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "StateDictMismatchError",
+    "load_state_dict_strict",
+    "read_converted_weights",
+    "read_weights",
+    "strip_key_prefixes",
+]
+
+
+class StateDictMismatchError(KeyError):
+    """An official state dict does not match the module: missing, unexpected or wrongly shaped tensors."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def strip_key_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:
+    """Remove each prefix in turn from the keys that start with it (other keys are kept as they are)."""
+    out = dict(state_dict)
+    for prefix in prefixes:
+        out = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in out.items()}
+    return out
+
+
+def _preview(names: Iterable[str], limit: int = 8) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    what: str,
+    optional_suffixes: tuple[str, ...] = ("num_batches_tracked",),
+    error: type[StateDictMismatchError] | None = None,
+) -> None:
+    """Copy ``state_dict`` into ``module`` strictly: every key of the module must be present with the same
+    shape and no other key may be there.
+
+    Keys ending in one of ``optional_suffixes`` (BatchNorm step counters, unused at inference) may be
+    absent; the module keeps its own value then.
+
+    Raises:
+        StateDictMismatchError: with the counts and the first names of the missing, unexpected and
+            mis-shaped tensors.
+    """
+    own = module.state_dict()
+    given = {k: (v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v))) for k, v in state_dict.items()}
+    missing = [k for k in own if k not in given and not k.endswith(optional_suffixes)]
+    unexpected = [k for k in given if k not in own]
+    wrong_shape = [
+        f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in given and tuple(given[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = [f"{what}: the state dict does not match the network ({len(own)} tensors expected, "
+                 f"{len(given)} given)."]
+        if missing:
+            parts.append(f"Missing {len(missing)}: {_preview(missing)}.")
+        if unexpected:
+            parts.append(f"Unexpected {len(unexpected)}: {_preview(unexpected)}.")
+        if wrong_shape:
+            parts.append(f"Wrong shape {len(wrong_shape)}: {_preview(wrong_shape)}.")
+        raise (error or StateDictMismatchError)(" ".join(parts))
+    full = {k: given.get(k, v) for k, v in own.items()}
+    module.load_state_dict(full, strict=True)
+
+
+def read_weights(path: str | Path) -> dict[str, Tensor]:
+    """Read a flat state dict from a ``.safetensors`` file, a converted-asset folder holding one, or an
+    upstream ``.pth`` (read with ``torch.load(weights_only=True)``; nested dicts flattened with dots)."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected exactly one .safetensors file, found {len(found)}")
+        path = found[0]
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    from avatar.hub.formats import read_torch_checkpoint
+
+    return {k: torch.as_tensor(v) for k, v in read_torch_checkpoint(path).tensors.items()}
+
+
+def read_converted_weights(key: str, local_dir: str | Path | None = None) -> dict[str, Tensor]:
+    """The tensors of one registry file (:data:`avatar.hub.registry.FILES`), converted to safetensors by
+    :func:`avatar.hub.download.ensure_file` (fetched, or taken from ``local_dir``). Offline and not cached,
+    this raises :class:`avatar.hub.download.AssetNotFoundError`."""
+    from avatar.hub.download import ensure_file
+
+    return read_weights(ensure_file(key, local_dir=local_dir))
