@@ -20,6 +20,7 @@ from avatar.io import (
     pick_video_codec,
     probe_video,
 )
+from avatar.io.video import upright
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
@@ -224,3 +225,31 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     with VideoWriter(out, 25) as writer:  # odd sizes are padded for yuv420p
         writer.write(np.zeros((15, 17, 3), np.uint8))
     assert probe_video(out).width == 18 and probe_video(out).height == 16
+
+
+@pytest.mark.parametrize("degrees", [90, 180, -90])
+def test_rotated_phone_video_comes_upright(tmp_path: Path, degrees: int) -> None:
+    """A video stored sideways with a display-matrix rotation (as phones record) is read upright."""
+    path = tmp_path / "phone.mp4"
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:8, :16] = 255  # a white block in the top-left corner of the stored frame
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(degrees)
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = probe_video(path)
+    assert info.rotation == degrees % 360
+    assert (info.width, info.height) == ((32, 64) if degrees % 180 else (64, 32))
+    frames = list(VideoReader(path))
+    assert len(frames) == 3
+    expected = np.rot90(stored, degrees // 90)  # counter-clockwise quarter turns
+    assert frames[0].shape == expected.shape
+    # the block is where an upright player shows it (codec blur aside)
+    bright = frames[0][..., 0] > 128
+    assert bright.sum() > 0 and (bright == (expected[..., 0] > 128)).mean() > 0.97
+    assert upright(stored, 0) is stored

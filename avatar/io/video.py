@@ -1,7 +1,9 @@
 """Video in and out with PyAV: frames as ``(H, W, 3)`` uint8 RGB, frame rate kept, audio copied, atomic writes.
 
 * :func:`probe_video` / :class:`VideoReader`: frame rate (exact fraction), size, frame count, audio; clear
-  errors for missing, empty, truncated or non-video files and for videos without frames.
+  errors for missing, empty, truncated or non-video files and for videos without frames. Frames come upright:
+  the display matrix (phone videos are often stored sideways with a 90 degree rotation) is applied, as video
+  players do.
 * :class:`VideoWriter`: H.264 (``libx264``) when this PyAV build can encode it, else MPEG-4 Part 2; writes to a
   temporary name next to the target and moves it into place only when everything succeeded. The audio of
   another file (the driving video) is muxed in as the frames are written: copied packet by packet when
@@ -26,7 +28,7 @@ import numpy as np
 
 from avatar.io.errors import VideoReadError
 
-__all__ = ["VideoInfo", "VideoReader", "VideoWriter", "pick_video_codec", "probe_video"]
+__all__ = ["VideoInfo", "VideoReader", "VideoWriter", "pick_video_codec", "probe_video", "upright"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class VideoInfo:
         width, height: frame size in pixels.
         duration: seconds (0 when unknown).
         audio_codec: name of the first audio stream's codec, or ``None`` without audio.
+        rotation: degrees (0, 90, 180 or 270, counter-clockwise) by which the stored frames are turned to be
+            shown upright; ``width``/``height`` are those of the upright frames.
     """
 
     fps: Fraction
@@ -53,6 +57,7 @@ class VideoInfo:
     height: int
     duration: float
     audio_codec: str | None
+    rotation: int = 0
 
     @property
     def has_audio(self) -> bool:
@@ -92,7 +97,42 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
         duration = container.duration / av.time_base
     frames = int(stream.frames or 0) or int(round(duration * fps))
     audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
-    return VideoInfo(fps, frames, stream.codec_context.width, stream.codec_context.height, duration, audio)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    rotation = _first_frame_rotation(container)
+    if rotation in (90, 270):
+        width, height = height, width
+    return VideoInfo(fps, frames, width, height, duration, audio, rotation)
+
+
+def _rotation_degrees(frame: av.VideoFrame) -> int:
+    """The display-matrix rotation of a decoded frame as 0/90/180/270 (counter-clockwise); other angles are
+    rounded to the nearest quarter turn."""
+    try:
+        angle = float(frame.rotation or 0)
+    except (AttributeError, ValueError, TypeError):  # older PyAV, or no display matrix
+        return 0
+    return int(round(angle / 90.0)) % 4 * 90
+
+
+def _first_frame_rotation(container: av.container.InputContainer) -> int:
+    """Rotation of the first decodable frame (0 when none decodes); rewinds the container afterwards."""
+    stream = container.streams.video[0]
+    rotation = 0
+    try:
+        for frame in container.decode(stream):
+            rotation = _rotation_degrees(frame)
+            break
+    except av.FFmpegError:
+        return 0
+    with contextlib.suppress(av.FFmpegError):
+        container.seek(0)
+    return rotation
+
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Turn a stored ``(H, W, C)`` frame by ``rotation`` degrees counter-clockwise (its display matrix)."""
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
 
 
 class VideoReader:
@@ -132,7 +172,7 @@ class VideoReader:
                     if self.max_frames is not None and self.frames_read >= self.max_frames:
                         break
                     self.frames_read += 1
-                    yield frame.to_ndarray(format="rgb24")
+                    yield upright(frame.to_ndarray(format="rgb24"), _rotation_degrees(frame))
             except av.FFmpegError as exc:
                 if not self.frames_read:
                     raise VideoReadError(f"{self.path} cannot be decoded ({exc}); the file may be corrupt") from None
