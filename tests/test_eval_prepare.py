@@ -1,0 +1,152 @@
+"""eval.prepare: raw HDTF clips / CelebA images -> DATA/<id>/<frame:06d>.png with tiny random networks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar.io.video import VideoWriter
+from avatar.pipelines.portrait4d import Portrait4DPipeline
+from eval import prepare as P
+
+FPS = 5
+
+
+def _frames(n: int, size: int = 96, dark: tuple[int, ...] = ()) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        f = np.zeros((size, size, 3), np.uint8) if i in dark else rng.integers(40, 255, (size, size, 3), np.uint8)
+        out.append(f)
+    return out
+
+
+def _video(path: Path, frames: list[np.ndarray]) -> None:
+    with VideoWriter(path, fps=FPS) as w:
+        for f in frames:
+            w.write(f)
+
+
+def _lists(root: Path) -> Path:
+    """HDTF-style lists: Foo (full video, clip 1 = 1 s .. 2 s), Bar (one clip), Baz (never downloaded)."""
+    d = root / "lists" / "hdtf"
+    d.mkdir(parents=True)
+    (d / "WRA_video_url.txt").write_text("Foo https://example.org/foo\nBar https://example.org/bar\n"
+                                         "Baz https://example.org/baz\n")
+    (d / "WRA_annotion_time.txt").write_text("Foo.mp4 00:00-00:01 00:01-00:02\nBar.mp4 00:00-00:05\n"
+                                             "Baz.mp4 00:03-00:09\n")
+    (d / "WRA_resolution.txt").write_text("Foo.mp4 720\nBar.mp4 1080\n")
+    (d / "hdtf_test_19.txt").write_text("WRA_Bar_000\nWRA_Foo_001\n")
+    c = root / "lists" / "celeba"
+    c.mkdir()
+    (c / "CelebA-HQ-to-CelebA-mapping.txt").write_text("idx orig_idx orig_file\n0 10 000011.jpg\n1 20 000021.jpg\n"
+                                                       "2 30 000031.jpg\n")
+    (c / "celebahq_test_2824_hq_indices.txt").write_text("1\n2\n")
+    return root / "lists"
+
+
+class _DarkIsFaceless:
+    """The tiny preprocessor, except that an all-dark frame has no face (the tiny detector sees one anywhere)."""
+
+    def __init__(self, pre) -> None:
+        self.pre = pre
+        self.landmarker = pre.landmarker
+        self.min_face_size = 0.0
+
+    def detect(self, images):
+        faces = self.pre.detect(images)
+        return [[] if img.max() < 10 else f for img, f in zip(images, faces, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def pre():
+    return _DarkIsFaceless(Portrait4DPipeline.tiny().preprocessor)
+
+
+def test_hdtf_layout_cut_faceless_and_resume(tmp_path: Path, pre) -> None:
+    lists = _lists(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _video(raw / "WRA_Bar_000.mp4", _frames(4, dark=(2,)))       # an already cut clip
+    _video(raw / "Foo.mp4", _frames(3 * FPS))                     # a full video, cut here to 1 s .. 2 s
+    out = tmp_path / "data"
+    res = P.prepare("hdtf", raw, out, ids="test", preprocessor=pre, lists=lists, batch_size=3, show_progress=False)
+    assert sorted(res.written) == ["WRA_Bar_000", "WRA_Foo_001"] and not res.failed
+    bar = sorted(p.name for p in (out / "WRA_Bar_000").iterdir())
+    assert bar == ["000000.png", "000001.png", "000003.png", "prepare.json"]  # frame 2 had no face: a gap
+    meta = json.loads((out / "WRA_Bar_000" / "prepare.json").read_text())
+    assert meta["no_face"] == [2] and meta["frames_written"] == 3 and "no face" in meta["no_face_reasons"]["2"]
+    assert res.no_face == {"WRA_Bar_000": [2]}
+    assert len(list((out / "WRA_Foo_001").glob("*.png"))) == FPS  # one second of the full video
+    from PIL import Image
+
+    with Image.open(out / "WRA_Bar_000" / "000000.png") as im:
+        assert im.size == (512, 512) and im.mode == "RGB"
+
+    # resume: finished ids are skipped, a stale partial folder is cleaned, --overwrite redoes
+    (out / ".WRA_Foo_001.partial-abc").mkdir()
+    again = P.prepare("hdtf", raw, out, ids="test", preprocessor=pre, lists=lists, show_progress=False)
+    assert sorted(again.skipped) == ["WRA_Bar_000", "WRA_Foo_001"] and not again.written
+    assert not list(out.glob(".*partial*"))
+    redo = P.prepare("hdtf", raw, out, ids="WRA_Bar_000", preprocessor=pre, lists=lists, overwrite=True,
+                     crop="tube", show_progress=False)
+    assert redo.written == ["WRA_Bar_000"]
+    assert json.loads((out / "WRA_Bar_000" / "prepare.json").read_text())["crop"] == "tube"
+
+
+def test_missing_raw_files_are_listed_before_any_work(tmp_path: Path, capsys) -> None:
+    lists = _lists(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _video(raw / "WRA_Bar_000.mp4", _frames(2))
+    with pytest.raises(P.MissingRawFilesError) as err:
+        P.prepare("hdtf", raw, tmp_path / "data", ids="WRA_Bar_000,WRA_Foo_001,WRA_Baz_000", lists=lists)
+    assert sorted(err.value.missing) == ["WRA_Baz_000", "WRA_Foo_001"]
+    msg = str(err.value)
+    assert "WRA_Baz_000.mp4" in msg and "Baz.mp4" in msg and "https://example.org/baz" in msg and "00:03-00:09" in msg
+    assert not (tmp_path / "data").exists()  # nothing was started
+    code = P.main(["hdtf", "--raw", str(raw), "--out", str(tmp_path / "data"), "--ids", "WRA_Baz_000",
+                   "--lists", str(lists)])
+    assert code == 2 and "WRA_Baz_000" in capsys.readouterr().err
+
+
+def test_background_removal_is_refused_with_an_explanation(tmp_path: Path) -> None:
+    with pytest.raises(P.MattingUnavailableError, match="MODNet"):
+        P.prepare("hdtf", tmp_path, tmp_path / "data", background="remove")
+
+
+def test_list_sources_and_unknown_ids(tmp_path: Path, capsys) -> None:
+    lists = _lists(tmp_path)
+    assert P.main(["hdtf", "--list-sources", "--lists", str(lists)]) == 0
+    out = capsys.readouterr().out
+    assert "WRA_Foo_001\thttps://example.org/foo\t00:01-00:02\t720" in out
+    with pytest.raises(KeyError, match="WRA_Nobody_000"):
+        P.hdtf_clips("WRA_Nobody_000", lists)
+
+
+def test_shared_hdtf_lists_hold_the_19_test_clips() -> None:
+    if not (P.DEFAULT_LISTS / "hdtf" / "hdtf_test_19.txt").is_file():
+        pytest.skip("shared media lists absent")
+    clips = P.hdtf_clips("test")
+    assert len(clips) == 19 and all(c.url and c.start is not None for c in clips)
+    cantor = next(c for c in clips if c.id == "WRA_EricCantor_000")
+    assert (cantor.start, cantor.end, cantor.resolution) == (2.0, 120.0, 1080)
+    assert len(P.celeba_sources("test")) == 2824
+
+
+def test_celeba_images_from_hq_or_original_names(tmp_path: Path, pre) -> None:
+    from PIL import Image
+
+    lists = _lists(tmp_path)
+    raw = tmp_path / "raw"
+    (raw / "img_celeba").mkdir(parents=True)
+    Image.fromarray(_frames(1, 128)[0]).save(raw / "1.jpg")                       # CelebA-HQ name
+    Image.fromarray(_frames(1, 128)[0]).save(raw / "img_celeba" / "000031.jpg")   # original CelebA file of HQ 2
+    res = P.prepare("celeba", raw, tmp_path / "data", preprocessor=pre, lists=lists, show_progress=False)
+    assert sorted(res.written) == ["hq00001", "hq00002"]
+    assert sorted(p.name for p in (tmp_path / "data" / "hq00002").iterdir()) == ["000000.png", "prepare.json"]
+    with pytest.raises(P.MissingRawFilesError, match="hq00000"):
+        P.prepare("celeba", raw, tmp_path / "data2", ids="0,1", preprocessor=pre, lists=lists)
