@@ -706,3 +706,20 @@ def test_warp_affine_translation_and_scale() -> None:
     half = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]])  # output p = input 2p
     out = warp_affine(img, half, (6, 8))
     torch.testing.assert_close(out, img[:, :, ::2, ::2], atol=1e-6, rtol=0)
+
+
+def test_batched_landmarkers_equal_one_image_at_a_time() -> None:
+    """Video frames go through H3R and 3DFAN as one batch; each image's points equal a call of its own."""
+    from avatar.face.h3r import H3R, H3RLandmarker
+
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8) for _ in range(3)]
+    boxes = [[[30.0, 20.0, 90.0, 85.0]], [], [[10.0, 15.0, 70.0, 70.0], [60.0, 30.0, 120.0, 100.0]]]
+    fan = _randomize(FAN3DLandmarker(FANConfig.tiny(), DepthConfig.tiny())).eval()
+    h3r = H3RLandmarker(H3R.tiny(0).eval())
+    for landmarker, dims in ((fan, 3), (h3r, 2)):
+        batched = landmarker.landmarks_batch(images, boxes)
+        assert [b.shape[0] for b in batched] == [1, 0, 2] and batched[0].shape[-1] == dims
+        for image, image_boxes, got in zip(images, boxes, batched, strict=True):
+            if image_boxes:
+                np.testing.assert_allclose(got, landmarker(image, image_boxes), rtol=0, atol=1e-3)

@@ -500,13 +500,14 @@ class FAN3DLandmarker(nn.Module):
         heatmaps = self.fan(crops).float().cpu()
         points, _ = decode_heatmaps(heatmaps)
         factor = cfg.input_size / heatmaps.shape[-1]
+        maps = np.stack([draw_landmark_heatmaps(points[i] * factor, size=cfg.input_size)
+                         for i in range(crops.shape[0])])
+        depth_in = torch.cat([crops, torch.from_numpy(maps).to(crops)], dim=1)
+        depth = self.depth(depth_in).float().cpu().reshape(crops.shape[0], -1, 1)
         result = []
         for i in range(crops.shape[0]):
             xy = heatmap_to_image(points[i], centers[i], float(scales[i]), resolution=heatmaps.shape[-1])
-            maps = draw_landmark_heatmaps(points[i] * factor, size=cfg.input_size)
-            depth_in = torch.cat([crops[i:i + 1], torch.from_numpy(maps)[None].to(crops)], dim=1)
-            depth = self.depth(depth_in).float().cpu().reshape(-1, 1)
-            z = depth * (1.0 / (cfg.input_size / (CROP_BASE * float(scales[i]))))
+            z = depth[i] * (1.0 / (cfg.input_size / (CROP_BASE * float(scales[i]))))
             result.append(torch.cat([torch.from_numpy(xy), z], dim=1))
         return torch.stack(result)
 
@@ -514,12 +515,30 @@ class FAN3DLandmarker(nn.Module):
     def forward(self, image: np.ndarray, boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
         """``image (H, W, 3)`` uint8 **RGB** and detector boxes ``(K, >=4)`` (x1, y1, x2, y2) -> landmarks
         ``(K, N, 3)`` float32 (x, y in image pixels with y down, z)."""
+        return self.landmarks_batch([image], [boxes])[0]
+
+    @torch.no_grad()
+    def landmarks_batch(self, images: Sequence[np.ndarray],
+                        boxes: Sequence[np.ndarray | Sequence[Sequence[float]]]) -> list[np.ndarray]:
+        """:meth:`forward` for several images in one network batch (e.g. video frames): one ``(K_i, N, 3)``
+        array per image."""
         device = next(self.parameters()).device
         size = self.fan.config.input_size
-        out = []
-        for box in boxes:
-            center, scale = crop_params_from_box(box)
-            crop = crop_face(image, center, scale, resolution=size)
-            x = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div(255.0)[None]
-            out.append(self.landmarks_from_crops(x.to(device), center[None], [scale])[0].numpy())
-        return np.stack(out) if out else np.zeros((0, self.fan.config.num_landmarks, 3), np.float32)
+        crops, centers, scales, counts = [], [], [], []
+        for image, image_boxes in zip(images, boxes, strict=True):
+            counts.append(len(image_boxes))
+            for box in image_boxes:
+                center, scale = crop_params_from_box(box)
+                crop = crop_face(image, center, scale, resolution=size)
+                crops.append(torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))).float().div(255.0))
+                centers.append(center)
+                scales.append(scale)
+        empty = np.zeros((0, self.fan.config.num_landmarks, 3), np.float32)
+        if not crops:
+            return [empty for _ in counts]
+        points = self.landmarks_from_crops(torch.stack(crops).to(device), np.stack(centers), scales).numpy()
+        out, start = [], 0
+        for n in counts:
+            out.append(points[start:start + n] if n else empty)
+            start += n
+        return out

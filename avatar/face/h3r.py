@@ -430,12 +430,26 @@ class H3RLandmarker:
                 with ``box_ratio=1.8`` when tracking).
             box_ratio: crop side relative to the box; default :attr:`H3RConfig.box_ratio` (1.5).
         """
-        x, crop_boxes = self.prepare(image, boxes, box_ratio)
+        return self.landmarks_batch([image], [boxes], box_ratio)[0]
+
+    @torch.inference_mode()
+    def landmarks_batch(self, images: Sequence[np.ndarray | Tensor],
+                        boxes: Sequence[np.ndarray | Sequence[Sequence[float]]],
+                        box_ratio: float | None = None) -> list[np.ndarray]:
+        """:meth:`__call__` for several images in one network batch (e.g. video frames): one ``(N_i, 98, 2)``
+        array per image."""
+        prepared = [self.prepare(image, b, box_ratio) for image, b in zip(images, boxes, strict=True)]
+        crop_boxes = [cb for _, cbs in prepared for cb in cbs]
+        empty = np.zeros((0, self.config.num_points, 2), dtype=np.float32)
         if not crop_boxes:
-            return np.zeros((0, self.config.num_points, 2), dtype=np.float32)
+            return [empty for _ in prepared]
         device = next(self.net.parameters(), torch.empty(0)).device
-        _, points = self.net(x.to(device))
+        _, points = self.net(torch.cat([x for x, cbs in prepared if cbs]).to(device))
         points_np = points.float().cpu().numpy()
-        out = [crop_to_image(p, b, self.config.input_size) for p, b in zip(points_np, crop_boxes, strict=True)]
-        return np.stack(out)
+        mapped = [crop_to_image(p, b, self.config.input_size) for p, b in zip(points_np, crop_boxes, strict=True)]
+        out, start = [], 0
+        for _, cbs in prepared:
+            out.append(np.stack(mapped[start:start + len(cbs)]) if cbs else empty)
+            start += len(cbs)
+        return out
 

@@ -139,8 +139,8 @@ class FacePreprocessor:
         if not images:
             return []
         ratio = ALIGNED_BOX_RATIO if aligned else None
-        lm98 = [self.landmarker(img, [box], box_ratio=ratio)[0] for img, box in zip(images, boxes, strict=True)]
-        lm68 = [self.landmarker_3d(img, [box])[0] for img, box in zip(images, boxes, strict=True)]
+        lm98 = [lm[0] for lm in self.landmarker.landmarks_batch(images, [[b] for b in boxes], box_ratio=ratio)]
+        lm68 = [lm[0] for lm in self.landmarker_3d.landmarks_batch(images, [[b] for b in boxes])]
         d3 = [align_image(img, lm) for img, lm in zip(images, lm98, strict=True)]
         x = torch.cat([to_input(a.image) for a in d3]).to(_device(self.face_recon))
         coeffs = split_coefficients(self.face_recon(x).float())
