@@ -1,31 +1,135 @@
 """The avatar4d Gradio app (also a Hugging Face Space).
 
 Importing this module builds ``demo`` (a ``gr.Blocks``) without launching it; ``python app.py [--model ID]
-[--port N] [--share]`` launches it. The model also comes from the ``AVATAR_MODEL`` environment variable.
+[--port N] [--share]`` launches it. The model also comes from the ``AVATAR_MODEL`` environment variable:
+``portrait4d-v2`` (default), ``portrait4d-v1``, ``portrait4d-static``, a pipeline folder (``avatar tiny DIR``)
+or ``tiny`` (a tiny random pipeline built in memory, for development; its pictures are meaningless).
 
-This first version shows which model is selected, which of its upstream files are in the cache, and exactly
-how to fetch what is missing. Photo reconstruction and video reenactment are added as the Portrait4D port and
-the pipeline land; until then the page says so rather than pretending.
+Two tabs, each also an API endpoint that scripts can call with ``gradio_client``:
+
+* **Reconstruct** (``api_name="reconstruct"``): photo -> orbit video of the 3D avatar, the aligned crop, and a
+  still from the yaw/pitch of the sliders (``api_name="view"`` re-renders only the still).
+* **Reenact** (``api_name="reenact"``): photo + driving video (upload or webcam) -> reenacted video with the
+  driving audio.
+
+The avatar of a photo is built once per browser session (and per model) and reused by every later call.
+Bad inputs end in a ``gr.Error`` with one plain sentence; outputs are written only to temporary folders.
+
+Settings (environment): ``AVATAR_MODEL``, ``AVATAR_DEVICE`` (auto, cpu, cuda, ...), ``AVATAR_DTYPE`` (float32,
+bfloat16, float16), ``AVATAR_MAX_VIDEO_SECONDS`` (longest driving video accepted, default 30),
+``AVATAR_MAX_UPLOAD_MB`` (default 50), ``AVATAR_CONCURRENCY`` (jobs run at once, default 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import hashlib
 import logging
+import math
 import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from the app
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from avatar.hub.download import cache_root, is_converted  # noqa: E402
+from avatar.hub.download import cache_root, converted_dir, is_converted  # noqa: E402
 from avatar.hub.registry import DEFAULT_MODEL_ID, MODELS, get_model  # noqa: E402
+from avatar.io import InputError, VideoReader, VideoWriter, load_image, probe_video  # noqa: E402
+from avatar.pipelines import Avatar, Portrait4DPipeline, side_by_side  # noqa: E402
+from avatar.render.camera import (  # noqa: E402
+    INFERENCE_TRANSLATION,
+    PORTRAIT4D_FOV_DEG,
+    focal_from_fov,
+    lookat_cam2world,
+    make_intrinsics,
+    make_label,
+    orbit_labels,
+)
+
+try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
+    import spaces
+
+    _on_gpu = spaces.GPU(duration=120)
+except ImportError:  # anywhere else: run as is
+
+    def _on_gpu(fn):  # noqa: ANN001, ANN202
+        return fn
+
 
 logger = logging.getLogger("avatar.app")
+
+TINY = "tiny"
+"""Model name of the tiny random pipeline (built in memory; for development, pictures are meaningless)."""
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+ORBIT_FPS = 25
+RENDER_BATCH = 8
+MAX_AVATARS_PER_SESSION = 4
+MAX_LOADED_PIPELINES = 2
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        logger.warning("%s=%r is not a number; using %s", name, os.environ.get(name), default)
+        return default
+
+
+MAX_VIDEO_SECONDS = _env_float("AVATAR_MAX_VIDEO_SECONDS", 30.0)
+MAX_UPLOAD_MB = int(_env_float("AVATAR_MAX_UPLOAD_MB", 50))
+CONCURRENCY = max(1, int(_env_float("AVATAR_CONCURRENCY", 1)))
+QUEUE_SIZE = 32
+
+
+# ----------------------------------------------------------------------------------------------------------
+# models: what is selectable, what is loaded
+
+
+def _model_label(model: str) -> str:
+    if model == TINY:
+        return "tiny random pipeline (development only)"
+    if model in MODELS:
+        return {"portrait4d-v2": "Portrait4D-v2", "portrait4d-v1": "Portrait4D (v1)",
+                "portrait4d-static": "Portrait4D static 3D"}.get(model, model)
+    return f"{Path(model).name} (folder)"
+
+
+def model_choices(selected: str, static: bool) -> list[tuple[str, str]]:
+    """Dropdown choices ``(label, value)``: the official models, the tiny one, and ``selected`` if it is a folder."""
+    names = ["portrait4d-v2", "portrait4d-v1"] + (["portrait4d-static"] if static else []) + [TINY]
+    if selected not in names and selected not in MODELS:
+        names.insert(0, selected)
+    return [(_model_label(n), n) for n in names]
+
+
+def missing_files(model: str) -> list[str]:
+    """Upstream files of a registry model id that are not converted in the cache (``[]`` otherwise)."""
+    if model not in MODELS:
+        return []
+    return [f.path for f in get_model(model).files if not is_converted(f)]
 
 
 def model_status(model_id: str) -> str:
     """A Markdown report: the model, where its files come from, which are cached, what to run."""
+    if model_id == TINY:
+        return ("### Model `tiny`\nA tiny pipeline with **random weights**, built in memory for development and "
+                "tests: every stage runs, but the pictures are meaningless.")
+    if model_id not in MODELS and Path(model_id).is_dir():
+        return f"### Model folder `{model_id}`\nA pipeline folder (`save_pretrained` / `avatar tiny`)."
     try:
         spec = get_model(model_id)
     except KeyError as exc:
@@ -47,7 +151,8 @@ def model_status(model_id: str) -> str:
             "",
             f"Fetch them with `avatar download {spec.model_id}` on a machine with network access, or "
             f"`avatar download {spec.model_id} --from-dir DIR` with a folder holding the official files "
-            "(then restart the app).",
+            "(then restart the app). Until then, pick the **tiny random pipeline** to try the app (its pictures "
+            "are meaningless).",
         ]
     else:
         lines += ["", "All files are present and converted."]
@@ -59,42 +164,441 @@ def model_status(model_id: str) -> str:
     return "\n".join(lines)
 
 
+class ModelUnavailableError(RuntimeError):
+    """The selected model cannot be loaded (weights missing, no network); the message says what to do."""
+
+
+def _device() -> str:
+    name = os.environ.get("AVATAR_DEVICE", "auto")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _dtype() -> torch.dtype:
+    name = os.environ.get("AVATAR_DTYPE", "float32")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+@dataclass
+class LoadedModel:
+    pipeline: Portrait4DPipeline
+    source: str
+    device: str
+    dtype: str
+    seconds: float
+
+
+class PipelineCache:
+    """Loads pipelines on first use (thread-safe) and keeps the ``MAX_LOADED_PIPELINES`` most recent."""
+
+    def __init__(self) -> None:
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def loaded(self) -> dict[str, LoadedModel]:
+        return dict(self._loaded)
+
+    def get(self, model: str) -> Portrait4DPipeline:
+        with self._lock:
+            if model in self._loaded:
+                self._loaded.move_to_end(model)
+                return self._loaded[model].pipeline
+            entry = self._load(model)
+            self._loaded[model] = entry
+            while len(self._loaded) > MAX_LOADED_PIPELINES:
+                old, _ = self._loaded.popitem(last=False)
+                logger.info("unloaded %s", old)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            return entry.pipeline
+
+    @staticmethod
+    def _load(model: str) -> LoadedModel:
+        device, dtype = _device(), _dtype()
+        t0 = time.perf_counter()
+        if model == TINY:
+            pipe = Portrait4DPipeline.tiny(seed=0).to(device)
+            source, dtype = "built in memory (random weights)", torch.float32
+        else:
+            missing = missing_files(model)
+            try:
+                pipe = Portrait4DPipeline.from_pretrained(model, device=device, dtype=dtype)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                what = f" (missing: {', '.join(missing)})" if missing else ""
+                logger.warning("cannot load %s: %s", model, exc)
+                raise ModelUnavailableError(
+                    f"The weights of {model} are not available here{what}. Fetch them with `avatar download "
+                    f"{model}` on a machine with network access and restart the app, or pick the tiny random "
+                    "pipeline in the Model menu to try the app (its pictures are meaningless).") from None
+            if model in MODELS:
+                spec = get_model(model)
+                source = f"cache {converted_dir(spec.files[0]).parent}"
+            else:
+                source = f"folder {Path(model).resolve()}"
+        seconds = time.perf_counter() - t0
+        name = str(dtype).replace("torch.", "")
+        logger.info("loaded %s from %s on %s (%s) in %.1f s", model, source, device, name, seconds)
+        return LoadedModel(pipe, source, device, name, seconds)
+
+
+PIPELINES = PipelineCache()
+
+
+def runtime_status(selected: str) -> str:
+    """One Markdown line per loaded model: which, from where, device and dtype; or what loads on first use."""
+    loaded = PIPELINES.loaded()
+    lines = []
+    for name, entry in loaded.items():
+        tag = " — **development only: random weights, meaningless pictures**" if entry.pipeline.random_init else ""
+        lines.append(f"**Loaded:** `{name}` from {entry.source} · device `{entry.device}` · dtype "
+                     f"`{entry.dtype}`{tag}")
+    if not loaded:
+        lines.append(f"**Model:** `{selected}` loads on first use · device `{_device()}` · dtype "
+                     f"`{str(_dtype() if selected != TINY else torch.float32).replace('torch.', '')}`")
+    if selected == TINY:
+        lines.append("⚠️ **Development mode: tiny random pipeline.** Every stage runs, but the weights are random, "
+                     "so the pictures are meaningless.")
+    elif missing_files(selected):
+        lines.append(f"⚠️ **Weights of `{selected}` are missing** ({len(missing_files(selected))} files; see "
+                     "*Model files* below for the list and the command that fetches them). Pick the tiny random "
+                     "pipeline in the Model menu to try the app without them.")
+    return "\n\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers: cameras, temporary outputs, errors
+
+
+def view_label(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
+    """``(1, 25)`` camera label looking at the head from ``yaw_deg`` (+: from the person's right) and
+    ``pitch_deg`` (+: from above), at the inference camera's distance and field of view."""
+    yaw = math.pi / 2 + math.radians(float(yaw_deg))
+    polar = math.pi / 2 - math.radians(float(pitch_deg))
+    c2w = lookat_cam2world(yaw, polar, (0.0, INFERENCE_TRANSLATION[1], 0.0), INFERENCE_TRANSLATION[2], batch_size=1)
+    return make_label(c2w, make_intrinsics(focal_from_fov(PORTRAIT4D_FOV_DEG), 1))
+
+
+_OUT_DIR: Path | None = None
+
+
+def _output_path(name: str) -> Path:
+    """A fresh file in this process's temporary folder (removed at exit; files older than 2 h are pruned)."""
+    global _OUT_DIR
+    if _OUT_DIR is None or not _OUT_DIR.is_dir():
+        _OUT_DIR = Path(tempfile.mkdtemp(prefix="avatar4d-app-"))
+        atexit.register(shutil.rmtree, _OUT_DIR, True)
+    now = time.time()
+    for old in _OUT_DIR.iterdir():
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > 7200:
+                old.unlink()
+    fd, path = tempfile.mkstemp(prefix=Path(name).stem + "-", suffix=Path(name).suffix, dir=_OUT_DIR)
+    os.close(fd)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _user_errors(*uploads: str | None) -> Iterator[None]:
+    """Turn pipeline errors into ``gr.Error`` with one plain sentence; upload paths become their file names."""
+
+    def clean(message: str) -> str:
+        for path in uploads:
+            if path:
+                message = message.replace(str(path), Path(path).name)
+        return message
+
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (InputError, ModelUnavailableError) as exc:
+        raise gr.Error(clean(str(exc)), print_exception=False) from None
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        raise gr.Error("The server ran out of GPU memory; try a shorter video or try again in a minute.",
+                       print_exception=False) from None
+    except Exception as exc:
+        logger.exception("unexpected failure")
+        raise gr.Error(f"Something went wrong on the server ({type(exc).__name__}: {clean(str(exc))}). Please try "
+                       "again; if it happens again, report it with the input that caused it.") from None
+
+
+def _need(value: Any, message: str) -> Any:
+    if value is None or value == "":
+        raise gr.Error(message, print_exception=False)
+    return value
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _get_avatar(photo: str, model: str, cache: dict | None,
+                progress: gr.Progress) -> tuple[Portrait4DPipeline, Avatar, dict, bool]:
+    """The session's avatar of ``photo`` for ``model`` (built once, then reused); returns it and the new cache."""
+    cache = OrderedDict(cache or {})
+    key = f"{model}:{_file_digest(photo)}"
+    progress(0.0, desc=f"loading {model}")
+    pipe = PIPELINES.get(model)
+    if key in cache:
+        cache.move_to_end(key)
+        return pipe, cache[key], cache, False
+    load_image(photo)  # a clear error for unreadable files before any network runs
+    progress(0.05, desc="building the avatar")
+    avatar = pipe.create_avatar(photo)
+    avatar.state = avatar.state.to("cpu")  # kept between calls: CPU memory only
+    cache[key] = avatar
+    while len(cache) > MAX_AVATARS_PER_SESSION:
+        cache.popitem(last=False)
+    return pipe, avatar, cache, True
+
+
+def _write_video(frames: Iterator[np.ndarray], path: Path, fps: Any, total: int, progress: gr.Progress,
+                 what: str, audio_from: str | None = None) -> tuple[VideoWriter, float]:
+    """Encode frames while reporting frames/s; returns the closed writer and the frame rate achieved."""
+    t0 = time.perf_counter()
+    with VideoWriter(path, fps, audio_from=audio_from) as writer:
+        for frame in frames:
+            writer.write(frame)
+            n = writer.frames_written
+            rate = n / max(time.perf_counter() - t0, 1e-6)
+            progress((n, max(total, n)), desc=f"{what}: {rate:.1f} frames/s", unit="frames")
+    return writer, writer.frames_written / max(time.perf_counter() - t0, 1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the two jobs
+
+
+@_on_gpu
+def reconstruct(photo: str | None, model: str, yaw: float, pitch: float, frames: float, cache: dict | None,
+                progress: gr.Progress = gr.Progress()) -> tuple[str, np.ndarray, np.ndarray, str, dict]:  # noqa: B008
+    """Photo -> (orbit video, aligned crop, still from yaw/pitch, info, session cache)."""
+    photo = _need(photo, "Upload a portrait photo first (JPEG or PNG with one clearly visible face).")
+    n = int(frames)
+    with _user_errors(photo):
+        t0 = time.perf_counter()
+        pipe, avatar, cache, built = _get_avatar(photo, model, cache, progress)
+        t_avatar = time.perf_counter() - t0
+        labels = orbit_labels(n)
+
+        def orbit() -> Iterator[np.ndarray]:
+            for i in range(0, n, RENDER_BATCH):
+                yield from pipe.render_views(avatar, labels[i:i + RENDER_BATCH], batch_size=RENDER_BATCH)
+
+        path = _output_path("orbit.mp4")
+        _, rate = _write_video(orbit(), path, ORBIT_FPS, n, progress, "rendering the orbit")
+        still = pipe.render_views(avatar, view_label(yaw, pitch))[0]
+    info = (f"Avatar {'built' if built else 'reused from this session'} in {t_avatar:.1f} s · orbit of {n} frames "
+            f"rendered at {rate:.1f} frames/s on `{pipe.device}`")
+    if pipe.random_init:
+        info += " · **tiny random pipeline: the pictures are meaningless**"
+    return str(path), avatar.source_crop, still, info, cache
+
+
+@_on_gpu
+def render_view(photo: str | None, model: str, yaw: float, pitch: float, cache: dict | None,
+                progress: gr.Progress = gr.Progress()) -> tuple[np.ndarray | None, dict | None]:  # noqa: B008
+    """A still of the session's avatar from (yaw, pitch); builds the avatar if this photo has none yet."""
+    if not photo:
+        return None, cache
+    with _user_errors(photo):
+        pipe, avatar, cache, _ = _get_avatar(photo, model, cache, progress)
+        return pipe.render_views(avatar, view_label(yaw, pitch))[0], cache
+
+
+@_on_gpu
+def reenact(photo: str | None, video: str | None, model: str, motion: str, smooth: bool, side: bool,
+            seconds: float, cache: dict | None,
+            progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict]:  # noqa: B008
+    """Photo + driving video -> (reenacted video with the driving audio, info, session cache)."""
+    photo = _need(photo, "Upload a portrait photo first (JPEG or PNG with one clearly visible face).")
+    video = _need(video, "Upload or record a driving video first (MP4, MOV, MKV or WebM).")
+    with _user_errors(photo, video):
+        load_image(photo)
+        info = probe_video(video)
+        if info.duration > MAX_VIDEO_SECONDS + 0.05:
+            raise gr.Error(f"The driving video is {info.duration:.1f} s long; this app takes videos of at most "
+                           f"{MAX_VIDEO_SECONDS:.0f} s. Trim it first, or run `avatar reenact` on your own "
+                           "machine, which has no limit.", print_exception=False)
+        use_seconds = min(float(seconds), MAX_VIDEO_SECONDS)
+        max_frames = max(1, math.ceil(use_seconds * float(info.fps)))
+        total = min(len(VideoReader(video, max_frames=max_frames)), max_frames) or max_frames
+        pipe, avatar, cache, built = _get_avatar(photo, model, cache, progress)
+        frames = pipe.iter_reenact(avatar, video, relative=motion != "absolute", smooth=bool(smooth),
+                                   batch_size=RENDER_BATCH, max_frames=max_frames)
+        images = (side_by_side(avatar.source_crop, f.image, f.driving) if side else f.image for f in frames)
+        path = _output_path("reenacted.mp4")
+        writer, rate = _write_video(images, path, info.fps, total, progress, "reenacting", audio_from=video)
+    missing = len(pipe.last_frames_without_face)
+    audio = {"copy": "driving audio kept", "aac": "driving audio kept (re-encoded to AAC)", None: "no audio"}[
+        writer.audio_mode]
+    text = (f"{writer.frames_written} frames at {float(info.fps):.2f} fps ({audio}) · {rate:.1f} frames/s on "
+            f"`{pipe.device}` · avatar {'built' if built else 'reused from this session'}")
+    if info.duration and info.duration > use_seconds + 0.05:
+        text += f" · used the first {use_seconds:.1f} s of {info.duration:.1f} s"
+    if missing:
+        text += f" · {missing} frames without a face held the last motion"
+    if pipe.random_init:
+        text += " · **tiny random pipeline: the pictures are meaningless**"
+    return str(path), text, cache
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the page
+
+
+class PhotoInput(gr.Image):
+    """``gr.Image`` that hands an unreadable upload to the app (which explains it) instead of failing inside
+    Gradio's preprocessing with a bare exception."""
+
+    is_template = True  # rendered by the frontend as a plain Image
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except Exception:  # noqa: BLE001 - the app reads the file and says what is wrong with it
+            path = getattr(payload, "path", None)
+            if not path:
+                raise
+            return str(path)
+
+
+INTRO = """# avatar4d — one-shot 4D head avatars
+Upload **one portrait photo**: the app builds an animatable 3D head from it (Portrait4D / Portrait4D-v2).
+**Reconstruct** turns the camera around that head; **Reenact** makes it copy the expressions, head motion and
+sound of a driving video (upload one, or record yourself with the webcam). The photo works best with one
+clearly visible, roughly frontal face; the app finds it and crops it the way the model was trained."""
+
+
 def build_demo(model_id: str | None = None) -> gr.Blocks:
     """Build the app's Blocks for ``model_id`` (default: ``$AVATAR_MODEL`` or ``portrait4d-v2``)."""
     selected = model_id or os.environ.get("AVATAR_MODEL") or DEFAULT_MODEL_ID
-    with gr.Blocks(title="avatar4d: one-shot 4D head avatars") as demo:
+    examples = [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png")) + sorted(EXAMPLES_DIR.glob("*.jpg"))]
+    reenact_default = selected if selected not in ("portrait4d-static",) else DEFAULT_MODEL_ID
+    with gr.Blocks(title="avatar4d: one-shot 4D head avatars", delete_cache=(3600, 7200)) as demo:
+        avatars = gr.State({})  # this session's avatars: {model:photo-digest -> Avatar}
+        gr.Markdown(INTRO)
+        status = gr.Markdown(runtime_status(selected), elem_id="model-status")
+
+        with gr.Tab("Reconstruct", id="reconstruct"), gr.Row():
+            with gr.Column(scale=1):
+                photo = PhotoInput(label="Portrait photo", type="filepath", sources=["upload", "webcam",
+                                   "clipboard"], height=320, elem_id="photo")
+                rec_model = gr.Dropdown(model_choices(selected, static=True), value=selected, label="Model")
+                orbit_frames = gr.Slider(8, 120, value=48, step=1, label="Frames in the orbit video",
+                                         elem_id="orbit-frames")
+                rec_button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
+                if examples:
+                    gr.Examples(examples, inputs=photo, label="Public-domain example photos")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    orbit = gr.Video(label="Orbit around the 3D avatar", autoplay=True, loop=True,
+                                     elem_id="orbit-video", format=None)
+                    crop = gr.Image(label="Aligned crop (what the model sees)", type="numpy",
+                                    interactive=False, elem_id="crop")
+                with gr.Row():
+                    with gr.Column():
+                        yaw = gr.Slider(-60, 60, value=0, step=1, label="Yaw (degrees; + from the person's right)")
+                        pitch = gr.Slider(-30, 30, value=0, step=1, label="Pitch (degrees; + from above)")
+                    still = gr.Image(label="Still from this view", type="numpy", interactive=False,
+                                     elem_id="still")
+                rec_info = gr.Markdown(elem_id="reconstruct-info")
+
+        with gr.Tab("Reenact", id="reenact"), gr.Row():
+            with gr.Column(scale=1):
+                re_photo = PhotoInput(label="Portrait photo", type="filepath",
+                                      sources=["upload", "webcam", "clipboard"], height=260, elem_id="re-photo")
+                driving = gr.Video(label="Driving video (upload, or record with the webcam)",
+                                   sources=["upload", "webcam"], format=None, include_audio=True,
+                                   elem_id="driving")
+                with gr.Row():
+                    re_model = gr.Dropdown(model_choices(reenact_default, static=False), value=reenact_default,
+                                           label="Model")
+                    motion = gr.Radio(["relative", "absolute"], value="relative", label="Motion",
+                                      info="relative: the driving changes applied to the photo's own "
+                                           "expression and pose; absolute: copied as they are")
+                with gr.Row():
+                    smooth = gr.Checkbox(True, label="Smooth (less jitter)")
+                    side = gr.Checkbox(False, label="Side by side (photo | result | driving)")
+                seconds = gr.Slider(0.2, MAX_VIDEO_SECONDS, value=min(10.0, MAX_VIDEO_SECONDS), step=0.1,
+                                    label="Use the first … seconds of the driving video")
+                re_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button")
+                if examples:
+                    gr.Examples(examples, inputs=re_photo, label="Public-domain example photos")
+            with gr.Column(scale=2):
+                result = gr.Video(label="Reenacted video", autoplay=True, format=None, elem_id="reenacted")
+                re_info = gr.Markdown(elem_id="reenact-info")
+
+        with gr.Accordion("Model files", open=bool(missing_files(selected))):
+            with gr.Row():
+                model = gr.Dropdown(choices=[*MODELS, TINY], value=selected if selected in MODELS else DEFAULT_MODEL_ID,
+                                    label="Model")
+                refresh = gr.Button("Check model files", variant="secondary")
+            files = gr.Markdown(model_status(selected if selected in MODELS else DEFAULT_MODEL_ID),
+                                elem_id="model-files")
         gr.Markdown(
-            "# avatar4d\nOne-shot 4D head avatars: build an animatable 3D head from one portrait photo, render it "
-            "from any camera, and reenact it with a driving video (Portrait4D / Portrait4D-v2)."
+            f"Limits: uploads up to {MAX_UPLOAD_MB} MB, driving videos up to {MAX_VIDEO_SECONDS:.0f} s; "
+            f"{CONCURRENCY} job{'s' if CONCURRENCY > 1 else ''} at a time, the others wait in the queue. "
+            "Photos and videos are used only for your request and kept in temporary folders. "
+            "Scripts: `gradio_client.Client(url).predict(handle_file('photo.jpg'), api_name='/reconstruct')`."
         )
-        with gr.Row():
-            model = gr.Dropdown(choices=list(MODELS), value=selected if selected in MODELS else DEFAULT_MODEL_ID,
-                                label="Model")
-            refresh = gr.Button("Check model files", variant="secondary")
-        status = gr.Markdown(model_status(selected), elem_id="model-status")
-        gr.Markdown(
-            "**Reconstruct** (photo → orbit video) and **Reenact** (photo + driving video → video) are not "
-            "available in this version yet: they arrive with the Portrait4D network port and the pipeline."
-        )
-        refresh.click(model_status, inputs=model, outputs=status, api_name="status")
-        model.change(model_status, inputs=model, outputs=status, api_name=False)
+
+        def refresh_status() -> str:
+            return runtime_status(selected)
+
+        rec_button.click(reconstruct, inputs=[photo, rec_model, yaw, pitch, orbit_frames, avatars],
+                         outputs=[orbit, crop, still, rec_info, avatars], api_name="reconstruct",
+                         concurrency_id="gpu").then(refresh_status, outputs=status, api_name=False)
+        for slider in (yaw, pitch):
+            slider.release(render_view, inputs=[photo, rec_model, yaw, pitch, avatars], outputs=[still, avatars],
+                           api_name="view" if slider is yaw else False, concurrency_id="gpu",
+                           show_progress="minimal")
+        re_button.click(reenact, inputs=[re_photo, driving, re_model, motion, smooth, side, seconds, avatars],
+                        outputs=[result, re_info, avatars], api_name="reenact",
+                        concurrency_id="gpu").then(refresh_status, outputs=status, api_name=False)
+        photo.change(lambda p: p, inputs=photo, outputs=re_photo, api_name=False, queue=False)
+        refresh.click(model_status, inputs=model, outputs=files, api_name="status")
+        model.change(model_status, inputs=model, outputs=files, api_name=False)
+        demo.load(refresh_status, outputs=status, api_name=False)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     return demo
 
 
 demo = build_demo()
 
 
+def launch(app: gr.Blocks, **kwargs: Any) -> Any:
+    """Launch ``app`` with the upload limit (keyword arguments go to ``gr.Blocks.launch``)."""
+    kwargs.setdefault("max_file_size", f"{MAX_UPLOAD_MB}mb")
+    kwargs.setdefault("show_error", True)
+    return app.launch(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Start the avatar4d Gradio app on localhost.")
-    parser.add_argument("--model", default=None, help=f"model id (default $AVATAR_MODEL or {DEFAULT_MODEL_ID})")
+    parser.add_argument("--model", default=None,
+                        help=f"model id, pipeline folder or 'tiny' (default $AVATAR_MODEL or {DEFAULT_MODEL_ID})")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--device", default=None, help="auto (default, $AVATAR_DEVICE), cpu, cuda, ...")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="precision of the reconstructor (default float32, $AVATAR_DTYPE)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.device:
+        os.environ["AVATAR_DEVICE"] = args.device
+    if args.dtype:
+        os.environ["AVATAR_DTYPE"] = args.dtype
     app = build_demo(args.model) if args.model else demo
     logger.info("starting on http://%s:%d", args.host, args.port)
-    app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share)
+    launch(app, server_name=args.host, server_port=args.port, share=args.share)
 
 
 if __name__ == "__main__":

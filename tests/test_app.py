@@ -1,13 +1,23 @@
-"""The app builds without launching, starts on localhost, and is honest about missing weights."""
+"""The app builds without launching, starts on localhost, is honest about missing weights, and - with the tiny
+random pipeline - reconstructs and reenacts real photos and videos through its named API endpoints."""
 
 from __future__ import annotations
 
 import socket
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 gr = pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+from avatar.io import VideoReader, probe_video  # noqa: E402
 
 
 def _free_port() -> int:
@@ -21,6 +31,8 @@ def test_import_builds_demo_without_launching() -> None:
 
     assert isinstance(app.demo, gr.Blocks)
     assert not getattr(app.demo, "is_running", False)
+    names = {d.get("api_name") for d in app.demo.config["dependencies"]}
+    assert {"reconstruct", "reenact", "status"} <= names
 
 
 def test_status_names_missing_files_and_the_command() -> None:
@@ -30,16 +42,36 @@ def test_status_names_missing_files_and_the_command() -> None:
     assert "Weights missing" in text and "portrait4d-v2-vfhq512.pkl" in text
     assert "avatar download portrait4d-v2" in text
     assert "Unknown model" in app.model_status("nope")
+    assert "random weights" in app.model_status(app.TINY)
+
+
+def test_status_line_labels_the_tiny_pipeline_and_missing_weights() -> None:
+    import app
+
+    assert "Development mode: tiny random pipeline" in app.runtime_status(app.TINY)
+    line = app.runtime_status("portrait4d-v2")
+    assert "Weights of `portrait4d-v2` are missing" in line and "device" in line and "dtype" in line
+
+
+def test_view_label_frontal_is_the_inference_camera() -> None:
+    import torch
+
+    import app
+    from avatar.render.camera import inference_label
+
+    assert torch.allclose(app.view_label(0, 0), inference_label(1), atol=1e-2)
+    right = app.view_label(30, 0)[0, :16].reshape(4, 4)
+    above = app.view_label(0, 20)[0, :16].reshape(4, 4)
+    assert right[0, 3] < -1.0 and abs(float(right[1, 3])) < 1e-4  # to the person's right (-x), at eye level
+    assert above[1, 3] > 0.5  # above the head
 
 
 def test_launched_app_answers_on_localhost() -> None:
-    from gradio_client import Client
-
     import app
 
     demo = app.build_demo("portrait4d-static")
     port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         url = f"http://127.0.0.1:{port}/"
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -50,3 +82,79 @@ def test_launched_app_answers_on_localhost() -> None:
         assert "portrait4d-static-genhead512.pkl" in text and "Weights missing" in text
     finally:
         demo.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tiny random pipeline behind the real endpoints
+
+
+@pytest.fixture(scope="module")
+def tiny_url() -> Iterator[str]:
+    import app
+
+    demo = app.build_demo(app.TINY)
+    port = _free_port()
+    app.launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def photo(shared_media: Path) -> str:
+    return str(shared_media / "portraits" / "wild" / "public_domain" / "obama.jpg")
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_reconstruct_and_reenact_return_playable_videos(tiny_url: str, photo: str, shared_media: Path) -> None:
+    client = Client(tiny_url, verbose=False)
+    orbit, crop, still, info = client.predict(handle_file(photo), frames=8, yaw=20, api_name="/reconstruct")
+    assert probe_video(orbit).num_frames == 8
+    frames = list(VideoReader(orbit))
+    assert len(frames) == 8 and frames[0].dtype == np.uint8
+    from PIL import Image
+
+    assert Image.open(crop).size == (512, 512) and Image.open(still).size[0] > 0
+    assert "Avatar built" in info and "tiny random pipeline" in info
+
+    driving = shared_media / "videos" / "talk2.mp4"  # 25 fps, AAC audio
+    video, text = client.predict(handle_file(photo), handle_file(str(driving)), seconds=0.2, side=True,
+                                 api_name="/reenact")
+    got = probe_video(video)
+    assert got.num_frames == 5 and got.fps == 25 and got.has_audio
+    assert got.width == 3 * got.height  # photo | result | driving
+    assert "avatar reused from this session" in text and "driving audio kept" in text
+
+    again = Client(tiny_url, verbose=False)  # another session builds its own avatar
+    *_, info2 = again.predict(handle_file(photo), frames=8, api_name="/reconstruct")
+    assert "Avatar built" in info2
+
+
+@pytest.mark.media
+def test_bad_inputs_explain_themselves_and_the_app_keeps_working(
+        tiny_url: str, photo: str, shared_media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import app
+
+    client = Client(tiny_url, verbose=False)
+    corrupt = tmp_path / "holiday.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG " * 20)
+    with pytest.raises(AppError, match=r"holiday\.jpg (is not an image|cannot be decoded)"):
+        client.predict(handle_file(str(corrupt)), frames=8, api_name="/reconstruct")
+
+    not_video = tmp_path / "clip.mp4"
+    not_video.write_bytes(b"\x00\x01 not a video " * 50)
+    with pytest.raises(AppError, match=r"clip\.mp4 cannot be opened as a video"):
+        client.predict(handle_file(photo), handle_file(str(not_video)), seconds=0.2, api_name="/reenact")
+
+    monkeypatch.setattr(app, "MAX_VIDEO_SECONDS", 4.0)
+    with pytest.raises(AppError, match=r"11\.8 s long; this app takes videos of at most 4 s"):
+        client.predict(handle_file(photo), handle_file(str(shared_media / "videos" / "drive_d3.mp4")),
+                       seconds=0.2, api_name="/reenact")
+
+    with pytest.raises(AppError, match=r"weights of portrait4d-v2 are not available.*avatar download portrait4d-v2"):
+        client.predict(handle_file(photo), model="portrait4d-v2", frames=8, api_name="/reconstruct")
+
+    orbit, *_ = client.predict(handle_file(photo), frames=8, api_name="/reconstruct")  # the next good call works
+    assert probe_video(orbit).num_frames == 8
