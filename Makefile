@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip
 PORT   ?= 7860
 MODEL  ?=
 
-.PHONY: demo test lint venv clean-venv help
+.PHONY: demo test lint venv clean-venv help chromium
 
 help:
 	@echo "make demo   - set up .venv and start the Gradio app on http://127.0.0.1:$(PORT)"
@@ -39,7 +39,14 @@ demo: $(VENV)/.stamp-app
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .
 
-test: $(VENV)/.stamp-dev
+# The app's browser test drives Debian's headless Chromium through Playwright (never `playwright install`).
+# Installed here when missing and when apt-get can run (root); otherwise that one test is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+		echo "chromium is not installed (needs root and apt-get): the browser test will be skipped"
+
+test: $(VENV)/.stamp-dev chromium
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

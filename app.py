@@ -219,7 +219,7 @@ class PipelineCache:
         t0 = time.perf_counter()
         if model == TINY:
             pipe = Portrait4DPipeline.tiny(seed=0).to(device)
-            source, dtype = "built in memory (random weights)", torch.float32
+            source, dtype = "memory (random weights, built at first use)", torch.float32
         else:
             missing = missing_files(model)
             try:
@@ -248,15 +248,12 @@ PIPELINES = PipelineCache()
 def runtime_status(selected: str) -> str:
     """One Markdown line per loaded model: which, from where, device and dtype; or what loads on first use."""
     loaded = PIPELINES.loaded()
-    lines = []
-    for name, entry in loaded.items():
-        tag = " — **development only: random weights, meaningless pictures**" if entry.pipeline.random_init else ""
-        lines.append(f"**Loaded:** `{name}` from {entry.source} · device `{entry.device}` · dtype "
-                     f"`{entry.dtype}`{tag}")
+    lines = [f"**Loaded:** `{name}` from {e.source} · device `{e.device}` · dtype `{e.dtype}`"
+             for name, e in loaded.items()]
     if not loaded:
-        lines.append(f"**Model:** `{selected}` loads on first use · device `{_device()}` · dtype "
-                     f"`{str(_dtype() if selected != TINY else torch.float32).replace('torch.', '')}`")
-    if selected == TINY:
+        dtype = str(_dtype() if selected != TINY else torch.float32).replace("torch.", "")
+        lines.append(f"**Model:** `{selected}` loads on first use · device `{_device()}` · dtype `{dtype}`")
+    if selected == TINY or any(e.pipeline.random_init for e in loaded.values()):
         lines.append("⚠️ **Development mode: tiny random pipeline.** Every stage runs, but the weights are random, "
                      "so the pictures are meaningless.")
     elif missing_files(selected):
@@ -453,20 +450,24 @@ def reenact(photo: str | None, video: str | None, model: str, motion: str, smoot
 # the page
 
 
-class PhotoInput(gr.Image):
-    """``gr.Image`` that hands an unreadable upload to the app (which explains it) instead of failing inside
-    Gradio's preprocessing with a bare exception."""
+def photo_input(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` (file path) that hands an unreadable upload to the app, which explains what is wrong with
+    it, instead of failing inside Gradio's preprocessing with a bare exception. (An instance-level wrapper: a
+    subclass would make Gradio write a ``.pyi`` file next to this one.)"""
+    image = gr.Image(type="filepath", **kwargs)
+    gradio_preprocess = image.preprocess
 
-    is_template = True  # rendered by the frontend as a plain Image
-
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return gradio_preprocess(payload)
         except Exception:  # noqa: BLE001 - the app reads the file and says what is wrong with it
             path = getattr(payload, "path", None)
             if not path:
                 raise
             return str(path)
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 INTRO = """# avatar4d — one-shot 4D head avatars
@@ -488,7 +489,7 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
 
         with gr.Tab("Reconstruct", id="reconstruct"), gr.Row():
             with gr.Column(scale=1):
-                photo = PhotoInput(label="Portrait photo", type="filepath", sources=["upload", "webcam",
+                photo = photo_input(label="Portrait photo", sources=["upload", "webcam",
                                    "clipboard"], height=320, elem_id="photo")
                 rec_model = gr.Dropdown(model_choices(selected, static=True), value=selected, label="Model")
                 orbit_frames = gr.Slider(8, 120, value=48, step=1, label="Frames in the orbit video",
@@ -499,20 +500,20 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
             with gr.Column(scale=2):
                 with gr.Row():
                     orbit = gr.Video(label="Orbit around the 3D avatar", autoplay=True, loop=True,
-                                     elem_id="orbit-video", format=None)
+                                     elem_id="orbit-video", format=None, height=300)
                     crop = gr.Image(label="Aligned crop (what the model sees)", type="numpy",
-                                    interactive=False, elem_id="crop")
+                                    interactive=False, elem_id="crop", height=300)
                 with gr.Row():
                     with gr.Column():
                         yaw = gr.Slider(-60, 60, value=0, step=1, label="Yaw (degrees; + from the person's right)")
                         pitch = gr.Slider(-30, 30, value=0, step=1, label="Pitch (degrees; + from above)")
                     still = gr.Image(label="Still from this view", type="numpy", interactive=False,
-                                     elem_id="still")
+                                     elem_id="still", height=300)
                 rec_info = gr.Markdown(elem_id="reconstruct-info")
 
         with gr.Tab("Reenact", id="reenact"), gr.Row():
             with gr.Column(scale=1):
-                re_photo = PhotoInput(label="Portrait photo", type="filepath",
+                re_photo = photo_input(label="Portrait photo",
                                       sources=["upload", "webcam", "clipboard"], height=260, elem_id="re-photo")
                 driving = gr.Video(label="Driving video (upload, or record with the webcam)",
                                    sources=["upload", "webcam"], format=None, include_audio=True,

@@ -118,6 +118,8 @@ def test_reconstruct_and_reenact_return_playable_videos(tiny_url: str, photo: st
 
     assert Image.open(crop).size == (512, 512) and Image.open(still).size[0] > 0
     assert "Avatar built" in info and "tiny random pipeline" in info
+    side_view = client.predict(handle_file(photo), yaw=-30, pitch=10, api_name="/view")  # same avatar, new camera
+    assert Image.open(side_view).size == Image.open(still).size
 
     driving = shared_media / "videos" / "talk2.mp4"  # 25 fps, AAC audio
     video, text = client.predict(handle_file(photo), handle_file(str(driving)), seconds=0.2, side=True,
