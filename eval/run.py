@@ -1,0 +1,227 @@
+"""``python -m eval.run``: score a protocol for our model (``--model``) or for any method's frames (``--predictions``).
+
+    python -m eval.run --benchmark hdtf --protocol same-identity --data DATA --predictions DIR --out RESULTS
+    python -m eval.run --benchmark celeba --protocol cross-identity --data DATA --model portrait4d-v2 --out RESULTS
+    accelerate launch --num_processes 4 -m eval.run ...        # split over processes / GPUs
+
+Every per-sample result is appended to ``RESULTS/cache/`` as it is computed; running the same command again
+resumes (only what is missing is computed). Each process scores every world_size-th batch of the protocol's fixed batches
+and writes its own cache shard; after a barrier the main process aggregates every cached value in the protocol's
+order, so 1 and N processes give the same numbers. See ``eval/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import cache as cache_mod
+from .data import PredictionCheckError, check_predictions, load_batch
+from .protocols import BENCHMARKS, HDTF_CROSS_ID_DRIVER, get_protocol
+from .protocols.pairs import SampleSet, build_samples
+from .scoring import Scorer, aggregate, parse_metric_options
+
+__all__ = ["DistState", "build_parser", "main", "run"]
+
+logger = logging.getLogger("eval.run")
+
+DEFAULT_HDTF_LIST = Path(__file__).resolve().parents[2] / "shared" / "media" / "lists" / "hdtf" / "hdtf_test_19.txt"
+
+
+@dataclass
+class DistState:
+    """Rank, world size, device and a barrier: accelerate's when launched by it, else one process."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def detect(cls) -> DistState:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ:
+            from accelerate import PartialState
+
+            st = PartialState()
+            return cls(st.process_index, st.num_processes, st.device, st.wait_for_everyone)
+        return cls()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    p.add_argument("--protocol", required=True,
+                   help="celeba: reconstruction | cross-identity; hdtf: same-identity | cross-identity | to-celeba")
+    p.add_argument("--data", required=True, type=Path, help="prepared ground truth: DATA/<id>/<frame:06d>.png")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="generate with our pipeline: a model id or a local folder (avatar tiny DIR)")
+    src.add_argument("--predictions", type=Path, help="score another method's frames: PREDICTIONS/<id>/<frame>.png")
+    p.add_argument("--out", required=True, type=Path, help="RESULTS folder (cache, report, plots)")
+    p.add_argument("--metrics", help="comma-separated subset of the protocol's metrics (default: all of them)")
+    p.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE",
+                   help="metric option, e.g. ssim.preset=wang2004 or apd.include_translation=false (repeatable)")
+    p.add_argument("--limit", type=int, help="at most N frames per video (hdtf) or N samples (celeba)")
+    p.add_argument("--sources", type=Path, help="hdtf to-celeba: the prepared CelebA folder")
+    p.add_argument("--source-list", type=Path, help="hdtf to-celeba: CelebA ids to use as the 60 sources")
+    p.add_argument("--video-list", type=Path,
+                   help=f"hdtf videos, one per line (default: the published 19; {DEFAULT_HDTF_LIST.name})")
+    p.add_argument("--driver", default=HDTF_CROSS_ID_DRIVER, help="hdtf cross-identity driving video")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the process's accelerator)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="--model: the pipeline's dtype")
+    p.add_argument("--reenact-mode", default="auto", choices=("auto", "relative", "absolute"))
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="run networks whose weights are missing with random init: results stamped NOT COMPARABLE")
+    p.add_argument("--method-name", help="row label in the report (default: the model or predictions folder)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    return p
+
+
+def _after_batch(done: int) -> None:
+    """Hook called after each cached batch (tests inject a crash here)."""
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def _samples(args: argparse.Namespace) -> SampleSet:
+    protocol = get_protocol(args.benchmark, args.protocol)
+    video_list = args.video_list
+    return build_samples(protocol, args.data, sources=args.sources, video_list=video_list,
+                         source_list=args.source_list, driver=args.driver, limit=args.limit)
+
+
+def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, report: bool = True,
+        scorer_kwargs: dict[str, Any] | None = None, pipeline: Any = None) -> dict[str, Any] | None:
+    """Run the benchmark (the CLI without ``sys.exit``). Returns the report dict on the main process.
+
+    ``state`` overrides the process layout (tests simulate ranks); ``report=False`` scores this rank's shard and
+    stops before the aggregation; ``scorer_kwargs`` and ``pipeline`` let tests plug in tiny networks.
+    """
+    args = build_parser().parse_args(argv)
+    state = state or DistState.detect()
+    device = torch.device(args.device) if args.device else state.device
+    started = time.time()
+    sset = _samples(args)
+    protocol = sset.protocol
+    metrics = [m.strip().lower() for m in args.metrics.split(",")] if args.metrics else list(protocol.metrics)
+    options = parse_metric_options(args.metric_option)
+    out = args.out
+    cache_dir = out / "cache"
+    notes = list(sset.notes)
+    gen_facts: dict[str, Any] = {}
+    show = state.is_main and not args.no_progress
+
+    if args.model is not None:
+        from .generate import generate, reenact_mode
+
+        pred_root = out / "predictions"
+        mode = reenact_mode(protocol.key, args.reenact_mode)
+        if pipeline is None:
+            from avatar.pipelines.portrait4d import Portrait4DPipeline
+
+            pipeline = Portrait4DPipeline.from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))
+        folders = list(dict.fromkeys(s.output_id for s in sset.samples))
+        mine = set(folders[state.rank::state.world_size])  # one avatar per folder: folders are sharded
+        my_samples = [s for s in sset.samples if s.output_id in mine]
+        bar = _progress(len(my_samples), "generate", show)
+        try:
+            gen_facts = generate(pipeline, my_samples, pred_root, mode=mode, batch_size=args.batch_size,
+                                 progress=bar)
+        finally:
+            bar.close()
+        gen_facts["reenact_mode"] = mode
+        notes += gen_facts.get("notes", [])
+        state.barrier()
+    else:
+        pred_root = args.predictions
+
+    expected = [(s.id, s.target or s.source) for s in sset.samples]
+    check_predictions(pred_root, expected, allowed=sset.all_ids, report_file=out / "prediction_errors.txt")
+
+    scorer = Scorer(protocol, metrics, options, device=device, allow_random_weights=args.allow_random_weights,
+                    **(scorer_kwargs or {}))
+    manifest = {"protocol": protocol.key, "source": str(args.model or Path(pred_root).resolve()),
+                "metrics": scorer.manifest_metrics()}
+    if state.is_main:
+        cache_mod.check_manifest(cache_dir, manifest)
+    state.barrier()
+    if not state.is_main:
+        cache_mod.check_manifest(cache_dir, manifest)  # raises here too if it did on the main process
+
+    cached = cache_mod.load(cache_dir)
+    # fixed global batches, sharded by batch index: every sample is always scored in the same batch, so its
+    # values do not depend on the number of processes (batched float kernels are not bitwise batch-invariant)
+    bs = max(1, args.batch_size)
+    batches = [sset.samples[i:i + bs] for i in range(0, len(sset.samples), bs)]
+    mine = batches[state.rank::state.world_size]
+    pending = [b for b in mine if any(not cached.has(s.id, m) for s in b for m in metrics)]
+    bar = _progress(sum(len(b) for b in mine), f"score {protocol.key}", show)
+    bar.update(sum(len(b) for b in mine) - sum(len(b) for b in pending))
+    done = 0
+    with cache_mod.ShardWriter(cache_dir, state.rank) as writer:
+        try:
+            for batch in pending:
+                todo = {m: [i for i, s in enumerate(batch) if not cached.has(s.id, m)] for m in metrics}
+                pred = load_batch([Path(pred_root) / f"{s.id}.png" for s in batch])
+                records, refs = scorer.score(batch, pred, todo, cached)
+                writer.write(records, refs)
+                for r in records:
+                    cached.add(r)
+                bar.update(len(batch))
+                done += len(batch)
+                _after_batch(done)
+        finally:
+            bar.close()
+    state.barrier()
+    if not (report and state.is_main):
+        return None
+
+    from .report import write_report
+
+    cached = cache_mod.load(cache_dir)
+    results = aggregate(scorer, sset.samples, cached)
+    run_options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    run_options["processes"] = state.world_size
+    run_options["device"] = str(device)
+    run_options["generation"] = gen_facts
+    return write_report(out, sset, results, run_options=run_options, notes=notes,
+                        method=args.method_name or (args.model or Path(pred_root).name),
+                        elapsed_s=time.time() - started, plots=not args.no_plots, cache_stats={"duplicates_ignored": cached.duplicates,
+                                                                       "truncated_lines": cached.truncated_lines})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run(argv)
+    except (PredictionCheckError, cache_mod.CacheMismatchError, FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(summary["markdown_path"])
+        print(summary["headline"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
