@@ -518,22 +518,23 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                 driving = gr.Video(label="Driving video (upload, or record with the webcam)",
                                    sources=["upload", "webcam"], format=None, include_audio=True,
                                    elem_id="driving")
-                with gr.Row():
-                    re_model = gr.Dropdown(model_choices(reenact_default, static=False), value=reenact_default,
-                                           label="Model")
-                    motion = gr.Radio(["relative", "absolute"], value="relative", label="Motion",
-                                      info="relative: the driving changes applied to the photo's own "
-                                           "expression and pose; absolute: copied as they are")
+                re_model = gr.Dropdown(model_choices(reenact_default, static=False), value=reenact_default,
+                                       label="Model")
+                motion = gr.Radio(["relative", "absolute"], value="relative", label="Motion",
+                                  info="relative: the driving changes are applied to the photo's own expression "
+                                       "and pose; absolute: they are copied as they are")
                 with gr.Row():
                     smooth = gr.Checkbox(True, label="Smooth (less jitter)")
                     side = gr.Checkbox(False, label="Side by side (photo | result | driving)")
                 seconds = gr.Slider(0.2, MAX_VIDEO_SECONDS, value=min(10.0, MAX_VIDEO_SECONDS), step=0.1,
-                                    label="Use the first … seconds of the driving video")
+                                    label="Use the first … seconds of the driving video",
+                                    elem_id="seconds")
                 re_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button")
                 if examples:
                     gr.Examples(examples, inputs=re_photo, label="Public-domain example photos")
             with gr.Column(scale=2):
-                result = gr.Video(label="Reenacted video", autoplay=True, format=None, elem_id="reenacted")
+                result = gr.Video(label="Reenacted video", autoplay=True, format=None, elem_id="reenacted",
+                                  height=480)
                 re_info = gr.Markdown(elem_id="reenact-info")
 
         with gr.Accordion("Model files", open=bool(missing_files(selected))):

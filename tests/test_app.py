@@ -66,6 +66,17 @@ def test_view_label_frontal_is_the_inference_camera() -> None:
     assert above[1, 3] > 0.5  # above the head
 
 
+def test_pipeline_errors_become_one_plain_sentence() -> None:
+    import app
+    from avatar.io import NoFaceError
+
+    upload = "/tmp/gradio/0123abcd/beach.jpg"
+    with pytest.raises(gr.Error, match=r"no face found in beach\.jpg; use a photo"), app._user_errors(upload):
+        raise NoFaceError(f"no face found in {upload}; use a photo with one clearly visible, roughly frontal face")
+    with pytest.raises(gr.Error, match=r"Something went wrong on the server \(ZeroDivisionError"), app._user_errors():
+        raise ZeroDivisionError("division by zero")
+
+
 def test_launched_app_answers_on_localhost() -> None:
     import app
 

@@ -22,6 +22,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "astronaut.png"  # public domain (NASA), shipped with the app
+DRIVING = Path(os.environ.get("AVATAR_SHARED_MEDIA", REPO.parent / "shared" / "media")) / "videos" / "talk2.mp4"
 
 pytestmark = [
     pytest.mark.slow,
@@ -97,6 +98,23 @@ def test_browser_uploads_a_photo_and_sees_the_orbit_video(app_url: str, tmp_path
             info = page.locator("#reconstruct-info").inner_text()
             page.wait_for_timeout(500)  # let the first frame paint
             page.screenshot(path=str(shot), full_page=True)
+
+            page.get_by_role("tab", name="Reenact").click()
+            page.locator("#re-photo img").first.wait_for()  # the photo came along from the first tab
+            if DRIVING.is_file():  # real media only when ../shared/media is there
+                page.locator("#driving input[type=file]").set_input_files(str(DRIVING))
+                page.locator("#driving video").first.wait_for()
+                secs = page.locator("#seconds input[type=number]")
+                secs.fill("0.2")
+                secs.press("Enter")
+                page.locator("#reenact-button").click()
+                page.wait_for_function(
+                    "() => { const v = document.querySelector('#reenacted video');"
+                    " return v && v.src && v.readyState >= 1 && v.duration > 0; }", timeout=120_000)
+                reenact_info = page.locator("#reenact-info").inner_text()
+                assert "5 frames at 25.00 fps" in reenact_info and "avatar reused" in reenact_info
+                page.wait_for_timeout(500)
+            page.screenshot(path=str(tmp_path / "app-reenact.png"), full_page=True)
         finally:
             browser.close()
     assert abs(duration - 8 / 25) < 0.05  # 8 frames at 25 fps, decoded by the browser
@@ -105,4 +123,5 @@ def test_browser_uploads_a_photo_and_sees_the_orbit_video(app_url: str, tmp_path
     if os.environ.get("AVATAR_SCREENSHOT_DIR"):
         out = Path(os.environ["AVATAR_SCREENSHOT_DIR"])
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(shot, out / shot.name)
+        for png in tmp_path.glob("app-*.png"):
+            shutil.copy2(png, out / png.name)
