@@ -151,6 +151,7 @@ def test_bad_inputs_explain_themselves_and_the_app_keeps_working(
     import app
 
     client = Client(tiny_url, verbose=False)
+    assert client.config["max_file_size"] == app.MAX_UPLOAD_MB * 1024 * 1024  # uploads are limited
     corrupt = tmp_path / "holiday.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG " * 20)
     with pytest.raises(AppError, match=r"holiday\.jpg (is not an image|cannot be decoded)"):

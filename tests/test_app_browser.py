@@ -19,7 +19,8 @@ import pytest
 
 CHROMIUM = Path(os.environ.get("AVATAR_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
 REPO = Path(__file__).resolve().parents[1]
 PHOTO = REPO / "examples" / "astronaut.png"  # public domain (NASA), shipped with the app
 DRIVING = Path(os.environ.get("AVATAR_SHARED_MEDIA", REPO.parent / "shared" / "media")) / "videos" / "talk2.mp4"
