@@ -18,6 +18,10 @@ a realistic size so that every stage runs); the reported metric values are meani
 networks under autocast (changes reported values; fp32 is the default and the reference). On CUDA, PyTorch's
 default lets cuDNN convolutions use TF32.
 
+Measured (one H200, ``--batch-size 128 --frames 1024``, frames/s full set / target side cached): fp32 183 / 322;
+fp32 ``--channels-last`` 205 / 361; bf16 ``--channels-last`` 281 / 475. The face analysis (RetinaFace-R50 at 640,
+FAN, Deep3D) of both images is ~78 % of the time, the detector alone ~43 %.
+
 ``--gpus N`` runs N processes, one per GPU, each on ``frames / N`` frames at the same time, and reports the summed
 throughput (``accelerate launch`` is not needed).
 """
