@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from flame_assets import synthetic_flame_assets
 
 from avatar.flame import (
     DEFORMER_BUFFERS,
@@ -27,6 +26,7 @@ from avatar.flame import (
     vertices2landmarks,
 )
 from avatar.flame.deformation import box_smooth3d, world2grid
+from avatar.flame.synthetic import synthetic_flame_assets
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flame_assets import synthetic_flame_assets
 from PIL import Image
 
 from avatar.flame import build_deformer_buffers
+from avatar.flame.synthetic import synthetic_flame_assets
 from avatar.io import FaceTooSmallError, InputError, NoFaceError
 from avatar.pipelines import Avatar, Portrait4DPipeline, side_by_side
 from avatar.render.camera import orbit_labels

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 from fake_upstream import fake_modules, make_persistent
-from flame_assets import synthetic_flame_assets
 from safetensors.torch import load_file, save_file
 
 from avatar.flame import build_deformer_buffers
+from avatar.flame.synthetic import synthetic_flame_assets
 from avatar.hub.convert import convert_file
 from avatar.hub.download import AssetNotFoundError
 from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, tiny_portrait4d

@@ -286,11 +286,38 @@ class Portrait4DPipeline:
         Pictures are meaningless. The random detector is biased to report face-sized boxes (one anchor
         size everywhere) so that every stage runs on any photo.
         """
+        return cls.random("tiny", seed)
+
+    @classmethod
+    def random(cls, size: Literal["tiny", "official"] = "tiny", seed: int = 0,
+               head_pose_field: bool = False) -> Portrait4DPipeline:
+        """A complete pipeline of random networks: ``'tiny'`` configs (tests) or the ``'official'`` architectures
+        (speed benchmarks: the work per frame does not depend on the weight values).
+
+        Pictures are meaningless. The detector's heads are set so that every anchor of one size is a face, so
+        every stage runs on any image. ``head_pose_field=True`` adds a FLAME head-pose deformer built on a
+        synthetic sphere head (:mod:`avatar.flame.synthetic`, 1280 triangles, close to the official simplified
+        mesh), so the ``'neck'`` head-pose mode runs as it does with real weights.
+        """
+        if size not in ("tiny", "official"):
+            raise ValueError(f"size must be 'tiny' or 'official', got {size!r}")
+        tiny = size == "tiny"
         torch.manual_seed(seed)
-        motion_cfg = PDFGCConfig.tiny()
-        p4d_cfg = Portrait4DConfig.tiny()
-        reconstructor = tiny_portrait4d(seed, encoders=replace(p4d_cfg.encoders, motion_dim=motion_cfg.motion_dim))
-        detector = RetinaFace.tiny(seed)
+        motion_cfg = PDFGCConfig.tiny() if tiny else PDFGCConfig()
+        p4d_cfg = Portrait4DConfig.tiny() if tiny else Portrait4DConfig()
+        p4d_cfg = replace(p4d_cfg, encoders=replace(p4d_cfg.encoders, motion_dim=motion_cfg.motion_dim))
+        if tiny:
+            reconstructor = tiny_portrait4d(seed, encoders=p4d_cfg.encoders)
+        else:
+            reconstructor = Portrait4D(p4d_cfg).eval()
+            with torch.no_grad():  # a non-trivial density, so the renderer does realistic work
+                reconstructor.decoder.out_sigma.weight.normal_(0, 0.3)
+        if head_pose_field:
+            from avatar.flame.deformation import build_deformer_buffers
+            from avatar.flame.synthetic import synthetic_flame_assets
+
+            reconstructor.set_deformer_buffers(build_deformer_buffers(**synthetic_flame_assets(seed, subdivisions=3)))
+        detector = RetinaFace.tiny(seed) if tiny else RetinaFace(RetinaFaceConfig())
         with torch.no_grad():  # every anchor of one size (the image height) is a face, boxes = anchors
             for level in range(len(detector.config.steps)):
                 detector.ClassHead[level].conv1x1.weight.zero_()
@@ -299,9 +326,10 @@ class Portrait4DPipeline:
                 detector.ClassHead[level].conv1x1.bias.copy_(torch.tensor([4.0, -4.0] * detector.config.anchors_per_cell))
             detector.ClassHead[1].conv1x1.bias[:2] = torch.tensor([-4.0, 4.0])
         pre = FacePreprocessor(
-            detector, H3RLandmarker(H3R.tiny(seed)),
-            FAN3DLandmarker(FANConfig.tiny(), DepthConfig.tiny()).eval(),
-            Deep3DReconNet(Deep3DConfig.tiny()).eval(), BFM2FLAMEMapper(MapperConfig.tiny()).eval(),
+            detector.eval(), H3RLandmarker((H3R.tiny(seed) if tiny else H3R(H3RConfig())).eval()),
+            FAN3DLandmarker(*((FANConfig.tiny(), DepthConfig.tiny()) if tiny else (FANConfig(), DepthConfig()))).eval(),
+            Deep3DReconNet(Deep3DConfig.tiny() if tiny else Deep3DConfig()).eval(),
+            BFM2FLAMEMapper(MapperConfig.tiny() if tiny else MapperConfig()).eval(),
             PDFGCEncoder(motion_cfg).eval(),
         )
         return cls(reconstructor, pre, random_init=True)

@@ -108,6 +108,9 @@ class FacePreprocessor:
         self.bfm2flame = bfm2flame
         self.motion_encoder = motion_encoder
         self.min_face_size = min_face_size
+        for module in self.modules().values():  # inference only: batch norms use their running statistics
+            if module is not None:
+                module.eval()
 
     def modules(self) -> dict[str, nn.Module | None]:
         return {"detector": self.detector, "landmarker": self.landmarker.net, "landmarker_3d": self.landmarker_3d,
