@@ -647,3 +647,36 @@ def test_image_conversion() -> None:
         as_uint8_rgb(rgb.astype(np.float32))
     with pytest.raises(ValueError):
         as_uint8_rgb(np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_batched_postprocess_equals_one_image_at_a_time() -> None:
+    """Random raw outputs for three images (different resize factors, one with no candidate): the batched
+    post-processing gives exactly the faces of a per-image loop over the official steps."""
+    from avatar.face.retinaface import decode_boxes, decode_landmarks
+
+    model = RetinaFace.tiny().with_thresholds(confidence=0.7)
+    h, w = 64, 96
+    a = model.priors(h, w).shape[0]
+    gen = torch.Generator().manual_seed(0)
+    loc, lms = torch.randn(3, a, 4, generator=gen) * 0.5, torch.randn(3, a, 10, generator=gen)
+    scores = torch.softmax(torch.randn(3, a, 2, generator=gen) * 2, dim=-1)
+    scores[1, :, 1] = 0.0  # no face in image 1
+    ratios = [0.5, 1.0, 0.25]
+    batched = model.postprocess_batch(loc, scores, lms, (h, w), ratios)
+    priors = model.priors(h, w)
+    for i, ratio in enumerate(ratios):
+        boxes = decode_boxes(loc[i], priors) * torch.tensor([w, h, w, h]) / ratio
+        points = decode_landmarks(lms[i], priors) * torch.tensor([w, h]) / ratio
+        s = scores[i, :, 1]
+        cand = [k for k in torch.argsort(-s, stable=True).tolist() if s[k] > 0.7]
+        kept = [cand[j] for j in nms_plus_one(boxes[cand], s[cand], model.config.nms_threshold).tolist()] if cand else []
+        kept.sort(key=lambda k: -float((boxes[k, 2] - boxes[k, 0] + boxes[k, 3] - boxes[k, 1]) / 2))
+        got = batched[i]
+        assert len(got) == len(kept) and (i != 1 or not got)
+        for face, k in zip(got, kept, strict=True):
+            np.testing.assert_allclose(face.box, boxes[k].numpy(), rtol=1e-6, atol=1e-4)
+            np.testing.assert_allclose(face.landmarks, points[k].numpy(), rtol=1e-6, atol=1e-4)
+            assert face.score == pytest.approx(float(s[k]))
+    assert sum(len(f) for f in batched) > 2
+    single = model.postprocess(loc[2], scores[2], lms[2], (h, w), ratios[2])
+    assert [f.score for f in single] == [f.score for f in batched[2]]

@@ -275,6 +275,27 @@ def decode_landmarks(pred: Tensor, priors: Tensor, variances: Sequence[float] = 
 # detector
 
 
+def rig_for_random_weights(detector: RetinaFace, level: int, anchor: int, top_k: int | None = None) -> RetinaFace:
+    """Set a random-weight detector's heads so that every anchor of one size is a face (in place; returns it).
+
+    For tests and speed benchmarks with random networks: the class and box heads are zeroed, so each anchor of
+    ``level`` and size slot ``anchor`` (``config.min_sizes[level][anchor]`` pixels of the resized image) gets a face
+    score of ``softmax(-4, 4)`` and a box equal to the anchor. ``top_k`` bounds the candidates kept before NMS
+    (a trained detector has a handful around one face, not every anchor of a level).
+    """
+    per_cell = detector.config.anchors_per_cell
+    with torch.no_grad():
+        for lvl in range(len(detector.config.steps)):
+            detector.ClassHead[lvl].conv1x1.weight.zero_()
+            detector.BboxHead[lvl].conv1x1.weight.zero_()
+            detector.BboxHead[lvl].conv1x1.bias.zero_()
+            detector.ClassHead[lvl].conv1x1.bias.copy_(torch.tensor([4.0, -4.0] * per_cell))
+        detector.ClassHead[level].conv1x1.bias[2 * anchor:2 * anchor + 2] = torch.tensor([-4.0, 4.0])
+    if top_k is not None:
+        detector.config = replace(detector.config, top_k=top_k)
+    return detector
+
+
 @dataclass(frozen=True)
 class DetectedFace:
     """One detection in input-image pixels.
@@ -385,14 +406,27 @@ class RetinaFace(nn.Module):
     # ----------------------------------------------------------------------------------------------------
     # pre- and post-processing
 
+    def resize(self, image: np.ndarray | Tensor) -> tuple[np.ndarray, float]:
+        """RGB image -> ``(h, w, 3)`` uint8 resized so that ``h = target_height`` (``w = round(W * factor)``,
+        OpenCV bilinear) and the factor ``target_height / H``."""
+        rgb = as_uint8_rgb(image)
+        ratio = self.config.target_height / rgb.shape[0]
+        return cv2.resize(rgb, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_LINEAR), ratio
+
+    def to_network_input(self, resized: np.ndarray | Tensor) -> Tensor:
+        """Resized RGB uint8 ``(h, w, 3)`` or ``(B, h, w, 3)`` (array, or tensor on any device) -> ``(B, 3, h, w)``
+        float32 BGR minus the official mean, on the tensor's device (exact: the same values as on the CPU)."""
+        x = torch.as_tensor(resized)
+        if x.ndim == 3:
+            x = x[None]
+        mean = torch.tensor(self.config.mean_bgr, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        return x.permute(0, 3, 1, 2).flip(1).float() - mean
+
     def preprocess(self, image: np.ndarray | Tensor) -> tuple[Tensor, float]:
         """RGB image -> ``(1, 3, h, w)`` float32 network input (on CPU) and the resize factor
         ``target_height / H`` (``h = target_height``, ``w = round(W * factor)``, OpenCV bilinear)."""
-        rgb = as_uint8_rgb(image)
-        ratio = self.config.target_height / rgb.shape[0]
-        resized = cv2.resize(rgb, None, fx=ratio, fy=ratio, interpolation=cv2.INTER_LINEAR)
-        bgr = resized[:, :, ::-1].astype(np.float32) - np.asarray(self.config.mean_bgr, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None], ratio
+        resized, ratio = self.resize(image)
+        return self.to_network_input(np.ascontiguousarray(resized)).contiguous(), ratio
 
     def postprocess(
         self, loc: Tensor, scores: Tensor, landmarks: Tensor, input_hw: tuple[int, int], ratio: float
@@ -401,42 +435,61 @@ class RetinaFace(nn.Module):
 
         ``input_hw`` is the network input size and ``ratio`` the resize factor of :meth:`preprocess`.
         """
+        return self.postprocess_batch(loc[None], scores[None], landmarks[None], input_hw, [ratio])[0]
+
+    def postprocess_batch(
+        self, loc: Tensor, scores: Tensor, landmarks: Tensor, input_hw: tuple[int, int], ratios: Sequence[float]
+    ) -> list[list[DetectedFace]]:
+        """Raw outputs of a batch ``(B, A, 4)``, ``(B, A, 2)``, ``(B, A, 10)`` -> faces per image, largest first.
+
+        The official steps per image: decode, keep scores above the threshold, order by score, ``top_k``,
+        NMS with the "+1" convention, then order by size. The candidates of all images are thresholded and
+        decoded together on the device and copied to the CPU once.
+        """
         c = self.config
         h, w = input_hw
         priors = self.priors(h, w)
-        if priors.shape[0] != loc.shape[0]:
-            raise ValueError(f"{loc.shape[0]} predictions for {priors.shape[0]} anchors of a {h}x{w} input")
-        boxes = decode_boxes(loc.float(), priors, c.variances) * priors.new_tensor([w, h, w, h]) / ratio
-        points = decode_landmarks(landmarks.float(), priors, c.variances) * priors.new_tensor([w, h]) / ratio
-        face_scores = scores[:, 1].float()
-        keep = torch.nonzero(face_scores > c.confidence_threshold).flatten()
-        order = torch.argsort(face_scores[keep], descending=True, stable=True)
-        keep = keep[order]
-        if c.top_k is not None:
-            keep = keep[: c.top_k]
-        keep = keep[nms_plus_one(boxes[keep], face_scores[keep], c.nms_threshold)]
-        boxes_np = boxes[keep].cpu().numpy()
-        points_np = points[keep].cpu().numpy()
-        scores_np = face_scores[keep].cpu().numpy()
-        sizes = ((boxes_np[:, 2] - boxes_np[:, 0]) + (boxes_np[:, 3] - boxes_np[:, 1])) / 2
-        by_size = np.argsort(-sizes, kind="stable")
-        return [DetectedFace(boxes_np[i], float(scores_np[i]), points_np[i]) for i in by_size]
+        if priors.shape[0] != loc.shape[1]:
+            raise ValueError(f"{loc.shape[1]} predictions for {priors.shape[0]} anchors of a {h}x{w} input")
+        face_scores = scores[..., 1].float()
+        bi, ai = torch.nonzero(face_scores > c.confidence_threshold, as_tuple=True)  # image-major, anchors ascending
+        ratio = torch.tensor([float(r) for r in ratios], dtype=torch.float32, device=loc.device)[bi]
+        boxes = decode_boxes(loc[bi, ai].float(), priors[ai], c.variances) * priors.new_tensor([w, h, w, h])
+        points = decode_landmarks(landmarks[bi, ai].float(), priors[ai], c.variances) * priors.new_tensor([w, h])
+        boxes, points = boxes / ratio[:, None], points / ratio[:, None, None]
+        bi_np, boxes_np = bi.cpu().numpy(), boxes.cpu().numpy()
+        points_np, scores_np = points.cpu().numpy(), face_scores[bi, ai].cpu().numpy()
+        starts = np.searchsorted(bi_np, np.arange(loc.shape[0] + 1))
+        results: list[list[DetectedFace]] = []
+        for i in range(loc.shape[0]):
+            sl = slice(starts[i], starts[i + 1])
+            b, p, sc = boxes_np[sl], points_np[sl], scores_np[sl]
+            order = np.argsort(-sc, kind="stable")
+            if c.top_k is not None:
+                order = order[: c.top_k]
+            keep = order[nms_plus_one(b[order], sc[order], c.nms_threshold).numpy()] if len(order) else order
+            sizes = ((b[keep, 2] - b[keep, 0]) + (b[keep, 3] - b[keep, 1])) / 2
+            by_size = keep[np.argsort(-sizes, kind="stable")]
+            results.append([DetectedFace(b[k], float(sc[k]), p[k]) for k in by_size])
+        return results
 
     @torch.inference_mode()
     def detect_batch(self, images: Sequence[np.ndarray | Tensor]) -> list[list[DetectedFace]]:
         """Detect faces in several RGB images; images whose network inputs have the same size (e.g. video
-        frames) run as one batch. Returns one list per image, largest face first."""
-        inputs = [self.preprocess(im) for im in images]
+        frames) run as one batch (resized on the CPU, sent to the device as uint8, post-processed together).
+        Returns one list per image, largest face first."""
+        resized = [self.resize(im) for im in images]
         device = self.body.conv1.weight.device
-        results: list[list[DetectedFace]] = [[] for _ in inputs]
+        results: list[list[DetectedFace]] = [[] for _ in resized]
         groups: dict[tuple[int, int], list[int]] = {}
-        for index, (x, _) in enumerate(inputs):
-            groups.setdefault((x.shape[2], x.shape[3]), []).append(index)
+        for index, (x, _) in enumerate(resized):
+            groups.setdefault(x.shape[:2], []).append(index)
         for hw, indices in groups.items():
-            batch = torch.cat([inputs[i][0] for i in indices]).to(device)
-            loc, scores, landmarks = self(batch)
-            for row, index in enumerate(indices):
-                results[index] = self.postprocess(loc[row], scores[row], landmarks[row], hw, inputs[index][1])
+            stacked = torch.from_numpy(np.stack([resized[i][0] for i in indices])).to(device, non_blocking=True)
+            loc, scores, landmarks = self(self.to_network_input(stacked))
+            faces = self.postprocess_batch(loc, scores, landmarks, hw, [resized[i][1] for i in indices])
+            for index, found in zip(indices, faces, strict=True):
+                results[index] = found
         return results
 
     def detect(self, image: np.ndarray | Tensor) -> list[DetectedFace]:

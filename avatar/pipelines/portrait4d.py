@@ -45,7 +45,7 @@ from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet
 from avatar.face.fan3d import DepthConfig, FAN3DLandmarker, FANConfig
 from avatar.face.geometry import AlignParams, FlameLabel, camera_label_from_pose, matrix_to_axis_angle
 from avatar.face.h3r import H3R, H3RConfig, H3RLandmarker
-from avatar.face.retinaface import RetinaFace, RetinaFaceConfig
+from avatar.face.retinaface import RetinaFace, RetinaFaceConfig, rig_for_random_weights
 from avatar.face.smoothing import POSE_FILTER, OneEuroFilter
 from avatar.flame.lbs import batch_rodrigues
 from avatar.io.errors import FaceTooSmallError, InputError, NoFaceError
@@ -295,7 +295,8 @@ class Portrait4DPipeline:
         (speed benchmarks: the work per frame does not depend on the weight values).
 
         Pictures are meaningless. The detector's heads are set so that every anchor of one size is a face, so
-        every stage runs on any image. ``head_pose_field=True`` adds a FLAME head-pose deformer built on a
+        every stage runs on any image (:func:`~avatar.face.retinaface.rig_for_random_weights`; official size:
+        256-pixel faces and at most 5 candidates, as a trained detector has around one face). ``head_pose_field=True`` adds a FLAME head-pose deformer built on a
         synthetic sphere head (:mod:`avatar.flame.synthetic`, 1280 triangles, close to the official simplified
         mesh), so the ``'neck'`` head-pose mode runs as it does with real weights.
         """
@@ -318,13 +319,8 @@ class Portrait4DPipeline:
 
             reconstructor.set_deformer_buffers(build_deformer_buffers(**synthetic_flame_assets(seed, subdivisions=3)))
         detector = RetinaFace.tiny(seed) if tiny else RetinaFace(RetinaFaceConfig())
-        with torch.no_grad():  # every anchor of one size (the image height) is a face, boxes = anchors
-            for level in range(len(detector.config.steps)):
-                detector.ClassHead[level].conv1x1.weight.zero_()
-                detector.BboxHead[level].conv1x1.weight.zero_()
-                detector.BboxHead[level].conv1x1.bias.zero_()
-                detector.ClassHead[level].conv1x1.bias.copy_(torch.tensor([4.0, -4.0] * detector.config.anchors_per_cell))
-            detector.ClassHead[1].conv1x1.bias[:2] = torch.tensor([-4.0, 4.0])
+        # tiny: every 64 px anchor of the middle level is a face; official: 256 px faces, 5 candidates at most
+        rig_for_random_weights(detector, 1, 0) if tiny else rig_for_random_weights(detector, 2, 0, top_k=5)
         pre = FacePreprocessor(
             detector.eval(), H3RLandmarker((H3R.tiny(seed) if tiny else H3R(H3RConfig())).eval()),
             FAN3DLandmarker(*((FANConfig.tiny(), DepthConfig.tiny()) if tiny else (FANConfig(), DepthConfig()))).eval(),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,11 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar.face._detect_utils import nms_plus_one
 from avatar.face.deep3d import DEEP3D_RESCALE_FACTOR, DEEP3D_TARGET_SIZE, Deep3DReconNet, split_coefficients
 from avatar.face.fan3d import CENTER_SHIFT, CROP_BASE, FAN, REFERENCE_SCALE, decode_heatmaps
 from avatar.face.geometry import BFM_FIVE_POINTS_3D, estimate_align_params, five_points_from_68, warp_affine
-from avatar.face.retinaface import RetinaFace, decode_boxes
+from avatar.face.retinaface import RetinaFace, rig_for_random_weights
 
 from .face import FaceLandmarks
 
@@ -104,18 +103,7 @@ class FaceAnalyzer:
         from avatar.face.fan3d import FANConfig
 
         torch.manual_seed(seed)
-        det = RetinaFace()
-        with torch.no_grad():
-            per_cell = det.config.anchors_per_cell
-            for level in range(len(det.config.steps)):
-                det.ClassHead[level].conv1x1.weight.zero_()
-                det.ClassHead[level].conv1x1.bias.copy_(torch.tensor([4.0, -4.0] * per_cell))
-                det.BboxHead[level].conv1x1.weight.zero_()
-                det.BboxHead[level].conv1x1.bias.zero_()
-            det.ClassHead[2].conv1x1.bias[2:4] = torch.tensor([-4.0, 4.0])  # level 2, anchor 256 px: faces
-        # a trained detector keeps a handful of candidate boxes around one face, not every anchor of a level
-        det.with_thresholds()
-        det.config = replace(det.config, top_k=5)
+        det = rig_for_random_weights(RetinaFace(), level=2, anchor=0, top_k=5)  # 256 px faces, 5 candidates
         fan, recon = FAN(FANConfig()), Deep3DReconNet()
         out = cls(det, fan, recon, **kwargs)
         return out.to(device)
@@ -152,36 +140,18 @@ class FaceAnalyzer:
         x = x.flip(1) - mean
         with self._autocast(x.device):
             loc, scores, lms = self.detector(x)
-        return self._largest_faces(loc, scores, (h, w), ratio)
+        return self._largest_faces(loc, scores, lms, (h, w), ratio)
 
-    def _largest_faces(self, loc: Tensor, scores: Tensor, hw: tuple[int, int], ratio: float) -> tuple[Tensor, Tensor]:
-        """:meth:`RetinaFace.postprocess` for a whole batch, keeping only the largest face: the candidates above
-        the threshold of every image are decoded at once and copied to the CPU once; the per-image NMS and
-        ordering are the same steps (same result, fewer device round trips)."""
-        c = self.detector.config
-        B = loc.shape[0]
-        h, w = hw
-        priors = self.detector.priors(h, w)
-        face = scores[..., 1].detach().float()
-        bi, ai = torch.nonzero(face > c.confidence_threshold, as_tuple=True)  # image-major, anchors ascending
-        dec = decode_boxes(loc[bi, ai].detach().float(), priors[ai], c.variances) * priors.new_tensor([w, h, w, h]) / ratio
-        bi_np, dec_np, sc_np = bi.cpu().numpy(), dec.cpu().numpy(), face[bi, ai].cpu().numpy()
-        boxes = torch.zeros(B, 4, dtype=torch.float64)
-        found = torch.zeros(B, dtype=torch.bool)
-        starts = np.searchsorted(bi_np, np.arange(B + 1))
-        for i in range(B):
-            b, s = dec_np[starts[i]:starts[i + 1]], sc_np[starts[i]:starts[i + 1]]
-            if not len(s):
-                continue
-            order = np.argsort(-s, kind="stable")
-            if c.top_k is not None:
-                order = order[: c.top_k]
-            keep = order[nms_plus_one(b[order], s[order], c.nms_threshold).numpy()]
-            kb = b[keep]
-            sizes = ((kb[:, 2] - kb[:, 0]) + (kb[:, 3] - kb[:, 1])) / 2
-            j = int(np.argsort(-sizes, kind="stable")[0])
-            if sizes[j] >= self.min_face_size:
-                boxes[i] = torch.from_numpy(kb[j].astype(np.float64))
+    def _largest_faces(self, loc: Tensor, scores: Tensor, landmarks: Tensor, hw: tuple[int, int],
+                       ratio: float) -> tuple[Tensor, Tensor]:
+        """The largest face of each image (:meth:`RetinaFace.postprocess_batch`, the official steps with one copy
+        to the CPU per batch): boxes ``(B, 4)`` float64 and ``found`` ``(B,)`` (a face of ``min_face_size``)."""
+        faces = self.detector.postprocess_batch(loc, scores, landmarks, hw, [ratio] * loc.shape[0])
+        boxes = torch.zeros(loc.shape[0], 4, dtype=torch.float64)
+        found = torch.zeros(loc.shape[0], dtype=torch.bool)
+        for i, image_faces in enumerate(faces):
+            if image_faces and image_faces[0].size >= self.min_face_size:
+                boxes[i] = torch.from_numpy(image_faces[0].box.astype(np.float64))
                 found[i] = True
         return boxes, found
 
