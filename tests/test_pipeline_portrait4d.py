@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,29 @@ def test_neck_rotation_through_the_flame_deformer(photo: Path, talk: Path) -> No
     fixed = pipe.reenact(avatar, talk, max_frames=1, relative=False, smooth=False, head_pose="fixed")
     assert neck.frames.shape == fixed.frames.shape
     assert not np.array_equal(neck.frames, fixed.frames)  # the neck rotation moves the head
+
+
+def test_prefetching_gives_the_same_frames_and_passes_errors(pipe: Portrait4DPipeline, photo: Path,
+                                                            talk: Path) -> None:
+    """Preprocessing the next batch in a background thread changes nothing in the result; an error raised while
+    reading the video reaches the caller; stopping early stops the thread."""
+    import threading
+
+    from avatar.io import VideoReader
+
+    avatar = pipe.create_avatar(photo)
+    plain = pipe.reenact(avatar, talk, max_frames=5, batch_size=2, prefetch=False)
+    ahead = pipe.reenact(avatar, talk, max_frames=5, batch_size=2, prefetch=True)
+    np.testing.assert_array_equal(plain.frames, ahead.frames)
+    np.testing.assert_array_equal(plain.driving, ahead.driving)
+
+    def broken() -> Iterator[np.ndarray]:
+        yield from VideoReader(talk, max_frames=3)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(pipe.iter_reenact(avatar, broken(), batch_size=2, prefetch=True))
+    frames = pipe.iter_reenact(avatar, talk, batch_size=1, prefetch=True)
+    next(frames)
+    frames.close()
+    assert not any(t.name == "avatar-prefetch" and t.is_alive() for t in threading.enumerate())

@@ -23,6 +23,7 @@ A reconstructor without FLAME deformer buffers (e.g. the tiny random one) cannot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -536,6 +537,7 @@ class Portrait4DPipeline:
         batch_size: int = 8,
         max_frames: int | None = None,
         progress: bool = False,
+        prefetch: bool | None = None,
     ) -> Iterator[ReenactedFrame]:
         """Drive the avatar with a video (path, or an iterable of ``(H, W, 3)`` uint8 frames); yields frames.
 
@@ -547,6 +549,8 @@ class Portrait4DPipeline:
             batch_size: driving frames preprocessed and rendered together.
             max_frames: stop after this many driving frames.
             progress: show a progress bar.
+            prefetch: decode and preprocess the next batch in a background thread while this one renders
+                (default: on a GPU). The frames are the same either way.
 
         Driving frames without a usable face hold the last good motion (the source's own before the first
         one); their count is logged at the end and their indices are in :attr:`last_frames_without_face`.
@@ -567,13 +571,13 @@ class Portrait4DPipeline:
         self.last_frames_without_face = missing
         index = 0
         bar = tqdm(total=total, disable=not progress, unit="frame", desc="reenact")
+        if prefetch is None:
+            prefetch = self.device.type == "cuda"
+        batches = self._preprocess_batches(reader, batch_size, max_frames, crop_smoother)
+        if prefetch:
+            batches = _in_background(batches)
         try:
-            for chunk in _batched(reader, batch_size, max_frames):
-                faces = self.preprocessor.detect(chunk)
-                good = [i for i, f in enumerate(faces) if f and f[0].size >= self.preprocessor.min_face_size]
-                analyses = self.preprocessor.analyze([chunk[i] for i in good], [faces[i][0].box for i in good],
-                                                     crop_smoother)
-                motions = self._motion_or_zeros(analyses).cpu() if analyses else None
+            for chunk, good, analyses, motions in batches:
                 by_frame = {i: k for k, i in enumerate(good)}
                 m_list, l_list, crops, found = [], [], [], []
                 for i, frame in enumerate(chunk):
@@ -605,9 +609,22 @@ class Portrait4DPipeline:
                 bar.update(len(chunk))
         finally:
             bar.close()
+            batches.close()  # type: ignore[attr-defined]  # stops a prefetching thread, closes the video
         if missing:
             logger.warning("no usable face in %d of %d driving frames; their motion was held from the last good "
                            "frame", len(missing), index)
+
+    def _preprocess_batches(self, frames: Iterable[np.ndarray], batch_size: int, max_frames: int | None,
+                            crop_smoother: CropSmoother | None,
+                            ) -> Iterator[tuple[list[np.ndarray], list[int], list[FaceAnalysis], Tensor | None]]:
+        """Driving frames in batches -> ``(frames, indices with a usable face, their analyses, their motions)``."""
+        for chunk in _batched(frames, batch_size, max_frames):
+            faces = self.preprocessor.detect(chunk)
+            good = [i for i, f in enumerate(faces) if f and f[0].size >= self.preprocessor.min_face_size]
+            analyses = self.preprocessor.analyze([chunk[i] for i in good], [faces[i][0].box for i in good],
+                                                 crop_smoother)
+            motions = self._motion_or_zeros(analyses).cpu() if analyses else None
+            yield chunk, good, analyses, motions
 
     @staticmethod
     def _relative(motion: Tensor, labels: Tensor, ref: tuple[Tensor, Tensor] | None, src_motion: Tensor,
@@ -653,3 +670,49 @@ def _batched(frames: Iterable[np.ndarray], size: int, limit: int | None) -> Iter
 
 
 
+
+
+def _in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Run a generator in a daemon thread, ``depth`` items ahead; its exceptions are raised here, in order.
+    Closing the returned generator stops the thread after its current item."""
+    import queue
+    import threading
+
+    buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                for item in items:
+                    while not stop.is_set():
+                        try:
+                            buffer.put(("item", item), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            buffer.put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            buffer.put(("error", exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="avatar-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = buffer.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                buffer.get(timeout=0.1)
