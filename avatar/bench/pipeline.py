@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avatar.face.geometry import FlameLabel
 from avatar.io.image import load_image
 from avatar.io.video import VideoReader, VideoWriter
+from avatar.models.portrait4d import HeadPose
 from avatar.pipelines import Portrait4DPipeline
 from avatar.pipelines.preprocess import crop_to_model_input
 
@@ -184,6 +186,11 @@ def reenactment(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torc
         "PD-FGC motion": lambda: pipe._motion_or_zeros(analyses),
         f"render ({mode} head pose)": lambda: pipe._drive(avatar, motion, labels, mode),
     }
+    if pipe.reconstructor.deformer.available:
+        fl = FlameLabel.from_label(labels.to(pipe.device))
+        head = HeadPose(pose=fl.pose, expression=fl.expression, eye_pose=fl.eye_pose)
+        shape = avatar.state.to(pipe.device).flame_shape
+        stages["  of which the FLAME head-pose field"] = lambda: pipe.reconstructor.head_pose_field(head, shape, batch)
     repeats = 5 if device.type == "cuda" else 2
     for name, fn in stages.items():
         fn()

@@ -296,7 +296,7 @@ class FlameHeadPoseDeformer(nn.Module):
             ``simplify_faces``; the other :data:`DEFORMER_BUFFERS` are registered when present.
         box_warp: side of the cube covered by the grids (Portrait4D: 1.3).
         min_triangle_area: the point-to-face area threshold (5e-3).
-        max_pairs: memory bound of the closest-triangle search.
+        max_pairs: memory bound of the closest-triangle search (``None``: by device, see ``closest_triangles``).
     """
 
     simplify_idxs: Tensor
@@ -308,7 +308,7 @@ class FlameHeadPoseDeformer(nn.Module):
         buffers: Mapping[str, Any],
         box_warp: float = DEFAULT_BOX_WARP,
         min_triangle_area: float = DEFAULT_MIN_TRIANGLE_AREA,
-        max_pairs: int = 1 << 22,
+        max_pairs: int | None = None,
     ) -> None:
         super().__init__()
         missing = [k for k in _REQUIRED if k not in buffers]
@@ -321,7 +321,7 @@ class FlameHeadPoseDeformer(nn.Module):
         self.flame_model = Flame({k[len(prefix):]: v for k, v in buffers.items() if k.startswith(prefix)})
         self.box_warp = float(box_warp)
         self.min_triangle_area = float(min_triangle_area)
-        self.max_pairs = int(max_pairs)
+        self.max_pairs = max_pairs
 
     @classmethod
     def from_assets(cls, box_warp: float = DEFAULT_BOX_WARP, **assets: Any) -> FlameHeadPoseDeformer:

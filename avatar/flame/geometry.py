@@ -142,7 +142,7 @@ def closest_triangles(
     verts: Tensor,
     faces: Tensor,
     min_triangle_area: float = DEFAULT_MIN_TRIANGLE_AREA,
-    max_pairs: int = 1 << 22,
+    max_pairs: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Closest triangle of each point (equivalent to ``point_face_dist_forward``, one mesh per item).
 
@@ -151,26 +151,27 @@ def closest_triangles(
         verts: ``(B, V, 3)``.
         faces: ``(F, 3)`` or ``(B, F, 3)`` int64 vertex indices.
         min_triangle_area: see module doc (Portrait4D: 5e-3).
-        max_pairs: at most this many point-triangle pairs are evaluated at once (memory bound; about
-            ``max_pairs * 100`` bytes of temporaries).
+        max_pairs: at most this many point-triangle pairs (over the whole batch) are evaluated at once (memory
+            bound; about ``max_pairs * 100`` bytes of temporaries); ``None``: 2^22 on the CPU, 2^25 on a GPU.
 
     Returns:
         squared distances ``(B, P)`` and face indices ``(B, P)`` (int64, local to each mesh).
     """
     batch, num_points = points.shape[:2]
     faces = _as_batched_faces(faces, batch)
-    chunk = max(1, max_pairs // max(1, faces.shape[1]))
+    if max_pairs is None:  # GPUs have room for larger chunks: fewer, longer kernels
+        max_pairs = 1 << 25 if points.is_cuda else 1 << 22
+    chunk = max(1, max_pairs // max(1, batch * faces.shape[1]))
     dists = points.new_empty(batch, num_points)
     idxs = torch.empty(batch, num_points, dtype=torch.long, device=points.device)
-    for b in range(batch):
-        tris = verts[b][faces[b]]  # (F, 3, 3)
-        v0, v1, v2 = (tris[None, :, k] for k in range(3))  # (1, F, 3)
-        for start in range(0, num_points, chunk):
-            p = points[b, start:start + chunk, None]  # (n, 1, 3)
-            d = point_triangle_sq_dist(p, v0, v1, v2, min_triangle_area)  # (n, F)
-            best, arg = d.min(dim=1)
-            dists[b, start:start + chunk] = best
-            idxs[b, start:start + chunk] = arg
+    tris = verts[torch.arange(batch, device=verts.device)[:, None, None], faces]  # (B, F, 3, 3)
+    v0, v1, v2 = (tris[:, None, :, k] for k in range(3))  # (B, 1, F, 3)
+    for start in range(0, num_points, chunk):
+        p = points[:, start:start + chunk, None]  # (B, n, 1, 3)
+        d = point_triangle_sq_dist(p, v0, v1, v2, min_triangle_area)  # (B, n, F)
+        best, arg = d.min(dim=2)
+        dists[:, start:start + chunk] = best
+        idxs[:, start:start + chunk] = arg
     return dists, idxs
 
 
@@ -208,7 +209,7 @@ def point_to_face_coord(
     verts: Tensor,
     faces: Tensor,
     min_triangle_area: float = DEFAULT_MIN_TRIANGLE_AREA,
-    max_pairs: int = 1 << 22,
+    max_pairs: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Portrait4D's ``point_to_face_coord`` without pytorch3d.
 
