@@ -723,3 +723,17 @@ def test_batched_landmarkers_equal_one_image_at_a_time() -> None:
         for image, image_boxes, got in zip(images, boxes, batched, strict=True):
             if image_boxes:
                 np.testing.assert_allclose(got, landmarker(image, image_boxes), rtol=0, atol=1e-3)
+
+
+def test_batched_heatmap_drawing_equals_the_official_loop() -> None:
+    """The vectorised heatmaps equal the per-landmark paste, borders and skipped points included."""
+    from avatar.face.fan3d import draw_landmark_heatmaps_torch
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-10, 75, size=(3, 40, 2)).astype(np.float32)  # many near and beyond the borders of 64
+    pts[0, :4] = [[0.0, 5.0], [5.0, -1.0], [63.9, 64.0], [70.0, 3.0]]
+    pts[1, :3] = [[0.5, 0.5], [1.0, 63.0], [66.9, 66.9]]
+    got = draw_landmark_heatmaps_torch(torch.from_numpy(pts), size=64)
+    expected = np.stack([draw_landmark_heatmaps(p, size=64) for p in pts])
+    assert got.shape == (3, 40, 64, 64) and expected.max() == 1.0
+    np.testing.assert_array_equal(got.numpy(), expected)

@@ -132,40 +132,43 @@ def creation(pipe: Portrait4DPipeline, photo: Path, device: torch.device, repeat
 
 
 def reenactment(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torch.device, batch_sizes: list[int],
-                frames: int, passes: int, write: bool) -> list[Timing]:
+                frames: int, passes: int, write: bool, prefetch: list[bool]) -> list[Timing]:
     """Driving video file -> frames, frames/s of whole passes; then one batch stage by stage."""
     avatar = pipe.create_avatar(photo)
     rows: list[Timing] = []
 
-    def run_pass(batch: int, out: Path | None) -> int:
+    def run_pass(batch: int, out: Path | None, ahead: bool) -> int:
         n = 0
         if out is None:
-            for _ in pipe.iter_reenact(avatar, video, batch_size=batch, max_frames=frames):
+            for _ in pipe.iter_reenact(avatar, video, batch_size=batch, max_frames=frames, prefetch=ahead):
                 n += 1
             return n
         with VideoWriter(out, VideoReader(video).fps, audio_from=video) as writer:
-            for f in pipe.iter_reenact(avatar, video, batch_size=batch, max_frames=frames):
+            for f in pipe.iter_reenact(avatar, video, batch_size=batch, max_frames=frames, prefetch=ahead):
                 writer.write(f.image)
                 n += 1
         return n
 
     with tempfile.TemporaryDirectory(prefix="avatar-bench-") as tmp:
         for batch in batch_sizes:
-            run_pass(batch, None) if device.type == "cuda" else None  # warm-up pass on the GPU
-            variants: list[tuple[str, Path | None]] = [("video -> frames", None)]
-            if write:
-                variants.append(("video -> frames -> H.264 file", Path(tmp) / "out.mp4"))
-            for what, out in variants:
-                per_frame = []
-                count = 0
-                for _ in range(passes):
-                    _sync(device)
-                    t = time.perf_counter()
-                    count = run_pass(batch, out)
-                    _sync(device)
-                    per_frame.append((time.perf_counter() - t) / count)
-                ms = statistics.median(per_frame) * 1e3
-                rows.append(Timing("reenactment", f"{what} ({count} frames)", batch, ms, 1e3 / ms, passes))
+            if device.type == "cuda":
+                run_pass(batch, None, False)  # warm-up pass on the GPU
+            for ahead in prefetch:
+                variants: list[tuple[str, Path | None]] = [("video -> frames", None)]
+                if write:
+                    variants.append(("video -> frames -> H.264 file", Path(tmp) / "out.mp4"))
+                for what, out in variants:
+                    per_frame = []
+                    count = 0
+                    for _ in range(passes):
+                        _sync(device)
+                        t = time.perf_counter()
+                        count = run_pass(batch, out, ahead)
+                        _sync(device)
+                        per_frame.append((time.perf_counter() - t) / count)
+                    ms = statistics.median(per_frame) * 1e3
+                    label = f"{what} ({count} frames{', prefetch' if ahead else ''})"
+                    rows.append(Timing("reenactment", label, batch, ms, 1e3 / ms, passes))
 
     # one batch, stage by stage
     batch = max(batch_sizes)
@@ -223,6 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed avatar creations (default 10 GPU, 3 CPU)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="reconstructor precision")
     parser.add_argument("--write", action="store_true", help="also time writing the result video (H.264 + audio)")
+    parser.add_argument("--prefetch", choices=["on", "off", "both"], default="both",
+                        help="preprocess the next batch in a background thread (iter_reenact's prefetch)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
 
 
@@ -247,7 +252,8 @@ def main(args: argparse.Namespace) -> int:
               flush=True)
         rows = creation(pipe, photo, device, repeats)
         print(format_table(rows, "creation") + "\n", flush=True)
-        rows += reenactment(pipe, photo, video, device, args.batch_sizes, frames, passes, args.write)
+        ahead = {"on": [True], "off": [False], "both": [False, True]}[args.prefetch]
+        rows += reenactment(pipe, photo, video, device, args.batch_sizes, frames, passes, args.write, ahead)
     print(format_table(rows, "reenactment"))
     total = rows[0].ms / 1e3
     best = max((r for r in rows if r.table == "reenactment" and not r.what.startswith(" ")),

@@ -453,6 +453,29 @@ def draw_landmark_heatmaps(points: Tensor | np.ndarray, size: int = 256, sigma: 
     return out
 
 
+def draw_landmark_heatmaps_torch(points: Tensor, size: int = 256, sigma: int = 2) -> Tensor:
+    """:func:`draw_landmark_heatmaps` for a batch, built on ``points``' device: ``(B, N, 2)`` -> ``(B, N, size,
+    size)`` float32 (the same values; no per-landmark Python loop and no copy of the maps to the device)."""
+    pts = points.float()
+    g = torch.from_numpy(gaussian_kernel(6 * sigma + 1)).to(pts.device)
+    x, y = pts[..., 0], pts[..., 1]
+    ul_x, ul_y = torch.floor(x - 3 * sigma).long(), torch.floor(y - 3 * sigma).long()
+    br_x, br_y = torch.floor(x + 3 * sigma).long(), torch.floor(y + 3 * sigma).long()
+    drawn = (x > 0) & (y > 0) & (ul_x <= size) & (ul_y <= size) & (br_x >= 1) & (br_y >= 1)
+    gx0, ix0 = torch.clamp(-ul_x, min=1), torch.clamp(ul_x, min=1)
+    gy0, iy0 = torch.clamp(-ul_y, min=1), torch.clamp(ul_y, min=1)
+    ix1, iy1 = torch.clamp(br_x, max=size), torch.clamp(br_y, max=size)
+    pix = torch.arange(size, device=pts.device)
+    # pixel p of the map takes kernel entry p - i0 + g0 (0-based) when i0 - 1 <= p < i1
+    kx = pix - ix0[..., None] + gx0[..., None]  # (B, N, size)
+    ky = pix - iy0[..., None] + gy0[..., None]
+    in_x = (pix >= ix0[..., None] - 1) & (pix < ix1[..., None]) & (kx >= 0) & (kx < g.shape[1])
+    in_y = (pix >= iy0[..., None] - 1) & (pix < iy1[..., None]) & (ky >= 0) & (ky < g.shape[0])
+    values = g[ky.clamp(0, g.shape[0] - 1)[..., :, None], kx.clamp(0, g.shape[1] - 1)[..., None, :]]
+    mask = in_y[..., :, None] & in_x[..., None, :] & drawn[..., None, None]
+    return torch.where(mask, values.clamp(max=1.0), torch.zeros((), device=pts.device))
+
+
 # --------------------------------------------------------------------------------------------------------
 # the full detector
 
@@ -500,9 +523,8 @@ class FAN3DLandmarker(nn.Module):
         heatmaps = self.fan(crops).float().cpu()
         points, _ = decode_heatmaps(heatmaps)
         factor = cfg.input_size / heatmaps.shape[-1]
-        maps = np.stack([draw_landmark_heatmaps(points[i] * factor, size=cfg.input_size)
-                         for i in range(crops.shape[0])])
-        depth_in = torch.cat([crops, torch.from_numpy(maps).to(crops)], dim=1)
+        maps = draw_landmark_heatmaps_torch((points * factor).to(crops.device), size=cfg.input_size)
+        depth_in = torch.cat([crops, maps.to(crops.dtype)], dim=1)
         depth = self.depth(depth_in).float().cpu().reshape(crops.shape[0], -1, 1)
         result = []
         for i in range(crops.shape[0]):

@@ -537,7 +537,7 @@ class Portrait4DPipeline:
         batch_size: int = 8,
         max_frames: int | None = None,
         progress: bool = False,
-        prefetch: bool | None = None,
+        prefetch: bool = False,
     ) -> Iterator[ReenactedFrame]:
         """Drive the avatar with a video (path, or an iterable of ``(H, W, 3)`` uint8 frames); yields frames.
 
@@ -549,8 +549,10 @@ class Portrait4DPipeline:
             batch_size: driving frames preprocessed and rendered together.
             max_frames: stop after this many driving frames.
             progress: show a progress bar.
-            prefetch: decode and preprocess the next batch in a background thread while this one renders
-                (default: on a GPU). The frames are the same either way.
+            prefetch: decode and preprocess the next batch in a background thread while this one renders. The
+                frames are the same either way. Off by default: on an H200 the thread competes with the
+                rendering for Python's GIL and the whole was slower (``python -m avatar.bench pipeline``); with
+                slow preprocessing and a fast renderer it can help.
 
         Driving frames without a usable face hold the last good motion (the source's own before the first
         one); their count is logged at the end and their indices are in :attr:`last_frames_without_face`.
@@ -571,8 +573,6 @@ class Portrait4DPipeline:
         self.last_frames_without_face = missing
         index = 0
         bar = tqdm(total=total, disable=not progress, unit="frame", desc="reenact")
-        if prefetch is None:
-            prefetch = self.device.type == "cuda"
         batches = self._preprocess_batches(reader, batch_size, max_frames, crop_smoother)
         if prefetch:
             batches = _in_background(batches)
