@@ -419,3 +419,17 @@ def test_surface_field_on_the_grid_matches_brute_force(deformer: FlameHeadPoseDe
     np.testing.assert_allclose(offsets[0].reshape(3, -1).T.double().numpy(), want_off, atol=2e-5)
     np.testing.assert_allclose(dists[0].reshape(-1).double().numpy(), want_d, rtol=1e-4, atol=1e-8)
     assert np.abs(want_off).max() > 1e-2  # the neck rotation really moves the field
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (torch.compile of the field search)")
+def test_compiled_field_search_matches_eager_on_cuda() -> None:
+    from avatar.flame.deformation import FlameHeadPoseDeformer, build_deformer_buffers
+
+    deformer = FlameHeadPoseDeformer(build_deformer_buffers(**synthetic_flame_assets(0, subdivisions=2))).cuda()
+    gen = torch.Generator().manual_seed(0)
+    shape, exp = torch.randn(4, 300, generator=gen).cuda() * 0.5, torch.randn(4, 100, generator=gen).cuda() * 0.5
+    pose = (torch.randn(4, 6, generator=gen) * 0.2).cuda()
+    eager = deformer.precompute(shape, exp, pose)
+    compiled = deformer.compile_search().precompute(shape, exp, pose)
+    torch.testing.assert_close(compiled.offsets, eager.offsets, atol=1e-4, rtol=0)
+    torch.testing.assert_close(compiled.dists, eager.dists, atol=1e-4, rtol=1e-4)

@@ -102,6 +102,8 @@ def build_pipeline(args: argparse.Namespace, device: torch.device) -> Portrait4D
     pipe.to(device)
     if args.dtype == "bf16":
         pipe.enable_fast_inference(torch.bfloat16)
+    if args.compile_field:
+        pipe.compile_head_pose_field()
     return pipe
 
 
@@ -226,6 +228,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed avatar creations (default 10 GPU, 3 CPU)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="reconstructor precision")
     parser.add_argument("--write", action="store_true", help="also time writing the result video (H.264 + audio)")
+    parser.add_argument("--compile-field", action="store_true",
+                        help="torch.compile the head-pose field's closest-triangle search")
     parser.add_argument("--prefetch", choices=["on", "off", "both"], default="both",
                         help="preprocess the next batch in a background thread (iter_reenact's prefetch)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")

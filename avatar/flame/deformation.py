@@ -28,7 +28,7 @@ see :data:`DEFORMER_BUFFERS`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .flame import Flame, flame_buffers_from_generic
-from .geometry import DEFAULT_MIN_TRIANGLE_AREA, face_normals, point_to_face_coord
+from .geometry import DEFAULT_MIN_TRIANGLE_AREA, face_normals, nearest_in_chunk, point_to_face_coord
 
 __all__ = [
     "DEFORMER_BUFFERS",
@@ -322,11 +322,18 @@ class FlameHeadPoseDeformer(nn.Module):
         self.box_warp = float(box_warp)
         self.min_triangle_area = float(min_triangle_area)
         self.max_pairs = max_pairs
+        self.search: Callable[..., tuple[Tensor, Tensor]] = nearest_in_chunk
 
     @classmethod
     def from_assets(cls, box_warp: float = DEFAULT_BOX_WARP, **assets: Any) -> FlameHeadPoseDeformer:
         """Build from upstream assets; keyword arguments as :func:`build_deformer_buffers`."""
         return cls(build_deformer_buffers(**assets), box_warp=box_warp)
+
+    def compile_search(self, mode: str | None = None) -> FlameHeadPoseDeformer:
+        """``torch.compile`` the closest-triangle search (one fused kernel per chunk instead of a chain of
+        element-wise ones); each new chunk shape compiles once."""
+        self.search = torch.compile(nearest_in_chunk, mode=mode, dynamic=False)
+        return self
 
     # -----------------------------------------------------------------------------------------------------
 
@@ -351,7 +358,8 @@ class FlameHeadPoseDeformer(nn.Module):
         Returns offsets ``(B, P, 3)`` (canonical position minus ``points``) and squared distances ``(B, P)``.
         """
         faces = self.simplify_faces
-        dists, idxs, bary = point_to_face_coord(points, target, faces, self.min_triangle_area, self.max_pairs)
+        dists, idxs, bary = point_to_face_coord(points, target, faces, self.min_triangle_area, self.max_pairs,
+                                                self.search)
         close_faces = faces[idxs]  # (B, P, 3)
         batch = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1)
         tris_t = target[batch, close_faces]  # (B, P, 3, 3)

@@ -21,6 +21,8 @@ Shapes: ``B`` batch, ``P`` points, ``V`` vertices, ``F`` faces. Distances are sq
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -136,6 +138,13 @@ def _as_batched_faces(faces: Tensor, batch: int) -> Tensor:
     return faces.unsqueeze(0).expand(batch, -1, -1) if faces.dim() == 2 else faces
 
 
+def nearest_in_chunk(p: Tensor, v0: Tensor, v1: Tensor, v2: Tensor, min_triangle_area: float) -> tuple[Tensor, Tensor]:
+    """Smallest :func:`point_triangle_sq_dist` of points ``(B, n, 1, 3)`` over triangles ``(B, 1, F, 3)`` and its
+    triangle index: ``(B, n)``, ``(B, n)``. One chunk of :func:`closest_triangles` (the unit ``torch.compile``
+    fuses)."""
+    return point_triangle_sq_dist(p, v0, v1, v2, min_triangle_area).min(dim=2)
+
+
 @torch.no_grad()
 def closest_triangles(
     points: Tensor,
@@ -143,6 +152,7 @@ def closest_triangles(
     faces: Tensor,
     min_triangle_area: float = DEFAULT_MIN_TRIANGLE_AREA,
     max_pairs: int | None = None,
+    search: Callable[..., tuple[Tensor, Tensor]] = nearest_in_chunk,
 ) -> tuple[Tensor, Tensor]:
     """Closest triangle of each point (equivalent to ``point_face_dist_forward``, one mesh per item).
 
@@ -153,6 +163,7 @@ def closest_triangles(
         min_triangle_area: see module doc (Portrait4D: 5e-3).
         max_pairs: at most this many point-triangle pairs (over the whole batch) are evaluated at once (memory
             bound; about ``max_pairs * 100`` bytes of temporaries); ``None``: 2^22 on the CPU, 2^25 on a GPU.
+        search: the per-chunk search (:func:`nearest_in_chunk`, or a compiled version of it).
 
     Returns:
         squared distances ``(B, P)`` and face indices ``(B, P)`` (int64, local to each mesh).
@@ -168,8 +179,7 @@ def closest_triangles(
     v0, v1, v2 = (tris[:, None, :, k] for k in range(3))  # (B, 1, F, 3)
     for start in range(0, num_points, chunk):
         p = points[:, start:start + chunk, None]  # (B, n, 1, 3)
-        d = point_triangle_sq_dist(p, v0, v1, v2, min_triangle_area)  # (B, n, F)
-        best, arg = d.min(dim=2)
+        best, arg = search(p, v0, v1, v2, min_triangle_area)  # (B, n)
         dists[:, start:start + chunk] = best
         idxs[:, start:start + chunk] = arg
     return dists, idxs
@@ -210,6 +220,7 @@ def point_to_face_coord(
     faces: Tensor,
     min_triangle_area: float = DEFAULT_MIN_TRIANGLE_AREA,
     max_pairs: int | None = None,
+    search: Callable[..., tuple[Tensor, Tensor]] = nearest_in_chunk,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Portrait4D's ``point_to_face_coord`` without pytorch3d.
 
@@ -221,7 +232,7 @@ def point_to_face_coord(
         barycentric coordinates ``(B, P, 3)`` on that face (:func:`plane_barycentric`, unclamped, as the
         reference; use :func:`closest_point_barycentric` for the clamped closest point).
     """
-    dists, idxs = closest_triangles(points, verts, faces, min_triangle_area, max_pairs)
+    dists, idxs = closest_triangles(points, verts, faces, min_triangle_area, max_pairs, search)
     faces_b = _as_batched_faces(faces, points.shape[0])
     tri_idx = torch.gather(faces_b, 1, idxs.unsqueeze(-1).expand(-1, -1, 3))  # (B, P, 3)
     tris = torch.gather(verts, 1, tri_idx.reshape(points.shape[0], -1, 1).expand(-1, -1, 3))

@@ -294,6 +294,8 @@ class Portrait4D(Portrait4DEncoders):
         if self.superresolution is not None:
             self.superresolution.forward = torch.compile(  # type: ignore[method-assign]
                 self.superresolution.forward, mode=mode, dynamic=False)
+        if self.deformer.flame_deform is not None:
+            self.deformer.flame_deform.compile_search(mode)
         return self
 
     @contextlib.contextmanager

