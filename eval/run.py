@@ -55,7 +55,7 @@ class DistState:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_MIXED_PRECISION" in os.environ:
             from accelerate import PartialState
 
-            st = PartialState()
+            st = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes (torchrun) too
             return cls(st.process_index, st.num_processes, st.device, st.wait_for_everyone)
         return cls()
 
