@@ -6,8 +6,9 @@ One "frame" is one generated 512x512 frame scored against its ground-truth frame
 go through the face analysis (RetinaFace -> FAN-68 -> Deep3DFaceRecon, :class:`eval.metrics.analysis.FaceAnalyzer`,
 shared by CSIM/AKD/AED/APD), ArcFace (CSIM), LPIPS-Alex and the FID Inception (features of both sets). Rows:
 one per stage (the face-analysis stages for pred + target, then each metric's own work), ``total`` (median time of
-one whole batch) and ``total, target side cached`` (the same minus the ground-truth analysis and FID features,
-which a protocol computes once and reuses for every method; see ``eval/cache.py``). FID's Frechet distance
+one whole batch) and ``total, target side cached`` (the same minus the ground-truth analysis and FID features:
+what scoring a method would cost if the references' analysis were computed once and reused for every method;
+``eval.run`` reuses only the references' FID features today, within one RESULTS folder, see ``eval/cache.py``). FID's Frechet distance
 (one 2048x2048 matrix square root per evaluation, not per frame) is timed once and reported apart.
 
 Per-row time is the median over timed batches of (stage time / batch size); every stage is synchronised on the
