@@ -11,6 +11,9 @@ Ids are sorted in natural order (``img2`` before ``img10``), frames by their int
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -68,9 +71,15 @@ def load_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+@functools.lru_cache(maxsize=1)
+def _decoder_pool() -> concurrent.futures.ThreadPoolExecutor:
+    workers = min(16, max(1, (os.cpu_count() or 1)))
+    return concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval-decode")
+
+
 def load_batch(paths: Sequence[str | Path]) -> Tensor:
     """``(B, 3, H, W)`` float32 in [0, 1] (all images must share one size)."""
-    arrays = [load_image(p) for p in paths]
+    arrays = list(_decoder_pool().map(load_image, paths))  # PNG decoding releases the GIL: threads help
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise ValueError(f"images of different sizes in one batch: {sorted(sizes)}")
