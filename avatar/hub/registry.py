@@ -3,7 +3,8 @@
 Facts come from the official Hub repo ``bEijuuu/Portrait4D`` (tagged MIT) and the official code
 ``YuDeng/Portrait-4D``. Sizes marked ``approx`` are the Hub page's rounded figures; exact sizes and SHA-256
 digests are given where they are known (GitHub-hosted files, read from the repository at the pinned commit).
-For Hub files the exact digest is taken from the Hub's own LFS metadata at download time.
+For Hub files the exact digest is taken from the Hub's own LFS metadata at download time. The MODNet matting
+checkpoint (evaluation only) is published on Google Drive by ``ZHKKKe/MODNet`` and is taken from a local folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ __all__ = [
     "HUB_REVISION",
     "GITHUB_REPO",
     "GITHUB_COMMIT",
+    "MODNET_REPO",
+    "MODNET_COMMIT",
+    "MODNET_DRIVE_FOLDER",
     "UpstreamFile",
     "ModelSpec",
     "FILES",
@@ -29,6 +33,10 @@ HUB_REPO = "bEijuuu/Portrait4D"
 HUB_REVISION = "a00d8a3b0fbbabff68414156f1e260f0600c9654"
 GITHUB_REPO = "YuDeng/Portrait-4D"
 GITHUB_COMMIT = "da5eec6fa3dfca4d7c8f08daa46326f2de8244db"
+# MODNet (portrait matting for the evaluation's background removal): code on GitHub, weights on Google Drive only.
+MODNET_REPO = "ZHKKKe/MODNet"
+MODNET_COMMIT = "28165a451e4610c9d77cfdf925a94610bb2810fb"  # latest commit seen (2022-07-30)
+MODNET_DRIVE_FOLDER = "https://drive.google.com/drive/folders/1umYmlCulvIFNaqPjwod1SayFmSRHziyR"
 
 LICENCE_PORTRAIT4D = (
     "Hub repo tagged MIT. The pickle also embeds EG3D-derived source under the NVIDIA Source Code License "
@@ -42,6 +50,7 @@ LICENCE_BFM = "Basel Face Model licence (University of Basel): non-commercial re
 LICENCE_ARCFACE = "InsightFace/ArcFace model weights: non-commercial research use only."
 LICENCE_PDFGC = "PD-FGC (Dorniwang/PD-FGC-inference) weights: research use; see the upstream repository."
 LICENCE_MIT_UPSTREAM = "MIT (upstream project licence)."
+LICENCE_MODNET = "Apache-2.0 (ZHKKKe/MODNet: code, models and demos)."
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,10 @@ class UpstreamFile:
 
     Attributes:
         key: short stable name used in the cache and in model specs.
-        path: path inside the Hub repo (``source='hub'``) or the GitHub repo (``source='github'``).
+        path: path inside the Hub repo (``source='hub'``) or the GitHub repo (``source='github'``); for
+            ``source='gdrive'`` (a file published only in a Google Drive folder, which cannot be fetched
+            automatically: take it with ``avatar download --file KEY --from-dir DIR``) the path it has in an
+            official checkout of :attr:`repo`.
         fmt: reader format (see :mod:`avatar.hub.formats`): ``persistence-pickle``, ``chumpy-pickle``,
             ``numpy-pickle``, ``npy``, ``torch``, ``torchscript``, ``text`` or ``raw`` (copied as is).
         size: expected size in bytes; exact when ``size_exact`` else the Hub's rounded figure.
@@ -73,14 +85,16 @@ class UpstreamFile:
 
     @property
     def repo(self) -> str:
-        return HUB_REPO if self.source == "hub" else GITHUB_REPO
+        return {"hub": HUB_REPO, "gdrive": MODNET_REPO}.get(self.source, GITHUB_REPO)
 
     @property
     def revision(self) -> str:
-        return HUB_REVISION if self.source == "hub" else GITHUB_COMMIT
+        return {"hub": HUB_REVISION, "gdrive": MODNET_COMMIT}.get(self.source, GITHUB_COMMIT)
 
     @property
     def url(self) -> str:
+        if self.source == "gdrive":
+            return MODNET_DRIVE_FOLDER
         if self.source == "hub":
             return f"https://huggingface.co/{HUB_REPO}/resolve/{HUB_REVISION}/{self.path}"
         return f"https://raw.githubusercontent.com/{GITHUB_REPO}/{GITHUB_COMMIT}/{self.path}"
@@ -164,6 +178,13 @@ _FILE_LIST: list[UpstreamFile] = [
     _gh("bfm2flame-mapper", "data_preprocess/assets/bfm2flame_mapper/model-iter200000.pth", "torch", 1125471,
         "730c2d2289bb5b1d1c2c351b0de8cc5c3a55c008bfcac2fb45130808635fd91c", LICENCE_MIT_UPSTREAM,
         "BFM -> FLAME mapper MLP (144 -> 403)."),
+    # --- evaluation only: background removal (GOHA / OTAvatar) ----------------------------------------
+    # Google Drive only (MODNET_DRIVE_FOLDER): no pinned digest; about 26.3 MB (the size public mirrors show).
+    UpstreamFile(key="modnet-photographic", path="pretrained/modnet_photographic_portrait_matting.ckpt",
+                 fmt="torch", size=int(26.3 * _MB), licence=LICENCE_MODNET, source="gdrive",
+                 description="MODNet photographic portrait matting (MobileNetV2; DataParallel state dict, 'module.' "
+                             "keys): eval.prepare --background remove. Download it from the official Google Drive "
+                             "folder, then `avatar download --file modnet-photographic --from-dir DIR`."),
 ]
 
 FILES: dict[str, UpstreamFile] = {f.key: f for f in _FILE_LIST}
