@@ -433,7 +433,7 @@ class MODNet(nn.Module):
     # network
 
     def forward(self, img: Tensor, inference: bool = True) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """``img (B, 3, H, W)`` normalised to [-1, 1] -> ``(semantic (B, 1, H/8, W/8) | None, detail (B, 1, H, W)
+        """``img (B, 3, H, W)`` normalised to [-1, 1] -> ``(semantic (B, 1, H/16, W/16) | None, detail (B, 1, H, W)
         | None, matte (B, 1, H, W))``; with ``inference`` the semantic and detail heads are skipped."""
         semantic, lr8x, enc2x, enc4x = self.lr_branch(img, inference)
         detail, hr2x = self.hr_branch(img, enc2x, enc4x, lr8x, inference)
