@@ -24,8 +24,13 @@ folder exists are skipped (``--overwrite`` redoes them); stale partial folders a
 Networks: the official preprocessing weights from the cache (``avatar download``), or ``--model DIR`` for a
 pipeline folder (``avatar tiny DIR`` writes one with tiny random networks, for tests).
 
-Background: ``--background keep`` (default). ``remove`` (MODNet matting, as GOHA/OTAvatar) needs a matting network
-that this toolkit does not have yet: it stops with an explanation before doing any work.
+Background: ``--background keep`` (default) or ``remove``: MODNet portrait matting (:mod:`avatar.face.modnet`, the
+official image-demo preprocessing) on each 512 crop, composited on ``--background-color black`` (default; GOHA
+multiplies by the matte) or ``white`` (OTAvatar). Weights: ``--matting-checkpoint FILE`` (any released MODNet
+``.ckpt``, e.g. the webcam model OTAvatar used for HDTF), else a ``modnet/`` folder inside ``--model DIR``
+(:meth:`~avatar.face.modnet.MODNet.save_pretrained`; tests put a tiny one there), else the photographic model from the
+cache (registry key ``modnet-photographic``; it is on Google Drive only, so fetch it yourself and run
+``avatar download --file modnet-photographic --from-dir DIR``). Without weights it stops before doing any work.
 
 Raw files expected (nothing is downloaded here; ``--list-sources`` prints the URLs and time ranges):
 
@@ -59,8 +64,9 @@ import numpy as np
 logger = logging.getLogger("eval.prepare")
 
 __all__ = [
-    "CROP_SIZE", "FaceCropper", "HDTFClip", "MattingUnavailableError", "MissingRawFilesError", "PrepareResult",
-    "celeba_sources", "hdtf_clips", "list_sources", "main", "prepare", "read_hdtf_lists",
+    "CROP_SIZE", "BackgroundRemover", "FaceCropper", "HDTFClip", "MattingUnavailableError", "MissingRawFilesError", "PrepareResult",
+    "celeba_sources", "hdtf_clips", "list_sources", "load_matting", "main", "prepare",
+    "read_hdtf_lists",
 ]
 
 CROP_SIZE = 512
@@ -92,17 +98,18 @@ class MissingRawFilesError(FileNotFoundError):
         super().__init__("\n".join(lines))
 
 
-class MattingUnavailableError(NotImplementedError):
-    """``--background remove`` needs a matting network (MODNet) that is not ported."""
+class MattingUnavailableError(FileNotFoundError):
+    """``--background remove`` found no MODNet weights (nothing was written)."""
 
 
 MATTING_MESSAGE = (
-    "--background remove needs a portrait matting network: GOHA and OTAvatar remove backgrounds with MODNet "
-    "(ZHKKKe/MODNet; `modnet_photographic_portrait_matting.ckpt` for CelebA/GOHA, "
-    "`modnet_webcam_portrait_matting.ckpt` for HDTF/OTAvatar; GOHA multiplies by the matte = black background, "
-    "OTAvatar composites on white). MODNet is not ported to this toolkit yet, so background removal is not "
-    "available; use --background keep (metrics can still take a matte per frame through `mask=`)."
+    "--background remove needs MODNet weights (ZHKKKe/MODNet, Apache-2.0; GOHA used "
+    "`modnet_photographic_portrait_matting.ckpt`, OTAvatar `modnet_webcam_portrait_matting.ckpt` for HDTF). They "
+    "are published on Google Drive only ({url}): download one, then pass it with --matting-checkpoint FILE, or "
+    "put the photographic one into the cache once with `avatar download --file modnet-photographic --from-dir "
+    "DIR`. ({reason})"
 )
+BACKGROUND_COLORS = ("black", "white")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -450,6 +457,42 @@ def load_preprocessor(model: str | None, device: str) -> Any:
     return _Pre()
 
 
+class BackgroundRemover:
+    """Crops ``(512, 512, 3)`` uint8 RGB -> the same composited on a plain colour with MODNet's matte."""
+
+    def __init__(self, net: Any, color: str = "black") -> None:
+        if color not in BACKGROUND_COLORS:
+            raise ValueError(f"background colour must be one of {BACKGROUND_COLORS}, got {color!r}")
+        self.net, self.color = net, color
+
+    def __call__(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        from avatar.face.modnet import composite
+
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+        alpha = self.net.matte(images).cpu().float()
+        out = composite(images, alpha, self.color).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        return list(out.permute(0, 2, 3, 1).numpy())
+
+
+def load_matting(model: str | None, checkpoint: str | Path | None, device: str) -> tuple[Any, str]:
+    """MODNet and where its weights came from: ``checkpoint``, else ``<model>/modnet``, else the cache.
+    Raises :class:`MattingUnavailableError` when none has them."""
+    from avatar.face.modnet import MODNet
+    from avatar.hub.registry import MODNET_DRIVE_FOLDER
+
+    try:
+        if checkpoint is not None:
+            return MODNet.from_checkpoint(checkpoint, device=device), str(checkpoint)
+        if model and (Path(model) / "modnet").is_dir():
+            folder = Path(model) / "modnet"
+            return MODNet.from_checkpoint(folder, device=device), str(folder)
+        return MODNet.from_pretrained(device=device), "modnet-photographic (cache)"
+    except FileNotFoundError as exc:
+        raise MattingUnavailableError(MATTING_MESSAGE.format(url=MODNET_DRIVE_FOLDER, reason=exc)) from exc
+
+
 # ---------------------------------------------------------------------------------------------------------
 # writing
 
@@ -480,8 +523,11 @@ def _clean_partials(out: Path) -> None:
 
 
 def write_id(out: Path, item_id: str, frames: Iterable[np.ndarray], cropper: FaceCropper, batch_size: int,
-             meta: dict[str, Any], progress: Any = None) -> tuple[int, list[int], dict[int, str]]:
-    """Crop and write one id atomically; returns ``(frames written, no-face frame indices, reasons)``."""
+             meta: dict[str, Any], progress: Any = None,
+             background: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
+             ) -> tuple[int, list[int], dict[int, str]]:
+    """Crop and write one id atomically; returns ``(frames written, no-face frame indices, reasons)``.
+    ``background`` (e.g. a :class:`BackgroundRemover`) maps the chunk's crops to the frames written."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{item_id}.partial-", dir=out))
     try:
         cropper.start_clip()
@@ -491,7 +537,12 @@ def write_id(out: Path, item_id: str, frames: Iterable[np.ndarray], cropper: Fac
 
         def flush() -> None:
             nonlocal index, written
-            for crop, reason in cropper.crop(chunk):
+            crops = cropper.crop(chunk)
+            if background is not None:
+                found = [c for c, _ in crops if c is not None]
+                done = iter(background(found) if found else [])
+                crops = [(None if c is None else next(done), r) for c, r in crops]
+            for crop, reason in crops:
                 if crop is None:
                     no_face.append(index)
                     reasons[index] = reason or "no face"
@@ -540,6 +591,9 @@ def prepare(
     smooth: bool = False,
     increase: float = 0.1,
     background: str = "keep",
+    background_color: str = "black",
+    matting: Any = None,
+    matting_checkpoint: str | Path | None = None,
     batch_size: int = 16,
     fps: float | None = None,
     max_frames: int | None = None,
@@ -551,12 +605,13 @@ def prepare(
     """Build ``out/<id>/<frame:06d>.png`` for ``dataset`` (``"hdtf"`` or ``"celeba"``); see the module docstring.
 
     Raises :class:`MissingRawFilesError` listing every id without a raw file (before any work) unless
-    ``skip_missing``; :class:`MattingUnavailableError` for ``background="remove"``.
+    ``skip_missing``; :class:`MattingUnavailableError` for ``background="remove"`` without MODNet weights (both
+    before any work). ``matting`` is a ready MODNet (else :func:`load_matting` finds one).
     """
     if background not in ("keep", "remove"):
         raise ValueError(f"background must be 'keep' or 'remove', got {background!r}")
-    if background == "remove":
-        raise MattingUnavailableError(MATTING_MESSAGE)
+    if background_color not in BACKGROUND_COLORS:
+        raise ValueError(f"background_color must be one of {BACKGROUND_COLORS}, got {background_color!r}")
     if dataset not in ("hdtf", "celeba"):
         raise ValueError(f"dataset must be 'hdtf' or 'celeba', got {dataset!r}")
     raw, out = Path(raw), Path(out)
@@ -601,12 +656,19 @@ def prepare(
     if not pending:
         return result
 
+    remover, matting_source = None, None
+    if background == "remove":
+        if matting is None:
+            matting, matting_source = load_matting(model, matting_checkpoint, device)
+        remover = BackgroundRemover(matting, background_color)
     if preprocessor is None:
         preprocessor = load_preprocessor(model, device)
     cropper = FaceCropper(preprocessor, crop=crop, smooth=smooth, increase=increase)
     meta = {"dataset": dataset, "crop": crop, "smooth": smooth, "increase": increase if crop == "tube" else None,
             "background": background, "size": CROP_SIZE, "fps": fps, "max_frames": max_frames,
             "model": model or "official preprocessing weights"}
+    if remover is not None:
+        meta.update(background_color=background_color, matting=matting_source or "given")
 
     from tqdm import tqdm
 
@@ -624,7 +686,7 @@ def prepare(
                 source_meta = {"source": str(src)}
             try:
                 written, no_face, reasons = write_id(out, item_id, frames, cropper, batch_size,
-                                                     {**meta, **source_meta}, bar)
+                                                     {**meta, **source_meta}, bar, background=remover)
             except (RuntimeError, OSError, ValueError) as exc:
                 result.failed[item_id] = str(exc)
                 bar.write(f"{item_id}: FAILED: {exc}")
@@ -663,7 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", action="store_true", help="one-euro smoothing of the aligned crops (upstream use_smooth)")
     p.add_argument("--increase", type=float, default=0.1, help="tube crop: box enlargement per side (OTAvatar 0.1/0.2)")
     p.add_argument("--background", choices=("keep", "remove"), default="keep",
-                   help="remove needs MODNet matting, not available yet (stops with an explanation)")
+                   help="remove: MODNet matting of each crop, composited on --background-color (see Background)")
+    p.add_argument("--background-color", choices=BACKGROUND_COLORS, default="black",
+                   help="with --background remove: black (default, GOHA) or white (OTAvatar)")
+    p.add_argument("--matting-checkpoint", type=Path,
+                   help="a released MODNet .ckpt (default: <--model>/modnet, else modnet-photographic in the cache)")
     p.add_argument("--model", help="pipeline folder for the networks (e.g. from `avatar tiny DIR`); default: the "
                                    "official preprocessing weights in the cache")
     p.add_argument("--device", default="cpu")
@@ -698,6 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         res = prepare(args.dataset, args.raw, args.out, ids=args.ids, model=args.model, device=args.device,
                       crop=args.crop, smooth=args.smooth, increase=args.increase, background=args.background,
+                      background_color=args.background_color, matting_checkpoint=args.matting_checkpoint,
                       batch_size=args.batch_size, fps=args.fps, max_frames=args.max_frames,
                       overwrite=args.overwrite, skip_missing=args.skip_missing, lists=args.lists,
                       show_progress=not args.no_progress)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from avatar.io.video import VideoWriter
 from avatar.pipelines.portrait4d import Portrait4DPipeline
@@ -113,9 +115,82 @@ def test_missing_raw_files_are_listed_before_any_work(tmp_path: Path, capsys) ->
     assert code == 2 and "WRA_Baz_000" in capsys.readouterr().err
 
 
-def test_background_removal_is_refused_with_an_explanation(tmp_path: Path) -> None:
-    with pytest.raises(P.MattingUnavailableError, match="MODNet"):
-        P.prepare("hdtf", tmp_path, tmp_path / "data", background="remove")
+def test_background_removal_without_weights_stops_before_any_work(tmp_path: Path, pre) -> None:
+    lists = _lists(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _video(raw / "WRA_Bar_000.mp4", _frames(2))
+    with pytest.raises(P.MattingUnavailableError, match="Google Drive") as err:
+        P.prepare("hdtf", raw, tmp_path / "data", ids="WRA_Bar_000", preprocessor=pre, lists=lists,
+                  background="remove", show_progress=False)
+    assert "--from-dir" in str(err.value) and "--matting-checkpoint" in str(err.value)
+    assert not (tmp_path / "data" / "WRA_Bar_000").exists()
+    with pytest.raises(ValueError, match="background_color"):
+        P.prepare("hdtf", raw, tmp_path / "data", background="remove", background_color="green")
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Portrait4DPipeline.tiny().save_pretrained(tmp_path_factory.mktemp("prep") / "tiny")
+
+
+def _saturated_modnet(folder: Path, logit: float) -> None:
+    """A tiny MODNet whose fusion head outputs the constant ``logit``: matte sigmoid(logit) everywhere."""
+    from avatar.face.modnet import MODNet
+
+    net = MODNet.tiny()
+    head = net.f_branch.conv_f[1].layers[0]
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.constant_(head.bias, logit)
+    net.save_pretrained(folder / "modnet")
+
+
+def test_background_removal_composites_with_the_matte(tmp_path: Path, tiny_pipeline_dir: Path) -> None:
+    from PIL import Image
+
+    lists = _lists(tmp_path)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _video(raw / "WRA_Bar_000.mp4", _frames(3))
+    common = ["hdtf", "--raw", str(raw), "--ids", "WRA_Bar_000", "--lists", str(lists), "--no-progress"]
+
+    def frames(out: Path) -> list[np.ndarray]:
+        return [np.asarray(Image.open(p)) for p in sorted((out / "WRA_Bar_000").glob("*.png"))]
+
+    # matte 0 everywhere -> every pixel is the background colour (white here, OTAvatar's)
+    background = tmp_path / "model-bg"
+    shutil.copytree(tiny_pipeline_dir, background)
+    _saturated_modnet(background, -40.0)
+    assert P.main([*common, "--out", str(tmp_path / "white"), "--model", str(background),
+                   "--background", "remove", "--background-color", "white"]) == 0
+    white = frames(tmp_path / "white")
+    assert len(white) == 3 and all(f.shape == (512, 512, 3) and (f == 255).all() for f in white)
+    meta = json.loads((tmp_path / "white" / "WRA_Bar_000" / "prepare.json").read_text())
+    assert meta["background"] == "remove" and meta["background_color"] == "white"
+    assert meta["matting"].endswith("modnet")
+
+    # matte 1 everywhere -> the crops unchanged (compare with --background keep)
+    foreground = tmp_path / "model-fg"
+    shutil.copytree(tiny_pipeline_dir, foreground)
+    _saturated_modnet(foreground, 40.0)
+    assert P.main([*common, "--out", str(tmp_path / "kept"), "--model", str(foreground),
+                   "--background", "remove"]) == 0
+    assert P.main([*common, "--out", str(tmp_path / "keep"), "--model", str(foreground)]) == 0
+    kept, keep = frames(tmp_path / "kept"), frames(tmp_path / "keep")
+    assert len(kept) == 3 and all(np.array_equal(a, b) for a, b in zip(kept, keep, strict=True))
+    assert any(f.std() > 0 for f in keep)
+
+    # a random tiny matte through the API: black background = the crop multiplied by the matte
+    from avatar.face.modnet import MODNet
+
+    net = MODNet.tiny()
+    res = P.prepare("hdtf", raw, tmp_path / "black", ids="WRA_Bar_000", model=str(tiny_pipeline_dir), lists=lists,
+                    background="remove", matting=net, show_progress=False)
+    assert res.written == ["WRA_Bar_000"]
+    black = frames(tmp_path / "black")
+    crop = torch.from_numpy(np.array(keep[0])).permute(2, 0, 1)[None].float() / 255
+    expected = (crop * net.matte(crop) * 255).round()[0].permute(1, 2, 0).numpy()
+    assert np.abs(black[0].astype(float) - expected).max() <= 1
 
 
 def test_list_sources_and_unknown_ids(tmp_path: Path, capsys) -> None:
