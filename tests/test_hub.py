@@ -199,3 +199,18 @@ def test_unreachable_hub_is_probed_once_without_retries(monkeypatch: pytest.Monk
         download_model("portrait4d-v2")
     assert calls == ["bEijuuu/Portrait4D"]
     assert "portrait4d-v2-vfhq512.pkl" in str(info.value)
+
+
+def test_google_drive_file_is_never_fetched_and_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MODNet's checkpoint lives only in a Google Drive folder: no network request is made (the page is HTML),
+    and the error names the folder and the --from-dir command."""
+    def no_network(*_args, **_kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a Google Drive file must not be fetched")
+
+    monkeypatch.setattr(dl, "_fetch_from_github", no_network)
+    monkeypatch.setattr(dl, "_fetch_from_hub", no_network)
+    with pytest.raises(AssetNotFoundError) as info:
+        ensure_file("modnet-photographic")
+    message = str(info.value)
+    assert "Google Drive" in message and FILES["modnet-photographic"].url in message
+    assert "avatar download --file modnet-photographic --from-dir DIR" in message

@@ -73,6 +73,12 @@ def is_converted(file: UpstreamFile, root: Path | None = None) -> bool:
 
 def _how_to_fetch(file: UpstreamFile, model_id: str | None) -> str:
     command = f"avatar download {model_id}" if model_id else f"avatar download --file {file.key}"
+    if file.source == "gdrive":
+        return (
+            f"'{Path(file.path).name}' ({file.repo}) is published only in a Google Drive folder, {file.url}, which "
+            f"cannot be fetched automatically. Download it there, then run `avatar download --file {file.key} "
+            f"--from-dir DIR` with the folder that holds it."
+        )
     return (
         f"'{file.path}' from {'Hub repo' if file.source == 'hub' else 'GitHub repo'} {file.repo} "
         f"(revision {file.revision[:12]}) is not in the cache {cache_root()}. Run `{command}` on a machine with "
@@ -221,6 +227,8 @@ def ensure_file(
             raise AssetNotFoundError(f"'{file.path}' was not found under {local_dir}. " + _how_to_fetch(file, model_id))
     elif file.source == "hub":
         raw, remote_sha = _fetch_from_hub(file, model_id)
+    elif file.source == "gdrive":
+        raise AssetNotFoundError(_how_to_fetch(file, model_id))
     else:
         raw = _fetch_from_github(file, model_id)
     digest = verify(file, raw, remote_sha)
