@@ -74,7 +74,6 @@ logger = logging.getLogger("avatar.app")
 TINY = "tiny"
 """Model name of the tiny random pipeline (built in memory; for development, pictures are meaningless)."""
 
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 ORBIT_FPS = 25
 RENDER_BATCH = 8
 MAX_AVATARS_PER_SESSION = 4
@@ -279,6 +278,22 @@ def view_label(yaw_deg: float, pitch_deg: float) -> torch.Tensor:
 _OUT_DIR: Path | None = None
 
 
+def example_photos() -> list[str]:
+    """Public-domain example photos, taken from scikit-image's bundled data (``astronaut.png``: Eileen Collins,
+    NASA) when it is installed (``[app]`` extra); none are shipped in this repository. Copied into this process's
+    temporary folder, where Gradio may serve files from."""
+    try:
+        import skimage.data
+    except ImportError:
+        return []
+    source = Path(skimage.data.__file__).parent / "astronaut.png"
+    if not source.is_file():
+        return []
+    target = _output_path("astronaut.png")
+    shutil.copyfile(source, target)
+    return [str(target)]
+
+
 def _output_path(name: str) -> Path:
     """A fresh file in this process's temporary folder (removed at exit; files older than 2 h are pruned)."""
     global _OUT_DIR
@@ -480,7 +495,7 @@ clearly visible, roughly frontal face; the app finds it and crops it the way the
 def build_demo(model_id: str | None = None) -> gr.Blocks:
     """Build the app's Blocks for ``model_id`` (default: ``$AVATAR_MODEL`` or ``portrait4d-v2``)."""
     selected = model_id or os.environ.get("AVATAR_MODEL") or DEFAULT_MODEL_ID
-    examples = [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png")) + sorted(EXAMPLES_DIR.glob("*.jpg"))]
+    examples = example_photos()
     reenact_default = selected if selected not in ("portrait4d-static",) else DEFAULT_MODEL_ID
     with gr.Blocks(title="avatar4d: one-shot 4D head avatars", delete_cache=(3600, 7200)) as demo:
         avatars = gr.State({})  # this session's avatars: {model:photo-digest -> Avatar}

@@ -172,3 +172,15 @@ def test_bad_inputs_explain_themselves_and_the_app_keeps_working(
 
     orbit, *_ = client.predict(handle_file(photo), frames=8, api_name="/reconstruct")  # the next good call works
     assert probe_video(orbit).num_frames == 8
+
+
+def test_example_photo_comes_from_scikit_image_not_the_repository() -> None:
+    import tempfile
+
+    pytest.importorskip("skimage.data")
+    import app
+
+    photos = app.example_photos()
+    assert len(photos) == 1 and Path(photos[0]).is_file()
+    assert Path(photos[0]).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    assert not (Path(app.__file__).parent / "examples").exists()

@@ -22,7 +22,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
 REPO = Path(__file__).resolve().parents[1]
-PHOTO = REPO / "examples" / "astronaut.png"  # public domain (NASA), shipped with the app
+SKIMAGE = pytest.importorskip("skimage.data")
+PHOTO = Path(SKIMAGE.__file__).parent / "astronaut.png"  # public domain (NASA), bundled with scikit-image
 DRIVING = Path(os.environ.get("AVATAR_SHARED_MEDIA", REPO.parent / "shared" / "media")) / "videos" / "talk2.mp4"
 
 pytestmark = [
