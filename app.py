@@ -58,6 +58,7 @@ from avatar.render.camera import (  # noqa: E402
     make_label,
     orbit_labels,
 )
+from avatar.runtime import DTYPES, resolve_device, resolve_dtype  # noqa: E402
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
     import spaces
@@ -168,15 +169,11 @@ class ModelUnavailableError(RuntimeError):
 
 
 def _device() -> str:
-    name = os.environ.get("AVATAR_DEVICE", "auto")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(os.environ.get("AVATAR_DEVICE", "auto"))
 
 
 def _dtype() -> torch.dtype:
-    name = os.environ.get("AVATAR_DTYPE", "float32")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+    return resolve_dtype(os.environ.get("AVATAR_DTYPE", "float32"))
 
 
 @dataclass
@@ -214,7 +211,10 @@ class PipelineCache:
 
     @staticmethod
     def _load(model: str) -> LoadedModel:
-        device, dtype = _device(), _dtype()
+        try:
+            device, dtype = _device(), _dtype()
+        except ValueError as exc:  # AVATAR_DEVICE / AVATAR_DTYPE that cannot be used here
+            raise ModelUnavailableError(f"{exc} (set by AVATAR_DEVICE / AVATAR_DTYPE or --device / --dtype)") from None
         t0 = time.perf_counter()
         if model == TINY:
             pipe = Portrait4DPipeline.tiny(seed=0).to(device)
@@ -250,8 +250,11 @@ def runtime_status(selected: str) -> str:
     lines = [f"**Loaded:** `{name}` from {e.source} · device `{e.device}` · dtype `{e.dtype}`"
              for name, e in loaded.items()]
     if not loaded:
-        dtype = str(_dtype() if selected != TINY else torch.float32).replace("torch.", "")
-        lines.append(f"**Model:** `{selected}` loads on first use · device `{_device()}` · dtype `{dtype}`")
+        try:
+            dtype = str(_dtype() if selected != TINY else torch.float32).replace("torch.", "")
+            lines.append(f"**Model:** `{selected}` loads on first use · device `{_device()}` · dtype `{dtype}`")
+        except ValueError as exc:
+            lines.append(f"**Model:** `{selected}` cannot load here: {exc}")
     if selected == TINY or any(e.pipeline.random_init for e in loaded.values()):
         lines.append("⚠️ **Development mode: tiny random pipeline.** Every stage runs, but the weights are random, "
                      "so the pictures are meaningless.")
@@ -604,7 +607,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--device", default=None, help="auto (default, $AVATAR_DEVICE), cpu, cuda, ...")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="precision of the reconstructor (default float32, $AVATAR_DTYPE)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     args = parser.parse_args(argv)

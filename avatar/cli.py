@@ -124,19 +124,15 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 
 
 def _device(name: str) -> str:
-    import torch
+    from .runtime import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
-    return name
+    return resolve_device(name)
 
 
 def _dtype(name: str):  # noqa: ANN202 - torch.dtype
-    import torch
+    from .runtime import resolve_dtype
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return resolve_dtype(name)
 
 
 def _check_output(path: Path) -> None:
@@ -225,7 +221,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="model id (portrait4d-v2, portrait4d-v1, portrait4d-static) or a pipeline folder "
                         "(e.g. from `avatar tiny DIR`)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],  # avatar.runtime.DTYPES
                    help="precision of the reconstructor's networks (preprocessing stays float32)")
     p.add_argument("--aligned", action="store_true",
                    help="the photo is already a 512x512 Portrait4D crop: skip face detection and cropping")
