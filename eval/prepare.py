@@ -382,31 +382,18 @@ class FaceCropper:
             return self._crop_tube(frames)
         return self._crop_aligned(frames)
 
-    def _landmarks98(self, frames: list[np.ndarray], boxes: list[np.ndarray]) -> list[np.ndarray]:
-        lm = self.pre.landmarker
-        batch = getattr(lm, "landmarks_batch", None)
-        if batch is not None:
-            return [np.asarray(x[0]) for x in batch(frames, [[b] for b in boxes])]
-        return [np.asarray(lm(f, [b])[0]) for f, b in zip(frames, boxes, strict=True)]
-
     def _crop_aligned(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray | None, str | None]]:
-        from avatar.face.geometry import estimate_align_params, five_points_from_wflw98, warp_to_aligned
+        from avatar.pipelines.preprocess import align_crop
 
         faces = self._faces(frames)
         good = [i for i, (box, _) in enumerate(faces) if box is not None]
-        lms = self._landmarks98([frames[i] for i in good], [faces[i][0] for i in good])  # type: ignore[misc]
+        lms = self.pre.landmarker.landmarks_batch([frames[i] for i in good], [[faces[i][0]] for i in good])
         out: list[tuple[np.ndarray | None, str | None]] = [(None, reason) for _, reason in faces]
         for i, lm in zip(good, lms, strict=True):
-            img = frames[i]
             try:
-                params = estimate_align_params(five_points_from_wflw98(lm), (img.shape[1], img.shape[0]),
-                                               target_size=self.size)
+                out[i] = (align_crop(frames[i], lm[0], self._smoother, self.size)[1], None)
             except ValueError as exc:
                 out[i] = (None, f"alignment failed: {exc}")
-                continue
-            if self._smoother is not None:
-                params = self._smoother(params)
-            out[i] = (np.asarray(warp_to_aligned(img, params)), None)
         return out
 
     def _tube_box(self, box: np.ndarray) -> np.ndarray:

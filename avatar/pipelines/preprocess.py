@@ -36,7 +36,7 @@ from avatar.face.retinaface import DetectedFace, RetinaFace
 from avatar.face.smoothing import CROP_SCALE_FILTER, CROP_TRANSLATION_FILTER, OneEuroFilter
 from avatar.motion.pdfgc import PDFGCEncoder
 
-__all__ = ["ALIGNED_FACE_BOX", "CropSmoother", "FaceAnalysis", "FacePreprocessor", "crop_to_model_input"]
+__all__ = ["ALIGNED_FACE_BOX", "CropSmoother", "align_crop", "FaceAnalysis", "FacePreprocessor", "crop_to_model_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,18 @@ class CropSmoother:
         t = self.translation(np.array([params.tx, params.ty]))
         s = float(self.scale(np.array(params.scale)))
         return replace(params, tx=float(t[0]), ty=float(t[1]), scale=s)
+
+
+def align_crop(image: np.ndarray, landmarks98: np.ndarray, smoother: CropSmoother | None = None,
+               size: int = 512) -> tuple[AlignParams, np.ndarray]:
+    """The official aligned crop of one face: the similarity fit of five of its 98 WFLW points
+    (:func:`~avatar.face.geometry.estimate_align_params`), optionally one-euro smoothed across video frames, and
+    the ``(size, size, 3)`` uint8 warp."""
+    params = estimate_align_params(five_points_from_wflw98(landmarks98), (image.shape[1], image.shape[0]),
+                                   target_size=size)
+    if smoother is not None:
+        params = smoother(params)
+    return params, np.asarray(warp_to_aligned(image, params))
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -154,10 +166,7 @@ class FacePreprocessor:
                 params, crop = None, img
                 l98c, l68c = lm98[i], lm68[i][:, :2]
             else:
-                params = estimate_align_params(five_points_from_wflw98(lm98[i]), (img.shape[1], img.shape[0]))
-                if smoother is not None:
-                    params = smoother(params)
-                crop = warp_to_aligned(img, params)
+                params, crop = align_crop(img, lm98[i], smoother)
                 l98c, l68c = transform_landmarks(lm98[i], params), transform_landmarks(lm68[i], params)
             out.append(FaceAnalysis(np.asarray(crop), params, np.asarray(boxes[i], dtype=np.float32), l98c,
                                     np.asarray(l68c, dtype=np.float32), labels[i]))
