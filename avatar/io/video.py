@@ -115,18 +115,14 @@ def _rotation_degrees(frame: av.VideoFrame) -> int:
 
 
 def _first_frame_rotation(container: av.container.InputContainer) -> int:
-    """Rotation of the first decodable frame (0 when none decodes); rewinds the container afterwards."""
-    stream = container.streams.video[0]
-    rotation = 0
+    """Rotation of the first decodable frame (0 when none decodes). Leaves the container past that frame:
+    callers only probe and close it."""
     try:
-        for frame in container.decode(stream):
-            rotation = _rotation_degrees(frame)
-            break
+        for frame in container.decode(container.streams.video[0]):
+            return _rotation_degrees(frame)
     except av.FFmpegError:
-        return 0
-    with contextlib.suppress(av.FFmpegError):
-        container.seek(0)
-    return rotation
+        pass
+    return 0
 
 
 def upright(image: np.ndarray, rotation: int) -> np.ndarray:
