@@ -1,15 +1,29 @@
 """The ``avatar`` command line.
 
 Subcommands:
-    models      list model ids, the files each needs and whether they are in the cache
+    models      list pipeline model ids and network ids, the files each needs and whether they are cached
     download    fetch, verify and convert what a model id needs (once; later calls do nothing)
     convert     convert one upstream checkpoint file into safetensors + JSON, without running its code
     reconstruct photo -> 3D avatar rendered along a camera orbit (video)
     reenact     photo + driving video -> reenacted video (driving audio kept)
     tiny        write a complete pipeline of tiny random networks (tests, offline work)
+    eval        = ``python -m eval.run``: score a benchmark protocol
+    prepare     = ``python -m eval.prepare``: build a benchmark's ground-truth frames from raw clips/images
+    bench       = ``python -m avatar.bench``: speed benchmarks
+    app         = ``python app.py``: the Gradio app on localhost
 
-Every command logs through :mod:`logging` (``-v`` for debug, ``-q`` for warnings only). Errors are one
-plain sentence on stderr and a non-zero exit code.
+``eval``, ``prepare``, ``bench`` and ``app`` hand every argument after their name to the same ``main`` as the
+``python -m`` form (``avatar eval --help`` is ``python -m eval.run --help``).
+
+Every command logs through :mod:`logging` (``-v`` for debug, ``-q`` for warnings only; see :mod:`avatar.logs`).
+Exit status (every entry point, ``eval`` and the app's launcher included):
+
+* 0: done;
+* 1: the user's input cannot be used (an :class:`~avatar.errors.AvatarError`: bad option, missing file or
+  weights, unknown model id, no face, unreadable media, predictions that do not match the protocol...): one
+  plain sentence on stderr (``-v`` adds the traceback); a command line argparse rejects also exits 1;
+* 2: anything else, i.e. a bug: the traceback is printed, please report it;
+* 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,53 +32,93 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from .logs import setup_logging
+
+__all__ = ["EXIT_BUG", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "ArgumentParser", "build_parser", "main",
+           "run_guarded", "setup_logging"]
 
 logger = logging.getLogger("avatar")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+"""The user's fault: an :class:`~avatar.errors.AvatarError` (or a command line argparse rejects)."""
+EXIT_BUG = 2
+"""Any other exception: a bug."""
+EXIT_INTERRUPTED = 130
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of the record (plays well with redirection)."""
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors exit with :data:`EXIT_ERROR` (1, the user's fault) instead
+    of argparse's 2, which this toolkit keeps for bugs. Used by every entry point's parser."""
 
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
+    def error(self, message: str):  # noqa: ANN201 - NoReturn
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def setup_logging(verbosity: int = 0) -> None:
-    """Log the ``avatar`` namespace to stderr: INFO by default, DEBUG with ``verbosity > 0``, WARNING if < 0."""
-    level = logging.DEBUG if verbosity > 0 else logging.WARNING if verbosity < 0 else logging.INFO
-    root = logging.getLogger("avatar")
-    root.setLevel(level)
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+def run_guarded(func: Callable[[], int | None], *, verbosity: int = 0, log: logging.Logger | None = None,
+                command: str = "avatar") -> int:
+    """Run an entry point's work and turn its outcome into an exit status (see the module docstring).
+
+    :class:`~avatar.errors.AvatarError` -> its message as one ERROR line (with the traceback when
+    ``verbosity > 0``), 1; CUDA out of memory -> one line, 1; :class:`KeyboardInterrupt` -> 130; any other
+    exception -> the traceback, 2. ``func``'s own return value (``None`` is 0) is returned otherwise.
+    """
+    from .errors import AvatarError
+
+    log = log or logger
+    try:
+        return int(func() or EXIT_OK)
+    except KeyboardInterrupt:
+        log.error("%s: interrupted", command)
+        return EXIT_INTERRUPTED
+    except AvatarError as exc:
+        log.error("%s", exc, exc_info=verbosity > 0)
+        return EXIT_ERROR
+    except Exception as exc:
+        if _is_cuda_oom(exc):
+            log.error("%s: the GPU ran out of memory (%s); try a smaller --batch-size, a shorter input or "
+                      "--dtype bfloat16", command, str(exc).splitlines()[0] if str(exc) else "", exc_info=verbosity > 0)
+            return EXIT_ERROR
+        log.exception("%s failed with an unexpected %s: this is a bug; please report it with the command line "
+                      "and this traceback", command, type(exc).__name__)
+        return EXIT_BUG
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # never import torch just to classify an error
+    oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return oom is not None and isinstance(exc, oom)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .hub.download import cache_root, is_converted
     from .hub.registry import DEFAULT_MODEL_ID, FILES, MODELS
 
-    print(f"cache: {cache_root()}")
-    for spec in MODELS.values():
+    def show(spec, default: bool = False) -> None:  # noqa: ANN001 - ModelSpec
         have = sum(is_converted(f) for f in spec.files)
-        default = " (default)" if spec.model_id == DEFAULT_MODEL_ID else ""
-        print(f"\n{spec.model_id}{default}: {spec.description}")
+        print(f"\n{spec.model_id}{' (default)' if default else ''}: {spec.description}")
         print(f"  files in cache: {have}/{len(spec.files)}")
         if args.files:
             for f in spec.files:
                 mark = "x" if is_converted(f) else " "
                 print(f"  [{mark}] {f.key:30s} {f.repo}:{f.path}")
-    others = [f for f in FILES.values() if all(f.key not in (s.reconstructor, *s.requires) for s in MODELS.values())]
+
+    pipelines = [s for s in MODELS.values() if s.pipeline_class is not None]
+    networks = [s for s in MODELS.values() if s.pipeline_class is None]
+    print(f"cache: {cache_root()}")
+    print("\n== pipeline model ids (--model of reconstruct/reenact, the app and `avatar eval`) ==")
+    for spec in pipelines:
+        show(spec, spec.model_id == DEFAULT_MODEL_ID)
+    if networks:
+        print("\n== network ids (used inside the pipelines and the benchmark; `avatar download ID` fetches one) ==")
+        for spec in networks:
+            show(spec)
+    used = {k for s in MODELS.values() for k in (s.checkpoint, *s.requires)}
+    others = [f for f in FILES.values() if f.key not in used]
     if others:
         print("\nother upstream files (download with `avatar download --file KEY`):")
         for f in others:
@@ -105,11 +159,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     logger.info("wrote %s (%d tensors) and %s", target, result.num_tensors, result.metadata)
     meta = json.loads(result.metadata.read_text())
     if str(meta.get("class_name", "")).endswith("TriPlaneReconstructorNeutralize") and result.weights:
-        from .models.portrait4d_convert import CheckpointMismatchError, load_official
+        from .errors import AvatarError
+        from .models.portrait4d import Portrait4D
 
         try:  # strict: any missing, unexpected or mis-shaped tensor is reported
-            model = load_official(result.weights)
-        except (CheckpointMismatchError, ValueError) as exc:
+            model = Portrait4D.from_official(result.weights)
+        except AvatarError as exc:
             logger.warning("converted, but it does not load into Portrait4D: %s", exc)
         else:
             logger.info("checked: loads strictly into Portrait4D (%d tensors, static=%s, FLAME deformer: %s)",

@@ -13,7 +13,7 @@ What it does:
 2. builds it with the released checkpoints' ``init_kwargs`` and random weights (every zero-initialised
    tensor perturbed, so each layer matters), pickles ``{'G_ema': G}`` exactly as EG3D's training loop does,
    converts that pickle with ``avatar convert`` (restricted unpickler, no code executed), and loads the
-   result with :func:`avatar.models.portrait4d_convert.load_official` (strict);
+   result with :meth:`avatar.models.portrait4d.Portrait4D.from_official` (strict);
 3. renders the same random inputs with both, the official renderer patched to the deterministic sampling
    our inference uses (no stratified jitter, ``det=True`` importance sampling), and prints the max abs
    differences of ``image`` (512, SR), ``image_raw`` (128) and ``depth``, for our reference path and our
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     official_cls = import_official(args.official.resolve())
 
     from avatar.hub.convert import convert_file
-    from avatar.models.portrait4d_convert import load_official
+    from avatar.models.portrait4d import Portrait4D
 
     torch.manual_seed(args.seed)
     kwargs = official_init_kwargs(args.image_size)
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(pkl, "wb") as f:  # the EG3D training loop's snapshot format
             pickle.dump({"G_ema": official, "training_set_kwargs": {"static": False}}, f)
         converted = convert_file(pkl, Path(tmp) / "converted")
-        ours = load_official(converted.weights)
+        ours = Portrait4D.from_official(converted.weights)
         print(f"pickled, converted ({converted.num_tensors} tensors) and strictly loaded in "
               f"{time.perf_counter() - t:.1f} s")
 

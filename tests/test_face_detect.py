@@ -384,35 +384,36 @@ def test_retinaface_strict_loading_and_prefixes(tmp_path) -> None:
     source = RetinaFace.tiny(seed=1)
     state = source.state_dict()
     # the upstream file is a DataParallel state dict: every key starts with "module."
-    loaded = RetinaFace.from_state_dict({f"module.{k}": v for k, v in state.items()}, RetinaFaceConfig.tiny())
+    loaded = RetinaFace.from_official({f"module.{k}": v for k, v in state.items()}, config=RetinaFaceConfig.tiny())
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, state[k]), k
     # a {'state_dict': ...} checkpoint, flattened by the asset reader, is accepted too
     assert set(official_key_map({f"state_dict.module.{k}": v for k, v in state.items()})) == set(state)
     # BatchNorm step counters may be absent
-    RetinaFace.from_state_dict({k: v for k, v in state.items() if "num_batches" not in k}, RetinaFaceConfig.tiny())
+    RetinaFace.from_official({k: v for k, v in state.items() if "num_batches" not in k},
+                           config=RetinaFaceConfig.tiny())
 
     missing = {k: v for k, v in state.items() if k != "ssh2.conv7x7_3.0.weight"}
     with pytest.raises(StateDictMismatchError, match=r"Missing 1: ssh2\.conv7x7_3\.0\.weight"):
-        RetinaFace.from_state_dict(missing, RetinaFaceConfig.tiny())
+        RetinaFace.from_official(missing, config=RetinaFaceConfig.tiny())
     with pytest.raises(StateDictMismatchError, match=r"Unexpected 1: body\.fc\.weight"):
-        RetinaFace.from_state_dict({**state, "body.fc.weight": torch.zeros(3)}, RetinaFaceConfig.tiny())
+        RetinaFace.from_official({**state, "body.fc.weight": torch.zeros(3)}, config=RetinaFaceConfig.tiny())
     wrong = dict(state)
     wrong["ClassHead.0.conv1x1.bias"] = torch.zeros(6)
     with pytest.raises(StateDictMismatchError, match=r"Wrong shape 1: ClassHead\.0\.conv1x1\.bias \(6,\) != \(4,\)"):
-        RetinaFace.from_state_dict(wrong, RetinaFaceConfig.tiny())
+        RetinaFace.from_official(wrong, config=RetinaFaceConfig.tiny())
     with pytest.raises(StateDictMismatchError, match="Missing"), torch.device("meta"):
-        RetinaFace.from_state_dict(state)  # official config vs tiny weights
+        RetinaFace.from_official(state)  # official config vs tiny weights
 
     # files: an upstream-style .pth and a .safetensors conversion
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "Resnet50_Final.pth")
-    from_pth = RetinaFace.from_file(tmp_path / "Resnet50_Final.pth", RetinaFaceConfig.tiny())
+    from_pth = RetinaFace.from_official(tmp_path / "Resnet50_Final.pth", config=RetinaFaceConfig.tiny())
     from safetensors.torch import save_file
 
     folder = tmp_path / "converted"
     folder.mkdir()
     save_file({f"module.{k}": v.contiguous() for k, v in state.items()}, str(folder / "Resnet50_Final.safetensors"))
-    from_dir = RetinaFace.from_file(folder, RetinaFaceConfig.tiny())
+    from_dir = RetinaFace.from_official(folder, config=RetinaFaceConfig.tiny())
     for k, v in state.items():
         assert torch.equal(from_pth.state_dict()[k], v) and torch.equal(from_dir.state_dict()[k], v)
 
@@ -625,16 +626,16 @@ def test_tiny_h3r_forward_and_landmarker_shapes() -> None:
 
 def test_h3r_strict_loading(tmp_path) -> None:
     state = H3R.tiny(seed=2).state_dict()
-    loaded = H3R.from_state_dict(state, H3RConfig.tiny())
+    loaded = H3R.from_official(state, config=H3RConfig.tiny())
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in state.items())
     # upstream loads model.pth with strict=True and no prefix handling: a "module." prefix is an error
     with pytest.raises(StateDictMismatchError, match="Unexpected"):
-        H3R.from_state_dict({f"module.{k}": v for k, v in state.items()}, H3RConfig.tiny())
+        H3R.from_official({f"module.{k}": v for k, v in state.items()}, config=H3RConfig.tiny())
     dropped = {k: v for k, v in state.items() if k != "heatmap_head.head.layers.3.weight"}
     with pytest.raises(StateDictMismatchError, match=r"Missing 1: heatmap_head\.head\.layers\.3\.weight"):
-        H3R.from_state_dict(dropped, H3RConfig.tiny())
+        H3R.from_official(dropped, config=H3RConfig.tiny())
     torch.save(state, tmp_path / "model.pth")
-    from_file = H3R.from_file(tmp_path / "model.pth", H3RConfig.tiny())
+    from_file = H3R.from_official(tmp_path / "model.pth", config=H3RConfig.tiny())
     assert all(torch.equal(from_file.state_dict()[k], v) for k, v in state.items())
 
 

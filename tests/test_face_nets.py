@@ -24,6 +24,7 @@ from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet, align_image, split_
 from avatar.face.fan3d import (
     FAN,
     DepthConfig,
+    FAN3DConfig,
     FAN3DLandmarker,
     FANConfig,
     ResNetDepth,
@@ -33,6 +34,7 @@ from avatar.face.fan3d import (
     draw_landmark_heatmaps,
     gaussian_kernel,
     heatmap_to_image,
+    official_state,
 )
 from avatar.face.geometry import (
     BFM_FIVE_POINTS_3D,
@@ -48,6 +50,7 @@ from avatar.face.geometry import (
 )
 from avatar.hub.download import AssetNotFoundError
 from avatar.hub.formats import read_torch_checkpoint, read_torchscript_archive
+from avatar.hub.weights import StateDictMismatchError
 from avatar.motion.pdfgc import PDFGCConfig, PDFGCEncoder
 
 OFFICIAL_DIR = Path(os.environ.get("PORTRAIT4D_OFFICIAL_DIR", "/tmp/p4d"))
@@ -301,8 +304,8 @@ def test_torchscript_archives_load_into_our_networks(tmp_path: Path) -> None:
     assert "FAN" in str(fan_w.metadata["root_class"])
     assert set(fan_w.tensors) == set(fan_src.state_dict())
 
-    lm = FAN3DLandmarker(fan_cfg, depth_cfg).eval()
-    lm.load_official(fan_w.tensors, {f"module.{k}": v for k, v in depth_w.tensors.items()})  # prefix dropped
+    lm = FAN3DLandmarker(FAN3DConfig(fan=fan_cfg, depth=depth_cfg)).eval()
+    lm.load_official(official_state(fan_w.tensors, {f"module.{k}": v for k, v in depth_w.tensors.items()}))  # prefix dropped
     with torch.no_grad():
         torch.testing.assert_close(lm.fan(x), fan_out, rtol=0, atol=0)
         torch.testing.assert_close(lm.depth(xd), depth_out, rtol=0, atol=0)
@@ -312,15 +315,15 @@ def test_torchscript_archives_load_into_our_networks(tmp_path: Path) -> None:
 
 
 def test_fan_strict_loading_errors() -> None:
-    lm = FAN3DLandmarker(FANConfig.tiny(), DepthConfig.tiny())
+    lm = FAN3DLandmarker(FAN3DConfig.tiny())
     fan_sd, depth_sd = lm.fan.state_dict(), lm.depth.state_dict()
     missing = {k: v for k, v in fan_sd.items() if k != "l1.weight"}
-    with pytest.raises(RuntimeError, match="Missing key"):
-        lm.load_official(missing, depth_sd)
-    with pytest.raises(RuntimeError, match="Unexpected key"):
-        lm.load_official({**fan_sd, "extra.weight": torch.zeros(1)}, depth_sd)
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        lm.load_official(fan_sd, {**depth_sd, "fc.weight": torch.zeros(3, 3)})
+    with pytest.raises(StateDictMismatchError, match=r"Missing 1: fan\.l1\.weight"):
+        lm.load_official(official_state(missing, depth_sd))
+    with pytest.raises(StateDictMismatchError, match=r"Unexpected 1: fan\.extra\.weight"):
+        lm.load_official(official_state({**fan_sd, "extra.weight": torch.zeros(1)}, depth_sd))
+    with pytest.raises(StateDictMismatchError, match=r"Wrong shape 1: depth\.fc\.weight"):
+        lm.load_official(official_state(fan_sd, {**depth_sd, "fc.weight": torch.zeros(3, 3)}))
 
 
 def test_fan3d_from_pretrained_offline_raises() -> None:
@@ -394,7 +397,7 @@ def test_crop_face_inside_and_outside_the_image() -> None:
 
 
 def test_landmarker_with_planted_heatmaps() -> None:
-    lm = _randomize(FAN3DLandmarker(FANConfig.tiny(), DepthConfig.tiny()))
+    lm = _randomize(FAN3DLandmarker(FAN3DConfig.tiny()))
     planted = torch.zeros(1, 68, 64, 64)
     pk = [(10 + (k % 40), 12 + k // 2) for k in range(68)]  # integer peaks (x, y), no neighbours -> +0.5
     for k, (x, y) in enumerate(pk):
@@ -469,11 +472,11 @@ def test_deep3d_checkpoint_loading_strips_net_recon_and_is_strict() -> None:
     x = torch.rand(1, 3, 64, 64)  # the global pooling accepts any size
     with torch.no_grad():
         assert dst(x).equal(src(x))
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(StateDictMismatchError, match=r"Missing 2: final_layers\.6\.bias, final_layers\.6\.weight"):
         dst.load_official({k: v for k, v in ckpt.items() if "final_layers.6" not in k})
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(StateDictMismatchError, match=r"Unexpected 1: backbone\.fc\.weight"):
         dst.load_official({**ckpt, "net_recon.backbone.fc.weight": torch.zeros(257, 16)})
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(StateDictMismatchError, match=r"Wrong shape 1: final_layers\.0\.bias"):
         dst.load_official({**ckpt, "net_recon.final_layers.0.bias": torch.zeros(81)})
 
 
@@ -528,7 +531,7 @@ def test_mapper_official_names_and_forward() -> None:
     out = m.map(x_id, x_exp)
     torch.testing.assert_close(torch.cat([out["shape"], out["exp"], out["jaw"]], 1), ref)
     assert out["shape"].shape == (2, 300) and out["exp"].shape == (2, 100) and out["jaw"].shape == (2, 3)
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(StateDictMismatchError, match=r"Missing 1: maps\.2\.bias"):
         m.load_official({k: v for k, v in m.state_dict().items() if k != "maps.2.bias"})
 
 
@@ -655,9 +658,9 @@ def test_pdfgc_loading_reports_unused_keys_and_is_strict_on_ours() -> None:
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         assert dst.motion(x).equal(src.motion(x))
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(StateDictMismatchError, match=r"Missing 1: to_emo\.2\.running_var"):
         dst.load_official({k: v for k, v in ckpt.items() if k != "to_emo.2.running_var"})
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(StateDictMismatchError, match=r"Wrong shape 1: emo_embed\.1\.bias"):
         dst.load_official({**ckpt, "emo_embed.1.bias": torch.zeros(31)})
 
 
@@ -715,7 +718,7 @@ def test_batched_landmarkers_equal_one_image_at_a_time() -> None:
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8) for _ in range(3)]
     boxes = [[[30.0, 20.0, 90.0, 85.0]], [], [[10.0, 15.0, 70.0, 70.0], [60.0, 30.0, 120.0, 100.0]]]
-    fan = _randomize(FAN3DLandmarker(FANConfig.tiny(), DepthConfig.tiny())).eval()
+    fan = _randomize(FAN3DLandmarker(FAN3DConfig.tiny())).eval()
     h3r = H3RLandmarker(H3R.tiny(0).eval())
     for landmarker, dims in ((fan, 3), (h3r, 2)):
         batched = landmarker.landmarks_batch(images, boxes)

@@ -44,15 +44,16 @@ def test_registry_lists_the_official_files() -> None:
 
 def test_model_ids_resolve() -> None:
     assert registry.DEFAULT_MODEL_ID == "portrait4d-v2"
-    assert get_model("portrait4d-v2").reconstructor == "portrait4d-v2-vfhq512"
-    assert get_model("portrait4d-v1").reconstructor == "portrait4d-genhead512"
+    assert get_model("portrait4d-v2").checkpoint == "portrait4d-v2-vfhq512"
+    assert get_model("portrait4d-v1").checkpoint == "portrait4d-genhead512"
     static = get_model("portrait4d-static")
-    assert static.static and static.reconstructor == "portrait4d-static-genhead512"
+    assert static.option_dict["static"] and static.checkpoint == "portrait4d-static-genhead512"
     assert "pdfgc-motion" not in static.requires  # the static model takes no motion
     for spec in MODELS.values():
-        assert all(k in FILES for k in spec.requires)
-        assert FILES[spec.reconstructor].fmt == "persistence-pickle"
-        assert "flame-generic-model" in spec.requires
+        assert spec.checkpoint in FILES and all(k in FILES for k in spec.requires)
+        if spec.family == "portrait4d":
+            assert FILES[spec.checkpoint].fmt == "persistence-pickle"
+            assert "flame-generic-model" in spec.requires
     with pytest.raises(KeyError, match="known ids: portrait4d-v2"):
         get_model("portrait4d-v3")
 
@@ -80,7 +81,8 @@ def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Pa
     }
     monkeypatch.setattr(registry, "FILES", {**registry.FILES, **files})
     monkeypatch.setattr(dl, "FILES", registry.FILES)
-    spec = registry.ModelSpec("tiny-test", "test model", "tiny-recon", ("tiny-flame", "tiny-notes", "tiny-mapper"))
+    spec = registry.ModelSpec("tiny-test", "test model", "portrait4d", "avatar.models.portrait4d:Portrait4D",
+                              "tiny-recon", ("tiny-flame", "tiny-notes", "tiny-mapper"))
     monkeypatch.setitem(registry.MODELS, "tiny-test", spec)
     return "tiny-test", hub
 

@@ -17,14 +17,9 @@ from avatar.flame import build_deformer_buffers
 from avatar.flame.synthetic import synthetic_flame_assets
 from avatar.hub.convert import convert_file
 from avatar.hub.download import AssetNotFoundError
-from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, tiny_portrait4d
-from avatar.models.portrait4d_config import Portrait4DConfig
-from avatar.models.portrait4d_convert import (
-    CheckpointMismatchError,
-    load_official,
-    official_to_model_state,
-    render_model_card,
-)
+from avatar.errors import CheckpointMismatchError
+from avatar.model_cards import render_model_card
+from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, Portrait4DConfig, official_to_model_state
 from avatar.render.camera import inference_label, orbit_labels
 
 STATE_DICT_JSON = Path(__file__).resolve().parents[2] / "shared" / "design" / "portrait4d_psi_state_dict.json"
@@ -43,7 +38,7 @@ def _inputs(batch: int = 2, seed: int = 0, motion_dim: int = 12, size: int = 64)
 
 @pytest.fixture(scope="module")
 def model() -> Portrait4D:
-    return tiny_portrait4d()
+    return Portrait4D.tiny()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +132,7 @@ def test_one_avatar_many_driving_frames_equals_frame_by_frame(model: Portrait4D)
 
 
 def test_static_model_ignores_driving_motion_and_caches_planes() -> None:
-    static = tiny_portrait4d(motion_scale=0.0)
+    static = Portrait4D.tiny(motion_scale=0.0)
     x = _inputs()
     state = static.encode(x["image"])  # no source motion needed
     assert state.planes is not None and state.planes.shape == (2, 3, 4, 32, 32)
@@ -148,11 +143,11 @@ def test_static_model_ignores_driving_motion_and_caches_planes() -> None:
         assert torch.equal(a[k], b[k])
         torch.testing.assert_close(a[k], ref[k], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="driving_motion is required"):
-        tiny_portrait4d().render(tiny_portrait4d().encode(x["image"], x["motion_app"]), None, x["camera"])
+        Portrait4D.tiny().render(Portrait4D.tiny().encode(x["image"], x["motion_app"]), None, x["camera"])
 
 
 def test_bf16_fast_path_matches_fp32_reference() -> None:
-    model = tiny_portrait4d()
+    model = Portrait4D.tiny()
     x = _inputs()
     ref = model.reference_forward(x["image"], x["motion_app"], x["motion"], x["camera"])
     model.enable_fast_inference(torch.bfloat16)
@@ -183,7 +178,7 @@ def test_avatar_state_save_load(model: Portrait4D, tmp_path: Path) -> None:
 
 
 def test_head_pose_deformation(flame_buffers: dict[str, torch.Tensor]) -> None:
-    model = tiny_portrait4d()
+    model = Portrait4D.tiny()
     with pytest.raises(RuntimeError, match="no FLAME deformer"):
         model.head_pose_field(HeadPose(torch.zeros(1, 6)), None, 1)
     model.load_state_dict({**model.state_dict(), **{f"deformer.flame_deform.{k}": v for k, v in flame_buffers.items()}})
@@ -208,7 +203,7 @@ def test_head_pose_deformation(flame_buffers: dict[str, torch.Tensor]) -> None:
 
 
 def test_save_pretrained_round_trip(flame_buffers: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    model = tiny_portrait4d(seed=3)
+    model = Portrait4D.tiny(seed=3)
     model.load_state_dict({**model.state_dict(), **{f"deformer.flame_deform.{k}": v for k, v in flame_buffers.items()}})
     folder = model.save_pretrained(tmp_path / "tiny")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
@@ -231,14 +226,14 @@ def _official_pickle(model: Portrait4D, path: Path, static: bool = False) -> Non
 
 
 def test_convert_official_pickle_then_strict_load(flame_buffers: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    source = tiny_portrait4d(seed=7)
+    source = Portrait4D.tiny(seed=7)
     source.load_state_dict({**source.state_dict(), **{f"deformer.flame_deform.{k}": v for k, v in flame_buffers.items()}})
     expected = {k: v.clone() for k, v in source.state_dict().items()}
     x = _inputs()
     want = source.render(source.encode(x["image"], x["motion_app"]), x["motion"], x["camera"])
     _official_pickle(source, tmp_path / "ckpt.pkl")
     converted = convert_file(tmp_path / "ckpt.pkl", tmp_path / "converted")
-    loaded = load_official(tmp_path / "converted", config=Portrait4DConfig.tiny())
+    loaded = Portrait4D.from_official(tmp_path / "converted", config=Portrait4DConfig.tiny())
     assert set(loaded.state_dict()) == set(expected)
     got = loaded.render(loaded.encode(x["image"], x["motion_app"]), x["motion"], x["camera"])
     for k in OUTPUTS:
@@ -248,22 +243,22 @@ def test_convert_official_pickle_then_strict_load(flame_buffers: dict[str, torch
     del tensors["decoder.net.0.weight"]
     save_file(tensors, str(converted.weights))
     with pytest.raises(CheckpointMismatchError, match=r"(?i)missing 1: decoder\.net\.0\.weight"):
-        load_official(tmp_path / "converted", config=Portrait4DConfig.tiny())
+        Portrait4D.from_official(tmp_path / "converted", config=Portrait4DConfig.tiny())
     tensors["decoder.net.0.weight"] = torch.zeros(1)
     save_file(tensors, str(converted.weights))
     with pytest.raises(CheckpointMismatchError, match="(?i)wrong shape"):
-        load_official(tmp_path / "converted", config=Portrait4DConfig.tiny())
+        Portrait4D.from_official(tmp_path / "converted", config=Portrait4DConfig.tiny())
     with pytest.raises(CheckpointMismatchError, match="not Portrait4D reconstructor keys"):
         official_to_model_state({"mapping.fc0.weight": torch.zeros(1)})
 
 
 def test_static_flag_is_read_from_the_checkpoint(tmp_path: Path) -> None:
-    _official_pickle(tiny_portrait4d(seed=1), tmp_path / "static.pkl", static=True)
+    _official_pickle(Portrait4D.tiny(seed=1), tmp_path / "static.pkl", static=True)
     convert_file(tmp_path / "static.pkl", tmp_path / "conv")
     cfg = Portrait4DConfig.tiny()
     meta = json.loads((tmp_path / "conv" / "static.json").read_text())
     assert meta["training_set_kwargs"]["static"] is True
-    loaded = load_official(tmp_path / "conv", config=replace(cfg, motion_scale=0.0))
+    loaded = Portrait4D.from_official(tmp_path / "conv", config=replace(cfg, motion_scale=0.0))
     assert loaded.config.is_static
 
 
@@ -292,7 +287,7 @@ def test_push_to_hub_uploads_weights_config_and_card(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     card = render_model_card({"license": "mit", "model_id": "me/tiny", "description": "Tiny test model.",
                               "source_file": "none", "revision": "0", "source_sha256": "0", "eval_table": "-"})
-    url = tiny_portrait4d().push_to_hub("me/tiny", token="t", model_card=card)
+    url = Portrait4D.tiny().push_to_hub("me/tiny", token="t", model_card=card)
     assert url.endswith("/commit/0")
     assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
     assert "# me/tiny" in str(calls["card"]) and "{{" not in str(calls["card"])

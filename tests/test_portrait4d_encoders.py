@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avatar.models.portrait4d_encoders import (
+from avatar.models.portrait4d.encoders import (
     DecoderTriplane,
     DilatedResNetEncoder,
     EncoderBG,
@@ -116,7 +116,7 @@ def _inputs(
 
 
 def test_tiny_forward_shapes(tiny: Portrait4DEncoders) -> None:
-    cfg = tiny.cfg
+    cfg = Portrait4DEncoderConfig.tiny()
     img, motion, motion_app = _inputs(cfg)
     with torch.no_grad():
         fg = tiny.encoder_global(img)
@@ -142,7 +142,7 @@ def test_tiny_forward_shapes(tiny: Portrait4DEncoders) -> None:
 
 
 def test_neutralize_then_reenact_equals_forward(tiny: Portrait4DEncoders) -> None:
-    img, motion, motion_app = _inputs(tiny.cfg)
+    img, motion, motion_app = _inputs(Portrait4DEncoderConfig.tiny())
     enc = tiny.encoder_canonical
     with torch.no_grad():
         fg = tiny.encoder_global(img)
@@ -209,7 +209,7 @@ def test_sdpa_equals_explicit_softmax() -> None:
 
 
 def test_sdpa_equals_explicit_softmax_whole_model(tiny: Portrait4DEncoders) -> None:
-    img, motion, motion_app = _inputs(tiny.cfg)
+    img, motion, motion_app = _inputs(Portrait4DEncoderConfig.tiny())
     with torch.no_grad():
         set_sdpa(tiny, True)
         a = tiny(img, motion, motion_app)
@@ -225,9 +225,10 @@ def test_sdpa_equals_explicit_softmax_whole_model(tiny: Portrait4DEncoders) -> N
 
 def test_zero_init_cross_attention_ignores_motion() -> None:
     torch.manual_seed(0)
-    model = Portrait4DEncoders(replace(Portrait4DEncoderConfig.tiny(), zero_init_cross_attn=True))
-    img, motion, motion_app = _inputs(model.cfg)
-    _, motion2, motion_app2 = _inputs(model.cfg, seed=7)
+    cfg = replace(Portrait4DEncoderConfig.tiny(), zero_init_cross_attn=True)
+    model = Portrait4DEncoders(cfg)
+    img, motion, motion_app = _inputs(cfg)
+    _, motion2, motion_app2 = _inputs(cfg, seed=7)
     with torch.no_grad():
         a = model(img, motion, motion_app)
         b = model(img, motion2, motion_app2)
@@ -240,8 +241,8 @@ def test_default_init_follows_upstream_and_uses_motion(tiny: Portrait4DEncoders)
     proj = tiny.encoder_canonical.trans_blocks_motion[0].attn2.proj
     assert proj.weight.abs().sum() > 0
     assert torch.all(proj.bias == 0)
-    img, motion, motion_app = _inputs(tiny.cfg)
-    _, motion2, _ = _inputs(tiny.cfg, seed=7)
+    img, motion, motion_app = _inputs(Portrait4DEncoderConfig.tiny())
+    _, motion2, _ = _inputs(Portrait4DEncoderConfig.tiny(), seed=7)
     with torch.no_grad():
         a = tiny(img, motion, motion_app)
         b = tiny(img, motion2, motion_app)
@@ -249,15 +250,15 @@ def test_default_init_follows_upstream_and_uses_motion(tiny: Portrait4DEncoders)
 
 
 def test_motion_scale_zero_is_static(tiny: Portrait4DEncoders) -> None:
-    img, motion, motion_app = _inputs(tiny.cfg)
-    _, motion2, motion_app2 = _inputs(tiny.cfg, seed=7)
+    img, motion, motion_app = _inputs(Portrait4DEncoderConfig.tiny())
+    _, motion2, motion_app2 = _inputs(Portrait4DEncoderConfig.tiny(), seed=7)
     with torch.no_grad():
         a = tiny(img, motion, motion_app, motion_scale=0.0)
         b = tiny(img, motion2, motion_app2, motion_scale=0.0)
         # a tensor scale of 0 goes through the multiply path and must agree
         c = tiny(img, motion, motion_app, motion_scale=torch.tensor(0.0))
         # same as a model whose cross-attentions contribute nothing
-        static = Portrait4DEncoders(tiny.cfg).eval()
+        static = Portrait4DEncoders(Portrait4DEncoderConfig.tiny()).eval()
         static.load_state_dict(tiny.state_dict())
         for blk in [
             *static.encoder_canonical.trans_blocks_neutral,

@@ -355,7 +355,7 @@ def test_reconstructor_pipeline_constant_density_and_modes() -> None:
     decoder = TriplaneNeRFDecoder()
     planes = torch.zeros(2, 3, 32, 16, 16)
     renderer = ImportanceRenderer()
-    assert renderer.options == RenderingOptions.from_dict(
+    assert renderer.options == RenderingOptions.from_official(
         {
             "depth_resolution": 48,
             "depth_resolution_importance": 48,

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from avatar.models.portrait4d import AvatarState, Portrait4D
-from avatar.models.portrait4d_config import Portrait4DConfig
+from avatar.models.portrait4d import Portrait4DConfig
 from avatar.render.camera import orbit_labels
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.

@@ -12,7 +12,7 @@
 
 from avatar.face.bfm2flame import BFM2FLAMEMapper, MapperConfig, flame_label
 from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet, align_image, split_coefficients
-from avatar.face.fan3d import FAN3DLandmarker
+from avatar.face.fan3d import FAN3DConfig, FAN3DLandmarker
 from avatar.face.geometry import (
     AlignParams,
     FlameLabel,
@@ -40,6 +40,7 @@ __all__ = [
     "Deep3DConfig",
     "Deep3DReconNet",
     "DetectedFace",
+    "FAN3DConfig",
     "FAN3DLandmarker",
     "FlameLabel",
     "H3RLandmarker",

@@ -13,21 +13,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from avatar.configuration import Config
 from avatar.face.geometry import FlameLabel, bfm_angles_to_flame_pose, camera_label_from_pose
-from avatar.hub.weights import read_converted_weights
+from avatar.modeling import ModelMixin
 
 __all__ = ["BFM2FLAMEMapper", "MapperConfig", "flame_label"]
 
 
 @dataclass(frozen=True)
-class MapperConfig:
+class MapperConfig(Config):
     """Sizes of the mapper MLP. Defaults are the released checkpoint (``layers=2``, hidden 512)."""
 
     id_dim: int = 80
@@ -52,8 +51,17 @@ class MapperConfig:
         return replace(cls(), hidden_dim=16)
 
 
-class BFM2FLAMEMapper(nn.Module):
-    """``cat(id, exp) (B, 144)`` -> ``cat(shape, exp, jaw) (B, 403)``. Hidden layers use LeakyReLU(0.01)."""
+class BFM2FLAMEMapper(ModelMixin):
+    """``cat(id, exp) (B, 144)`` -> ``cat(shape, exp, jaw) (B, 403)``. Hidden layers use LeakyReLU(0.01).
+
+    The official ``model-iter200000.pth`` is a plain state dict with these names (``maps.0.*``, ``maps.2.*``), so
+    :meth:`load_official` is the base class's strict load; ``BFM2FLAMEMapper.from_pretrained()`` loads it
+    (registry id ``bfm2flame-mapper``).
+    """
+
+    config_class = MapperConfig
+    default_model_id = "bfm2flame-mapper"
+    config: MapperConfig
 
     def __init__(self, config: MapperConfig | None = None) -> None:
         super().__init__()
@@ -70,17 +78,6 @@ class BFM2FLAMEMapper(nn.Module):
         for layer in self.maps:
             x = layer(x)
         return x
-
-    def load_official(self, state: Mapping[str, Tensor]) -> None:
-        """Load the ``model-iter200000.pth`` state dict (``maps.0.*``, ``maps.2.*``) with ``strict=True``."""
-        self.load_state_dict(dict(state), strict=True)
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu") -> BFM2FLAMEMapper:
-        """The official mapper (registry key ``bfm2flame-mapper``), in eval mode."""
-        model = cls()
-        model.load_official(read_converted_weights("bfm2flame-mapper", local_dir))
-        return model.eval().to(device)
 
     def map(self, bfm_id: Tensor, bfm_exp: Tensor) -> dict[str, Tensor]:
         """``id (B, 80)``, ``exp (B, 64)`` -> ``shape (B, 300)``, ``exp (B, 100)``, ``jaw (B, 3)``."""

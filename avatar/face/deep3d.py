@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from avatar.configuration import Config
 from avatar.face.fan3d import make_resnet_stages
 from avatar.face.geometry import (
     BFM_FIVE_POINTS_3D,
@@ -38,7 +38,7 @@ from avatar.face.geometry import (
     transform_landmarks,
     warp_to_aligned,
 )
-from avatar.hub.weights import read_converted_weights
+from avatar.modeling import ModelMixin
 
 __all__ = [
     "COEFFICIENT_SPLIT",
@@ -65,7 +65,7 @@ CHECKPOINT_PREFIX = "net_recon."
 
 
 @dataclass(frozen=True)
-class Deep3DConfig:
+class Deep3DConfig(Config):
     """Sizes of the regressor. Defaults are the released ResNet-50 model."""
 
     layers: tuple[int, int, int, int] = (3, 4, 6, 3)
@@ -103,8 +103,15 @@ class ResNetBackbone(nn.Module):
         return self.avgpool(x)
 
 
-class Deep3DReconNet(nn.Module):
-    """``ReconNetWrapper`` (``use_last_fc=False``): image ``(B, 3, 224, 224)`` RGB in [0, 1] -> ``(B, 257)``."""
+class Deep3DReconNet(ModelMixin):
+    """``ReconNetWrapper`` (``use_last_fc=False``): image ``(B, 3, 224, 224)`` RGB in [0, 1] -> ``(B, 257)``.
+
+    ``Deep3DReconNet.from_pretrained()`` loads the official ``deep3d_2023`` model (registry id ``deep3d-recon``).
+    """
+
+    config_class = Deep3DConfig
+    default_model_id = "deep3d-recon"
+    config: Deep3DConfig
 
     def __init__(self, config: Deep3DConfig | None = None) -> None:
         super().__init__()
@@ -121,15 +128,8 @@ class Deep3DReconNet(nn.Module):
         """Load a flattened ``epoch_*.pth`` (or a bare ``net_recon`` state dict) with ``strict=True``.
         Returns the ignored keys of the file (those outside ``net_recon.``)."""
         own, ignored = official_state_from_checkpoint(state)
-        self.load_state_dict(own, strict=True)
+        self.load_state_dict_strict(own)
         return ignored
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu") -> Deep3DReconNet:
-        """The official ``deep3d_2023`` model (registry key ``deep3d-recon``), in eval mode."""
-        model = cls()
-        model.load_official(read_converted_weights("deep3d-recon", local_dir))
-        return model.eval().to(device)
 
     @torch.no_grad()
     def predict(self, image: np.ndarray | Tensor) -> dict[str, Tensor]:

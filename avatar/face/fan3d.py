@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar.hub.weights import read_converted_weights, strip_key_prefixes
+from avatar.configuration import Config
+from avatar.hub.weights import strip_key_prefixes
+from avatar.modeling import ModelMixin
 
 __all__ = [
     "REFERENCE_SCALE",
@@ -47,6 +49,7 @@ __all__ = [
     "ConvBlock",
     "DepthConfig",
     "FAN",
+    "FAN3DConfig",
     "FAN3DLandmarker",
     "FANConfig",
     "HourGlass",
@@ -58,7 +61,11 @@ __all__ = [
     "gaussian_kernel",
     "heatmap_to_image",
     "make_resnet_stages",
+    "official_state",
 ]
+
+DEPTH_FILE_KEY = "fan3d-depth"
+"""Upstream file key of the ResNetDepth TorchScript archive (the FAN archive is the ``fan3d`` spec's checkpoint)."""
 
 REFERENCE_SCALE = 192.0
 """Box size (pixels) that maps to ``scale = 1`` in the official 3DFAN crop (face-alignment's SFD uses 195)."""
@@ -162,7 +169,7 @@ class HourGlass(nn.Module):
 
 
 @dataclass(frozen=True)
-class FANConfig:
+class FANConfig(Config):
     """Sizes of the face-alignment FAN. Defaults are ``3DFAN4`` (4 stacks, 256 features, 68 points)."""
 
     num_modules: int = 4
@@ -232,7 +239,7 @@ class FAN(nn.Module):
 
 
 @dataclass(frozen=True)
-class DepthConfig:
+class DepthConfig(Config):
     """Sizes of face-alignment's ResNetDepth. Defaults are the released ``depth`` network."""
 
     layers: tuple[int, int, int, int] = (3, 8, 36, 3)
@@ -480,39 +487,74 @@ def draw_landmark_heatmaps_torch(points: Tensor, size: int = 256, sigma: int = 2
 # the full detector
 
 
-class FAN3DLandmarker(nn.Module):
+@dataclass(frozen=True)
+class FAN3DConfig(Config):
+    """The two networks of :class:`FAN3DLandmarker`. Defaults are the released ``3DFAN4`` and ``depth``."""
+
+    fan: FANConfig = field(default_factory=FANConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+
+    @classmethod
+    def tiny(cls) -> FAN3DConfig:
+        return cls(fan=FANConfig.tiny(), depth=DepthConfig.tiny())
+
+
+def official_state(fan_state: Mapping[str, Tensor], depth_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors of the two TorchScript archives (names as :func:`read_torchscript_archive` gives them; a
+    ``module.`` prefix is dropped) as one state dict of :class:`FAN3DLandmarker` (keys ``fan.*``, ``depth.*``)."""
+    return {
+        **{f"fan.{k}": v for k, v in strip_key_prefixes(fan_state, ("module.",)).items()},
+        **{f"depth.{k}": v for k, v in strip_key_prefixes(depth_state, ("module.",)).items()},
+    }
+
+
+class FAN3DLandmarker(ModelMixin):
     """68 3D landmarks from a detector box: :class:`FAN` (``fan.``) + :class:`ResNetDepth` (``depth.``).
 
-    The networks are held as ``fan`` and ``depth``; the official weights are two separate archives, loaded
-    with :meth:`load_official` (or :meth:`from_pretrained`).
+    The networks are held as ``fan`` and ``depth``; the official weights are two separate archives
+    (``fan3d-landmarks`` and ``fan3d-depth``): :meth:`from_pretrained` reads both, :func:`official_state` joins
+    them into the one state dict :meth:`load_official` / :meth:`from_official` take.
     """
 
-    def __init__(self, fan_config: FANConfig | None = None, depth_config: DepthConfig | None = None) -> None:
+    config_class = FAN3DConfig
+    default_model_id = "fan3d"
+    config: FAN3DConfig
+
+    def __init__(self, config: FAN3DConfig | None = None) -> None:
         super().__init__()
-        self.fan = FAN(fan_config)
-        self.depth = ResNetDepth(depth_config)
+        self.config = config = config or FAN3DConfig()
+        self.fan = FAN(config.fan)
+        self.depth = ResNetDepth(config.depth)
         if self.depth.config.num_landmarks != self.fan.config.num_landmarks:
             raise ValueError("FAN and ResNetDepth must agree on the number of landmarks")
         if self.depth.config.input_size != self.fan.config.input_size:
             raise ValueError("FAN and ResNetDepth must agree on the crop size")
 
     # ---- weights ------------------------------------------------------------------------------------
-    def load_official(self, fan_state: Mapping[str, Tensor], depth_state: Mapping[str, Tensor]) -> None:
-        """Load the tensors of the two TorchScript archives (names as :func:`read_torchscript_archive`
-        gives them; a ``module.`` prefix on every key is dropped) with ``strict=True``."""
-        self.fan.load_state_dict(strip_key_prefixes(fan_state, ("module.",)), strict=True)
-        self.depth.load_state_dict(strip_key_prefixes(depth_state, ("module.",)), strict=True)
+    def load_official(self, state: Mapping[str, Tensor]) -> None:
+        """Load one state dict with keys ``fan.*`` and ``depth.*`` (:func:`official_state` builds it from the two
+        archives; a ``module.`` prefix after ``fan.`` / ``depth.`` is dropped) strictly."""
+        fan = {k[len("fan."):]: v for k, v in state.items() if k.startswith("fan.")}
+        depth = {k[len("depth."):]: v for k, v in state.items() if k.startswith("depth.")}
+        rest = {k: v for k, v in state.items() if not k.startswith(("fan.", "depth."))}
+        self.load_state_dict_strict({**official_state(fan, depth), **rest})
 
     @classmethod
-    def from_pretrained(
-        cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu"
-    ) -> FAN3DLandmarker:
-        """The official networks (registry keys ``fan3d-landmarks`` and ``fan3d-depth``), in eval mode."""
-        model = cls()
-        model.load_official(
-            read_converted_weights("fan3d-landmarks", local_dir), read_converted_weights("fan3d-depth", local_dir)
-        )
-        return model.eval().to(device)
+    def from_registry(cls, spec: Any, *, local_dir: str | Path | None = None, **kwargs: Any) -> FAN3DLandmarker:
+        """Both upstream archives (``fan3d-landmarks`` and ``fan3d-depth``), fetched into the cache or taken from
+        ``local_dir``."""
+        from avatar.hub.weights import read_converted_weights
+
+        state = official_state(read_converted_weights(spec.checkpoint, local_dir),
+                               read_converted_weights(DEPTH_FILE_KEY, local_dir))
+        return cls.from_official(state, **kwargs)
+
+    @classmethod
+    def _config_from_saved(cls, values: Any) -> FAN3DConfig:
+        # pipeline folders written before FAN3DConfig hold the two configs as a list [fan, depth]
+        if isinstance(values, list) and len(values) == 2:
+            return FAN3DConfig(fan=FANConfig.from_dict(values[0]), depth=DepthConfig.from_dict(values[1]))
+        return super()._config_from_saved(values)
 
     # ---- inference ----------------------------------------------------------------------------------
     @torch.no_grad()

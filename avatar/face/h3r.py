@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from avatar.hub.weights import load_state_dict_strict, read_converted_weights, read_weights
+from avatar.configuration import Config
+from avatar.modeling import ModelMixin
 
 from ._detect_utils import Bottleneck, as_uint8_rgb
 
@@ -57,12 +58,13 @@ __all__ = [
 ]
 
 HUB_FILE_KEY = "h3r-hrnet-w18-wflw"
+"""The registered model id (and upstream file key) of the official landmark network."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class H3RConfig:
+class H3RConfig(Config):
     """Sizes of the network and the crop. The defaults are the official HRNet-W18 WFLW model.
 
     Attributes:
@@ -286,12 +288,18 @@ class _HeatmapHead(nn.Module):
         self.head = _BinaryHead(in_channels, num_points)
 
 
-class H3R(nn.Module):
+class H3R(ModelMixin):
     """HRNet-W18 + binary heatmap head. Created in eval mode.
 
     ``forward``: ``(N, 3, S, S)`` normalised RGB -> ``heatmaps (N, P, S/4, S/4)``, ``points (N, P, 2)`` in
-    input pixels.
+    input pixels. Loading (:class:`ModelMixin`): ``H3R.from_pretrained()`` (the official
+    ``h3r-hrnet-w18-wflw`` through the asset cache; ``local_dir=DIR`` takes ``model.pth`` from DIR),
+    ``H3R.from_official(path_or_state)``, ``H3R.tiny(seed)``.
     """
+
+    config_class = H3RConfig
+    default_model_id = HUB_FILE_KEY
+    config: H3RConfig
 
     def __init__(self, config: H3RConfig | None = None) -> None:
         super().__init__()
@@ -300,29 +308,10 @@ class H3R(nn.Module):
         self.heatmap_head = _HeatmapHead(config.head_channels, config.num_points)
         self.eval()
 
-    @classmethod
-    def tiny(cls, seed: int | None = 0) -> H3R:
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls(H3RConfig.tiny())
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Any], config: H3RConfig | None = None) -> H3R:
-        """Build the model and load the official names strictly (no prefix is removed, as upstream)."""
-        model = cls(config)
-        load_state_dict_strict(model, state_dict, what="H3R")
-        return model
-
-    @classmethod
-    def from_file(cls, path: str | Path, config: H3RConfig | None = None) -> H3R:
-        """Load ``model.pth``, its ``.safetensors`` conversion, or a folder holding the latter."""
-        return cls.from_state_dict(read_weights(path), config)
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                        config: H3RConfig | None = None) -> H3R:
-        """The official weights from the asset cache (``avatar download --file h3r-hrnet-w18-wflw``)."""
-        return cls.from_state_dict(read_converted_weights(HUB_FILE_KEY, local_dir), config).eval().to(device)
+    def load_official(self, state: Mapping[str, Any]) -> None:
+        """Load the official names strictly (no prefix is removed, as upstream; BatchNorm step counters may be
+        absent)."""
+        self.load_state_dict_strict(state, what="H3R", optional_suffixes=("num_batches_tracked",))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         heatmaps = self.heatmap_head.head(self.backbone(x))
@@ -395,8 +384,10 @@ class H3RLandmarker:
         self.net = net
 
     @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu") -> H3RLandmarker:
-        return cls(H3R.from_pretrained(local_dir, device))
+    def from_pretrained(cls, name_or_path: str | Path | None = None, **kwargs: Any) -> H3RLandmarker:
+        """``H3RLandmarker(H3R.from_pretrained(name_or_path, **kwargs))`` (same arguments, e.g. ``device=``,
+        ``local_dir=``)."""
+        return cls(H3R.from_pretrained(name_or_path, **kwargs))
 
     @property
     def config(self) -> H3RConfig:

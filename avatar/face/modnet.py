@@ -24,22 +24,17 @@ input size, again with 'area'.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar.hub.weights import (
-    load_state_dict_strict,
-    read_converted_weights,
-    read_weights,
-    strip_key_prefixes,
-)
+from avatar.configuration import Config
+from avatar.hub.weights import strip_key_prefixes
+from avatar.modeling import ModelMixin
 
 __all__ = [
     "BACKGROUND_COLORS",
@@ -75,7 +70,7 @@ MOBILENETV2_BLOCKS: tuple[tuple[int, int, int, int], ...] = (
 
 
 @dataclass(frozen=True)
-class MODNetConfig:
+class MODNetConfig(Config):
     """Sizes and inference constants. The defaults are the released MODNet (MobileNetV2 backbone).
 
     Attributes:
@@ -112,13 +107,6 @@ class MODNetConfig:
         """Channels of the encoder features at strides 2, 4, 8, 16, 32 (16, 24, 32, 96, 1280 officially)."""
         c = [row[1] for row in self.blocks]
         return c[0], c[1], c[2], c[4], self.last_channels
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MODNetConfig:
-        values = dict(values)
-        if "blocks" in values:
-            values["blocks"] = tuple(tuple(int(v) for v in row) for row in values["blocks"])
-        return cls(**values)
 
 
 def inference_size(height: int, width: int, ref_size: int = 512, multiple: int = 32) -> tuple[int, int]:
@@ -364,10 +352,21 @@ def _with_backbone_alias(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-class MODNet(nn.Module):
+class MODNet(ModelMixin):
     """MODNet: normalised image ``(B, 3, H, W)`` (``H, W`` multiples of 32) -> ``(semantic, detail, matte)``.
 
-    :meth:`matte` is the inference entry point (RGB in [0, 1], any size -> alpha in [0, 1])."""
+    :meth:`matte` is the inference entry point (RGB in [0, 1], any size -> alpha in [0, 1]).
+
+    Loading (:class:`ModelMixin`): ``MODNet.from_pretrained()`` is the official photographic model from the asset
+    cache (registry id ``modnet-photographic``); the checkpoint lives on Google Drive: download it yourself and
+    pass its folder as ``local_dir`` (or run ``avatar download --file modnet-photographic --from-dir DIR`` once).
+    ``MODNet.from_pretrained(path)`` also takes any released checkpoint file (``.ckpt``/``.pth``, e.g. the webcam
+    model) or a folder written by :meth:`save_pretrained` (the shared backbone is stored once there).
+    """
+
+    config_class = MODNetConfig
+    default_model_id = HUB_FILE_KEY
+    config: MODNetConfig
 
     def __init__(self, config: MODNetConfig | None = None) -> None:
         super().__init__()
@@ -378,56 +377,20 @@ class MODNet(nn.Module):
         self.f_branch = FusionBranch(self.config)
 
     # ----------------------------------------------------------------------------------------------------
-    # construction and weights
+    # weights
 
-    @classmethod
-    def tiny(cls, seed: int | None = 0) -> MODNet:
-        """A narrow random network with the same code path (for tests)."""
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls(MODNetConfig.tiny()).eval()
+    def load_official(self, state: Mapping[str, Any]) -> None:
+        """Strictly load an official state dict (``module.`` prefix allowed; either name of the shared backbone
+        may be absent; BatchNorm step counters may be absent)."""
+        state = _with_backbone_alias(strip_key_prefixes(state, CHECKPOINT_PREFIXES))
+        self.load_state_dict_strict(state, what="MODNet", optional_suffixes=("num_batches_tracked",))
 
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Any], config: MODNetConfig | None = None) -> MODNet:
-        model = cls(config)
-        model.load_official(state_dict)
-        return model.eval()
+    def _state_to_save(self) -> dict[str, Tensor]:
+        """The shared backbone once (under ``backbone.``; its ``lr_branch.backbone.`` alias is left out)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(BACKBONE_ALIAS)}
 
-    @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                        config: MODNetConfig | None = None) -> MODNet:
-        """The official photographic model from the asset cache (registry key ``modnet-photographic``). The
-        checkpoint lives on Google Drive: download it yourself and pass its folder as ``local_dir`` (or run
-        ``avatar download --file modnet-photographic --from-dir DIR`` once)."""
-        return cls.from_state_dict(read_converted_weights(HUB_FILE_KEY, local_dir), config).to(device)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu",
-                        config: MODNetConfig | None = None) -> MODNet:
-        """Any released MODNet checkpoint file (``.ckpt``/``.pth``, e.g. the webcam model) or a ``.safetensors``
-        file / folder written by :meth:`save_pretrained` (whose ``config.json`` is then used)."""
-        path = Path(path)
-        if path.is_dir() and (path / "config.json").is_file() and config is None:
-            config = MODNetConfig.from_dict(json.loads((path / "config.json").read_text()))
-        return cls.from_state_dict(read_weights(path), config).to(device)
-
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """``config.json`` + ``model.safetensors`` (the shared backbone stored once), read by
-        :meth:`from_checkpoint`."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                 if not k.startswith(BACKBONE_ALIAS)}
-        save_file(state, str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps(asdict(self.config), indent=2))
-        return folder
-
-    def load_official(self, state_dict: Mapping[str, Any]) -> None:
-        """Strictly load an official state dict (``module.`` prefix allowed)."""
-        state = _with_backbone_alias(strip_key_prefixes(state_dict, CHECKPOINT_PREFIXES))
-        load_state_dict_strict(self, state, what="MODNet")
+    def _state_from_saved(self, state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+        return _with_backbone_alias(state)
 
     # ----------------------------------------------------------------------------------------------------
     # network

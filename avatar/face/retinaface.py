@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -37,12 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar.hub.weights import (
-    load_state_dict_strict,
-    read_converted_weights,
-    read_weights,
-    strip_key_prefixes,
-)
+from avatar.configuration import Config
+from avatar.hub.weights import strip_key_prefixes
+from avatar.modeling import ModelMixin
 
 from ._detect_utils import Bottleneck, as_uint8_rgb, nms_plus_one
 
@@ -60,6 +56,7 @@ __all__ = [
 ]
 
 HUB_FILE_KEY = "retinaface-r50"
+"""The registered model id (and upstream file key) of the official detector."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -67,7 +64,7 @@ HUB_FILE_KEY = "retinaface-r50"
 
 
 @dataclass(frozen=True)
-class RetinaFaceConfig:
+class RetinaFaceConfig(Config):
     """Sizes and detection constants. The defaults are the official ResNet-50 model and its settings.
 
     Attributes:
@@ -327,11 +324,18 @@ def official_key_map(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return strip_key_prefixes(state_dict, ("module.",))
 
 
-class RetinaFace(nn.Module):
+class RetinaFace(ModelMixin):
     """RetinaFace detector; the network and the official pre-/post-processing (:meth:`detect`).
 
-    The module is created in eval mode (BatchNorm uses its running statistics).
+    The module is created in eval mode (BatchNorm uses its running statistics). Loading (:class:`ModelMixin`):
+    ``RetinaFace.from_pretrained()`` (the official ``retinaface-r50`` through the asset cache;
+    ``local_dir=DIR`` takes ``Resnet50_Final.pth`` from DIR), ``RetinaFace.from_official(path_or_state)``,
+    ``RetinaFace.tiny(seed)``.
     """
+
+    config_class = RetinaFaceConfig
+    default_model_id = HUB_FILE_KEY
+    config: RetinaFaceConfig
 
     def __init__(self, config: RetinaFaceConfig | None = None) -> None:
         super().__init__()
@@ -349,37 +353,11 @@ class RetinaFace(nn.Module):
         self._priors: dict[tuple[int, int, str], Tensor] = {}
         self.eval()
 
-    # ----------------------------------------------------------------------------------------------------
-    # construction
-
-    @classmethod
-    def tiny(cls, seed: int | None = 0) -> RetinaFace:
-        """Random tiny model (:meth:`RetinaFaceConfig.tiny`) for tests."""
-        if seed is not None:
-            torch.manual_seed(seed)
-        return cls(RetinaFaceConfig.tiny())
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, Any], config: RetinaFaceConfig | None = None) -> RetinaFace:
-        """Build the model and load official-named weights strictly (see :func:`official_key_map`)."""
-        model = cls(config)
-        model.load_official(state_dict)
-        return model
-
-    @classmethod
-    def from_file(cls, path: str | Path, config: RetinaFaceConfig | None = None) -> RetinaFace:
-        """Load ``Resnet50_Final.pth``, its ``.safetensors`` conversion, or a folder holding the latter."""
-        return cls.from_state_dict(read_weights(path), config)
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu",
-                        config: RetinaFaceConfig | None = None) -> RetinaFace:
-        """The official weights from the asset cache (``avatar download --file retinaface-r50`` fetches them)."""
-        return cls.from_state_dict(read_converted_weights(HUB_FILE_KEY, local_dir), config).eval().to(device)
-
-    def load_official(self, state_dict: Mapping[str, Any]) -> None:
-        """Strictly load an official state dict (``module.`` / ``state_dict.`` prefixes allowed)."""
-        load_state_dict_strict(self, official_key_map(state_dict), what="RetinaFace")
+    def load_official(self, state: Mapping[str, Any]) -> None:
+        """Strictly load an official state dict (``module.`` / ``state_dict.`` prefixes allowed, see
+        :func:`official_key_map`; BatchNorm step counters may be absent)."""
+        self.load_state_dict_strict(official_key_map(state), what="RetinaFace",
+                                    optional_suffixes=("num_batches_tracked",))
 
     # ----------------------------------------------------------------------------------------------------
     # network

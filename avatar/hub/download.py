@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import AssetNotFoundError, AssetVerificationError
 from .convert import COPY_FORMATS, convert_file, sha256_of
 from .registry import FILES, UpstreamFile, get_model
 
@@ -45,12 +46,6 @@ logger = logging.getLogger(__name__)
 NETWORK_TIMEOUT_S = 30.0
 
 
-class AssetNotFoundError(FileNotFoundError):
-    """An upstream file is not in the cache and cannot be fetched now."""
-
-
-class AssetVerificationError(RuntimeError):
-    """A fetched file does not match its expected size or SHA-256 digest."""
 
 
 def cache_root() -> Path:

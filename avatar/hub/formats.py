@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import FormatError
 from .unpickle import (
     InertDict,
     ObjectRecord,
@@ -34,8 +35,6 @@ from .unpickle import (
 __all__ = ["ExtractedWeights", "read_asset", "read_persistence_pickle", "read_chumpy_pickle", "read_npy"]
 
 
-class FormatError(ValueError):
-    """The file is not in the format it was declared to be, or is damaged."""
 
 
 @dataclass

@@ -26,6 +26,9 @@ __all__ = [
     "DEFAULT_MODEL_ID",
     "get_model",
     "get_file",
+    "model_class",
+    "pipeline_class",
+    "pipeline_model_ids",
 ]
 
 HUB_REPO = "bEijuuu/Portrait4D"
@@ -197,38 +200,103 @@ _FLAME = ("flame-generic-model", "flame-masks", "flame-ca-shape", "flame-ca-exp"
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model id and the files it needs.
+    """A registered model id: which network family it is, which upstream files it needs, how it loads.
+
+    The registry is plain data (classes are named by dotted path and imported on use), so the asset layer can
+    read it without importing any network. Adding a model family is writing its package under
+    :mod:`avatar.models` and adding its entries here.
 
     Attributes:
-        model_id: short id (``portrait4d-v2``).
-        reconstructor: key of the main checkpoint in :data:`FILES`.
-        requires: keys of every other file the model's pipeline needs.
-        static: ``True`` for the static model (motion scale 0).
+        model_id: short id (``portrait4d-v2``), accepted by ``from_pretrained`` of the model class, by
+            :func:`avatar.pipelines.auto.load_pipeline` (when ``pipeline_class`` is set) and by the CLI.
+        description: one line for ``avatar models``.
+        family: the model family (``portrait4d``, ``face``, ``motion``, ``perceptual``, ...).
+        model_class: ``module:Class`` of the network (a :class:`avatar.modeling.ModelMixin`).
+        checkpoint: key in :data:`FILES` of the main upstream checkpoint.
+        requires: keys of every other file the model (and its pipeline) needs.
+        options: family-specific loading options passed to ``model_class.from_registry`` (for example
+            ``{"static": True}``), as a tuple of ``(name, value)`` pairs so that the spec stays hashable.
+        pipeline_class: ``module:Class`` of the pipeline that runs this model id end to end, or ``None`` for a
+            network used inside other pipelines.
     """
 
     model_id: str
     description: str
-    reconstructor: str
+    family: str
+    model_class: str
+    checkpoint: str
     requires: tuple[str, ...] = field(default_factory=tuple)
-    static: bool = False
+    options: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+    pipeline_class: str | None = None
 
     @property
     def files(self) -> tuple[UpstreamFile, ...]:
-        return tuple(FILES[k] for k in (self.reconstructor, *self.requires))
+        return tuple(FILES[k] for k in (self.checkpoint, *self.requires))
+
+    @property
+    def option_dict(self) -> dict[str, object]:
+        return dict(self.options)
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.model_id: spec
-    for spec in (
-        ModelSpec("portrait4d-v2", "Portrait4D-v2 (ECCV 2024): one-shot 4D head synthesis, trained on VFHQ.",
-                  "portrait4d-v2-vfhq512", (*_FLAME, "pdfgc-motion", *_PREPROCESSING)),
-        ModelSpec("portrait4d-v1", "Portrait4D (CVPR 2024): one-shot 4D head synthesis from GenHead data.",
-                  "portrait4d-genhead512", (*_FLAME, "pdfgc-motion", *_PREPROCESSING)),
-        ModelSpec("portrait4d-static", "Static Portrait4D: one-shot 3D head reconstruction (no reenactment).",
-                  "portrait4d-static-genhead512", (*_FLAME, *_PREPROCESSING), static=True),
-    )
-}
+_P4D = "avatar.models.portrait4d:Portrait4D"
+_P4D_PIPE = "avatar.pipelines.portrait4d:Portrait4DPipeline"
+
+_SPECS: tuple[ModelSpec, ...] = (
+    # --- model families (a pipeline runs them end to end) ---------------------------------------------
+    ModelSpec("portrait4d-v2", "Portrait4D-v2 (ECCV 2024): one-shot 4D head synthesis, trained on VFHQ.",
+              "portrait4d", _P4D, "portrait4d-v2-vfhq512", (*_FLAME, "pdfgc-motion", *_PREPROCESSING),
+              pipeline_class=_P4D_PIPE),
+    ModelSpec("portrait4d-v1", "Portrait4D (CVPR 2024): one-shot 4D head synthesis from GenHead data.",
+              "portrait4d", _P4D, "portrait4d-genhead512", (*_FLAME, "pdfgc-motion", *_PREPROCESSING),
+              pipeline_class=_P4D_PIPE),
+    ModelSpec("portrait4d-static", "Static Portrait4D: one-shot 3D head reconstruction (no reenactment).",
+              "portrait4d", _P4D, "portrait4d-static-genhead512", (*_FLAME, *_PREPROCESSING),
+              options=(("static", True),), pipeline_class=_P4D_PIPE),
+    # --- networks used inside pipelines and the benchmark -----------------------------------------------
+    ModelSpec("retinaface-r50", "RetinaFace ResNet-50 face detector (official preprocessing).", "face",
+              "avatar.face.retinaface:RetinaFace", "retinaface-r50"),
+    ModelSpec("h3r-hrnet-w18-wflw", "H3R HRNet-W18: 98 WFLW landmarks (official preprocessing).", "face",
+              "avatar.face.h3r:H3R", "h3r-hrnet-w18-wflw"),
+    ModelSpec("fan3d", "3DFAN: 68 3D landmarks (FAN + depth network; official preprocessing).", "face",
+              "avatar.face.fan3d:FAN3DLandmarker", "fan3d-landmarks", ("fan3d-depth",)),
+    ModelSpec("deep3d-recon", "Deep3DFaceRecon ResNet-50: 257 BFM coefficients (official preprocessing).", "face",
+              "avatar.face.deep3d:Deep3DReconNet", "deep3d-recon"),
+    ModelSpec("bfm2flame-mapper", "BFM -> FLAME mapper MLP (official preprocessing).", "face",
+              "avatar.face.bfm2flame:BFM2FLAMEMapper", "bfm2flame-mapper"),
+    ModelSpec("pdfgc-motion", "PD-FGC motion encoder: the 548-d motion of Portrait4D.", "motion",
+              "avatar.motion.pdfgc:PDFGCEncoder", "pdfgc-motion"),
+    ModelSpec("modnet-photographic", "MODNet portrait matting (evaluation's background removal).", "face",
+              "avatar.face.modnet:MODNet", "modnet-photographic"),
+)
+MODELS: dict[str, ModelSpec] = {spec.model_id: spec for spec in _SPECS}
 DEFAULT_MODEL_ID = "portrait4d-v2"
+
+
+def pipeline_model_ids() -> list[str]:
+    """The model ids a pipeline runs end to end (what the CLI, the app and ``eval`` accept)."""
+    return [s.model_id for s in MODELS.values() if s.pipeline_class is not None]
+
+
+def _import(dotted: str) -> type:
+    import importlib
+
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_class(spec: ModelSpec) -> type:
+    """The network class of a spec (imported on first use)."""
+    return _import(spec.model_class)
+
+
+def pipeline_class(spec: ModelSpec) -> type:
+    """The pipeline class of a spec; :class:`KeyError`-free error when the id is a network only."""
+    if spec.pipeline_class is None:
+        from avatar.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"'{spec.model_id}' is a network used inside pipelines, not a pipeline; "
+                                 f"pipeline model ids: {', '.join(pipeline_model_ids())}")
+    return _import(spec.pipeline_class)
 
 
 def get_model(model_id: str) -> ModelSpec:
@@ -236,7 +304,9 @@ def get_model(model_id: str) -> ModelSpec:
     try:
         return MODELS[model_id]
     except KeyError:
-        raise KeyError(f"unknown model id '{model_id}'; known ids: {', '.join(MODELS)}") from None
+        from avatar.errors import UnknownModelIdError
+
+        raise UnknownModelIdError(f"unknown model id '{model_id}'; known ids: {', '.join(MODELS)}") from None
 
 
 def get_file(key: str) -> UpstreamFile:

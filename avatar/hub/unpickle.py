@@ -28,6 +28,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from ..errors import UnsafePickleError
+
 __all__ = [
     "ObjectRecord",
     "PersistentRecord",
@@ -38,8 +40,6 @@ __all__ = [
 ]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global that is not on the allowlist. Nothing from the file was executed."""
 
 
 # Module prefixes whose classes may appear as *inert records* (never imported, never instantiated for

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import StateDictMismatchError
+
 __all__ = [
     "StateDictMismatchError",
     "load_state_dict_strict",
@@ -26,11 +28,6 @@ __all__ = [
 ]
 
 
-class StateDictMismatchError(KeyError):
-    """An official state dict does not match the module: missing, unexpected or wrongly shaped tensors."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 def strip_key_prefixes(state_dict: Mapping[str, Any], prefixes: Iterable[str]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -36,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.configuration import Config
 from avatar.face.fan3d import ConvBlock, HourGlass
 from avatar.face.geometry import pdfgc_crop
-from avatar.hub.weights import read_converted_weights, strip_key_prefixes
+from avatar.hub.weights import strip_key_prefixes
+from avatar.modeling import ModelMixin
 
 __all__ = ["FanFeatureExtractor", "MotionOutputs", "PDFGCConfig", "PDFGCEncoder"]
 
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PDFGCConfig:
+class PDFGCConfig(Config):
     """Sizes of the motion encoder. Defaults are the released ``motion_model.pth``."""
 
     stem_channels: int = 64
@@ -132,9 +133,14 @@ class MotionOutputs(NamedTuple):
     """``(B, 512)`` (the ``to_mouth`` feature; ``mouth_embed`` is not applied)."""
 
 
-class PDFGCEncoder(nn.Module):
+class PDFGCEncoder(ModelMixin):
     """Upstream ``FanEncoder``: crop ``(B, 3, 224, 224)`` in [-1, 1] -> :class:`MotionOutputs`;
-    :meth:`motion` gives Portrait4D's ``(B, 548)`` vector."""
+    :meth:`motion` gives Portrait4D's ``(B, 548)`` vector. ``PDFGCEncoder.from_pretrained()`` loads the official
+    ``motion_model.pth`` (registry id ``pdfgc-motion``)."""
+
+    config_class = PDFGCConfig
+    default_model_id = "pdfgc-motion"
+    config: PDFGCConfig
 
     def __init__(self, config: PDFGCConfig | None = None) -> None:
         super().__init__()
@@ -184,12 +190,5 @@ class PDFGCEncoder(nn.Module):
         ignored = sorted(k for k in given if k not in own)
         if ignored:
             logger.info("PD-FGC checkpoint: %d keys not used by FanEncoder: %s", len(ignored), ignored[:8])
-        self.load_state_dict({k: v for k, v in given.items() if k in own}, strict=True)
+        self.load_state_dict_strict({k: v for k, v in given.items() if k in own})
         return ignored
-
-    @classmethod
-    def from_pretrained(cls, local_dir: str | Path | None = None, device: torch.device | str = "cpu") -> PDFGCEncoder:
-        """The official encoder (registry key ``pdfgc-motion``), in eval mode."""
-        model = cls()
-        model.load_official(read_converted_weights("pdfgc-motion", local_dir))
-        return model.eval().to(device)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avatar.configuration import Config
+
 from .upfirdn import ACTIVATIONS, bias_act, conv2d_resample, setup_filter, upsample2d
 
 __all__ = [
@@ -459,7 +461,7 @@ class SynthesisBlock(nn.Module):
 
 
 @dataclass(frozen=True)
-class SRConfig:
+class SRConfig(Config):
     """Constructor arguments of :class:`SuperresolutionHybrid8XDC`.
 
     The defaults are Portrait4D's (``channels=32`` feature input, 256/128 block widths, ``w_dim=512``,

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.configuration import Config
+
 __all__ = [
     "DecoderOutput",
     "EqualizedLinear",
@@ -240,7 +242,7 @@ def triplane_field(
 
 
 @dataclass
-class RenderingOptions:
+class RenderingOptions(Config):
     """Rendering options; defaults are those of the Portrait4D reconstructor (``train_recon_v*.py``)."""
 
     depth_resolution: int = 48
@@ -263,8 +265,8 @@ class RenderingOptions:
     """Std of Gaussian noise added to raw densities (stochastic mode only)."""
 
     @classmethod
-    def from_dict(cls, kwargs: Mapping[str, Any]) -> RenderingOptions:
-        """Build from an upstream ``rendering_kwargs`` dict, ignoring unrelated keys."""
+    def from_official(cls, kwargs: Mapping[str, Any]) -> RenderingOptions:
+        """Build from an upstream ``rendering_kwargs`` dict, ignoring unrelated keys (``from_dict`` is strict)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in kwargs.items() if k in names})
 

@@ -2,7 +2,8 @@
 
 One aligned 512x512 source photo and its PD-FGC motion vector give an animatable triplane avatar; a
 driving motion vector and a camera render it. The module and buffer names equal the official ``G_ema``
-names, so converted official checkpoints load strictly (see :mod:`avatar.models.portrait4d_convert`).
+names, so converted official checkpoints load strictly (see :mod:`avatar.models.portrait4d.convert`).
+Building, loading, saving and publishing come from :class:`avatar.modeling.ModelMixin`.
 
 Work split for fast inference (the official ``synthesis()`` recomputes everything for every frame):
 
@@ -23,24 +24,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.errors import InputError
 from avatar.flame.deformation import FlameHeadPoseDeformer, HeadPoseField
-from avatar.models.portrait4d_config import Portrait4DConfig
-from avatar.models.portrait4d_encoders import Portrait4DEncoders
+from avatar.modeling import ModelMixin
+from avatar.models.portrait4d.configuration import Portrait4DConfig
+from avatar.models.portrait4d.convert import official_to_model_state, read_official
+from avatar.models.portrait4d.encoders import Portrait4DEncoders
 from avatar.nn.stylegan2 import constant_ws
 from avatar.render.camera import camera_z, split_label
 from avatar.render.rays import sample_rays
 from avatar.render.triplane import ImportanceRenderer, TriplaneNeRFDecoder, rays_to_image
 
-__all__ = ["AvatarState", "HeadPose", "Portrait4D", "HeadPoseDeformerSlot"]
+__all__ = ["AvatarState", "FastInference", "HeadPose", "Portrait4D", "HeadPoseDeformerSlot"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class HeadPose:
     def from_label(cls, label: Tensor, use_shape: bool = False) -> HeadPose:
         """From ``(B, 437)`` FLAME labels (camera 25, shape 300, expression 100, pose 6, eye pose 6)."""
         if label.ndim != 2 or label.shape[1] != 437:
-            raise ValueError(f"expected FLAME labels of shape (B, 437), got {tuple(label.shape)}")
+            raise InputError(f"expected FLAME labels of shape (B, 437), got {tuple(label.shape)}")
         return cls(
             pose=label[:, 425:431],
             expression=label[:, 325:425],
@@ -128,7 +132,7 @@ class AvatarState:
         if self.batch_size == batch_size:
             return self
         if self.batch_size != 1:
-            raise ValueError(f"the avatar state holds {self.batch_size} avatars but {batch_size} driving frames "
+            raise InputError(f"the avatar state holds {self.batch_size} avatars but {batch_size} driving frames "
                              "were given; use one avatar, or as many driving frames as avatars")
 
         def ex(t: Tensor | None) -> Tensor | None:
@@ -152,7 +156,7 @@ class AvatarState:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         if "token_hw" not in meta or "neutral_tokens" not in tensors:
-            raise ValueError(f"{path} is not a saved Portrait4D avatar state")
+            raise InputError(f"{path} is not a saved Portrait4D avatar state")
         h, w = (int(v) for v in meta["token_hw"].split(","))
         return cls(token_hw=(h, w), **tensors)
 
@@ -173,17 +177,39 @@ class HeadPoseDeformerSlot(nn.Module):
         return self.flame_deform is not None
 
 
+@dataclass(frozen=True)
+class FastInference:
+    """How :meth:`Portrait4D.render` runs (set by :meth:`Portrait4D.enable_fast_inference`); the default is the
+    reference: float32, upstream's fused modulated convolutions.
+
+    Attributes:
+        dtype: ``torch.autocast`` dtype of the encoders and the triplane decoder (``None``: float32).
+        sr_fused_modconv: the super-resolution's modulated convolutions as one grouped convolution (``True``),
+            as a batched convolution with the styles on the activations (``False``), or upstream's choice.
+    """
+
+    dtype: torch.dtype | None = None
+    sr_fused_modconv: bool | None = None
+
+
+REFERENCE = FastInference()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The model
 
 
-class Portrait4D(Portrait4DEncoders):
+class Portrait4D(ModelMixin, Portrait4DEncoders):
     """The Portrait4D reconstructor Psi: source photo + motions + camera -> 512x512 portrait.
 
     Build with a :class:`Portrait4DConfig` (random init, nothing downloaded) or load with
-    :meth:`from_pretrained`. Attribute names follow the official module, so ``state_dict()`` keys are the
-    official ``G_ema`` keys.
+    :meth:`from_pretrained` (``portrait4d-v2``, ``portrait4d-v1``, ``portrait4d-static``, one of our folders,
+    a folder of ``avatar convert`` output, or a Hub repo). Attribute names follow the official module, so
+    ``state_dict()`` keys are the official ``G_ema`` keys.
     """
+
+    config_class: ClassVar[type] = Portrait4DConfig
+    default_model_id: ClassVar[str | None] = "portrait4d-v2"
 
     def __init__(self, config: Portrait4DConfig | None = None,
                  deformer_buffers: Mapping[str, Any] | None = None) -> None:
@@ -199,9 +225,21 @@ class Portrait4D(Portrait4DEncoders):
             deform = FlameHeadPoseDeformer(deformer_buffers, box_warp=config.deformer_box_warp)
         self.deformer = HeadPoseDeformerSlot(deform)
         self.register_buffer("w_avg", torch.zeros([config.w_dim]))
-        self.autocast_dtype: torch.dtype | None = None
-        self.sr_fused_modconv: bool | None = None
+        self.fast = REFERENCE
+        # torch.compiled per-frame steps ("planes", "decoder", "superresolution") set by compile_fast_path; a
+        # plain dict, so compiled modules are not registered as submodules and no method is patched
+        self.compiled: dict[str, Callable[..., Any]] = {}
         self.is_random_init = True
+
+    def _init_tiny(self) -> None:
+        """Non-zero density, and cross-attention strong enough for the motion to show (tiny random models)."""
+        with torch.no_grad():
+            self.decoder.out_sigma.bias.fill_(2.0)
+            self.decoder.out_sigma.weight.normal_(0.0, 0.5)
+            self.w_avg.normal_()
+            for name, p in self.encoder_canonical.named_parameters():
+                if "attn2" in name or "proj_y" in name:
+                    p.normal_(0.0, 0.3)
 
     # ------------------------------------------------------------------------------------------------------
     # loading and saving
@@ -217,43 +255,56 @@ class Portrait4D(Portrait4DEncoders):
         deform = FlameHeadPoseDeformer(buffers, box_warp=self.config.deformer_box_warp)
         self.deformer.flame_deform = deform.to(self.w_avg.device)
 
+    def _prepare_load(self, state: Mapping[str, Tensor]) -> None:
+        """FLAME deformer buffers (``deformer.flame_deform.*``) in ``state`` first (re)build the deformer with
+        their shapes, so that the strict load then matches every key."""
+        prefix = "deformer.flame_deform."
+        buffers = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if buffers:
+            self.set_deformer_buffers(buffers)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Load official-named weights. FLAME deformer buffers (``deformer.flame_deform.*``), when present,
         (re)build the deformer with their shapes first; with ``strict`` every other key must match exactly."""
-        prefix = "deformer.flame_deform."
-        buffers = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if buffers:
-            self.set_deformer_buffers(buffers)
+        self._prepare_load(state_dict)
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         self.is_random_init = False
         return result
 
+    def load_official(self, state: Mapping[str, Tensor]) -> None:
+        """Strictly load an official ``G_ema`` state (names checked by
+        :func:`~avatar.models.portrait4d.convert.official_to_model_state`)."""
+        self.load_state_dict_strict(official_to_model_state(state))
+
     @classmethod
-    def from_pretrained(cls, model_id_or_dir: str | Path, device: torch.device | str = "cpu",
-                        **kwargs: Any) -> Portrait4D:
-        """Load a model saved with :meth:`save_pretrained`, a folder made by ``avatar convert`` from an official
-        checkpoint, or a model id (``portrait4d-v2``, ``portrait4d-v1``, ``portrait4d-static``) from the cache
-        (``avatar download`` fetches it).
+    def from_official(cls, source: str | Path | Mapping[str, Tensor], *, config: Portrait4DConfig | None = None,
+                      static: bool | None = None) -> Portrait4D:
+        """Build and strictly load a converted official checkpoint (in eval mode).
 
-        Keyword arguments are passed to :func:`avatar.models.portrait4d_convert.load_portrait4d`.
+        Args:
+            source: the folder of ``avatar convert`` output, its ``.safetensors`` file, or an official state dict
+                (then ``config`` or the default config is used).
+            config: use this config instead of the one derived from the checkpoint's ``init_kwargs``.
+            static: force the static mode (motion scale 0); ``None`` detects it from the metadata.
         """
-        from avatar.models.portrait4d_convert import load_portrait4d
+        if isinstance(source, Mapping):
+            model = cls(config or Portrait4DConfig())
+            model.load_official(source)
+            return model.eval()
+        ckpt = read_official(source, static=static, config=config)
+        model = cls(ckpt.config)
+        model.load_state_dict_strict(ckpt.state, what=str(ckpt.weights))
+        logger.info("loaded %s (static=%s)", ckpt.weights.name, ckpt.static)
+        return model.eval()
 
-        return load_portrait4d(model_id_or_dir, device=device, **kwargs)
+    @classmethod
+    def from_registry(cls, spec: Any, *, local_dir: str | Path | None = None, **kwargs: Any) -> Portrait4D:
+        """The official checkpoint of a registered id, converted once into the cache (``avatar download``)."""
+        from avatar.hub.download import download_model
 
-    def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (official key names) into ``save_directory``."""
-        from avatar.models.portrait4d_convert import save_portrait4d
-
-        return save_portrait4d(self, save_directory)
-
-    def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
-                    commit_message: str = "Upload Portrait4D", model_card: str | None = None) -> str:
-        """Save to a temporary folder and upload it (with a model card) to the Hugging Face Hub; returns the URL."""
-        from avatar.models.portrait4d_convert import push_portrait4d
-
-        return push_portrait4d(self, repo_id, private=private, token=token, commit_message=commit_message,
-                               model_card=model_card)
+        report = download_model(spec.model_id, local_dir=local_dir, only=[spec.checkpoint])
+        static = bool(spec.option_dict.get("static", False))
+        return cls.from_official(report.folders[spec.checkpoint], static=static, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------
     # fast-path switches
@@ -273,13 +324,12 @@ class Portrait4D(Portrait4DEncoders):
         """
         from avatar.nn.attention import set_sdpa
 
-        self.autocast_dtype = dtype
         set_sdpa(self, sdpa)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.ndim == 4:
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-        self.sr_fused_modconv = sr_fused_modconv
+        self.fast = FastInference(dtype=dtype, sr_fused_modconv=sr_fused_modconv)
         return self
 
     def compile_fast_path(self, mode: str | None = "max-autotune-no-cudagraphs") -> Portrait4D:
@@ -288,22 +338,22 @@ class Portrait4D(Portrait4DEncoders):
         ``mode='reduce-overhead'`` also captures CUDA graphs. Shapes are static per batch size, so each new
         batch size compiles once.
         """
-        self._planes = torch.compile(self._planes, mode=mode, dynamic=False)  # type: ignore[method-assign]
+        self.compiled["planes"] = torch.compile(self._planes, mode=mode, dynamic=False)
         self.renderer.compile_steps(mode)
-        self.decoder.forward = torch.compile(self.decoder.forward, mode=mode, dynamic=False)  # type: ignore[method-assign]
+        self.compiled["decoder"] = torch.compile(self.decoder, mode=mode, dynamic=False)
         if self.superresolution is not None:
-            self.superresolution.forward = torch.compile(  # type: ignore[method-assign]
-                self.superresolution.forward, mode=mode, dynamic=False)
+            self.compiled["superresolution"] = torch.compile(self.superresolution, mode=mode, dynamic=False)
         if self.deformer.flame_deform is not None:
             self.deformer.flame_deform.compile_search(mode)
         return self
 
+    @staticmethod
     @contextlib.contextmanager
-    def _autocast(self, device: torch.device) -> Iterator[None]:
-        if self.autocast_dtype is None:
+    def _autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+        if dtype is None:
             yield
             return
-        with torch.autocast(device_type=device.type, dtype=self.autocast_dtype):
+        with torch.autocast(device_type=device.type, dtype=dtype):
             yield
 
     # ------------------------------------------------------------------------------------------------------
@@ -312,40 +362,40 @@ class Portrait4D(Portrait4DEncoders):
     def _check_image(self, image: Tensor, name: str = "source_image") -> None:
         r = self.config.img_resolution
         if not isinstance(image, Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor of shape (B, 3, {r}, {r}), got {type(image).__name__}")
+            raise InputError(f"{name} must be a torch.Tensor of shape (B, 3, {r}, {r}), got {type(image).__name__}")
         if image.ndim != 4 or image.shape[1] != 3 or tuple(image.shape[-2:]) != (r, r):
-            raise ValueError(f"{name} must have shape (B, 3, {r}, {r}) (an aligned crop), got {tuple(image.shape)}")
+            raise InputError(f"{name} must have shape (B, 3, {r}, {r}) (an aligned crop), got {tuple(image.shape)}")
         if not image.is_floating_point():
-            raise ValueError(f"{name} must be a float tensor in [-1, 1], got dtype {image.dtype} "
+            raise InputError(f"{name} must be a float tensor in [-1, 1], got dtype {image.dtype} "
                              "(convert uint8 images with x / 127.5 - 1)")
         lo, hi = float(image.min()), float(image.max())
         if lo < -1.01 or hi > 1.01:
-            raise ValueError(f"{name} values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+            raise InputError(f"{name} values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
 
     def _check_motion(self, motion: Tensor | None, batch: int | None, name: str) -> Tensor:
         dim = self.config.encoders.motion_dim
         if motion is None:
             if self.config.is_static:
                 return torch.zeros([batch or 1, dim], device=self.w_avg.device)
-            raise ValueError(f"{name} is required: a PD-FGC motion vector of shape (B, {dim})")
+            raise InputError(f"{name} is required: a PD-FGC motion vector of shape (B, {dim})")
         if not isinstance(motion, Tensor) or motion.ndim != 2 or motion.shape[1] != dim:
             shape = tuple(motion.shape) if isinstance(motion, Tensor) else type(motion).__name__
-            raise ValueError(f"{name} must have shape (B, {dim}), got {shape}")
+            raise InputError(f"{name} must have shape (B, {dim}), got {shape}")
         if not motion.is_floating_point():
-            raise ValueError(f"{name} must be a float tensor, got {motion.dtype}")
+            raise InputError(f"{name} must be a float tensor, got {motion.dtype}")
         if batch is not None and motion.shape[0] != batch:
-            raise ValueError(f"{name} has batch {motion.shape[0]}, expected {batch}")
+            raise InputError(f"{name} has batch {motion.shape[0]}, expected {batch}")
         return motion
 
     @staticmethod
     def _check_camera(camera: Tensor, batch: int) -> Tensor:
         if not isinstance(camera, Tensor) or camera.ndim != 2 or camera.shape[1] != 25:
             shape = tuple(camera.shape) if isinstance(camera, Tensor) else type(camera).__name__
-            raise ValueError(f"camera must be (B, 25) labels (cam2world 16 + intrinsics 9), got {shape}")
+            raise InputError(f"camera must be (B, 25) labels (cam2world 16 + intrinsics 9), got {shape}")
         if camera.shape[0] == 1 and batch > 1:
             camera = camera.expand(batch, 25)
         if camera.shape[0] != batch:
-            raise ValueError(f"camera has batch {camera.shape[0]}, expected 1 or {batch}")
+            raise InputError(f"camera has batch {camera.shape[0]}, expected 1 or {batch}")
         return camera.float()
 
     # ------------------------------------------------------------------------------------------------------
@@ -365,27 +415,27 @@ class Portrait4D(Portrait4DEncoders):
         b = source_image.shape[0]
         motion_app = self._check_motion(source_motion, b, "source_motion")
         if flame_shape is not None and (flame_shape.ndim != 2 or flame_shape.shape != (b, FLAME_SHAPE_DIM)):
-            raise ValueError(f"flame_shape must have shape ({b}, {FLAME_SHAPE_DIM}), got {tuple(flame_shape.shape)}")
+            raise InputError(f"flame_shape must have shape ({b}, {FLAME_SHAPE_DIM}), got {tuple(flame_shape.shape)}")
         scale = self.config.motion_scale
-        with self._autocast(source_image.device):
+        with self._autocast(source_image.device, self.fast.dtype):
             features_global = self.encoder_global(source_image)
             features_detail = self.encoder_detail(source_image)
             tokens, h, w = self.encoder_canonical.neutralize(features_global, motion_app, scale)
         background = torch.sigmoid(self.background(source_image).float()) if self.background is not None else None
         state = AvatarState(features_detail.float(), tokens.float(), (h, w), background, flame_shape)
         if self.config.is_static:  # the motion blocks are then the identity in the motion: cache the planes
-            state.planes = self._planes(state, torch.zeros_like(motion_app))
+            state.planes = self.compiled.get("planes", self._planes)(state, torch.zeros_like(motion_app), self.fast)
         return state
 
-    def _planes(self, state: AvatarState, motion: Tensor) -> Tensor:
+    def _planes(self, state: AvatarState, motion: Tensor, fast: FastInference) -> Tensor:
         """Motion blocks + triplane decoder: ``(B, 3, C, 256, 256)`` float32."""
-        with self._autocast(motion.device):
+        with self._autocast(motion.device, fast.dtype):
             h, w = state.token_hw
             _, features_sr = self.encoder_canonical.reenact(state.neutral_tokens, h, w, motion,
                                                             self.config.motion_scale)
             p = self.generator_triplane(features_sr, state.features_detail)
         p = p.float().contiguous()  # NCHW: grid_sample reads planes much faster than from an NHWC layout
-        return p.view(p.shape[0], -1, self.cfg.plane_channels, p.shape[-2], p.shape[-1])
+        return p.view(p.shape[0], -1, self.plane_channels, p.shape[-2], p.shape[-1])
 
     # ------------------------------------------------------------------------------------------------------
     # rendering (per driving frame)
@@ -399,7 +449,7 @@ class Portrait4D(Portrait4DEncoders):
                                "(they carry them) or render with head_pose=None")
         pose = head_pose.pose
         if pose.ndim != 2 or pose.shape != (batch, 6):
-            raise ValueError(f"head_pose.pose must have shape ({batch}, 6), got {tuple(pose.shape)}")
+            raise InputError(f"head_pose.pose must have shape ({batch}, 6), got {tuple(pose.shape)}")
         dev = pose.device
         shape = head_pose.shape if head_pose.shape is not None else flame_shape
         shape = torch.zeros([batch, FLAME_SHAPE_DIM], device=dev) if shape is None else shape.expand(batch, -1)
@@ -407,7 +457,7 @@ class Portrait4D(Portrait4DEncoders):
         eye = head_pose.eye_pose if head_pose.eye_pose is not None else torch.zeros([batch, 6], device=dev)
         for name, t, d in (("shape", shape, FLAME_SHAPE_DIM), ("expression", exp, FLAME_EXP_DIM), ("eye_pose", eye, 6)):
             if t.shape != (batch, d):
-                raise ValueError(f"head_pose {name} must have shape ({batch}, {d}), got {tuple(t.shape)}")
+                raise InputError(f"head_pose {name} must have shape ({batch}, {d}), got {tuple(t.shape)}")
         assert self.deformer.flame_deform is not None
         return self.deformer.flame_deform.precompute(shape.float(), exp.float(), pose.float(), eye.float())
 
@@ -441,27 +491,30 @@ class Portrait4D(Portrait4DEncoders):
             ``(N, 32, r, r)`` (the composited feature image in ``[-1, 1]``).
         """
         if not isinstance(state, AvatarState):
-            raise ValueError(f"state must be an AvatarState from Portrait4D.encode, got {type(state).__name__}")
+            raise InputError(f"state must be an AvatarState from Portrait4D.encode, got {type(state).__name__}")
         if driving_motion is None:
             if state.planes is None:
-                raise ValueError(f"driving_motion is required: PD-FGC motions of shape (N, {self.config.encoders.motion_dim})")
+                raise InputError(f"driving_motion is required: PD-FGC motions of shape (N, {self.config.encoders.motion_dim})")
             n = max(camera.shape[0] if isinstance(camera, Tensor) and camera.ndim == 2 else 1, state.batch_size)
         else:
             driving_motion = self._check_motion(driving_motion, None, "driving_motion")
             n = driving_motion.shape[0]
         camera = self._check_camera(camera, n)
         state = state.expand(n)
-        planes = state.planes if state.planes is not None else self._planes(state, driving_motion)
+        planes_fn = self.compiled.get("planes", self._planes)
+        planes = state.planes if state.planes is not None else planes_fn(state, driving_motion, self.fast)
         field = self.head_pose_field(head_pose, state.flame_shape, n)
         return self._render_planes(planes, state.background, camera, field, neural_rendering_resolution,
-                                   deterministic, chunk)
+                                   deterministic, chunk, self.fast, reference=False)
 
     def _render_planes(self, planes: Tensor, background: Tensor | None, camera: Tensor, field: HeadPoseField | None,
-                       resolution: int | None, deterministic: bool, chunk: int | None) -> dict[str, Tensor]:
-        """Volume rendering, background compositing and super-resolution (official ``synthesis()`` tail)."""
+                       resolution: int | None, deterministic: bool, chunk: int | None, fast: FastInference,
+                       reference: bool) -> dict[str, Tensor]:
+        """Volume rendering, background compositing and super-resolution (official ``synthesis()`` tail);
+        ``reference`` uses the eager modules even when :meth:`compile_fast_path` compiled them."""
         r = resolution or self.config.neural_rendering_resolution
         if not 0 < r <= 128:
-            raise ValueError(f"neural_rendering_resolution must be in 1..128 (the inference branch upstream), got {r}")
+            raise InputError(f"neural_rendering_resolution must be in 1..128 (the inference branch upstream), got {r}")
         n = planes.shape[0]
         cam2world, intrinsics = split_label(camera)
         origins, directions = sample_rays(cam2world, intrinsics, r)
@@ -469,7 +522,8 @@ class Portrait4D(Portrait4DEncoders):
         if field is not None:
             def deformer(points: Tensor) -> Tensor:
                 return FlameHeadPoseDeformer.warp(field, points)
-        out = self.renderer(planes, self.decoder, origins, directions, cam_z=camera_z(cam2world),
+        decoder = self.decoder if reference else self.compiled.get("decoder", self.decoder)
+        out = self.renderer(planes, decoder, origins, directions, cam_z=camera_z(cam2world),
                             deformer=deformer, deterministic=deterministic, chunk=chunk)
         # contiguous NCHW images (the ray-major reshape is a strided view, slow for the convolutions after it)
         features = rays_to_image(out.features, r, r).contiguous()
@@ -485,8 +539,9 @@ class Portrait4D(Portrait4DEncoders):
         rgb = features[:, :3]
         if self.superresolution is not None:
             ws = constant_ws(self.w_avg, n)
-            image = self.superresolution(rgb, features, ws, noise_mode=self.config.superresolution_noise_mode,
-                                         fused_modconv=self.sr_fused_modconv)
+            sr = self.superresolution if reference else self.compiled.get("superresolution", self.superresolution)
+            image = sr(rgb, features, ws, noise_mode=self.config.superresolution_noise_mode,
+                       fused_modconv=fast.sr_fused_modconv)
         else:
             image = rgb
         return {"image": image, "image_raw": rgb, "depth": depth, "alpha": 1 - t_bg, "features": features}
@@ -514,16 +569,11 @@ class Portrait4D(Portrait4DEncoders):
         source_motion = self._check_motion(source_motion, b, "source_motion")
         driving_motion = self._check_motion(driving_motion, b, "driving_motion")
         camera = self._check_camera(camera, b)
-        saved = (self.autocast_dtype, self.sr_fused_modconv)
-        self.autocast_dtype, self.sr_fused_modconv = None, None
-        try:
-            planes = self.planes(source_image, driving_motion, source_motion, self.config.motion_scale)
-            background = self.background_image(source_image) if self.background is not None else None
-            field = self.head_pose_field(head_pose, flame_shape, b)
-            return self._render_planes(planes, background, camera, field, neural_rendering_resolution,
-                                       deterministic, None)
-        finally:
-            self.autocast_dtype, self.sr_fused_modconv = saved
+        planes = self.planes(source_image, driving_motion, source_motion, self.config.motion_scale)
+        background = self.background_image(source_image) if self.background is not None else None
+        field = self.head_pose_field(head_pose, flame_shape, b)
+        return self._render_planes(planes, background, camera, field, neural_rendering_resolution,
+                                   deterministic, None, REFERENCE, reference=True)
 
     def forward(self, state: AvatarState, driving_motion: Tensor | None, camera: Tensor,  # type: ignore[override]
                 head_pose: HeadPose | None = None, **kwargs: Any) -> dict[str, Tensor]:
@@ -534,17 +584,3 @@ class Portrait4D(Portrait4DEncoders):
         c = self.config
         return (f"img_resolution={c.img_resolution}, neural_rendering_resolution={c.neural_rendering_resolution}, "
                 f"motion_scale={c.motion_scale}, background={c.has_background}")
-
-
-def tiny_portrait4d(seed: int = 0, **overrides: Any) -> Portrait4D:
-    """A tiny random model (64x64 input) for tests and offline work; outputs are meaningless."""
-    torch.manual_seed(seed)
-    model = Portrait4D(replace(Portrait4DConfig.tiny(), **overrides) if overrides else Portrait4DConfig.tiny())
-    with torch.no_grad():  # non-zero density, and cross-attention strong enough for the motion to show
-        model.decoder.out_sigma.bias.fill_(2.0)
-        model.decoder.out_sigma.weight.normal_(0.0, 0.5)
-        model.w_avg.normal_()
-        for name, p in model.encoder_canonical.named_parameters():
-            if "attn2" in name or "proj_y" in name:
-                p.normal_(0.0, 0.3)
-    return model.eval()

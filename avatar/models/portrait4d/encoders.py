@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.configuration import Config
 from avatar.nn.attention import (
     CrossTransformerBlock,
     OverlapPatchEmbed,
@@ -54,7 +55,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class Portrait4DEncoderConfig:
+class Portrait4DEncoderConfig(Config):
     """Sizes of Psi's encoders. Defaults are the released Portrait4D / Portrait4D-v2 checkpoints."""
 
     image_channels: int = 3
@@ -648,12 +649,13 @@ class Portrait4DEncoders(nn.Module):
 
     def __init__(self, cfg: Portrait4DEncoderConfig | None = None, has_background: bool = True) -> None:
         super().__init__()
-        self.cfg = cfg or Portrait4DEncoderConfig()
-        self.encoder_global = EncoderGlobal(self.cfg)
-        self.encoder_detail = EncoderDetail(self.cfg)
-        self.encoder_canonical = EncoderCanonical(self.cfg)
-        self.generator_triplane = DecoderTriplane(self.cfg)
-        self.background: EncoderBG | None = EncoderBG(self.cfg) if has_background else None
+        cfg = cfg or Portrait4DEncoderConfig()
+        self.plane_channels = cfg.plane_channels
+        self.encoder_global = EncoderGlobal(cfg)
+        self.encoder_detail = EncoderDetail(cfg)
+        self.encoder_canonical = EncoderCanonical(cfg)
+        self.generator_triplane = DecoderTriplane(cfg)
+        self.background: EncoderBG | None = EncoderBG(cfg) if has_background else None
 
     def planes(
         self, image: Tensor, motion: Tensor, motion_app: Tensor, motion_scale: float | Tensor = 1.0
@@ -673,7 +675,7 @@ class Portrait4DEncoders(nn.Module):
         features_detail = self.encoder_detail(image)
         _, features_sr = self.encoder_canonical(features_global, motion, motion_app, scale=motion_scale)
         p = self.generator_triplane(features_sr, features_detail)
-        return p.view(p.shape[0], -1, self.cfg.plane_channels, p.shape[-2], p.shape[-1])
+        return p.view(p.shape[0], -1, self.plane_channels, p.shape[-2], p.shape[-1])
 
     def background_image(self, image: Tensor, resolution: int | None = None) -> Tensor:
         """``sigmoid(background(image))``, bilinearly resized (``align_corners=False``, no antialias) to

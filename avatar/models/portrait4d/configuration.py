@@ -3,18 +3,19 @@
 The official checkpoints (``portrait4d-genhead512.pkl``, ``portrait4d-static-genhead512.pkl``,
 ``portrait4d-v2-vfhq512.pkl``) store ``TriPlaneReconstructorNeutralize(**init_kwargs)``;
 :meth:`Portrait4DConfig.from_official` reads those kwargs (as written by ``avatar convert`` into the JSON
-sidecar) into this config. Construction from a config downloads nothing.
+sidecar) into this config. Construction from a config downloads nothing. Saving and reading JSON is :class:`avatar.configuration.Config`'s.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from avatar.models.portrait4d_encoders import Portrait4DEncoderConfig
+from avatar.configuration import Config
+from avatar.errors import ConfigError
+from avatar.models.portrait4d.encoders import Portrait4DEncoderConfig
+
 from avatar.nn.stylegan2 import SRConfig
 from avatar.render.triplane import RenderingOptions
 
@@ -28,17 +29,8 @@ OFFICIAL_IGNORED_KWARGS = frozenset(
 )
 
 
-def _build(cls: type, values: Mapping[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**kwargs)
-
-
 @dataclass(frozen=True)
-class Portrait4DConfig:
+class Portrait4DConfig(Config):
     """Everything needed to build :class:`avatar.models.Portrait4D`.
 
     Defaults are the released Portrait4D / Portrait4D-v2 checkpoints at their inference settings
@@ -66,16 +58,16 @@ class Portrait4DConfig:
         if self.has_superresolution:
             feat = self.superresolution.channels
             if self.has_background and self.encoders.background_out_channels != feat:
-                raise ValueError(
+                raise ConfigError(
                     f"background_out_channels ({self.encoders.background_out_channels}) must equal the "
                     f"super-resolution input channels ({feat})"
                 )
             if self.superresolution.w_dim != self.w_dim:
-                raise ValueError(f"superresolution.w_dim ({self.superresolution.w_dim}) != w_dim ({self.w_dim})")
+                raise ConfigError(f"superresolution.w_dim ({self.superresolution.w_dim}) != w_dim ({self.w_dim})")
         elif self.has_background and self.encoders.background_out_channels < 3:
-            raise ValueError("without super-resolution the background needs at least 3 channels")
+            raise ConfigError("without super-resolution the background needs at least 3 channels")
         if self.neural_rendering_resolution > 128:
-            raise ValueError("neural_rendering_resolution above 128 is a training-only mode upstream")
+            raise ConfigError("neural_rendering_resolution above 128 is a training-only mode upstream")
 
     # ------------------------------------------------------------------------------------------------------
 
@@ -102,35 +94,6 @@ class Portrait4DConfig:
         )
         return replace(cfg, **overrides) if overrides else cfg
 
-    # ------------------------------------------------------------------------------------------------------
-    # (de)serialisation
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> Portrait4DConfig:
-        values = dict(values)
-        values.pop("_class", None)
-        values.pop("_version", None)
-        sub = {
-            "encoders": Portrait4DEncoderConfig,
-            "superresolution": SRConfig,
-            "rendering": RenderingOptions,
-        }
-        for name, klass in sub.items():
-            if name in values and isinstance(values[name], Mapping):
-                values[name] = _build(klass, values[name])
-        return _build(cls, values)
-
-    def save(self, path: str | Path) -> None:
-        data = {"_class": "Portrait4D", "_version": 1, **self.to_dict()}
-        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True))
-
-    @classmethod
-    def load(cls, path: str | Path) -> Portrait4DConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
     @classmethod
     def from_official(cls, init_kwargs: Mapping[str, Any], static: bool = False) -> Portrait4DConfig:
         """Config of an official checkpoint from its ``TriPlaneReconstructorNeutralize`` ``init_kwargs``.
@@ -145,7 +108,7 @@ class Portrait4DConfig:
         """
         kw = dict(init_kwargs)
         if not kw.get("flame_full", True):
-            raise ValueError("flame_full=False (100 shape / 50 expression FLAME) is not used by any Portrait4D "
+            raise ConfigError("flame_full=False (100 shape / 50 expression FLAME) is not used by any Portrait4D "
                              "checkpoint and is not implemented")
         rk = dict(kw.get("rendering_kwargs") or {})
         sr_kw = dict(kw.get("sr_kwargs") or {})
@@ -166,7 +129,7 @@ class Portrait4DConfig:
             use_ws_ones=bool(sr_kw.get("use_ws_ones", False)),
             fused_modconv_default=sr_kw.get("fused_modconv_default", "inference_only"),
         )
-        rendering = RenderingOptions.from_dict(rk)
+        rendering = RenderingOptions.from_official(rk)
         return cls(
             encoders=enc,
             superresolution=sr,

@@ -1,0 +1,118 @@
+"""Official Portrait4D checkpoints -> the :class:`~avatar.models.portrait4d.Portrait4D` state and config.
+
+Key map: our modules carry the official attribute names, so an official ``G_ema`` state dict maps onto
+the model name for name (:func:`official_to_model_state` checks that and reports anything else).
+The official state holds ``w_avg``, the five encoders, ``decoder.*``, ``superresolution.*`` and the FLAME
+buffers of the deformer (``deformer.flame_deform.*``, not learned).
+
+The upstream files are read here, never a pickle at run time: a folder written by ``avatar convert`` /
+``avatar download`` holds ``<name>.safetensors`` + ``<name>.json`` whose metadata keeps the official
+``init_kwargs``. This module imports no network; :meth:`Portrait4D.from_official` builds the model from what
+:func:`read_official` returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from avatar.errors import CheckpointMismatchError, ModelNotFoundError
+from avatar.hub.weights import read_weights
+from avatar.models.portrait4d.configuration import Portrait4DConfig
+
+__all__ = [
+    "OFFICIAL_PREFIXES",
+    "OfficialCheckpoint",
+    "official_to_model_state",
+    "read_official",
+]
+
+OFFICIAL_CLASS = "TriPlaneReconstructorNeutralize"
+OFFICIAL_PREFIXES = ("encoder_global.", "encoder_detail.", "encoder_canonical.", "generator_triplane.",
+                     "background.", "decoder.", "superresolution.", "deformer.flame_deform.")
+OFFICIAL_TOP_LEVEL = ("w_avg",)
+_OUR_FILES = ("config.json", "manifest.json")
+
+
+def official_to_model_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map official ``TriPlaneReconstructorNeutralize`` keys to :class:`Portrait4D` keys.
+
+    The names are identical by construction; this checks that every key belongs to a known official
+    module and returns a plain dict. Raises :class:`CheckpointMismatchError` listing foreign keys.
+    """
+    foreign = [k for k in state if not (k in OFFICIAL_TOP_LEVEL or k.startswith(OFFICIAL_PREFIXES))]
+    if foreign:
+        raise CheckpointMismatchError(
+            f"{len(foreign)} key(s) are not Portrait4D reconstructor keys (is this a G_ema state?): "
+            + ", ".join(foreign[:8]) + (" ..." if len(foreign) > 8 else "")
+        )
+    return dict(state)
+
+
+def _find_official_weights(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The ``<name>.safetensors`` whose JSON sidecar holds official ``init_kwargs``."""
+    for meta_path in sorted(folder.glob("*.json")):
+        if meta_path.name in _OUR_FILES:
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        weights = meta_path.with_suffix(".safetensors")
+        if isinstance(meta, dict) and "init_kwargs" in meta and weights.is_file():
+            return weights, meta
+    raise ModelNotFoundError(
+        f"{folder} holds neither config.json + model.safetensors (from save_pretrained) nor a converted official "
+        "checkpoint (<name>.safetensors + <name>.json from `avatar convert`)"
+    )
+
+
+def _is_static(meta: Mapping[str, Any]) -> bool:
+    """The static checkpoint is named ``*static*`` upstream; its training set has ``static=True``."""
+    tsk = meta.get("training_set_kwargs") or {}
+    if isinstance(tsk, Mapping) and tsk.get("static") is not None:
+        return bool(tsk["static"])
+    return "static" in str(meta.get("source_file", ""))
+
+
+@dataclass
+class OfficialCheckpoint:
+    """A converted official checkpoint, read: its file, metadata, config and state (our names)."""
+
+    weights: Path
+    meta: dict[str, Any]
+    config: Portrait4DConfig
+    state: dict[str, Tensor]
+    static: bool
+
+
+def read_official(folder_or_file: str | Path, static: bool | None = None,
+                  config: Portrait4DConfig | None = None) -> OfficialCheckpoint:
+    """Read a converted official checkpoint (the folder of ``avatar convert`` output or its ``.safetensors``).
+
+    Args:
+        static: force the static mode (motion scale 0); ``None`` detects it from the metadata.
+        config: use this config instead of the one derived from the checkpoint's ``init_kwargs``.
+    """
+    path = Path(folder_or_file)
+    if path.is_file():
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise ModelNotFoundError(f"{meta_path} (the metadata written by `avatar convert`) is missing")
+        weights, meta = path, json.loads(meta_path.read_text())
+    else:
+        weights, meta = _find_official_weights(path)
+    cls_name = str(meta.get("class_name", ""))
+    if cls_name and not cls_name.endswith(OFFICIAL_CLASS):
+        raise CheckpointMismatchError(f"{weights} holds a {cls_name}, not a Portrait4D reconstructor "
+                                      f"({OFFICIAL_CLASS})")
+    static = _is_static(meta) if static is None else static
+    if config is None:
+        config = Portrait4DConfig.from_official(meta.get("init_kwargs") or {}, static=static)
+    state = official_to_model_state(read_weights(weights))
+    return OfficialCheckpoint(weights, meta, config, state, static)
