@@ -128,9 +128,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     from .hub.download import cache_root, download_model, ensure_file
-    from .hub.registry import get_file
+    from .hub.registry import FILES, get_file
 
     if args.file:
+        unknown = [key for key in args.file if key not in FILES]
+        if unknown:  # get_file raises a bare KeyError (TODO(errors): an AvatarError in avatar.hub.registry)
+            from .errors import InputError
+
+            raise InputError(f"unknown upstream file {', '.join(unknown)}; `avatar models --files` lists the keys "
+                             f"({', '.join(FILES)})")
         for key in args.file:
             folder = ensure_file(get_file(key), local_dir=args.from_dir, force=args.force)
             logger.info("%s -> %s", key, folder)
@@ -179,38 +185,65 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 
 
 def _device(name: str) -> str:
+    from .errors import InputError
     from .runtime import resolve_device
 
-    return resolve_device(name)
+    try:
+        return resolve_device(name)
+    except ValueError as exc:  # TODO(errors): avatar.runtime should raise InputError itself
+        raise InputError(f"--device {name}: {exc}") from None
 
 
 def _dtype(name: str):  # noqa: ANN202 - torch.dtype
+    from .errors import InputError
     from .runtime import resolve_dtype
 
-    return resolve_dtype(name)
+    try:
+        return resolve_dtype(name)
+    except ValueError as exc:  # TODO(errors): avatar.runtime should raise InputError itself
+        raise InputError(f"--dtype {name}: {exc}") from None
+
+
+def _at_least(value: float | None, minimum: float, option: str) -> None:
+    from .errors import InputError
+
+    if value is not None and value < minimum:
+        raise InputError(f"{option} must be at least {minimum:g}, got {value:g}")
 
 
 def _check_output(path: Path) -> None:
+    from .errors import InputError
+
     if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise ValueError(f"output {path} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+        raise InputError(f"output {path} must end in one of {', '.join(VIDEO_SUFFIXES)}")
     if path.is_dir():
-        raise ValueError(f"output {path} is a folder; give a file name such as {path / 'out.mp4'}")
+        raise InputError(f"output {path} is a folder; give a file name such as {path / 'out.mp4'}")
 
 
-def _load_pipeline(args: argparse.Namespace):  # noqa: ANN202 - Portrait4DPipeline
-    from .pipelines import Portrait4DPipeline
+def _check_pipeline_options(args: argparse.Namespace) -> None:
+    """Option values the networks cannot run with: checked before anything is loaded."""
+    _check_output(Path(args.output))
+    _at_least(args.batch_size, 1, "--batch-size")
+    _device(args.device)
+    _dtype(args.dtype)
 
-    pipe = Portrait4DPipeline.from_pretrained(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+
+def _load_pipeline(args: argparse.Namespace):  # noqa: ANN202 - AvatarPipeline
+    from .pipelines.auto import load_pipeline
+
+    pipe = load_pipeline(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
     if getattr(args, "compile", False):
-        pipe.compile_head_pose_field()
+        compile_field = getattr(pipe, "compile_head_pose_field", None)
+        if compile_field is None:
+            logger.warning("--compile: %s has no head-pose field to compile; ignored", type(pipe).__name__)
+        else:
+            compile_field()
     return pipe
 
 
 def _avatar(pipe, source: Path, aligned: bool):  # noqa: ANN001, ANN202
-    from .pipelines import Avatar
-
     if source.suffix == ".safetensors":
-        return Avatar.load(source, device=pipe.device)
+        return pipe.load_avatar(source)
     return pipe.create_avatar(source, aligned=aligned)
 
 
@@ -218,9 +251,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from .io import VideoWriter, load_image
 
     out = Path(args.output)
-    _check_output(out)
-    if args.frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {args.frames}")
+    _check_pipeline_options(args)
+    _at_least(args.frames, 1, "--frames")
+    if args.fps <= 0:
+        from .errors import InputError
+
+        raise InputError(f"--fps must be positive, got {args.fps:g}")
     if Path(args.photo).suffix != ".safetensors":
         load_image(args.photo)  # fail on a bad photo before loading the networks
     pipe = _load_pipeline(args)
@@ -241,7 +277,8 @@ def _cmd_reenact(args: argparse.Namespace) -> int:
     from .pipelines import side_by_side
 
     out = Path(args.output)
-    _check_output(out)
+    _check_pipeline_options(args)
+    _at_least(args.max_frames, 1, "--max-frames")
     if Path(args.photo).suffix != ".safetensors":
         load_image(args.photo)  # fail on bad inputs before loading the networks
     reader = VideoReader(args.driving, max_frames=args.max_frames)
@@ -249,13 +286,16 @@ def _cmd_reenact(args: argparse.Namespace) -> int:
     avatar = _avatar(pipe, Path(args.photo), args.aligned)
     if args.save_avatar:
         avatar.save(args.save_avatar)
-    frames = pipe.iter_reenact(avatar, args.driving, relative=not args.absolute, head_pose=args.pose,
-                               smooth=not args.no_smooth, batch_size=args.batch_size, max_frames=args.max_frames,
-                               progress=not args.quiet)
-    with VideoWriter(out, reader.fps, audio_from=None if args.no_audio else args.driving) as writer:
-        for f in frames:
+    if not pipe.can_reenact:
+        logger.warning("%s is a static model: the result follows the driving head motion but keeps the photo's "
+                       "expression (portrait4d-v2 or portrait4d-v1 follow both)", args.model)
+    with pipe.iter_reenact(avatar, args.driving, relative=not args.absolute, head_pose=args.pose,
+                           smooth=not args.no_smooth, batch_size=args.batch_size, max_frames=args.max_frames,
+                           progress=not args.quiet) as stream, \
+            VideoWriter(out, reader.fps, audio_from=None if args.no_audio else args.driving) as writer:
+        for f in stream:
             writer.write(side_by_side(avatar.source_crop, f.image, f.driving) if args.side_by_side else f.image)
-    missing = len(pipe.last_frames_without_face)
+    missing = len(stream.frames_without_face)  # this call's own count
     audio = {"copy": "audio copied", "aac": "audio re-encoded to AAC", None: "no audio"}[writer.audio_mode]
     logger.info("wrote %s: %d frames at %s fps (%s, %s)%s", out, writer.frames_written, writer.fps, writer.codec,
                 audio, f"; {missing} frames without a face held the last motion" if missing else "")
@@ -263,9 +303,9 @@ def _cmd_reenact(args: argparse.Namespace) -> int:
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
-    from .pipelines import Portrait4DPipeline
+    from .hub.registry import DEFAULT_MODEL_ID, get_model, pipeline_class
 
-    folder = Portrait4DPipeline.tiny(seed=args.seed).save_pretrained(args.directory)
+    folder = pipeline_class(get_model(DEFAULT_MODEL_ID)).tiny(seed=args.seed).save_pretrained(args.directory)
     logger.info("wrote a tiny random pipeline to %s (use it with --model %s; its pictures are meaningless)",
                 folder, folder)
     return EXIT_OK

@@ -471,10 +471,10 @@ def load_matting(model: str | None, checkpoint: str | Path | None, device: str) 
 
     try:
         if checkpoint is not None:
-            return MODNet.from_checkpoint(checkpoint, device=device), str(checkpoint)
+            return MODNet.from_pretrained(checkpoint, device=device), str(checkpoint)
         if model and (Path(model) / "modnet").is_dir():
             folder = Path(model) / "modnet"
-            return MODNet.from_checkpoint(folder, device=device), str(folder)
+            return MODNet.from_pretrained(folder, device=device), str(folder)
         return MODNet.from_pretrained(device=device), "modnet-photographic (cache)"
     except FileNotFoundError as exc:
         raise MattingUnavailableError(MATTING_MESSAGE.format(url=MODNET_DRIVE_FOLDER, reason=exc)) from exc

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from avatar.face.modnet import MODNet, MODNetConfig, composite, inference_size
 from avatar.hub import registry
@@ -93,16 +94,20 @@ def test_strict_loading_of_a_dataparallel_checkpoint(tmp_path: Path, monkeypatch
     x = torch.rand(2, 3, 45, 70)
     expected = source.matte(x)
     assert torch.equal(loaded.matte(x), expected)
-    assert torch.equal(MODNet.from_checkpoint(path, config=MODNetConfig.tiny()).matte(x), expected)
+    assert torch.equal(MODNet.from_pretrained(path, config=MODNetConfig.tiny()).matte(x), expected)
+    assert torch.equal(MODNet.from_official(path, config=MODNetConfig.tiny()).matte(x), expected)
     folder = source.save_pretrained(tmp_path / "saved")  # the shared backbone stored once, config alongside
-    assert torch.equal(MODNet.from_checkpoint(folder).matte(x), expected)
+    saved_keys = set(load_file(str(folder / "model.safetensors")))
+    assert not any(k.startswith("lr_branch.backbone.") for k in saved_keys)
+    assert len(saved_keys) == len(source.state_dict()) - sum(k.startswith("backbone.") for k in saved_keys)
+    assert torch.equal(MODNet.from_pretrained(folder).matte(x), expected)
 
     state = torch.load(path, weights_only=True)
     with pytest.raises(StateDictMismatchError, match="Missing 1: f_branch.conv_f.1.layers.0.bias"):
-        MODNet.from_state_dict({k: v for k, v in state.items() if not k.endswith("conv_f.1.layers.0.bias")},
-                               MODNetConfig.tiny())
+        MODNet.from_official({k: v for k, v in state.items() if not k.endswith("conv_f.1.layers.0.bias")},
+                             config=MODNetConfig.tiny())
     with pytest.raises(StateDictMismatchError, match="Wrong shape"):
-        MODNet.from_state_dict(state)  # official sizes expected, tiny given
+        MODNet.from_official(state)  # official sizes expected, tiny given
 
 
 @pytest.mark.parametrize(("size", "expected"), [

@@ -7,10 +7,11 @@ the official code (face-alignment's FAN/ResNetDepth, Deep3DFaceRecon's ResNet-50
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,28 @@ def test_torchscript_archives_load_into_our_networks(tmp_path: Path) -> None:
     assert fan_out.shape == (1, 68, 8, 8) and depth_out.shape == (1, 68)
     assert "bl0.weight" in fan_w.tensors and "al0.weight" in fan_w.tensors
 
+    # the model id "fan3d" reads both archives (here from a folder laid out like the Hub repo)
+    hub = tmp_path / "hub" / "data_preprocess" / "assets" / "landmark3d"
+    hub.mkdir(parents=True)
+    (tmp_path / "3DFAN4-test.zip").rename(hub / "3DFAN4-4a694010b9.zip")
+    (tmp_path / "depth-test.zip").rename(hub / "depth-6c4283c0e0.zip")
+    fetched = FAN3DLandmarker.from_pretrained(local_dir=tmp_path / "hub", config=lm.config)
+    assert not fetched.training
+    for k, v in lm.state_dict().items():
+        assert torch.equal(fetched.state_dict()[k], v), k
+
+    # our own folder, and a pipeline folder written before FAN3DConfig (config.json = [fan, depth])
+    saved = FAN3DLandmarker.from_pretrained(lm.save_pretrained(tmp_path / "saved"))
+    assert saved.config == lm.config
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps([asdict(fan_cfg), asdict(depth_cfg)]))
+    (tmp_path / "saved" / "model.safetensors").rename(legacy / "model.safetensors")
+    old = FAN3DLandmarker.from_pretrained(legacy)
+    assert old.config == lm.config
+    for k, v in lm.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v) and torch.equal(old.state_dict()[k], v), k
+
 
 def test_fan_strict_loading_errors() -> None:
     lm = FAN3DLandmarker(FAN3DConfig.tiny())
@@ -329,6 +352,41 @@ def test_fan_strict_loading_errors() -> None:
 def test_fan3d_from_pretrained_offline_raises() -> None:
     with pytest.raises(AssetNotFoundError):
         FAN3DLandmarker.from_pretrained()
+
+
+FACE_NETWORKS = [
+    ("avatar.face.retinaface:RetinaFace", "retinaface-r50"),
+    ("avatar.face.h3r:H3R", "h3r-hrnet-w18-wflw"),
+    ("avatar.face.fan3d:FAN3DLandmarker", "fan3d"),
+    ("avatar.face.deep3d:Deep3DReconNet", "deep3d-recon"),
+    ("avatar.face.bfm2flame:BFM2FLAMEMapper", "bfm2flame-mapper"),
+    ("avatar.motion.pdfgc:PDFGCEncoder", "pdfgc-motion"),
+    ("avatar.face.modnet:MODNet", "modnet-photographic"),
+]
+
+
+@pytest.mark.parametrize(("dotted", "model_id"), FACE_NETWORKS)
+def test_face_networks_share_the_model_base(dotted: str, model_id: str, tmp_path: Path) -> None:
+    """Every network: registered under its default id, a Config that round-trips, tiny() seeded, and
+    save_pretrained / from_pretrained giving back the same tensors."""
+    from avatar.configuration import Config
+    from avatar.hub import registry
+    from avatar.modeling import ModelMixin
+
+    module, _, name = dotted.partition(":")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    assert issubclass(cls, ModelMixin) and issubclass(cls.config_class, Config)
+    assert cls.default_model_id == model_id and registry.model_class(registry.MODELS[model_id]) is cls
+    model = cls.tiny(seed=5)
+    assert not model.training and isinstance(model.config, cls.config_class)
+    assert cls.config_class.from_dict(model.config.to_dict()) == model.config
+    again = cls.tiny(seed=5)
+    loaded = cls.from_pretrained(model.save_pretrained(tmp_path / "saved"))
+    assert loaded.config == model.config and not loaded.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v) and torch.equal(loaded.state_dict()[k], v), k
+    with pytest.raises(AssetNotFoundError):  # offline, nothing cached
+        cls.from_pretrained()
 
 
 # ----------------------------------------------------------------------------------------------

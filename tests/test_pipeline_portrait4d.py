@@ -15,6 +15,7 @@ from avatar.flame import build_deformer_buffers
 from avatar.flame.synthetic import synthetic_flame_assets
 from avatar.io import FaceTooSmallError, InputError, NoFaceError
 from avatar.pipelines import Avatar, Portrait4DPipeline, side_by_side
+from avatar.pipelines.relative import relative_flame_labels, relative_motion
 from avatar.render.camera import orbit_labels
 
 
@@ -94,7 +95,7 @@ def test_relative_motion_starts_from_the_source() -> None:
     torch.manual_seed(0)
     src_m, src_l = torch.randn(1, 60), torch.randn(1, 437) * 0.1
     m, lab = torch.randn(3, 60), torch.randn(3, 437) * 0.1
-    out_m, out_l = Portrait4DPipeline._relative(m, lab, (m[0], lab[0]), src_m, src_l)
+    out_m, out_l = relative_motion(m, m[0], src_m), relative_flame_labels(lab, lab[0], src_l)
     torch.testing.assert_close(out_m[0], src_m[0])
     torch.testing.assert_close(out_m[2] - out_m[1], m[2] - m[1])
     torch.testing.assert_close(out_l[0, 325:], src_l[0, 325:], atol=1e-5, rtol=0)  # neck via rotations

@@ -23,14 +23,13 @@ A reconstructor without FLAME deformer buffers (e.g. the tiny random one) cannot
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -38,23 +37,25 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from avatar.face.bfm2flame import BFM2FLAMEMapper, MapperConfig
-from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet
-from avatar.face.fan3d import DepthConfig, FAN3DLandmarker, FANConfig
-from avatar.face.geometry import AlignParams, FlameLabel, camera_label_from_pose, matrix_to_axis_angle
-from avatar.face.h3r import H3R, H3RConfig, H3RLandmarker
-from avatar.face.retinaface import RetinaFace, RetinaFaceConfig, rig_for_random_weights
+from avatar.errors import ConfigError, FaceTooSmallError, InputError, ModelNotFoundError, NoFaceError
+from avatar.face.bfm2flame import BFM2FLAMEMapper
+from avatar.face.deep3d import Deep3DReconNet
+from avatar.face.fan3d import FAN3DLandmarker
+from avatar.face.geometry import AlignParams, FlameLabel, camera_label_from_pose
+from avatar.face.h3r import H3R, H3RLandmarker
+from avatar.face.retinaface import RetinaFace, rig_for_random_weights
 from avatar.face.smoothing import POSE_FILTER, OneEuroFilter
-from avatar.flame.lbs import batch_rodrigues
-from avatar.io.errors import FaceTooSmallError, InputError, NoFaceError
 from avatar.io.image import load_image
 from avatar.io.video import VideoReader
-from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, tiny_portrait4d
-from avatar.models.portrait4d_config import Portrait4DConfig
-from avatar.motion.pdfgc import PDFGCConfig, PDFGCEncoder
+from avatar.modeling import ModelMixin
+from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, Portrait4DConfig
+from avatar.motion.pdfgc import PDFGCEncoder
+from avatar.pipelines.base import AvatarPipeline, HeadPoseMode, PhotoLike, VideoLike
+from avatar.pipelines.frames import side_by_side, to_uint8
+from avatar.pipelines.prefetch import batched_frames, in_background
 from avatar.pipelines.preprocess import (
     ALIGNED_FACE_BOX,
     CropSmoother,
@@ -62,74 +63,30 @@ from avatar.pipelines.preprocess import (
     FacePreprocessor,
     crop_to_model_input,
 )
-from avatar.render.camera import inference_label, orbit_labels
+from avatar.pipelines.relative import relative_flame_labels, relative_motion
+from avatar.pipelines.results import ReenactedFrame, ReenactResult, ReenactStream
+from avatar.render.camera import inference_label
 
-__all__ = ["Avatar", "HeadPoseMode", "Portrait4DPipeline", "ReenactResult", "ReenactedFrame", "side_by_side",
-           "to_uint8"]
+__all__ = ["Avatar", "HeadPoseMode", "Portrait4DPipeline", "ReenactResult", "ReenactStream", "ReenactedFrame",
+           "side_by_side", "to_uint8"]
 
 logger = logging.getLogger(__name__)
 
-HeadPoseMode = Literal["neck", "camera", "fixed"]
 PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "avatar4d-portrait4d-pipeline"
 AVATAR_FORMAT = "avatar4d-avatar"
 RANDOM_WEIGHTS_WARNING = ("this pipeline has random weights (made by `avatar tiny` for tests): its pictures are "
                           "meaningless; use a real model id such as portrait4d-v2 for real results")
 
-# component name -> (network class, config class); the reconstructor is saved with its own save_pretrained
-_COMPONENTS: dict[str, tuple[type[nn.Module], tuple[type, ...]]] = {
-    "detector": (RetinaFace, (RetinaFaceConfig,)),
-    "landmarker": (H3R, (H3RConfig,)),
-    "landmarker_3d": (FAN3DLandmarker, (FANConfig, DepthConfig)),
-    "face_recon": (Deep3DReconNet, (Deep3DConfig,)),
-    "bfm2flame": (BFM2FLAMEMapper, (MapperConfig,)),
-    "motion_encoder": (PDFGCEncoder, (PDFGCConfig,)),
+# component name -> network class: each is saved with its own save_pretrained into a sub-folder
+_COMPONENTS: dict[str, type[ModelMixin]] = {
+    "detector": RetinaFace,
+    "landmarker": H3R,
+    "landmarker_3d": FAN3DLandmarker,
+    "face_recon": Deep3DReconNet,
+    "bfm2flame": BFM2FLAMEMapper,
+    "motion_encoder": PDFGCEncoder,
 }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# small helpers
-
-
-def to_uint8(images: Tensor) -> np.ndarray:
-    """``(N, 3, H, W)`` in ``[-1, 1]`` -> ``(N, H, W, 3)`` uint8 (the official ``x * 127.5 + 128``, clamped)."""
-    return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def side_by_side(*panels: np.ndarray) -> np.ndarray:
-    """Concatenate ``(H, W, 3)`` uint8 images left to right, each resized to the height of the last one's size.
-
-    The usual order is ``side_by_side(source, result, driving)``; panels are resized (Lanczos) to the size of
-    ``panels[1]`` when there are several, else kept.
-    """
-    ref = panels[1] if len(panels) > 1 else panels[0]
-    h, w = ref.shape[:2]
-    out = [p if p.shape[:2] == (h, w) else np.asarray(Image.fromarray(p).resize((w, h), Image.LANCZOS))
-           for p in panels]
-    return np.concatenate(out, axis=1)
-
-
-def _to_tuples(x: Any) -> Any:
-    if isinstance(x, list):
-        return tuple(_to_tuples(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_tuples(v) for k, v in x.items()}
-    return x
-
-
-def _config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; the pipeline folder is from another version")
-    return cls(**{k: _to_tuples(v) for k, v in values.items()})
-
-
-def _rotation_relative(neck_t: Tensor, neck_0: Tensor, neck_src: Tensor) -> Tensor:
-    """Axis-angle ``(N, 3)`` of ``R_t R_0^T R_src``: the driving rotation change applied to the source pose."""
-    r = batch_rodrigues(neck_t.float()) @ batch_rodrigues(neck_0.float()).transpose(1, 2) @ batch_rodrigues(
-        neck_src.float())
-    return matrix_to_axis_angle(r.double()).float()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -202,46 +159,13 @@ class Avatar:
                    AlignParams.from_array(align) if align is not None else None)
 
 
-@dataclass
-class ReenactedFrame:
-    """One output frame of :meth:`Portrait4DPipeline.iter_reenact`.
-
-    Attributes:
-        index: driving frame index.
-        image: ``(r, r, 3)`` uint8 rendered frame (``r`` = the reconstructor's resolution, 512 officially).
-        driving: ``(512, 512, 3)`` uint8 aligned crop of the driving frame (the raw frame, resized, without a face).
-        face_found: whether the driving frame had a usable face (otherwise the last good motion was held).
-    """
-
-    index: int
-    image: np.ndarray
-    driving: np.ndarray
-    face_found: bool
-
-
-@dataclass
-class ReenactResult:
-    """All frames of :meth:`Portrait4DPipeline.reenact`.
-
-    Attributes:
-        frames: ``(N, r, r, 3)`` uint8.
-        driving: ``(N, 512, 512, 3)`` uint8 driving crops.
-        fps: the driving video's frame rate.
-        frames_without_face: indices of driving frames whose motion was held from the last good one.
-    """
-
-    frames: np.ndarray
-    driving: np.ndarray
-    fps: Fraction
-    frames_without_face: list[int]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # the pipeline
 
 
-class Portrait4DPipeline:
-    """Photo -> 4D avatar -> reenacted or novel-view frames (see the module docstring).
+class Portrait4DPipeline(AvatarPipeline):
+    """Photo -> 4D avatar -> reenacted or novel-view frames (see the module docstring); the first
+    :class:`~avatar.pipelines.base.AvatarPipeline`.
 
     Args:
         reconstructor: the Portrait4D (v1, v2 or static) reconstructor.
@@ -249,25 +173,35 @@ class Portrait4DPipeline:
         random_init: the weights are random (tiny test pipeline); a warning is logged when it is used.
     """
 
+    family = "portrait4d"
+    pipeline_format = PIPELINE_FORMAT
+
     def __init__(self, reconstructor: Portrait4D, preprocessor: FacePreprocessor, random_init: bool = False) -> None:
         self.reconstructor = reconstructor.eval()
         self.preprocessor = preprocessor
         self.random_init = random_init or bool(getattr(reconstructor, "is_random_init", False))
-        self._warned_neck = False
         if self.random_init:
             logger.warning(RANDOM_WEIGHTS_WARNING)
         if not reconstructor.config.is_static:
             enc = preprocessor.motion_encoder
             if enc is None:
-                raise ValueError("a dynamic reconstructor needs the PD-FGC motion encoder")
+                raise ConfigError("a dynamic reconstructor needs the PD-FGC motion encoder")
             if enc.config.motion_dim != reconstructor.config.encoders.motion_dim:
-                raise ValueError(f"the motion encoder gives {enc.config.motion_dim}-d motions but the reconstructor "
+                raise ConfigError(f"the motion encoder gives {enc.config.motion_dim}-d motions but the reconstructor "
                                  f"expects {reconstructor.config.encoders.motion_dim}")
 
     # ---- construction ----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.reconstructor.w_avg.device
+
+    @property
+    def can_reenact(self) -> bool:
+        return not self.reconstructor.config.is_static
+
+    @property
+    def output_resolution(self) -> int:
+        return self.reconstructor.config.img_resolution
 
     def to(self, device: torch.device | str) -> Portrait4DPipeline:
         self.reconstructor.to(device)
@@ -314,14 +248,14 @@ class Portrait4DPipeline:
         mesh), so the ``'neck'`` head-pose mode runs as it does with real weights.
         """
         if size not in ("tiny", "official"):
-            raise ValueError(f"size must be 'tiny' or 'official', got {size!r}")
+            raise InputError(f"size must be 'tiny' or 'official', got {size!r}")
         tiny = size == "tiny"
         torch.manual_seed(seed)
-        motion_cfg = PDFGCConfig.tiny() if tiny else PDFGCConfig()
+        motion_cfg = PDFGCEncoder.config_class.tiny() if tiny else PDFGCEncoder.config_class()
         p4d_cfg = Portrait4DConfig.tiny() if tiny else Portrait4DConfig()
         p4d_cfg = replace(p4d_cfg, encoders=replace(p4d_cfg.encoders, motion_dim=motion_cfg.motion_dim))
         if tiny:
-            reconstructor = tiny_portrait4d(seed, encoders=p4d_cfg.encoders)
+            reconstructor = Portrait4D.tiny(seed, encoders=p4d_cfg.encoders)
         else:
             reconstructor = Portrait4D(p4d_cfg).eval()
             with torch.no_grad():  # a non-trivial density, so the renderer does realistic work
@@ -331,21 +265,21 @@ class Portrait4DPipeline:
             from avatar.flame.synthetic import synthetic_flame_assets
 
             reconstructor.set_deformer_buffers(build_deformer_buffers(**synthetic_flame_assets(seed, subdivisions=3)))
-        detector = RetinaFace.tiny(seed) if tiny else RetinaFace(RetinaFaceConfig())
+        def build(net: type[ModelMixin]) -> Any:  # tiny or official-size random network, in eval mode
+            return (net.tiny(seed) if tiny else net(net.config_class())).eval()
+
+        detector = build(RetinaFace)
         # tiny: every 64 px anchor of the middle level is a face; official: 256 px faces, 5 candidates at most
         rig_for_random_weights(detector, 1, 0) if tiny else rig_for_random_weights(detector, 2, 0, top_k=5)
         pre = FacePreprocessor(
-            detector.eval(), H3RLandmarker((H3R.tiny(seed) if tiny else H3R(H3RConfig())).eval()),
-            FAN3DLandmarker(*((FANConfig.tiny(), DepthConfig.tiny()) if tiny else (FANConfig(), DepthConfig()))).eval(),
-            Deep3DReconNet(Deep3DConfig.tiny() if tiny else Deep3DConfig()).eval(),
-            BFM2FLAMEMapper(MapperConfig.tiny() if tiny else MapperConfig()).eval(),
-            PDFGCEncoder(motion_cfg).eval(),
+            detector, H3RLandmarker(build(H3R)), build(FAN3DLandmarker), build(Deep3DReconNet),
+            build(BFM2FLAMEMapper), PDFGCEncoder(motion_cfg).eval(),
         )
         return cls(reconstructor, pre, random_init=True)
 
     @classmethod
     def from_pretrained(cls, model_id_or_dir: str | Path = "portrait4d-v2", device: torch.device | str = "cpu",
-                        dtype: torch.dtype | None = None) -> Portrait4DPipeline:
+                        dtype: torch.dtype | None = None, local_dir: str | Path | None = None) -> Portrait4DPipeline:
         """Load a pipeline folder (:meth:`save_pretrained`, ``avatar tiny``), or a model id / reconstructor folder
         plus the official preprocessing networks from the cache (``avatar download`` fetches them).
 
@@ -354,16 +288,21 @@ class Portrait4DPipeline:
                 folder, or a reconstructor folder (``Portrait4D.save_pretrained`` / ``avatar convert``).
             device: where to run.
             dtype: ``torch.bfloat16`` / ``torch.float16`` run the reconstructor under autocast.
+            local_dir: take the upstream files from this folder instead of the network.
         """
         path = Path(model_id_or_dir)
         if path.is_dir() and (path / PIPELINE_FILE).is_file():
             pipe = cls._load_folder(path)
         else:
-            reconstructor = Portrait4D.from_pretrained(model_id_or_dir)
-            motion = None if reconstructor.config.is_static else PDFGCEncoder.from_pretrained()
+            reconstructor = Portrait4D.from_pretrained(model_id_or_dir, local_dir=local_dir)
+            motion = None if reconstructor.config.is_static else PDFGCEncoder.from_pretrained(local_dir=local_dir)
             pre = FacePreprocessor(
-                RetinaFace.from_pretrained(), H3RLandmarker.from_pretrained(), FAN3DLandmarker.from_pretrained(),
-                Deep3DReconNet.from_pretrained(), BFM2FLAMEMapper.from_pretrained(), motion,
+                RetinaFace.from_pretrained(local_dir=local_dir),
+                H3RLandmarker(H3R.from_pretrained(local_dir=local_dir)),
+                FAN3DLandmarker.from_pretrained(local_dir=local_dir),
+                Deep3DReconNet.from_pretrained(local_dir=local_dir),
+                BFM2FLAMEMapper.from_pretrained(local_dir=local_dir),
+                motion,
             )
             pipe = cls(reconstructor, pre)
         pipe.to(device)
@@ -373,30 +312,21 @@ class Portrait4DPipeline:
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write the whole pipeline into one folder (moved into place when complete) that
-        :meth:`from_pretrained` loads back: ``pipeline.json``, ``reconstructor/`` and one folder per network
-        (``config.json`` + ``model.safetensors``)."""
-        from safetensors.torch import save_file
-
+        :meth:`from_pretrained` loads back: ``pipeline.json`` and one folder per network (``reconstructor/``,
+        ``detector/``, ...), each written by that network's ``save_pretrained``."""
         out = Path(save_directory)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
             self.reconstructor.save_pretrained(tmp / "reconstructor")
-            components = {}
+            components = {"reconstructor": _class_path(type(self.reconstructor))}
             for name, module in self.preprocessor.modules().items():
-                if module is None:
-                    continue
-                folder = tmp / name
-                folder.mkdir()
-                configs = ([module.fan.config, module.depth.config] if isinstance(module, FAN3DLandmarker)
-                           else [module.config])
-                assert all(is_dataclass(c) for c in configs)
-                (folder / "config.json").write_text(json.dumps([asdict(c) for c in configs], indent=2))
-                state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-                save_file(state, str(folder / "model.safetensors"))
-                components[name] = type(module).__name__
-            meta = {"format": PIPELINE_FORMAT, "version": 1, "random_init": self.random_init,
-                    "components": components, "min_face_size": self.preprocessor.min_face_size}
+                if module is not None:
+                    module.save_pretrained(tmp / name)
+                    components[name] = _class_path(type(module))
+            meta = {"format": PIPELINE_FORMAT, "version": 2, "pipeline_class": _class_path(type(self)),
+                    "random_init": self.random_init, "components": components,
+                    "min_face_size": self.preprocessor.min_face_size}
             (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
             if out.exists():
                 shutil.rmtree(out)
@@ -407,32 +337,29 @@ class Portrait4DPipeline:
 
     @classmethod
     def _load_folder(cls, folder: Path) -> Portrait4DPipeline:
-        from safetensors.torch import load_file
-
         meta = json.loads((folder / PIPELINE_FILE).read_text())
         if meta.get("format") != PIPELINE_FORMAT:
-            raise ValueError(f"{folder / PIPELINE_FILE} is not a Portrait4D pipeline description")
+            raise ModelNotFoundError(f"{folder / PIPELINE_FILE} is not a Portrait4D pipeline description")
         reconstructor = Portrait4D.from_pretrained(folder / "reconstructor")
-        modules: dict[str, nn.Module | None] = {}
-        for name, (net_cls, cfg_classes) in _COMPONENTS.items():
+        modules: dict[str, Any] = {}
+        for name, net_cls in _COMPONENTS.items():
             sub = folder / name
-            if not sub.is_dir():
-                modules[name] = None
-                continue
-            configs = [_config_from_dict(c, v) for c, v in
-                       zip(cfg_classes, json.loads((sub / "config.json").read_text()), strict=True)]
-            module = net_cls(*configs)
-            module.load_state_dict(load_file(str(sub / "model.safetensors")), strict=True)
-            modules[name] = module.eval()
+            modules[name] = net_cls.from_pretrained(sub) if sub.is_dir() else None
         missing = [n for n, m in modules.items() if m is None and n != "motion_encoder"]
         if missing:
-            raise FileNotFoundError(f"{folder} lacks the networks {missing}; save the pipeline again")
-        pre = FacePreprocessor(modules["detector"], H3RLandmarker(modules["landmarker"]),  # type: ignore[arg-type]
-                               modules["landmarker_3d"], modules["face_recon"], modules["bfm2flame"],  # type: ignore[arg-type]
-                               modules["motion_encoder"], min_face_size=float(meta.get("min_face_size", 40.0)))  # type: ignore[arg-type]
+            raise ModelNotFoundError(f"{folder} lacks the networks {missing}; save the pipeline again")
+        pre = FacePreprocessor(modules["detector"], H3RLandmarker(modules["landmarker"]), modules["landmarker_3d"],
+                               modules["face_recon"], modules["bfm2flame"], modules["motion_encoder"],
+                               min_face_size=float(meta.get("min_face_size", 40.0)))
         if meta.get("random_init"):
             reconstructor.is_random_init = True
         return cls(reconstructor, pre, random_init=bool(meta.get("random_init")))
+
+    def load_avatar(self, path: str | Path) -> Avatar:
+        """An avatar written by :meth:`Avatar.save`, on this pipeline's device."""
+        avatar = Avatar.load(path, device=self.device)
+        self._check_avatar(avatar)
+        return avatar
 
     # ---- source ----------------------------------------------------------------------------------------
     def _motion_or_zeros(self, analyses: list[FaceAnalysis]) -> Tensor:
@@ -441,7 +368,7 @@ class Portrait4DPipeline:
             return torch.zeros(len(analyses), self.reconstructor.config.encoders.motion_dim)
         return motion
 
-    def analyze_photo(self, photo: str | Path | np.ndarray | Image.Image, aligned: bool = False) -> FaceAnalysis:
+    def analyze_photo(self, photo: PhotoLike, aligned: bool = False) -> FaceAnalysis:
         """Detect the largest face of a photo and run the official preprocessing on it.
 
         Raises:
@@ -467,7 +394,7 @@ class Portrait4DPipeline:
         return self.preprocessor.analyze([image], [faces[0].box])[0]
 
     @torch.no_grad()
-    def create_avatar(self, photo: str | Path | np.ndarray | Image.Image, aligned: bool = False) -> Avatar:
+    def create_avatar(self, photo: PhotoLike, aligned: bool = False) -> Avatar:
         """Build an avatar from one photo (path, PIL image or ``(H, W, 3)`` array).
 
         Args:
@@ -503,20 +430,14 @@ class Portrait4DPipeline:
             frames.append(to_uint8(self.reconstructor.render(state, motion, cam)["image"]))
         return np.concatenate(frames)
 
-    def render_orbit(self, avatar: Avatar, num_frames: int = 60, batch_size: int = 8,
-                     progress: bool = False) -> np.ndarray:
-        """A closed camera orbit around the avatar (:func:`avatar.render.camera.orbit_labels`)."""
-        return self.render_views(avatar, orbit_labels(num_frames), batch_size, progress)
-
     # ---- reenactment -----------------------------------------------------------------------------------
     def _resolve_pose_mode(self, mode: HeadPoseMode) -> HeadPoseMode:
+        """The head-pose mode this call can use (logged once per call when it differs from the one asked for)."""
         if mode not in ("neck", "camera", "fixed"):
-            raise ValueError(f"head_pose must be 'neck', 'camera' or 'fixed', got {mode!r}")
+            raise InputError(f"head_pose must be 'neck', 'camera' or 'fixed', got {mode!r}")
         if mode == "neck" and not self.reconstructor.deformer.available:
-            if not self._warned_neck:
-                logger.warning("this reconstructor has no FLAME deformer buffers, so the neck cannot rotate; "
-                               "the head rotation moves the camera instead (head_pose='camera')")
-                self._warned_neck = True
+            logger.warning("this reconstructor has no FLAME deformer buffers, so the neck cannot rotate; "
+                           "the head rotation moves the camera instead (head_pose='camera')")
             return "camera"
         return mode
 
@@ -537,11 +458,10 @@ class Portrait4DPipeline:
         state = avatar.state.to(self.device)
         return self.reconstructor.render(state, motion.to(self.device), camera, head)
 
-    @torch.no_grad()
     def iter_reenact(
         self,
         avatar: Avatar,
-        video: str | Path | Iterable[np.ndarray],
+        video: VideoLike,
         *,
         relative: bool = True,
         head_pose: HeadPoseMode = "neck",
@@ -550,8 +470,11 @@ class Portrait4DPipeline:
         max_frames: int | None = None,
         progress: bool = False,
         prefetch: bool = False,
-    ) -> Iterator[ReenactedFrame]:
-        """Drive the avatar with a video (path, or an iterable of ``(H, W, 3)`` uint8 frames); yields frames.
+    ) -> ReenactStream:
+        """Drive the avatar with a video (path, or an iterable of ``(H, W, 3)`` uint8 frames).
+
+        Returns a :class:`~avatar.pipelines.results.ReenactStream`: iterate it for the frames; its
+        ``frames_without_face``, ``frames_done``, ``head_pose`` and ``fps`` belong to this call alone.
 
         Args:
             relative: apply the driving motion and pose as changes from the first driving frame with a face
@@ -567,27 +490,37 @@ class Portrait4DPipeline:
                 slow preprocessing and a fast renderer it can help.
 
         Driving frames without a usable face hold the last good motion (the source's own before the first
-        one); their count is logged at the end and their indices are in :attr:`last_frames_without_face`.
+        one); their count is logged at the end and their indices are in the stream's ``frames_without_face``.
         """
         self._check_avatar(avatar)
         mode = self._resolve_pose_mode(head_pose)
+        fps = Fraction(25)
         if isinstance(video, str | Path):
             reader: Iterable[np.ndarray] = VideoReader(video, max_frames=max_frames)
-            total = len(reader)  # type: ignore[arg-type]
+            total: int | None = len(reader)  # type: ignore[arg-type]
+            fps = reader.fps  # type: ignore[attr-defined]
         else:
             reader, total = video, None
+        frames = self._reenact_frames(avatar, reader, total, relative=relative, mode=mode, smooth=smooth,
+                                      batch_size=batch_size, max_frames=max_frames, progress=progress,
+                                      prefetch=prefetch)
+        return ReenactStream(frames, total=total, fps=fps, head_pose=mode)
+
+    @torch.no_grad()
+    def _reenact_frames(self, avatar: Avatar, reader: Iterable[np.ndarray], total: int | None, *, relative: bool,
+                        mode: HeadPoseMode, smooth: bool, batch_size: int, max_frames: int | None, progress: bool,
+                        prefetch: bool) -> Iterator[ReenactedFrame]:
         crop_smoother = CropSmoother() if smooth else None
         pose_filter = OneEuroFilter.from_params(POSE_FILTER) if smooth else None
         src_motion, src_label = avatar.source_motion.float(), avatar.source_label.float()
         ref: tuple[Tensor, Tensor] | None = None
         last = (src_motion[0], src_label[0])
-        missing: list[int] = []
-        self.last_frames_without_face = missing
+        missing = 0
         index = 0
         bar = tqdm(total=total, disable=not progress, unit="frame", desc="reenact")
         batches = self._preprocess_batches(reader, batch_size, max_frames, crop_smoother)
         if prefetch:
-            batches = _in_background(batches)
+            batches = in_background(batches)
         try:
             for chunk, good, analyses, motions in batches:
                 by_frame = {i: k for k, i in enumerate(good)}
@@ -595,7 +528,7 @@ class Portrait4DPipeline:
                 for i, frame in enumerate(chunk):
                     k = by_frame.get(i)
                     if k is None:
-                        missing.append(index + i)
+                        missing += 1
                         m, lab = last
                         crops.append(np.asarray(Image.fromarray(frame).resize((512, 512), Image.BILINEAR)))
                     else:
@@ -612,8 +545,9 @@ class Portrait4DPipeline:
                     l_list.append(lab)
                     found.append(k is not None)
                 motion, labels = torch.stack(m_list), torch.stack(l_list)
-                if relative:
-                    motion, labels = self._relative(motion, labels, ref, src_motion, src_label)
+                if relative and ref is not None:  # before the first face the held values are the source's own
+                    motion = relative_motion(motion, ref[0], src_motion)
+                    labels = relative_flame_labels(labels, ref[1], src_label)
                 images = to_uint8(self._drive(avatar, motion, labels, mode)["image"])
                 for i in range(len(chunk)):
                     yield ReenactedFrame(index + i, images[i], crops[i], found[i])
@@ -624,13 +558,13 @@ class Portrait4DPipeline:
             batches.close()  # type: ignore[attr-defined]  # stops a prefetching thread, closes the video
         if missing:
             logger.warning("no usable face in %d of %d driving frames; their motion was held from the last good "
-                           "frame", len(missing), index)
+                           "frame", missing, index)
 
     def _preprocess_batches(self, frames: Iterable[np.ndarray], batch_size: int, max_frames: int | None,
                             crop_smoother: CropSmoother | None,
                             ) -> Iterator[tuple[list[np.ndarray], list[int], list[FaceAnalysis], Tensor | None]]:
         """Driving frames in batches -> ``(frames, indices with a usable face, their analyses, their motions)``."""
-        for chunk in _batched(frames, batch_size, max_frames):
+        for chunk in batched_frames(frames, batch_size, max_frames):
             faces = self.preprocessor.detect(chunk)
             good = [i for i, f in enumerate(faces) if f and f[0].size >= self.preprocessor.min_face_size]
             analyses = self.preprocessor.analyze([chunk[i] for i in good], [faces[i][0].box for i in good],
@@ -638,93 +572,6 @@ class Portrait4DPipeline:
             motions = self._motion_or_zeros(analyses).cpu() if analyses else None
             yield chunk, good, analyses, motions
 
-    @staticmethod
-    def _relative(motion: Tensor, labels: Tensor, ref: tuple[Tensor, Tensor] | None, src_motion: Tensor,
-                  src_label: Tensor) -> tuple[Tensor, Tensor]:
-        """Motion and pose changes from ``ref`` (first good driving frame) applied to the source."""
-        if ref is None:  # no face yet: the held values are the source's own
-            return motion, labels
-        m0, l0 = ref
-        n = motion.shape[0]
-        out_motion = src_motion + (motion - m0)
-        out = labels.clone()
-        src = src_label.expand(n, -1)
-        ref_l = l0[None].expand(n, -1)
-        out[:, 425:428] = _rotation_relative(labels[:, 425:428], ref_l[:, 425:428], src[:, 425:428])
-        for sl in (slice(325, 425), slice(428, 431), slice(431, 437)):  # expression, jaw, eyes
-            out[:, sl] = src[:, sl] + labels[:, sl] - ref_l[:, sl]
-        out[:, 25:325] = src[:, 25:325]
-        return out_motion, out
 
-    def reenact(self, avatar: Avatar, video: str | Path | Iterable[np.ndarray], **kwargs: Any) -> ReenactResult:
-        """All frames of :meth:`iter_reenact` at once (memory: ``N`` frames); same keyword arguments."""
-        fps = VideoReader(video).fps if isinstance(video, str | Path) else Fraction(25)
-        frames, driving = [], []
-        for f in self.iter_reenact(avatar, video, **kwargs):
-            frames.append(f.image)
-            driving.append(f.driving)
-        return ReenactResult(np.stack(frames), np.stack(driving), fps, list(self.last_frames_without_face))
-
-
-def _batched(frames: Iterable[np.ndarray], size: int, limit: int | None) -> Iterator[list[np.ndarray]]:
-    if size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {size}")
-    chunk: list[np.ndarray] = []
-    for n, frame in enumerate(frames):
-        if limit is not None and n >= limit:
-            break
-        chunk.append(np.ascontiguousarray(frame))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-
-
-
-def _in_background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
-    """Run a generator in a daemon thread, ``depth`` items ahead; its exceptions are raised here, in order.
-    Closing the returned generator stops the thread after its current item."""
-    import queue
-    import threading
-
-    buffer: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            with torch.no_grad():  # grad mode is per thread
-                for item in items:
-                    while not stop.is_set():
-                        try:
-                            buffer.put(("item", item), timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-            buffer.put(("end", None))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            buffer.put(("error", exc))
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=work, name="avatar-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = buffer.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        while thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                buffer.get(timeout=0.1)
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"

@@ -37,6 +37,7 @@ __all__ = [
     "orbit_labels",
     "sample_lookat_cam2world",
     "split_label",
+    "view_label",
 ]
 
 PORTRAIT4D_FOV_DEG: float = 12.0
@@ -310,3 +311,15 @@ def orbit_labels(
     c2w = lookat_cam2world(yaw, pitch, lookat, radius, batch_size=num_frames, device=device)
     k = make_intrinsics(focal_from_fov(fov_deg), num_frames, device=device)
     return make_label(c2w, k)
+
+
+def view_label(yaw_deg: float, pitch_deg: float, fov_deg: float = PORTRAIT4D_FOV_DEG,
+               device: torch.device | str | None = None) -> Tensor:
+    """``(1, 25)`` label of a camera looking at the head from ``yaw_deg`` (+: from the person's right) and
+    ``pitch_deg`` (+: from above), at the inference camera's distance and field of view; ``(0, 0)`` is the
+    fixed inference camera (:func:`inference_label`) to within 1e-2."""
+    yaw = math.pi / 2 + math.radians(float(yaw_deg))
+    polar = math.pi / 2 - math.radians(float(pitch_deg))
+    c2w = lookat_cam2world(yaw, polar, (0.0, INFERENCE_TRANSLATION[1], 0.0), INFERENCE_TRANSLATION[2], batch_size=1,
+                           device=device)
+    return make_label(c2w, make_intrinsics(focal_from_fov(fov_deg), 1, device=device))
