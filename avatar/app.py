@@ -53,7 +53,7 @@ from avatar.hub.registry import DEFAULT_MODEL_ID, MODELS, pipeline_model_ids  # 
 from avatar.hub.status import missing_files as _missing_files  # noqa: E402
 from avatar.hub.status import model_status as _model_status  # noqa: E402
 from avatar.io import VideoReader, VideoWriter, load_image, probe_video  # noqa: E402
-from avatar.pipelines import Avatar, side_by_side  # noqa: E402
+from avatar.pipelines import AvatarPipeline, side_by_side  # noqa: E402
 from avatar.pipelines.cache import TINY, LoadedModel, ModelUnavailableError, PipelineCache  # noqa: E402
 from avatar.render.camera import orbit_labels, view_label  # noqa: E402
 from avatar.runtime import DTYPES  # noqa: E402
@@ -242,7 +242,7 @@ def _file_digest(path: str) -> str:
 
 
 def _get_avatar(photo: str, model: str, cache: dict | None,
-                progress: gr.Progress) -> tuple[Any, Avatar, dict, bool]:
+                progress: gr.Progress) -> tuple[AvatarPipeline, Any, dict, bool]:
     """The session's avatar of ``photo`` for ``model`` (built once, then reused); returns it and the new cache."""
     cache = OrderedDict(cache or {})
     key = f"{model}:{_file_digest(photo)}"
@@ -272,13 +272,6 @@ def _write_video(frames: Iterator[np.ndarray], path: Path, fps: Any, total: int,
             rate = n / max(time.perf_counter() - t0, 1e-6)
             progress((n, max(total, n)), desc=f"{what}: {rate:.1f} frames/s", unit="frames")
     return writer, writer.frames_written / max(time.perf_counter() - t0, 1e-6)
-
-
-def _frames_without_face(stream: Any, pipe: Any) -> list[int]:
-    found = getattr(stream, "frames_without_face", None)
-    if found is None:  # TODO(auto): drop once iter_reenact returns a ReenactStream
-        found = getattr(pipe, "last_frames_without_face", [])
-    return list(found)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -340,13 +333,12 @@ def reenact(photo: str | None, video: str | None, model: str, motion: str, smoot
         max_frames = max(1, math.ceil(use_seconds * float(info.fps)))
         total = min(len(VideoReader(video, max_frames=max_frames)), max_frames) or max_frames
         pipe, avatar, cache, built = _get_avatar(photo, model, cache, progress)
-        stream = pipe.iter_reenact(avatar, video, relative=motion != "absolute", smooth=bool(smooth),
-                                   batch_size=RENDER_BATCH, max_frames=max_frames)
-        images = (side_by_side(avatar.source_crop, f.image, f.driving) if side else f.image for f in stream)
-        path = _output_path("reenacted.mp4")
-        writer, rate = _write_video(images, path, info.fps, total, progress, "reenacting", audio_from=video)
-    # this job's own count (the stream's), never the pipeline's: concurrent jobs share the pipeline
-    missing = len(_frames_without_face(stream, pipe))
+        with pipe.iter_reenact(avatar, video, relative=motion != "absolute", smooth=bool(smooth),
+                               batch_size=RENDER_BATCH, max_frames=max_frames) as stream:
+            images = (side_by_side(avatar.source_crop, f.image, f.driving) if side else f.image for f in stream)
+            path = _output_path("reenacted.mp4")
+            writer, rate = _write_video(images, path, info.fps, total, progress, "reenacting", audio_from=video)
+    missing = len(stream.frames_without_face)  # this job's own count: concurrent jobs share the pipeline
     audio = {"copy": "driving audio kept", "aac": "driving audio kept (re-encoded to AAC)", None: "no audio"}[
         writer.audio_mode]
     text = (f"{writer.frames_written} frames at {float(info.fps):.2f} fps ({audio}) · {rate:.1f} frames/s on "
@@ -397,7 +389,7 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
     examples = example_photos()
     reenact_default = selected if selected not in ("portrait4d-static",) else DEFAULT_MODEL_ID
     with gr.Blocks(title="avatar4d: one-shot 4D head avatars", delete_cache=(3600, 7200)) as demo:
-        avatars = gr.State({})  # this session's avatars: {model:photo-digest -> Avatar}
+        avatars = gr.State({})  # this session's avatars: {model:photo-digest -> avatar}
         gr.Markdown(INTRO)
         status = gr.Markdown(runtime_status(selected), elem_id="model-status")
 
@@ -531,8 +523,8 @@ def main(argv: Sequence[str] | None = None, *, demo: gr.Blocks | None = None) ->
         try:
             launch(app, server_name=args.host, server_port=args.port, share=args.share)
         except OSError as exc:  # port taken, host not an address of this machine
-            raise InputError(f"cannot serve the app on {args.host}:{args.port}: {exc}; pick another --port or "
-                             "--host") from None
+            raise InputError(f"cannot serve the app on {args.host}:{args.port}; pick another --port or --host "
+                             f"({exc})") from None
 
     return run_guarded(serve, verbosity=verbosity, log=logger, command="app")
 

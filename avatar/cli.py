@@ -33,6 +33,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .logs import setup_logging
@@ -78,6 +79,14 @@ def run_guarded(func: Callable[[], int | None], *, verbosity: int = 0, log: logg
     except AvatarError as exc:
         log.error("%s", exc, exc_info=verbosity > 0)
         return EXIT_ERROR
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL_MODULES.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            log.exception("%s failed: %s; this is a bug, please report it with this traceback", command, exc)
+            return EXIT_BUG
+        log.error("%s needs the optional package %s: pip install 'avatar4d[%s]'", command, exc.name, extra,
+                  exc_info=verbosity > 0)
+        return EXIT_ERROR
     except Exception as exc:
         if _is_cuda_oom(exc):
             log.error("%s: the GPU ran out of memory (%s); try a smaller --batch-size, a shorter input or "
@@ -86,6 +95,14 @@ def run_guarded(func: Callable[[], int | None], *, verbosity: int = 0, log: logg
         log.exception("%s failed with an unexpected %s: this is a bug; please report it with the command line "
                       "and this traceback", command, type(exc).__name__)
         return EXIT_BUG
+
+
+OPTIONAL_MODULES = {
+    "gradio": "app", "gradio_client": "app", "lpips": "eval", "pytorch_fid": "eval", "scipy": "eval",
+    "skimage": "app", "matplotlib": "eval", "accelerate": "eval",
+}
+"""Top-level modules of the optional extras (pyproject.toml) -> the extra that installs them: a command that needs
+one that is missing says which extra to install (exit 1) instead of printing a traceback."""
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -159,6 +176,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .hub.convert import convert_file
 
+    if not Path(args.checkpoint).is_file():  # convert_file raises a bare FileNotFoundError (TODO(errors))
+        from .errors import InputError
+
+        raise InputError(f"{args.checkpoint} does not exist or is not a file")
     out = Path(args.out)
     result = convert_file(args.checkpoint, out, fmt=args.format, name=args.name, network=args.network)
     target = result.weights or result.copy
@@ -327,17 +348,57 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-avatar", metavar="FILE", help="also save the avatar (.safetensors) for later runs")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# commands that hand their arguments to another entry point's main
+
+
+@dataclass(frozen=True)
+class _Forward:
+    target: str  # "module:function", called with the remaining arguments
+    same_as: str  # the other form of the command
+    help: str
+
+
+FORWARDED: dict[str, _Forward] = {
+    "eval": _Forward("eval.run:main", "python -m eval.run",
+                     "score a benchmark protocol for a model or another method's frames"),
+    "prepare": _Forward("eval.prepare:main", "python -m eval.prepare",
+                        "build a benchmark's ground-truth frames from raw HDTF clips or CelebA images"),
+    "bench": _Forward("avatar.bench:main", "python -m avatar.bench",
+                      "speed benchmarks: psi (reconstructor), pipeline (end to end), metrics (eval's metric set)"),
+    "app": _Forward("avatar.app:main", "python app.py",
+                    "start the Gradio app on localhost (needs the [app] extra)"),
+}
+"""``avatar eval ARGS`` is ``python -m eval.run ARGS``, and so on: the same ``main`` with the same arguments."""
+
+
+def _forward(command: str, argv: list[str], verbosity: int) -> int:
+    import importlib
+
+    spec = FORWARDED[command]
+    module, _, function = spec.target.partition(":")
+    flags = ["-q"] if verbosity < 0 else ["-v"] * verbosity  # every forwarded main takes -v / -q
+
+    def call() -> int:
+        return getattr(importlib.import_module(module), function)([*flags, *argv])
+
+    return run_guarded(call, verbosity=verbosity, command=f"avatar {command}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="avatar",
         description="One-shot 4D head avatars: Portrait4D family models, preprocessing, rendering and reenactment.",
+        epilog="Exit status: 0 done; 1 the input cannot be used (one plain sentence on stderr; -v adds the "
+               "traceback); 2 a bug (the traceback is printed: please report it); 130 interrupted.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list model ids and which of their files are cached",
-                       description="List the model ids, what each needs, and what is already in the cache.")
+    p = sub.add_parser("models", help="list pipeline model ids and network ids, and which files are cached",
+                       description="List the pipeline model ids (what --model takes), the network ids used inside "
+                                   "the pipelines, what each needs, and what is already in the cache.")
     p.add_argument("--files", action="store_true", help="list every file of each model")
     p.set_defaults(func=_cmd_models)
 
@@ -352,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("model_id", nargs="?", default="portrait4d-v2",
-                   help="portrait4d-v2 (default), portrait4d-v1 or portrait4d-static")
+                   help="portrait4d-v2 (default), portrait4d-v1, portrait4d-static, or a network id (`avatar models`)")
     p.add_argument("--from-dir", metavar="DIR", type=Path,
                    help="take the files from DIR (a copy of the Hub repo or an official checkout) instead of the network")
     p.add_argument("--file", action="append", metavar="KEY", help="fetch single files by registry key (see `avatar models`)")
@@ -417,35 +478,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny)
+
+    for name, spec in FORWARDED.items():  # every later argument, --help included, goes to spec.target
+        sub.add_parser(name, help=f"{spec.help} (= `{spec.same_as}`; `avatar {name} --help` for its options)",
+                       add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``avatar [-v|-q] COMMAND ...``; returns the exit status (module docstring)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(-1 if args.quiet else args.verbose)
+    args, rest = parser.parse_known_args(argv)
+    verbosity = -1 if args.quiet else args.verbose
+    setup_logging(verbosity)
+    if args.command in FORWARDED:
+        return _forward(args.command, rest, verbosity)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
         return EXIT_ERROR
-    try:
-        return int(args.func(args) or EXIT_OK)
-    except KeyboardInterrupt:
-        logger.error("interrupted")
-        return 130
-    except Exception as exc:  # one plain sentence, no traceback (use -v for it)
-        from .hub.download import AssetNotFoundError, AssetVerificationError
-        from .hub.formats import FormatError
-        from .hub.unpickle import UnsafePickleError
-        from .io.errors import InputError
-
-        known = (AssetNotFoundError, AssetVerificationError, FormatError, UnsafePickleError, FileNotFoundError,
-                 KeyError, ValueError, InputError)
-        if args.verbose or not isinstance(exc, known):
-            logger.exception("%s failed", args.command)
-        else:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            logger.error("%s", message)
-        return EXIT_ERROR
+    return run_guarded(lambda: args.func(args), verbosity=verbosity, command=args.command)
 
 
 if __name__ == "__main__":  # pragma: no cover

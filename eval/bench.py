@@ -1,6 +1,7 @@
 """Speed of the full HDTF same-identity metric set (PSNR, SSIM, CSIM, AED, APD, AKD, LPIPS, L1, FID) in frames/s.
 
     python -m eval.bench [--device cuda] [--batch-size 64] [--frames 1024] [--dtype fp32|bf16] [--gpus N] [--json F]
+    avatar bench metrics ...     # the same command
 
 One "frame" is one generated 512x512 frame scored against its ground-truth frame with every metric: both images
 go through the face analysis (RetinaFace -> FAN-68 -> Deep3DFaceRecon, :class:`eval.metrics.analysis.FaceAnalyzer`,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import statistics
 import sys
@@ -277,8 +279,13 @@ def run_multi_gpu(gpus: int, **kwargs: Any) -> BenchResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``python -m eval.bench`` / ``avatar bench metrics``: exit status 0, 1 (the input cannot be used), 2 (a bug)."""
+    from avatar.cli import ArgumentParser, run_guarded
+    from avatar.errors import InputError
+    from avatar.logs import setup_logging
+
+    p = ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=None, help="frames per batch (default 64 on CUDA, 4 on CPU)")
     p.add_argument("--frames", type=int, default=None, help="timed frames (default 1024 on CUDA, 8 on CPU)")
@@ -291,25 +298,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-fid-compute", action="store_true", help="skip timing the final Frechet distance")
     p.add_argument("--json", help="write the result as JSON to this file")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug; tracebacks of errors)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    verbosity = -1 if args.quiet else args.verbose
+    setup_logging(verbosity)
     cuda = args.device.startswith("cuda")
-    kwargs = dict(batch_size=args.batch_size or (64 if cuda else 4), frames=args.frames or (1024 if cuda else 8),
-                  dtype=args.dtype, warmup=args.warmup, channels_last=args.channels_last,
-                  metrics=tuple(args.metrics.split(",")) if args.metrics else None,
-                  fid_compute=not args.no_fid_compute)
-    if args.gpus > 1:
-        if not cuda or torch.cuda.device_count() < args.gpus:
-            p.error(f"--gpus {args.gpus} needs that many CUDA devices ({torch.cuda.device_count()} here)")
-        res = run_multi_gpu(args.gpus, **kwargs)
-    else:
-        res = run_bench(device=args.device, **kwargs)
-    print(format_table(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(asdict(res), f, indent=1)
-    return 0
+    if args.gpus > 1 and (not cuda or torch.cuda.device_count() < args.gpus):
+        p.error(f"--gpus {args.gpus} needs that many CUDA devices ({torch.cuda.device_count()} here)")
+
+    def work() -> int:
+        if cuda and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+        for option, value in (("--batch-size", args.batch_size), ("--frames", args.frames), ("--gpus", args.gpus),
+                              ("--threads", args.threads)):
+            if value is not None and value < 1:
+                raise InputError(f"{option} must be at least 1, got {value}")
+        names = tuple(m.strip().lower() for m in args.metrics.split(",")) if args.metrics else None
+        unknown = [m for m in names or () if m not in FALLBACK_METRICS]
+        if unknown:
+            raise InputError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(FALLBACK_METRICS)}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        kwargs = dict(batch_size=args.batch_size or (64 if cuda else 4), frames=args.frames or (1024 if cuda else 8),
+                      dtype=args.dtype, warmup=args.warmup, channels_last=args.channels_last, metrics=names,
+                      fid_compute=not args.no_fid_compute)
+        res = run_multi_gpu(args.gpus, **kwargs) if args.gpus > 1 else run_bench(device=args.device, **kwargs)
+        print(format_table(res))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(asdict(res), f, indent=1)
+        return 0
+
+    return run_guarded(work, verbosity=verbosity, log=logging.getLogger("eval.bench"), command="eval.bench")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m eval.prepare hdtf   --raw RAW --out DATA [--ids test|test20|all|FILE|ID,ID] [--crop aligned|tube]
     python -m eval.prepare celeba --raw RAW --out DATA [--split test|all|FILE]
     python -m eval.prepare hdtf   --list-sources [--ids ...]     # what to download and cut (nothing is fetched)
+    avatar prepare ...                                           # the same command
 
 Every output frame is a 512x512 RGB PNG. ``--crop aligned`` (default) is Portrait4D's own preprocessing, per
 frame: RetinaFace (largest face) -> H3R 98 WFLW points -> the official 512 crop from five of them
@@ -51,7 +52,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -61,10 +61,13 @@ from typing import Any
 
 import numpy as np
 
+from avatar.errors import AssetNotFoundError, AvatarError, InputError
+
 logger = logging.getLogger("eval.prepare")
 
 __all__ = [
-    "CROP_SIZE", "BackgroundRemover", "FaceCropper", "HDTFClip", "MattingUnavailableError", "MissingRawFilesError", "PrepareResult",
+    "CROP_SIZE", "BackgroundRemover", "FaceCropper", "HDTFClip", "InputNotFoundError", "MattingUnavailableError",
+    "MissingRawFilesError", "PrepareResult", "UnknownIdError",
     "celeba_sources", "hdtf_clips", "list_sources", "load_matting", "main", "prepare",
     "read_hdtf_lists",
 ]
@@ -84,7 +87,18 @@ def _shared_lists() -> Path:
 DEFAULT_LISTS = _shared_lists()
 
 
-class MissingRawFilesError(FileNotFoundError):
+class InputNotFoundError(InputError, FileNotFoundError):
+    """A folder or list named by an option does not exist (also a :class:`FileNotFoundError`)."""
+
+
+class UnknownIdError(InputError, KeyError):
+    """An id (HDTF clip, CelebA-HQ index) that the official lists do not have (also a :class:`KeyError`)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingRawFilesError(AvatarError, FileNotFoundError):
     """Some ids have no raw file; ``missing`` maps each id to the file names that were looked for."""
 
     def __init__(self, missing: dict[str, list[str]], raw: Path, hint: Callable[[str], str] | None = None) -> None:
@@ -98,8 +112,8 @@ class MissingRawFilesError(FileNotFoundError):
         super().__init__("\n".join(lines))
 
 
-class MattingUnavailableError(FileNotFoundError):
-    """``--background remove`` found no MODNet weights (nothing was written)."""
+class MattingUnavailableError(AssetNotFoundError):
+    """``--background remove`` found no MODNet weights (nothing was written); a :class:`FileNotFoundError`."""
 
 
 MATTING_MESSAGE = (
@@ -164,7 +178,7 @@ def read_hdtf_lists(lists: Path | None = None) -> dict[str, HDTFClip]:
     by id (``<CATEGORY>_<Name>_<clip:03d>``)."""
     folder = (lists or DEFAULT_LISTS) / "hdtf"
     if not folder.is_dir():
-        raise FileNotFoundError(f"HDTF lists not found in {folder} (pass --lists DIR holding hdtf/)")
+        raise InputNotFoundError(f"HDTF lists not found in {folder} (pass --lists DIR holding hdtf/)")
     clips: dict[str, HDTFClip] = {}
     for cat in HDTF_CATEGORIES:
         urls = _read_table(folder / f"{cat}_video_url.txt")
@@ -207,8 +221,8 @@ def hdtf_clips(selection: str = "test", lists: Path | None = None) -> list[HDTFC
         ids = [s.strip() for s in selection.split(",") if s.strip()]
     unknown = [i for i in ids if i not in all_clips]
     if unknown:
-        raise KeyError(f"unknown HDTF id(s) {', '.join(unknown[:10])}; ids look like WRA_EricCantor_000 "
-                       "(category, name in *_video_url.txt, clip index in *_annotion_time.txt)")
+        raise UnknownIdError(f"unknown HDTF id(s) {', '.join(unknown[:10])}; ids look like WRA_EricCantor_000 "
+                             "(category, name in *_video_url.txt, clip index in *_annotion_time.txt)")
     return [all_clips[i] for i in ids]
 
 
@@ -239,7 +253,7 @@ def locate_hdtf(raw: Path, clip: HDTFClip) -> VideoSource | None:
     full = _find(raw, [clip.name, f"{clip.category}_{clip.name}"], VIDEO_EXTENSIONS)
     if full is not None:
         if clip.start is None:
-            raise ValueError(f"{clip.id}: found the full video {full} but the lists give no time range to cut")
+            raise InputError(f"{clip.id}: found the full video {full} but the lists give no time range to cut")
         return VideoSource(full, clip.start, clip.end)
     return None
 
@@ -263,7 +277,7 @@ def celeba_sources(selection: str = "test", lists: Path | None = None) -> list[t
     folder = (lists or DEFAULT_LISTS) / "celeba"
     mapping_file = folder / "CelebA-HQ-to-CelebA-mapping.txt"
     if not mapping_file.is_file():
-        raise FileNotFoundError(f"CelebA lists not found in {folder} (pass --lists DIR holding celeba/)")
+        raise InputNotFoundError(f"CelebA lists not found in {folder} (pass --lists DIR holding celeba/)")
     mapping: dict[int, str] = {}
     for line in mapping_file.read_text().splitlines():
         parts = line.split()
@@ -279,7 +293,7 @@ def celeba_sources(selection: str = "test", lists: Path | None = None) -> list[t
         indices = [int(s) for s in selection.split(",") if s.strip()]
     bad = [i for i in indices if i not in mapping]
     if bad:
-        raise KeyError(f"CelebA-HQ indices not in the mapping: {bad[:10]}")
+        raise UnknownIdError(f"CelebA-HQ indices not in the mapping: {bad[:10]}")
     return [(f"hq{i:05d}", i, mapping[i]) for i in indices]
 
 
@@ -349,7 +363,7 @@ class FaceCropper:
     def __init__(self, preprocessor: Any, crop: str = "aligned", smooth: bool = False, increase: float = 0.1,
                  size: int = CROP_SIZE) -> None:
         if crop not in ("aligned", "tube"):
-            raise ValueError(f"crop must be 'aligned' or 'tube', got {crop!r}")
+            raise InputError(f"crop must be 'aligned' or 'tube', got {crop!r}")
         self.pre = preprocessor
         self.mode = crop
         self.smooth = smooth
@@ -449,7 +463,7 @@ class BackgroundRemover:
 
     def __init__(self, net: Any, color: str = "black") -> None:
         if color not in BACKGROUND_COLORS:
-            raise ValueError(f"background colour must be one of {BACKGROUND_COLORS}, got {color!r}")
+            raise InputError(f"background colour must be one of {BACKGROUND_COLORS}, got {color!r}")
         self.net, self.color = net, color
 
     def __call__(self, crops: list[np.ndarray]) -> list[np.ndarray]:
@@ -596,14 +610,14 @@ def prepare(
     before any work). ``matting`` is a ready MODNet (else :func:`load_matting` finds one).
     """
     if background not in ("keep", "remove"):
-        raise ValueError(f"background must be 'keep' or 'remove', got {background!r}")
+        raise InputError(f"background must be 'keep' or 'remove', got {background!r}")
     if background_color not in BACKGROUND_COLORS:
-        raise ValueError(f"background_color must be one of {BACKGROUND_COLORS}, got {background_color!r}")
+        raise InputError(f"background_color must be one of {BACKGROUND_COLORS}, got {background_color!r}")
     if dataset not in ("hdtf", "celeba"):
-        raise ValueError(f"dataset must be 'hdtf' or 'celeba', got {dataset!r}")
+        raise InputError(f"dataset must be 'hdtf' or 'celeba', got {dataset!r}")
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
-        raise FileNotFoundError(f"raw folder {raw} does not exist")
+        raise InputNotFoundError(f"raw folder {raw} does not exist")
 
     # ---- what to do: locate every raw file first, so that missing ones are listed before any work
     todo: list[tuple[str, Any, int | None]] = []  # (id, source, frame count hint)
@@ -697,7 +711,9 @@ def prepare(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from avatar.cli import ArgumentParser
+
+    p = ArgumentParser(
         prog="python -m eval.prepare", description=__doc__.split("\n\n")[0],
         epilog="Raw files expected" + __doc__.split("Raw files expected", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -730,13 +746,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-sources", action="store_true",
                    help="print, for each selected id, where to download it and what to save it as; then stop")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug; tracebacks of errors)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    """``python -m eval.prepare`` / ``avatar prepare``: exit status 0 (done), 1 (the input cannot be used, or some
+    ids failed: listed in the summary), 2 (a bug), 130 (interrupted)."""
+    from avatar.cli import EXIT_ERROR, run_guarded
+    from avatar.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbosity = -1 if args.quiet else args.verbose
+    setup_logging(verbosity)
+    if not args.list_sources and (args.raw is None or args.out is None):
+        parser.error("--raw and --out are needed (or --list-sources)")
+
+    def work() -> int:
+        for option, value, low in (("--batch-size", args.batch_size, 1), ("--max-frames", args.max_frames, 1),
+                                   ("--fps", args.fps, 1e-6), ("--increase", args.increase, 0.0)):
+            if value is not None and value < low:
+                raise InputError(f"{option} must be {'positive' if low == 1e-6 else f'at least {low:g}'}, got {value:g}")
         if args.list_sources:
             if args.dataset == "hdtf":
                 print(list_sources(hdtf_clips(args.ids, args.lists)))
@@ -746,22 +778,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("\n".join(f"{i}\t{hq}\t{orig}" for i, hq, orig in rows))
                 print("# CelebA-HQ / CelebAMask-HQ: non-commercial research use only; download them yourself")
             return 0
-        if args.raw is None or args.out is None:
-            print("error: --raw and --out are needed (or --list-sources)", file=sys.stderr)
-            return 2
         res = prepare(args.dataset, args.raw, args.out, ids=args.ids, model=args.model, device=args.device,
                       crop=args.crop, smooth=args.smooth, increase=args.increase, background=args.background,
                       background_color=args.background_color, matting_checkpoint=args.matting_checkpoint,
                       batch_size=args.batch_size, fps=args.fps, max_frames=args.max_frames,
                       overwrite=args.overwrite, skip_missing=args.skip_missing, lists=args.lists,
                       show_progress=not args.no_progress)
-    except (MissingRawFilesError, MattingUnavailableError, FileNotFoundError, KeyError) as exc:
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
-    summary = {k: v for k, v in asdict(res).items() if k != "no_face"}
-    summary["ids_with_faceless_frames"] = {k: len(v) for k, v in res.no_face.items()}
-    print(json.dumps(summary, indent=1))
-    return 1 if res.failed else 0
+        summary = {k: v for k, v in asdict(res).items() if k != "no_face"}
+        summary["ids_with_faceless_frames"] = {k: len(v) for k, v in res.no_face.items()}
+        print(json.dumps(summary, indent=1))
+        if res.failed:
+            logger.error("%d id(s) failed (listed under \"failed\" above)", len(res.failed))
+            return EXIT_ERROR
+        return 0
+
+    return run_guarded(work, verbosity=verbosity, log=logger, command="prepare")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m eval.run --benchmark hdtf --protocol same-identity --data DATA --predictions DIR --out RESULTS
     python -m eval.run --benchmark celeba --protocol cross-identity --data DATA --model portrait4d-v2 --out RESULTS
     accelerate launch --num_processes 4 -m eval.run ...        # split over processes / GPUs
+    avatar eval ...                                            # the same command
 
 Every per-sample result is appended to ``RESULTS/cache/`` as it is computed; running the same command again
 resumes (only what is missing is computed). Each process scores every world_size-th batch of the protocol's fixed batches
@@ -24,13 +25,16 @@ from typing import Any
 
 import torch
 
+from avatar.cli import ArgumentParser
+from avatar.errors import AvatarError, InputError
+
 from . import cache as cache_mod
 from .data import PredictionCheckError, check_predictions, load_batch
 from .protocols import BENCHMARKS, HDTF_CROSS_ID_DRIVER, get_protocol
 from .protocols.pairs import SampleSet, build_samples
 from .scoring import Scorer, aggregate, parse_metric_options
 
-__all__ = ["DistState", "build_parser", "main", "run"]
+__all__ = ["DistState", "build_parser", "check_args", "main", "run"]
 
 logger = logging.getLogger("eval.run")
 
@@ -61,8 +65,10 @@ class DistState:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0],
+                       epilog="Exit status: 0 done; 1 the input cannot be used (one plain sentence on stderr; -v adds "
+                              "the traceback); 2 a bug (traceback printed); 130 interrupted.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     p.add_argument("--protocol", required=True,
                    help="celeba: reconstruction | cross-identity; hdtf: same-identity | cross-identity | to-celeba")
@@ -90,7 +96,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method-name", help="row label in the report (default: the model or predictions folder)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug; tracebacks of errors)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Option values that cannot work, reported as :class:`~avatar.errors.InputError` before any work."""
+    try:
+        protocol = get_protocol(args.benchmark, args.protocol)
+    except KeyError as exc:
+        raise InputError(f"--protocol {args.protocol}: {exc.args[0] if exc.args else exc}") from None
+    if args.metrics:
+        names = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
+        unknown = [m for m in names if m not in protocol.metrics]
+        if unknown or not names:
+            raise InputError(f"--metrics {args.metrics}: {', '.join(unknown) or 'nothing'} is not a metric of "
+                             f"{protocol.key} (its metrics: {', '.join(protocol.metrics)})")
+    try:
+        parse_metric_options(args.metric_option)
+    except ValueError as exc:
+        raise InputError(f"--metric-option: {exc}") from None
+    for option, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{option} must be at least 1, got {value}")
+    folders = [("--data", args.data, "prepare it with `avatar prepare`"),
+               ("--predictions", args.predictions, "one <id>/<frame:06d>.png per sample"),
+               ("--sources", args.sources, "the prepared CelebA folder")]
+    for option, folder, what in folders:
+        if folder is not None and not Path(folder).is_dir():
+            raise InputError(f"{option} {folder}: no such folder ({what})")
+    for option, file in (("--video-list", args.video_list), ("--source-list", args.source_list)):
+        if file is not None and not Path(file).is_file():
+            raise InputError(f"{option} {file}: no such file")
+    if args.device:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise InputError(f"--device {args.device}: {exc}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
 
 
 def _after_batch(done: int) -> None:
@@ -118,6 +163,7 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
     stops before the aggregation; ``scorer_kwargs`` and ``pipeline`` let tests plug in tiny networks.
     """
     args = build_parser().parse_args(argv)
+    check_args(args)
     state = state or DistState.detect()
     device = torch.device(args.device) if args.device else state.device
     started = time.time()
@@ -137,9 +183,9 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
         pred_root = out / "predictions"
         mode = reenact_mode(protocol.key, args.reenact_mode)
         if pipeline is None:
-            from avatar.pipelines.portrait4d import Portrait4DPipeline
+            from avatar.pipelines.auto import load_pipeline
 
-            pipeline = Portrait4DPipeline.from_pretrained(args.model, device=device, dtype=getattr(torch, args.dtype))
+            pipeline = load_pipeline(args.model, device=device, dtype=getattr(torch, args.dtype))
         folders = list(dict.fromkeys(s.output_id for s in sset.samples))
         mine = set(folders[state.rank::state.world_size])  # one avatar per folder: folders are sharded
         my_samples = [s for s in sset.samples if s.output_id in mine]
@@ -210,17 +256,40 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
                                                                        "truncated_lines": cached.truncated_lines})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def user_errors() -> tuple[type[BaseException], ...]:
+    """eval's own errors that are the user's fault but do not derive from :class:`~avatar.errors.AvatarError` yet
+    (TODO(errors): derive them in eval/data.py, eval/cache.py and eval/metrics/weights.py, then drop this)."""
+    errors: list[type[BaseException]] = [PredictionCheckError, cache_mod.CacheMismatchError]
     try:
-        summary = run(argv)
-    except (PredictionCheckError, cache_mod.CacheMismatchError, FileNotFoundError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if summary is not None:
-        print(summary["markdown_path"])
-        print(summary["headline"])
-    return 0
+        from .metrics.weights import MissingWeightsError
+    except ImportError:  # moved
+        pass
+    else:
+        errors.append(MissingWeightsError)
+    return tuple(e for e in errors if not issubclass(e, AvatarError))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m eval.run`` / ``avatar eval``: exit status 0, 1 (the input cannot be used), 2 (a bug), 130."""
+    from avatar.cli import EXIT_ERROR, run_guarded
+    from avatar.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    verbosity = -1 if args.quiet else args.verbose
+    setup_logging(verbosity)
+
+    def work() -> int:
+        try:
+            summary = run(argv)
+        except user_errors() as err:
+            logger.error("%s", err, exc_info=verbosity > 0)
+            return EXIT_ERROR
+        if summary is not None:
+            print(summary["markdown_path"])
+            print(summary["headline"])
+        return 0
+
+    return run_guarded(work, verbosity=verbosity, log=logger, command="eval")
 
 
 if __name__ == "__main__":

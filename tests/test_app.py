@@ -1,5 +1,6 @@
-"""The app builds without launching, starts on localhost, is honest about missing weights, and - with the tiny
-random pipeline - reconstructs and reenacts real photos and videos through its named API endpoints."""
+"""The app (:mod:`avatar.app`; ``app.py`` is the Space's launcher) builds without launching, starts on localhost,
+is honest about missing weights, and - with the tiny random pipeline - reconstructs and reenacts real photos and
+videos through its named API endpoints. The user's errors are one sentence; anything else is an internal error."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _free_port() -> int:
 
 
 def test_import_builds_demo_without_launching() -> None:
-    import app
+    import app  # the root launcher (Hugging Face Space): a module-level demo, not launched
 
     assert isinstance(app.demo, gr.Blocks)
     assert not getattr(app.demo, "is_running", False)
@@ -35,8 +36,21 @@ def test_import_builds_demo_without_launching() -> None:
     assert {"reconstruct", "reenact", "status"} <= names
 
 
+def test_the_package_app_builds_nothing_on_import_and_lists_pipeline_ids_only() -> None:
+    import avatar.app as app
+    from avatar.hub.registry import MODELS, pipeline_model_ids
+
+    assert not hasattr(app, "demo")
+    demo = app.build_demo("portrait4d-v2")
+    dropdowns = [c for c in demo.config["components"] if c.get("props", {}).get("label") == "Model"]
+    files_menu = dropdowns[-1]["props"]["choices"]  # the "Model files" menu
+    values = [c[1] if isinstance(c, list | tuple) else c for c in files_menu]
+    assert values == [*pipeline_model_ids(), app.TINY]
+    assert set(MODELS) - set(values)  # the registry's network ids are not offered as models
+
+
 def test_status_names_missing_files_and_the_command() -> None:
-    import app
+    import avatar.app as app
 
     text = app.model_status("portrait4d-v2")
     assert "Weights missing" in text and "portrait4d-v2-vfhq512.pkl" in text
@@ -46,7 +60,7 @@ def test_status_names_missing_files_and_the_command() -> None:
 
 
 def test_status_line_labels_the_tiny_pipeline_and_missing_weights() -> None:
-    import app
+    import avatar.app as app
 
     assert "Development mode: tiny random pipeline" in app.runtime_status(app.TINY)
     line = app.runtime_status("portrait4d-v2")
@@ -56,29 +70,49 @@ def test_status_line_labels_the_tiny_pipeline_and_missing_weights() -> None:
 def test_view_label_frontal_is_the_inference_camera() -> None:
     import torch
 
-    import app
-    from avatar.render.camera import inference_label
+    from avatar.render.camera import inference_label, view_label
 
-    assert torch.allclose(app.view_label(0, 0), inference_label(1), atol=1e-2)
-    right = app.view_label(30, 0)[0, :16].reshape(4, 4)
-    above = app.view_label(0, 20)[0, :16].reshape(4, 4)
+    assert torch.allclose(view_label(0, 0), inference_label(1), atol=1e-2)
+    right = view_label(30, 0)[0, :16].reshape(4, 4)
+    above = view_label(0, 20)[0, :16].reshape(4, 4)
     assert right[0, 3] < -1.0 and abs(float(right[1, 3])) < 1e-4  # to the person's right (-x), at eye level
     assert above[1, 3] > 0.5  # above the head
 
 
-def test_pipeline_errors_become_one_plain_sentence() -> None:
-    import app
+def test_pipeline_errors_become_one_plain_sentence(caplog: pytest.LogCaptureFixture) -> None:
+    import avatar.app as app
+    from avatar.errors import AssetNotFoundError
     from avatar.io import NoFaceError
 
     upload = "/tmp/gradio/0123abcd/beach.jpg"
     with pytest.raises(gr.Error, match=r"no face found in beach\.jpg; use a photo"), app._user_errors(upload):
         raise NoFaceError(f"no face found in {upload}; use a photo with one clearly visible, roughly frontal face")
-    with pytest.raises(gr.Error, match=r"Something went wrong on the server \(ZeroDivisionError"), app._user_errors():
+    with pytest.raises(gr.Error, match=r"portrait4d-v2\.pkl is not in the cache"), app._user_errors():
+        raise AssetNotFoundError("portrait4d-v2.pkl is not in the cache")  # any AvatarError is the user's message
+    assert not caplog.records  # the user's errors are not logged as failures
+    # anything else is a bug: an internal error on the page, logged with its traceback
+    with pytest.raises(gr.Error, match=r"Something went wrong on the server \(ZeroDivisionError.*internal error"), \
+            app._user_errors():
         raise ZeroDivisionError("division by zero")
+    assert caplog.records[-1].levelname == "ERROR" and caplog.records[-1].exc_info is not None
+    with pytest.raises(gr.Error, match=r"internal error"), app._user_errors():  # not AvatarError: not the user's
+        raise ValueError("cameras must be (N, 25) labels")
+
+
+def test_model_unavailable_is_an_avatar_error_and_still_a_runtime_error() -> None:
+    from avatar.errors import AvatarError
+    from avatar.pipelines.cache import ModelUnavailableError, PipelineCache
+
+    assert issubclass(ModelUnavailableError, AvatarError) and issubclass(ModelUnavailableError, RuntimeError)
+    cache = PipelineCache(dtype="float8", settings_hint="set by AVATAR_DTYPE")
+    with pytest.raises(ModelUnavailableError, match=r"float8.*\(set by AVATAR_DTYPE\)"):
+        cache.get("portrait4d-v2")
+    with pytest.raises(ModelUnavailableError, match=r"weights of portrait4d-v2 are not available.*avatar download"):
+        PipelineCache(device="cpu").get("portrait4d-v2")  # an empty cache, offline
 
 
 def test_launched_app_answers_on_localhost() -> None:
-    import app
+    import avatar.app as app
 
     demo = app.build_demo("portrait4d-static")
     port = _free_port()
@@ -101,7 +135,7 @@ def test_launched_app_answers_on_localhost() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_url() -> Iterator[str]:
-    import app
+    import avatar.app as app
 
     demo = app.build_demo(app.TINY)
     port = _free_port()
@@ -148,7 +182,7 @@ def test_reconstruct_and_reenact_return_playable_videos(tiny_url: str, photo: st
 @pytest.mark.media
 def test_bad_inputs_explain_themselves_and_the_app_keeps_working(
         tiny_url: str, photo: str, shared_media: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import app
+    import avatar.app as app
 
     client = Client(tiny_url, verbose=False)
     assert client.config["max_file_size"] == app.MAX_UPLOAD_MB * 1024 * 1024  # uploads are limited
@@ -178,9 +212,9 @@ def test_example_photo_comes_from_scikit_image_not_the_repository() -> None:
     import tempfile
 
     pytest.importorskip("skimage.data")
-    import app
+    import avatar.app as app
 
     photos = app.example_photos()
     assert len(photos) == 1 and Path(photos[0]).is_file()
     assert Path(photos[0]).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
-    assert not (Path(app.__file__).parent / "examples").exists()
+    assert not (Path(app.__file__).parents[1] / "examples").exists()  # no media in the repository

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from avatar.errors import AvatarError
 from avatar.io.video import VideoWriter
 from avatar.pipelines.portrait4d import Portrait4DPipeline
 from eval import prepare as P
@@ -112,7 +113,9 @@ def test_missing_raw_files_are_listed_before_any_work(tmp_path: Path, capsys) ->
     assert not (tmp_path / "data").exists()  # nothing was started
     code = P.main(["hdtf", "--raw", str(raw), "--out", str(tmp_path / "data"), "--ids", "WRA_Baz_000",
                    "--lists", str(lists)])
-    assert code == 2 and "WRA_Baz_000" in capsys.readouterr().err
+    err_text = capsys.readouterr().err
+    assert code == 1 and "WRA_Baz_000" in err_text and "Traceback" not in err_text  # the user's input: exit 1
+    assert isinstance(err.value, AvatarError)
 
 
 def test_background_removal_without_weights_stops_before_any_work(tmp_path: Path, pre) -> None:
@@ -198,8 +201,12 @@ def test_list_sources_and_unknown_ids(tmp_path: Path, capsys) -> None:
     assert P.main(["hdtf", "--list-sources", "--lists", str(lists)]) == 0
     out = capsys.readouterr().out
     assert "WRA_Foo_001\thttps://example.org/foo\t00:01-00:02\t720" in out
-    with pytest.raises(KeyError, match="WRA_Nobody_000"):
+    with pytest.raises(KeyError, match="WRA_Nobody_000") as err:
         P.hdtf_clips("WRA_Nobody_000", lists)
+    assert isinstance(err.value, AvatarError) and str(err.value).startswith("unknown HDTF id(s) WRA_Nobody_000")
+    assert P.main(["hdtf", "--list-sources", "--ids", "WRA_Nobody_000", "--lists", str(lists)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "unknown HDTF id(s) WRA_Nobody_000" in errors[0]
 
 
 def test_shared_hdtf_lists_hold_the_19_test_clips() -> None:

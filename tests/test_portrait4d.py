@@ -13,13 +13,19 @@ import torch
 from fake_upstream import fake_modules, make_persistent
 from safetensors.torch import load_file, save_file
 
+from avatar.errors import CheckpointMismatchError
 from avatar.flame import build_deformer_buffers
 from avatar.flame.synthetic import synthetic_flame_assets
 from avatar.hub.convert import convert_file
 from avatar.hub.download import AssetNotFoundError
-from avatar.errors import CheckpointMismatchError
 from avatar.model_cards import render_model_card
-from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, Portrait4DConfig, official_to_model_state
+from avatar.models.portrait4d import (
+    AvatarState,
+    HeadPose,
+    Portrait4D,
+    Portrait4DConfig,
+    official_to_model_state,
+)
 from avatar.render.camera import inference_label, orbit_labels
 
 STATE_DICT_JSON = Path(__file__).resolve().parents[2] / "shared" / "design" / "portrait4d_psi_state_dict.json"

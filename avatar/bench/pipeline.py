@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avatar.errors import InputError
 from avatar.face.geometry import FlameLabel
 from avatar.io.image import load_image
 from avatar.io.video import VideoReader, VideoWriter
@@ -237,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but no CUDA device is available")
+        raise InputError(f"--device {args.device} asked for, but no CUDA device is available; use --device cpu")
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     frames = args.frames or (240 if gpu else 16)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from avatar.models.portrait4d import AvatarState, Portrait4D
-from avatar.models.portrait4d import Portrait4DConfig
+from avatar.errors import InputError
+from avatar.models.portrait4d import AvatarState, Portrait4D, Portrait4DConfig
 from avatar.render.camera import orbit_labels
 
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
@@ -237,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but no CUDA device is available")
+        raise InputError(f"--device {args.device} asked for, but no CUDA device is available; use --device cpu")
     torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, stated for the reference row
     rows = run(args)
     if args.device.startswith("cuda"):

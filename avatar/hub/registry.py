@@ -267,6 +267,13 @@ _SPECS: tuple[ModelSpec, ...] = (
               "avatar.motion.pdfgc:PDFGCEncoder", "pdfgc-motion"),
     ModelSpec("modnet-photographic", "MODNet portrait matting (evaluation's background removal).", "face",
               "avatar.face.modnet:MODNet", "modnet-photographic"),
+    # --- perceptual networks: training losses and evaluation metrics (avatar.losses) --------------------
+    ModelSpec("arcface-r18", "ArcFace iresnet-18 (MS1MV3): identity loss and the CSIM metric.", "perceptual",
+              "avatar.losses.arcface:IResNet", "arcface-r18"),
+    ModelSpec("lpips-alex", "LPIPS v0.1, AlexNet trunk (trunk from the torch hub cache): the LPIPS metric.",
+              "perceptual", "avatar.losses.lpips:LPIPSNet", "lpips-alex", options=(("net", "alex"),)),
+    ModelSpec("lpips-vgg", "LPIPS v0.1, VGG16 trunk (trunk from the torch hub cache): the training loss.",
+              "perceptual", "avatar.losses.lpips:LPIPSNet", "lpips-vgg", options=(("net", "vgg"),)),
 )
 MODELS: dict[str, ModelSpec] = {spec.model_id: spec for spec in _SPECS}
 DEFAULT_MODEL_ID = "portrait4d-v2"

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from avatar.errors import AssetNotFoundError, AvatarError
+from avatar.pipelines.base import AvatarPipeline
 
 __all__ = ["TINY", "LoadedModel", "ModelUnavailableError", "PipelineCache"]
 
@@ -41,7 +42,7 @@ class ModelUnavailableError(AvatarError, RuntimeError):
 class LoadedModel:
     """A loaded pipeline and where it came from (for status lines)."""
 
-    pipeline: Any  # an AvatarPipeline
+    pipeline: AvatarPipeline
     source: str
     device: str
     dtype: str
@@ -102,7 +103,7 @@ class PipelineCache:
         """The loaded pipelines by name, least recently used first."""
         return dict(self._loaded)
 
-    def get(self, model: str) -> Any:
+    def get(self, model: str) -> AvatarPipeline:
         """The pipeline of ``model``, loaded now if it is not loaded yet."""
         with self._lock:
             if model in self._loaded:
@@ -122,11 +123,10 @@ class PipelineCache:
 
         device, dtype = self.device(), self.dtype()
         t0 = time.perf_counter()
-        if model == TINY:
-            # TODO(auto): a tiny pipeline of the selected family, once load_pipeline knows one
-            from avatar.pipelines.portrait4d import Portrait4DPipeline
+        if model == TINY:  # the default family's tiny pipeline
+            from avatar.hub.registry import DEFAULT_MODEL_ID, pipeline_class
 
-            pipe = Portrait4DPipeline.tiny(seed=0).to(device)
+            pipe = pipeline_class(get_model(DEFAULT_MODEL_ID)).tiny(seed=0).to(device)
             source, dtype = "memory (random weights, built at first use)", torch.float32
         else:
             pipe = self._load_pipeline(model, device, dtype)
@@ -141,15 +141,13 @@ class PipelineCache:
         logger.info("loaded %s from %s on %s (%s) in %.1f s", model, source, device, name, seconds)
         return LoadedModel(pipe, source, device, name, seconds)
 
-    def _load_pipeline(self, model: str, device: str, dtype: torch.dtype) -> Any:
+    def _load_pipeline(self, model: str, device: str, dtype: torch.dtype) -> AvatarPipeline:
         from avatar.hub.status import missing_files
-
-        # TODO(auto): avatar.pipelines.auto.load_pipeline(model, device=device, dtype=dtype) once it exists
-        from avatar.pipelines.portrait4d import Portrait4DPipeline
+        from avatar.pipelines.auto import load_pipeline
 
         missing = [f.path for f in missing_files(model)]
         try:
-            return Portrait4DPipeline.from_pretrained(model, device=device, dtype=dtype)
+            return load_pipeline(model, device=device, dtype=dtype)
         except AssetNotFoundError as exc:
             what = f" (missing: {', '.join(missing)})" if missing else ""
             logger.warning("cannot load %s: %s", model, exc)

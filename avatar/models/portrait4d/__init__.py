@@ -12,7 +12,13 @@ Registered model ids: ``portrait4d-v2``, ``portrait4d-v1``, ``portrait4d-static`
 from avatar.models.portrait4d.configuration import OFFICIAL_IGNORED_KWARGS, Portrait4DConfig
 from avatar.models.portrait4d.convert import OFFICIAL_PREFIXES, official_to_model_state, read_official
 from avatar.models.portrait4d.encoders import Portrait4DEncoderConfig, Portrait4DEncoders
-from avatar.models.portrait4d.modeling import AvatarState, FastInference, HeadPose, HeadPoseDeformerSlot, Portrait4D
+from avatar.models.portrait4d.modeling import (
+    AvatarState,
+    FastInference,
+    HeadPose,
+    HeadPoseDeformerSlot,
+    Portrait4D,
+)
 
 __all__ = [
     "OFFICIAL_IGNORED_KWARGS",

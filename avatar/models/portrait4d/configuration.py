@@ -15,7 +15,6 @@ from typing import Any
 from avatar.configuration import Config
 from avatar.errors import ConfigError
 from avatar.models.portrait4d.encoders import Portrait4DEncoderConfig
-
 from avatar.nn.stylegan2 import SRConfig
 from avatar.render.triplane import RenderingOptions
 
