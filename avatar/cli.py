@@ -149,7 +149,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
     if args.file:
         unknown = [key for key in args.file if key not in FILES]
-        if unknown:  # get_file raises a bare KeyError (TODO(errors): an AvatarError in avatar.hub.registry)
+        if unknown:  # all unknown keys at once, before fetching anything
             from .errors import InputError
 
             raise InputError(f"unknown upstream file {', '.join(unknown)}; `avatar models --files` lists the keys "
@@ -176,7 +176,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .hub.convert import convert_file
 
-    if not Path(args.checkpoint).is_file():  # convert_file raises a bare FileNotFoundError (TODO(errors))
+    if not Path(args.checkpoint).is_file():
         from .errors import InputError
 
         raise InputError(f"{args.checkpoint} does not exist or is not a file")
@@ -211,7 +211,7 @@ def _device(name: str) -> str:
 
     try:
         return resolve_device(name)
-    except ValueError as exc:  # TODO(errors): avatar.runtime should raise InputError itself
+    except InputError as exc:  # the same message, naming the option
         raise InputError(f"--device {name}: {exc}") from None
 
 
@@ -221,7 +221,7 @@ def _dtype(name: str):  # noqa: ANN202 - torch.dtype
 
     try:
         return resolve_dtype(name)
-    except ValueError as exc:  # TODO(errors): avatar.runtime should raise InputError itself
+    except InputError as exc:  # the same message, naming the option
         raise InputError(f"--dtype {name}: {exc}") from None
 
 

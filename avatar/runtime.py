@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from avatar.errors import InputError
+
 __all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -14,7 +16,7 @@ def resolve_device(name: str = "auto") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name} was asked for but no CUDA device is available; use cpu")
+        raise InputError(f"device {name} was asked for but no CUDA device is available; use cpu")
     return name
 
 
@@ -23,4 +25,4 @@ def resolve_dtype(name: str = "float32") -> torch.dtype:
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None
+        raise InputError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}") from None

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from avatar.errors import InputError
 from avatar.flame.lbs import batch_rodrigues
 from avatar.render.camera import (
     INFERENCE_TRANSLATION,
@@ -259,7 +260,7 @@ def estimate_align_params(
         pts[:, 1] = height - 1 - pts[:, 1]
     t, fitted_scale = pos_fit(pts, template)
     if not np.isfinite(fitted_scale) or fitted_scale <= 0:
-        raise ValueError("the five alignment points are degenerate (zero fitted scale)")
+        raise InputError("the five alignment points are degenerate (zero fitted scale)")
     return AlignParams(
         width, height, float(rescale_factor / fitted_scale), float(t[0]), float(t[1]), target_size
     )

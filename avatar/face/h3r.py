@@ -37,6 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from avatar.configuration import Config
+from avatar.errors import InputError
 from avatar.modeling import ModelMixin
 
 from ._detect_utils import Bottleneck, as_uint8_rgb
@@ -341,7 +342,7 @@ def integer_crop_box(box: Sequence[float]) -> tuple[int, int, int, int]:
     """Corners truncated toward zero (Python ``int``), as the official crop does."""
     x0, y0, x1, y1 = (int(float(v)) for v in box)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"empty crop box {box}")
+        raise InputError(f"empty crop box {box}")
     return x0, y0, x1, y1
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatar.configuration import Config
+from avatar.errors import InputError
 from avatar.hub.weights import strip_key_prefixes
 from avatar.modeling import ModelMixin
 
@@ -125,7 +126,7 @@ def inference_size(height: int, width: int, ref_size: int = 512, multiple: int =
         rh, rw = height, width
     rh, rw = rh - rh % multiple, rw - rw % multiple
     if rh <= 0 or rw <= 0:
-        raise ValueError(f"a {height}x{width} image is too thin for MODNet (network input {rh}x{rw})")
+        raise InputError(f"a {height}x{width} image is too thin for MODNet (network input {rh}x{rw})")
     return rh, rw
 
 
@@ -136,7 +137,7 @@ def composite(images: Tensor, alpha: Tensor, color: str | Sequence[float] = "bla
         try:
             color = BACKGROUND_COLORS[color]
         except KeyError:
-            raise ValueError(f"unknown background colour {color!r}; known: {', '.join(BACKGROUND_COLORS)}") from None
+            raise InputError(f"unknown background colour {color!r}; known: {', '.join(BACKGROUND_COLORS)}") from None
     background = torch.as_tensor(color, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return images * alpha + background * (1 - alpha)
 

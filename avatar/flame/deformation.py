@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.errors import StateDictMismatchError
+
 from .flame import Flame, flame_buffers_from_generic
 from .geometry import DEFAULT_MIN_TRIANGLE_AREA, face_normals, nearest_in_chunk, point_to_face_coord
 
@@ -313,7 +315,7 @@ class FlameHeadPoseDeformer(nn.Module):
         super().__init__()
         missing = [k for k in _REQUIRED if k not in buffers]
         if missing:
-            raise KeyError(f"deformer buffers missing: {missing}")
+            raise StateDictMismatchError(f"deformer buffers missing: {missing}")
         for name in DEFORMER_BUFFERS:
             if name in buffers:
                 self.register_buffer(name, _tensor(buffers[name]))

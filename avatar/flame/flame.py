@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from avatar.errors import StateDictMismatchError
+
 from .lbs import batch_rodrigues, lbs, vertices2landmarks
 
 __all__ = ["FLAME_CORE_BUFFERS", "FLAME_LANDMARK_BUFFERS", "Flame", "FlameOutput", "flame_buffers_from_generic"]
@@ -172,7 +174,7 @@ class Flame(nn.Module):
         super().__init__()
         missing = [k for k in FLAME_CORE_BUFFERS if k not in buffers]
         if missing:
-            raise KeyError(f"FLAME buffers missing: {missing}")
+            raise StateDictMismatchError(f"FLAME buffers missing: {missing}")
         for name in FLAME_CORE_BUFFERS:
             self.register_buffer(name, self._convert(name, buffers[name]))
         self.eye_pose = nn.Parameter(torch.zeros([1, 6]), requires_grad=False)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .formats import ExtractedWeights, FormatError, guess_format, read_asset
 
 __all__ = ["ConvertedFile", "convert_file", "sha256_of", "save_tensors", "COPY_FORMATS"]
@@ -111,7 +112,7 @@ def convert_file(
     """
     src = Path(src)
     if not src.is_file():
-        raise FileNotFoundError(f"no such file: {src}")
+        raise InputError(f"no such file: {src}")
     out_dir = Path(out_dir)
     name = name or src.name.split(".")[0]
     fmt = fmt or (guess_format(src) if src.suffix not in (".txt", ".mat") else "raw")

@@ -320,4 +320,6 @@ def get_file(key: str) -> UpstreamFile:
     try:
         return FILES[key]
     except KeyError:
-        raise KeyError(f"unknown upstream file '{key}'; known files: {', '.join(FILES)}") from None
+        from avatar.errors import UnknownModelIdError
+
+        raise UnknownModelIdError(f"unknown upstream file '{key}'; known files: {', '.join(FILES)}") from None

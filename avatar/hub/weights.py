@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import StateDictMismatchError
+from ..errors import ModelNotFoundError, StateDictMismatchError
 
 __all__ = [
     "StateDictMismatchError",
@@ -92,7 +92,7 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     if path.is_dir():
         found = sorted(path.glob("*.safetensors"))
         if len(found) != 1:
-            raise FileNotFoundError(f"{path}: expected exactly one .safetensors file, found {len(found)}")
+            raise ModelNotFoundError(f"{path}: expected exactly one .safetensors file, found {len(found)}")
         path = found[0]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

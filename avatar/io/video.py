@@ -26,6 +26,7 @@ from types import TracebackType
 import av
 import numpy as np
 
+from avatar.errors import InputError
 from avatar.io.errors import VideoReadError
 
 __all__ = ["VideoInfo", "VideoReader", "VideoWriter", "pick_video_codec", "probe_video", "upright"]
@@ -216,7 +217,7 @@ class VideoWriter:
         self.path = Path(path)
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+            raise InputError(f"fps must be positive, got {fps}")
         self.codec = pick_video_codec() if codec == "auto" else codec
         self.crf = crf
         self.audio_from = Path(audio_from) if audio_from is not None else None
@@ -288,7 +289,7 @@ class VideoWriter:
         """Flush, add the rest of the audio, and move the file into place; returns the final path."""
         if self._container is None:
             self.abort()
-            raise ValueError(f"no frames were written; {self.path} was not created")
+            raise InputError(f"no frames were written; {self.path} was not created")
         try:
             assert self._stream is not None
             for packet in self._stream.encode(None):

@@ -94,7 +94,7 @@ class PipelineCache:
     def _resolve(self, resolve: Callable[[str], Any], setting: Setting) -> Any:
         try:
             return resolve(_value(setting))
-        except (AvatarError, ValueError) as exc:  # TODO(errors): avatar.runtime should raise InputError
+        except AvatarError as exc:
             hint = f" ({self._hint})" if self._hint else ""
             raise ModelUnavailableError(f"{exc}{hint}") from None
 

@@ -14,6 +14,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from avatar.errors import VideoReadError
+
 __all__ = ["ReenactResult", "ReenactStream", "ReenactedFrame"]
 
 
@@ -101,6 +103,6 @@ class ReenactStream(Iterator[ReenactedFrame]):
             images.append(frame.image)
             driving.append(frame.driving)
         if not images:
-            raise ValueError("the driving video gave no frames")
+            raise VideoReadError("the driving video gave no frames; use a video with at least one frame")
         return ReenactResult(np.stack(images), np.stack(driving), self.fps, list(self.frames_without_face),
                              self.head_pose)
