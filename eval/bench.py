@@ -4,7 +4,7 @@
     avatar bench metrics ...     # the same command
 
 One "frame" is one generated 512x512 frame scored against its ground-truth frame with every metric: both images
-go through the face analysis (RetinaFace -> FAN-68 -> Deep3DFaceRecon, :class:`eval.metrics.analysis.FaceAnalyzer`,
+go through the face analysis (RetinaFace -> FAN-68 -> Deep3DFaceRecon, :class:`avatar.face.analysis.FaceAnalyzer`,
 shared by CSIM/AKD/AED/APD), ArcFace (CSIM), LPIPS-Alex and the FID Inception (features of both sets). Rows:
 one per stage (the face-analysis stages for pred + target, then each metric's own work), ``total`` (median time of
 one whole batch) and ``total, target side cached`` (the same minus the ground-truth analysis and FID features:
@@ -100,8 +100,8 @@ def build_metrics(names: tuple[str, ...], device: torch.device, analyzer: Any) -
     """The metrics with random-weight networks at official size (nothing is downloaded)."""
     import warnings
 
-    from eval.metrics import AED, AKD, APD, CSIM, FID, L1, LPIPS, PSNR, SSIM, LPIPSNet
-    from eval.metrics.arcface import IResNet
+    from avatar.losses import IResNet, LPIPSConfig, LPIPSNet
+    from eval.metrics import AED, AKD, APD, CSIM, FID, L1, LPIPS, PSNR, SSIM
     from eval.metrics.fid import FIDInception
     from eval.metrics.weights import seeded
 
@@ -116,7 +116,7 @@ def build_metrics(names: tuple[str, ...], device: torch.device, analyzer: Any) -
             elif n == "l1":
                 out[n] = L1()
             elif n == "lpips":
-                out[n] = LPIPS(network=LPIPSNet("alex"), device=device, batch_size=1 << 30)
+                out[n] = LPIPS(network=LPIPSNet(LPIPSConfig("alex")), device=device, batch_size=1 << 30)
             elif n == "fid":
                 out[n] = FID(network=FIDInception(), device=device, batch_size=1 << 30)
             elif n == "csim":
@@ -148,7 +148,7 @@ def run_bench(device: str = "cpu", batch_size: int = 8, frames: int = 16, dtype:
               size: int = 512, metrics: tuple[str, ...] | None = None, fid_compute: bool = True,
               channels_last: bool = False, quiet: bool = False, analyzer: Any = None) -> BenchResult:
     """Time the metric set on ``frames`` synthetic frames in batches of ``batch_size`` (see the module docstring)."""
-    from eval.metrics.analysis import FaceAnalyzer
+    from avatar.face.analysis import FaceAnalyzer
 
     dev = torch.device(device)
     names = tuple(metrics or same_identity_metrics())

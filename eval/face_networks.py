@@ -1,6 +1,6 @@
 """The face networks the CSIM / AKD / AED / APD metrics need in ``eval.run``: one :class:`FaceAnalyzer` per run.
 
-:class:`~eval.metrics.analysis.FaceAnalyzer` runs RetinaFace (largest face), the 68-point FAN from its box and
+:class:`avatar.face.analysis.FaceAnalyzer` runs RetinaFace (largest face), the 68-point FAN from its box and
 Deep3DFaceRecon on the official 224 crop fitted to five of those points, batched on one device; this module loads
 its networks from the cache (``avatar download``) and hands the metrics two callables that share one analysis per
 image tensor:
@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from avatar.face.analysis import FaceAnalyzer, FaceBatch, FaceLandmarks
+
 from .metrics import MissingWeightsError
-from .metrics.analysis import FaceAnalyzer, FaceBatch
-from .metrics.face import FaceLandmarks
 
 __all__ = ["FaceNetworks", "build_face_networks"]
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import torch
 
+from avatar.face.analysis import FaceAnalyzer
 from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet
 from avatar.face.fan3d import FAN, FANConfig
 from avatar.face.retinaface import RetinaFace
+from avatar.losses.arcface import ArcFaceConfig, IResNet
 from eval import bench
 from eval.metrics import AED, AKD, APD, CSIM
-from eval.metrics.analysis import FaceAnalyzer
-from eval.metrics.arcface import ArcFaceConfig, IResNet
 
 
 def _tiny_analyzer(confidence: float = 0.5) -> FaceAnalyzer:

@@ -11,6 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from avatar.losses.arcface import (
+    INSIGHTFACE_TEMPLATE_112,
+    ArcFaceConfig,
+    IResNet,
+    five_points_from_68,
+    similarity_transform,
+    warp_affine,
+)
+from avatar.losses.lpips import LPIPSConfig, LPIPSNet
 from eval.metrics import (
     CSIM,
     FID,
@@ -20,16 +29,8 @@ from eval.metrics import (
     frechet_distance,
     gaussian_statistics,
 )
-from eval.metrics.align import (
-    INSIGHTFACE_TEMPLATE_112,
-    five_points_from_68,
-    similarity_transform,
-    warp_affine,
-)
-from eval.metrics.arcface import ArcFaceConfig, IResNet
 from eval.metrics.face import FaceLandmarks
 from eval.metrics.fid import FID_WEIGHTS_FILE, FIDInception
-from eval.metrics.lpips import LPIPSNet
 
 
 @pytest.fixture
@@ -95,13 +96,12 @@ def test_lpips_random_weights_flag_reaches_the_result(torch_home: Path) -> None:
 
 def test_lpips_loads_trunk_from_torch_hub_cache(torch_home: Path) -> None:
     torch.manual_seed(1)
-    donor = LPIPSNet("alex")
-    torch.save({f"features.{k}": v for k, v in donor.features.state_dict().items()},
-               torch_home / "alexnet-owt-7be5be79.pth")
+    donor = LPIPSNet(LPIPSConfig("alex"))
+    torch.save(donor.trunk_state_dict(), torch_home / "alexnet-owt-7be5be79.pth")  # torchvision's names
     metric = LPIPS()
     assert metric.weights == "official" and metric.comparable
-    for k, v in donor.features.state_dict().items():
-        torch.testing.assert_close(metric.network.features.state_dict()[k], v, rtol=0, atol=0)
+    for k, v in donor.trunk_state_dict().items():
+        torch.testing.assert_close(metric.network.trunk_state_dict()[k], v, rtol=0, atol=0)
 
 
 # ---- FID -----------------------------------------------------------------------------------------------

@@ -10,9 +10,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from avatar.losses.arcface import ArcFaceConfig, IResNet, align_faces
-from avatar.losses.lpips import LPIPSConfig, LPIPSNet
 from avatar.losses.perceptual import IdentityLoss, LPIPSLoss, identity_loss, lpips_loss
+
+if TYPE_CHECKING:
+    from avatar.losses.lpips import LPIPSConfig, LPIPSNet
 
 __all__ = [
     "ArcFaceConfig",
@@ -25,3 +29,12 @@ __all__ = [
     "identity_loss",
     "lpips_loss",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # LPIPS imports the lpips package and torchvision (about a second): only when asked for
+    if name in ("LPIPSConfig", "LPIPSNet"):
+        from avatar.losses import lpips
+
+        return getattr(lpips, name)
+    raise AttributeError(f"module 'avatar.losses' has no attribute {name!r}")

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from avatar.configuration import Config
 from avatar.errors import AssetNotFoundError, ConfigError
-from avatar.losses.weights import torch_hub_state_dict
+from avatar.losses.weights import TRUNKS, torch_hub_state_dict
 
 try:  # the network is the package's (extras [eval] / [train])
     import lpips as _lpips_package
@@ -52,15 +52,6 @@ __all__ = [
     "lpips_trunk_state",
 ]
 
-TRUNKS: dict[str, dict[str, Any]] = {
-    "alex": {"filename": "alexnet-owt-7be5be79.pth",
-             "url": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "model_id": "lpips-alex"},
-    "vgg": {"filename": "vgg16-397923af.pth",
-            "url": "https://download.pytorch.org/models/vgg16-397923af.pth", "model_id": "lpips-vgg"},
-}
-"""The trunks LPIPS v0.1 is published for (the package's ``squeeze`` has no asset here): torchvision's ImageNet
-file, its URL, and the registered model id."""
-
 
 def _require_package() -> Any:
     if _lpips_package is None:
@@ -70,7 +61,7 @@ def _require_package() -> Any:
 
 @dataclass(frozen=True)
 class LPIPSConfig(Config):
-    """``net``: the trunk, ``"alex"`` (the metric's default) or ``"vgg"`` (Portrait4D's training loss)."""
+    """``net``: the trunk, ``"alex"`` (the metric's default) or ``"vgg"`` (``lpips-vgg``, the training loss)."""
 
     net: str = "alex"
 

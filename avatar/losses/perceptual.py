@@ -9,8 +9,8 @@ network frozen and in eval mode (also under ``loss.train()``), and reduce with t
     loss = lp_loss(fake, real) + 0.1 * id_loss(fake, real, target_landmarks=lm68)
 
 * :func:`identity_loss` / :class:`IdentityLoss`: ``1 - cos(ArcFace(crop(pred)), ArcFace(crop(target)))``. The
-  crops are the InsightFace 112x112 alignment of five of the 68 landmarks (:func:`avatar.losses.arcface.
-  align_faces`): each image with its own landmarks when both are given, both with the one set given otherwise
+  crops are the InsightFace 112x112 alignment of five of the 68 landmarks
+  (:func:`~avatar.losses.arcface.align_faces`): each image with its own landmarks when both are given, both with the one set given otherwise
   (same-identity training pairs share the pose of the ground truth), or, with no landmarks, the images are
   already aligned crops (resized to the network's input size when they are not). The target's embedding carries
   no gradient.
@@ -22,14 +22,16 @@ The CSIM and LPIPS metrics of ``eval`` run the same networks (``eval.metrics.csi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatar.losses.arcface import IResNet, align_faces
-from avatar.losses.lpips import LPIPSNet
+
+if TYPE_CHECKING:  # the lpips package (and torchvision) load only when LPIPS is used
+    from avatar.losses.lpips import LPIPSNet
 
 __all__ = ["IdentityLoss", "LPIPSLoss", "identity_loss", "lpips_loss"]
 
@@ -157,6 +159,8 @@ class LPIPSLoss(_FrozenLoss):
                         local_dir: str | Path | None = None, **kwargs: Any) -> LPIPSLoss:
         """LPIPS v0.1 with the VGG16 trunk (``lpips-vgg``, the registry's training-loss LPIPS) unless another name is given
         (``lpips-alex``, a folder of :meth:`LPIPSNet.save_pretrained` ...)."""
+        from avatar.losses.lpips import LPIPSNet
+
         return cls(LPIPSNet.from_pretrained(name_or_path, device=device, local_dir=local_dir), **kwargs)
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:

@@ -1,16 +1,24 @@
-"""Weights that come from the torch hub cache rather than the asset layer (torchvision's ImageNet trunks)."""
+"""Weights that come from the torch hub cache rather than the asset layer (torchvision's ImageNet trunks of LPIPS)."""
 
 from __future__ import annotations
 
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from avatar.errors import AssetNotFoundError
 
-__all__ = ["torch_hub_checkpoint_path", "torch_hub_state_dict"]
+__all__ = ["TRUNKS", "torch_hub_checkpoint_path", "torch_hub_state_dict"]
+
+TRUNKS: dict[str, dict[str, Any]] = {
+    "alex": {"filename": "alexnet-owt-7be5be79.pth", "url": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"},
+    "vgg": {"filename": "vgg16-397923af.pth", "url": "https://download.pytorch.org/models/vgg16-397923af.pth"},
+}
+"""The LPIPS trunks (:mod:`avatar.losses.lpips`; registered as ``lpips-alex`` / ``lpips-vgg``, the package's
+``squeeze`` has no asset here): torchvision's ImageNet file and its URL."""
 
 
 def torch_hub_checkpoint_path(filename: str) -> Path:

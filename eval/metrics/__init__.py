@@ -8,8 +8,9 @@ with their ids), ``compute()`` returns a :class:`MetricResult` (value, mean, cou
 >>> metric.update(pred, target, ids=["vid0/0001", "vid0/0002"])   # doctest: +SKIP
 >>> metric.compute().value                                         # doctest: +SKIP
 
-Each module documents its formula, input range, crop and network; protocol variants are options whose
-defaults follow the papers (see ``../shared/design/eval-protocols.md``), listed by ``metric.options``.
+The networks of LPIPS and CSIM (LPIPS, ArcFace) are :mod:`avatar.losses`' (training's losses run the same ones);
+the batched face analysis of CSIM / AKD / AED / APD is :mod:`avatar.face.analysis`. Each module documents its
+formula, input range, crop and network; protocol variants are options whose defaults follow the papers (see ``../shared/design/eval-protocols.md``), listed by ``metric.options``.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from .csim import CSIM
 from .face import FaceLandmarks
 from .fid import FID, frechet_distance, gaussian_statistics
 from .l1 import L1
-from .lpips import LPIPS, LPIPSNet
+from .lpips import LPIPS
 from .psnr import PSNR
 from .ssim import SSIM, SSIM_PRESETS
 from .weights import MissingWeightsError
 
 __all__ = [
     "AED", "AKD", "APD", "CSIM", "EmptyMetricError", "FID", "FaceLandmarks", "ImageMetric", "L1", "LPIPS",
-    "LPIPSNet", "METRICS", "Metric", "MetricResult", "MissingWeightsError", "PSNR", "SSIM", "SSIM_PRESETS",
+    "METRICS", "Metric", "MetricResult", "MissingWeightsError", "PSNR", "SSIM", "SSIM_PRESETS",
     "build_metric", "frechet_distance", "gaussian_statistics", "to_unit_images",
 ]
 

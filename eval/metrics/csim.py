@@ -11,7 +11,8 @@ template (``"each"``, default; needed for cross-identity where the poses differ)
 with the target's transform (OTAvatar's identity loss, same-identity only); ``"none"`` takes the inputs as
 already-aligned crops of ``crop_size``. Input: ``(B, 3, H, W)`` in [0, 1] (or uint8), mapped to [-1, 1] for the
 network. Network: ArcFace iresnet-18 trained on MS1MV3, the one of the official Portrait4D repo
-(``models/arcface``, ``ms1mv3_arcface_r18_fp16/backbone.pth``), RGB 112x112. OTAvatar / GOHA used a different
+(``models/arcface``, ``ms1mv3_arcface_r18_fp16/backbone.pth``), RGB 112x112: :class:`avatar.losses.arcface.IResNet`
+(``arcface-r18``), the network of training's identity loss, with its alignment. OTAvatar / GOHA used a different
 ArcFace (ronghuaiyang ResNet-18, grayscale 128x128) and GAGAvatar MICA's IResNet-100: pass your own ``embedder``
 (``(B, 3, S, S)`` in [-1, 1] -> ``(B, D)``) to reproduce those; values from different networks do not compare.
 """
@@ -26,13 +27,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .align import INSIGHTFACE_TEMPLATE_112, five_points_from_68, similarity_transform, warp_affine
-from .arcface import build_arcface
+from avatar.losses.arcface import (
+    INSIGHTFACE_TEMPLATE_112,
+    IResNet,
+    five_points_from_68,
+    similarity_transform,
+    warp_affine,
+)
+
 from .base import Metric, _check_choice, to_unit_images
 from .face import FaceLandmarks, as_landmarks, declared_comparable, describe
-from .weights import network_device
+from .weights import fetch_weights, network_device, seeded
 
-__all__ = ["CSIM", "CSIMOptions"]
+__all__ = ["CSIM", "CSIMOptions", "build_arcface"]
+
+
+def build_arcface(allow_random_weights: bool = False) -> tuple[IResNet, bool]:
+    """The official iresnet-18 (``IResNet.from_pretrained()``, asset ``arcface-r18``); returns ``(model, official)``.
+    Missing weights raise :class:`~eval.metrics.weights.MissingWeightsError` unless ``allow_random_weights``
+    (seeded random init)."""
+    model = fetch_weights(IResNet.from_pretrained, allow_random_weights, "ArcFace iresnet-18 (CSIM)")
+    if model is None:
+        with seeded():
+            return IResNet().eval(), False
+    return model.eval(), True
 
 Embedder = Callable[[Tensor], Tensor]
 LandmarkFn = Callable[[Tensor], Any]

@@ -2,8 +2,9 @@
 
 * A landmark callable maps ``(B, 3, H, W)`` images in [0, 1] to 68 iBUG landmarks in **pixels of the input
   image** (``x`` right, ``y`` down, pixel centres at integer coordinates; face_alignment's convention). It may
-  return a :class:`FaceLandmarks`, a ``(points, found)`` tuple, a dict with ``"landmarks"`` (or ``"points"``)
-  and optionally ``"found"``, or a bare ``(B, 68, 2)`` tensor whose rows are NaN where no face was found.
+  return a :class:`FaceLandmarks` (the result type of :mod:`avatar.face.analysis`), a ``(points, found)``
+  tuple, a dict with ``"landmarks"`` (or ``"points"``) and optionally ``"found"``, or a bare ``(B, 68, 2)``
+  tensor whose rows are NaN where no face was found.
 * A coefficient extractor (Deep3DFaceRecon) maps ``(B, 3, H, W)`` images in [0, 1] to a dict with ``"exp"``
   ``(B, 64)``, ``"angle"`` ``(B, 3)`` (radians) and ``"trans"`` ``(B, 3)``, and optionally ``"found"`` ``(B,)``.
 
@@ -14,23 +15,16 @@ copy them into their results. A callable without ``comparable = True`` gives res
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from avatar.face.analysis import FaceLandmarks
+
 __all__ = ["COEFF_SHAPES", "FaceLandmarks", "as_coefficients", "as_landmarks", "declared_comparable", "describe"]
 
 COEFF_SHAPES = {"exp": 64, "angle": 3, "trans": 3}
-
-
-@dataclass
-class FaceLandmarks:
-    """``points`` ``(B, K, 2)`` in pixels; ``found`` ``(B,)`` bool (False: no face, the points are ignored)."""
-
-    points: Tensor
-    found: Tensor
 
 
 def as_landmarks(out: Any, batch: int | None = None, num_points: int = 68) -> FaceLandmarks:

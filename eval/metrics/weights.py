@@ -1,9 +1,9 @@
 """Where the metric networks' weights come from, and the clear error when they are missing.
 
-* ArcFace (CSIM): the toolkit's asset layer (:func:`avatar.hub.download.ensure_file`, key ``arcface-r18``).
-* LPIPS linear heads: the ``lpips`` package's bundled ``weights/v0.1/<net>.pth`` (or the asset layer's
-  ``lpips-<net>`` when the package is absent); LPIPS trunks (AlexNet / VGG16 ImageNet weights): torchvision's
-  files in the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
+* ArcFace (CSIM) and LPIPS: the networks of :mod:`avatar.losses` (shared with training), loaded through the
+  toolkit's asset layer (``arcface-r18``; LPIPS linear heads ``lpips-<net>``, else the copy bundled with the
+  ``lpips`` package) and, for the LPIPS trunks (AlexNet / VGG16 ImageNet weights), torchvision's files in the
+  torch hub cache (``$TORCH_HOME/hub/checkpoints``).
 * FID Inception: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` in the torch hub cache.
 
 Files in the torch hub cache are downloaded by torch on first use when the network is reachable. Offline
@@ -15,79 +15,58 @@ Files in the torch hub cache are downloaded by torch on first use when the netwo
 
 from __future__ import annotations
 
-import importlib.util
-import urllib.error
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from avatar.errors import AssetNotFoundError
 from avatar.hub.download import is_offline
+from avatar.losses.weights import torch_hub_checkpoint_path
 
 __all__ = [
     "MissingWeightsError",
-    "asset_state_dict",
-    "is_offline",
     "fetch_weights",
-    "lpips_package_weights",
+    "is_offline",
+    "missing_weights",
     "network_device",
     "seeded",
+    "torch_hub_checkpoint_path",
     "torch_hub_state_dict",
 ]
+
+T = TypeVar("T")
+RANDOM_WEIGHTS_HINT = "for a smoke test pass allow_random_weights=True"
 
 RANDOM_SEED = 0
 
 
-class MissingWeightsError(FileNotFoundError):
-    """A metric network's weights are not available here."""
+class MissingWeightsError(AssetNotFoundError):
+    """A metric network's weights are not available here (an :class:`~avatar.errors.AssetNotFoundError`, so also
+    a ``FileNotFoundError``)."""
 
 
-def torch_hub_checkpoint_path(filename: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+def missing_weights(load: Callable[[], T], what: str | None = None) -> T:
+    """``load()``, with an :class:`~avatar.errors.AssetNotFoundError` (or ``FileNotFoundError``) of the asset layer
+    turned into a :class:`MissingWeightsError` (prefixed with ``what``) that says how to run without the weights."""
+    try:
+        return load()
+    except MissingWeightsError:
+        raise
+    except (AssetNotFoundError, FileNotFoundError) as exc:
+        prefix = f"{what}: " if what and not str(exc).startswith(what) else ""
+        raise MissingWeightsError(f"{prefix}{str(exc).rstrip('.')}; {RANDOM_WEIGHTS_HINT}") from exc
 
 
 def torch_hub_state_dict(filename: str, url: str, what: str) -> dict[str, Tensor]:
-    """Load ``filename`` from the torch hub cache, downloading it from ``url`` when online."""
-    path = torch_hub_checkpoint_path(filename)
-    how = (f"{what} needs '{filename}' in the torch hub cache ({path}). Download {url} on a machine with "
-           f"network access and put it there (or set TORCH_HOME to a folder holding hub/checkpoints/{filename}); "
-           "for a smoke test pass allow_random_weights=True")
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    if is_offline():
-        raise MissingWeightsError(how + " (offline mode is on)")
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True)
-    except (urllib.error.URLError, OSError, TimeoutError, RuntimeError) as exc:
-        raise MissingWeightsError(how + f" (download failed: {exc})") from exc
+    """Load ``filename`` from the torch hub cache, downloading it from ``url`` when online
+    (:func:`avatar.losses.weights.torch_hub_state_dict`); missing: :class:`MissingWeightsError`."""
+    from avatar.losses.weights import torch_hub_state_dict as load
 
-
-def asset_state_dict(key: str, what: str) -> dict[str, Tensor]:
-    """Tensors of the converted upstream file ``key`` from the asset layer (fetched when online)."""
-    from avatar.hub.download import AssetNotFoundError, ensure_file
-
-    try:
-        folder = ensure_file(key)
-    except AssetNotFoundError as exc:
-        raise MissingWeightsError(f"{what}: {exc} For a smoke test pass allow_random_weights=True.") from exc
-    files = sorted(folder.glob("*.safetensors"))
-    if len(files) != 1:
-        raise MissingWeightsError(f"{what}: expected one .safetensors file in {folder}, found {len(files)}")
-    from safetensors.torch import load_file
-
-    return load_file(str(files[0]))
-
-
-def lpips_package_weights(net: str) -> Path | None:
-    """Path of the ``lpips`` package's bundled v0.1 linear-head weights for ``net``, or ``None``."""
-    spec = importlib.util.find_spec("lpips")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / "v0.1" / f"{net}.pth"
-    return path if path.is_file() else None
+    return missing_weights(lambda: load(filename, url, what))
 
 
 @contextmanager
@@ -98,13 +77,12 @@ def seeded(seed: int = RANDOM_SEED) -> Iterator[None]:
         yield
 
 
-def fetch_weights(
-    load: Callable[[], dict[str, Tensor]], allow_random_weights: bool, what: str
-) -> dict[str, Tensor] | None:
-    """``load()``; on :class:`MissingWeightsError` return ``None`` (caller keeps a seeded random init) when
-    ``allow_random_weights``, with a warning, else re-raise."""
+def fetch_weights(load: Callable[[], T], allow_random_weights: bool, what: str) -> T | None:
+    """``load()``; when the weights are missing (:class:`MissingWeightsError`, or the asset layer's
+    :class:`~avatar.errors.AssetNotFoundError`) return ``None`` (caller keeps a seeded random init) if
+    ``allow_random_weights``, with a warning, else raise :class:`MissingWeightsError`."""
     try:
-        return load()
+        return missing_weights(load, what)
     except MissingWeightsError as exc:
         if not allow_random_weights:
             raise

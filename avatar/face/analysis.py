@@ -1,8 +1,8 @@
-"""One batched face analysis per image, shared by CSIM, AKD, AED and APD.
+"""Batched face analysis: the fast path of :mod:`avatar.face` for many images on one device.
 
-:class:`FaceAnalyzer` runs, on a whole ``(B, 3, H, W)`` batch on one device: RetinaFace (largest face) -> FAN 68
-landmarks from the detector box -> Deep3DFaceRecon coefficients from the 224 crop fitted to five of those
-landmarks. Its result (:class:`FaceBatch`) feeds every face metric without running a network twice::
+:class:`FaceAnalyzer` runs, on a whole ``(B, 3, H, W)`` batch: RetinaFace (largest face) -> FAN 68 landmarks from
+the detector box -> Deep3DFaceRecon coefficients from the 224 crop fitted to five of those landmarks. Its result
+(:class:`FaceBatch`) feeds every face metric of ``eval`` (CSIM, AKD, AED, APD) without running a network twice::
 
     fa = FaceAnalyzer.from_preprocessor(pipeline.preprocessor)       # or FaceAnalyzer.random(device)
     p, t = fa(pred), fa(target)
@@ -12,13 +12,28 @@ landmarks. Its result (:class:`FaceBatch`) feeds every face metric without runni
 
 ``fa.landmarks`` / ``fa.coefficients`` are also plain callables for the metrics' ``landmarks=`` / ``extractor=``.
 
-Differences from running the preprocessing image by image (``avatar.pipelines.preprocess``), all for batching on
-the GPU: the detector input is resized with ``F.interpolate`` (bilinear, half-pixel centres, like OpenCV's
-``INTER_LINEAR`` used upstream) from float images instead of ``cv2.resize`` of uint8; the FAN crop is one bilinear
-affine warp of the same square (``crop_face``'s integer corners are not reproduced: sub-pixel shifts); landmarks
-are truncated to integers like face_alignment's; the Deep3D crop is an antialiased bilinear resize + 224 window
-(PIL bilinear upstream). The networks are 3DFAN's FAN (x, y only; no depth network) standing in for
-face_alignment's 2D-FAN (same architecture and cost) and the official Deep3DFaceRecon (``deep3d_2023``).
+Reference: the same networks image by image, as the preprocessing does it (:mod:`avatar.pipelines.preprocess`):
+``RetinaFace.detect`` -> ``FAN3DLandmarker.landmarks_batch`` (x, y) -> ``avatar.face.deep3d.align_image`` ->
+``Deep3DReconNet``. The steps are the public functions of those modules (:meth:`RetinaFace.to_network_input` and
+:meth:`RetinaFace.postprocess_batch`, :func:`~avatar.face.fan3d.crop_params_from_box`,
+:func:`~avatar.face.fan3d.decode_heatmaps`, :func:`~avatar.face.geometry.estimate_align_params`,
+:func:`~avatar.face.deep3d.split_coefficients`); what differs, all for batching on the GPU from float images:
+
+* detector input: resized with ``F.interpolate`` (bilinear, half-pixel centres, like OpenCV's ``INTER_LINEAR``)
+  from float images instead of ``cv2.resize`` of uint8 (the same input up to float rounding when no resize is
+  needed and the images hold uint8 levels, so the same boxes to ~1e-4 pixel);
+* FAN crop: one bilinear affine warp of the official square (centre and scale of ``crop_params_from_box``, side
+  ``CROP_BASE * scale``: the crop matrix the decoding inverts) instead of ``crop_face``, which copies the window
+  between the truncated corners of that square and resizes it with ``cv2.resize``; the two crops are offset by
+  less than ``side / 256 + 1`` source pixels (one to two crop pixels; a heatmap maximum moves only when it was
+  within that of a cell border). The heatmaps are decoded as upstream and mapped back with the inverse crop
+  matrix in one vectorised float64 step, truncated to integers like face_alignment's (``heatmap_to_image`` gives
+  the same integers on the same heatmaps, up to the rounding of its pseudo-inverse);
+* Deep3D crop: an antialiased bilinear resize + 224 window of the same :class:`~avatar.face.geometry.AlignParams`
+  (PIL bilinear upstream: a few grey levels).
+
+The networks are 3DFAN's FAN (x, y only; no depth network) standing in for face_alignment's 2D-FAN (same
+architecture and cost) and the official Deep3DFaceRecon (``deep3d_2023``).
 """
 
 from __future__ import annotations
@@ -34,13 +49,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from avatar.face.deep3d import DEEP3D_RESCALE_FACTOR, DEEP3D_TARGET_SIZE, Deep3DReconNet, split_coefficients
-from avatar.face.fan3d import CENTER_SHIFT, CROP_BASE, FAN, REFERENCE_SCALE, decode_heatmaps
+from avatar.face.fan3d import CROP_BASE, FAN, crop_params_from_box, decode_heatmaps
 from avatar.face.geometry import BFM_FIVE_POINTS_3D, estimate_align_params, five_points_from_68, warp_affine
 from avatar.face.retinaface import RetinaFace, rig_for_random_weights
 
-from .face import FaceLandmarks
+__all__ = ["FaceAnalyzer", "FaceBatch", "FaceLandmarks"]
 
-__all__ = ["FaceAnalyzer", "FaceBatch"]
+COEFF_DIMS: tuple[tuple[str, int], ...] = (("exp", 64), ("angle", 3), ("trans", 3))
+"""The Deep3DFaceRecon coefficient groups a :class:`FaceBatch` keeps (what the expression / pose metrics use)."""
+
+
+@dataclass
+class FaceLandmarks:
+    """``points`` ``(B, K, 2)`` in pixels; ``found`` ``(B,)`` bool (False: no face, the points are ignored)."""
+
+    points: Tensor
+    found: Tensor
 
 
 @dataclass
@@ -126,21 +150,24 @@ class FaceAnalyzer:
     def _autocast(self, device: torch.device) -> Any:
         return torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None)
 
-    @torch.no_grad()
-    def detect(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Largest face per image: boxes ``(B, 4)`` float64 (input pixels) and ``found`` ``(B,)``."""
-        cfg = self.detector.config
-        B, _, H, W = images.shape
-        ratio = cfg.target_height / H
-        h, w = cfg.target_height, int(round(W * ratio))
+    def detector_input(self, images: Tensor) -> tuple[Tensor, float]:
+        """``(B, 3, H, W)`` in [0, 1] -> the detector's ``(B, 3, h, w)`` input (``h = target_height``, BGR minus
+        the official mean, :meth:`RetinaFace.to_network_input`) and the resize factor ``h / H``."""
+        _, _, H, W = images.shape
+        ratio = self.detector.config.target_height / H
+        h, w = self.detector.config.target_height, int(round(W * ratio))
         x = images.to(_device(self.detector)).float() * 255.0
         if (h, w) != (H, W):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        mean = torch.tensor(cfg.mean_bgr, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)
-        x = x.flip(1) - mean
+        return self.detector.to_network_input(x.permute(0, 2, 3, 1)), ratio
+
+    @torch.no_grad()
+    def detect(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Largest face per image: boxes ``(B, 4)`` float64 (input pixels) and ``found`` ``(B,)``."""
+        x, ratio = self.detector_input(images)
         with self._autocast(x.device):
             loc, scores, lms = self.detector(x)
-        return self._largest_faces(loc, scores, lms, (h, w), ratio)
+        return self._largest_faces(loc, scores, lms, (x.shape[-2], x.shape[-1]), ratio)
 
     def _largest_faces(self, loc: Tensor, scores: Tensor, landmarks: Tensor, hw: tuple[int, int],
                        ratio: float) -> tuple[Tensor, Tensor]:
@@ -155,32 +182,37 @@ class FaceAnalyzer:
                 found[i] = True
         return boxes, found
 
+    def fan_crops(self, images: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The FAN input of each box: crops ``(N, 3, S, S)`` (one bilinear affine warp of the official square), and
+        the crop centres ``(N, 2)`` and sides ``(N,)`` float64 in input pixels."""
+        dev = _device(self.fan)
+        res = self.fan.config.input_size
+        params = [crop_params_from_box(b) for b in boxes.tolist()]  # float32 centre, as upstream
+        center = torch.tensor(np.stack([c for c, _ in params]), dtype=torch.float64).reshape(-1, 2)
+        size = CROP_BASE * torch.tensor([s for _, s in params], dtype=torch.float64)
+        k = res / size
+        m = torch.zeros(len(params), 2, 3, dtype=torch.float64)
+        m[:, 0, 0] = m[:, 1, 1] = k
+        m[:, :, 2] = (size[:, None] / 2 - center) * k[:, None]
+        crops = warp_affine(images.to(dev).float(), m.to(dev), (res, res))
+        return crops, center, size
+
     @torch.no_grad()
     def fan_landmarks(self, images: Tensor, boxes: Tensor) -> Tensor:
         """68 points ``(N, 68, 2)`` float64 in input pixels (integers, as face_alignment) from one box each."""
-        dev = _device(self.fan)
-        res = self.fan.config.input_size
-        b = boxes.to(torch.float64)
-        cx = b[:, 2] - (b[:, 2] - b[:, 0]) / 2
-        cy = b[:, 3] - (b[:, 3] - b[:, 1]) / 2 - (b[:, 3] - b[:, 1]) * CENTER_SHIFT
-        size = CROP_BASE * (b[:, 2] - b[:, 0] + b[:, 3] - b[:, 1]) / REFERENCE_SCALE
-        k = res / size
-        m = torch.zeros(b.shape[0], 2, 3, dtype=torch.float64)
-        m[:, 0, 0] = m[:, 1, 1] = k
-        m[:, 0, 2] = (size / 2 - cx) * k
-        m[:, 1, 2] = (size / 2 - cy) * k
-        crops = warp_affine(images.to(dev).float(), m.to(dev), (res, res))
+        crops, center, size = self.fan_crops(images, boxes)
+        dev = crops.device
         with self._autocast(dev):
             heat = self.fan(crops)
         pts, _ = decode_heatmaps(heat.float())  # heatmap pixels
-        hm = heat.shape[-1]
-        scale = (size / hm).to(dev)[:, None, None]
-        origin = torch.stack([cx - size / 2, cy - size / 2], 1).to(dev)[:, None, :]
+        scale = (size / heat.shape[-1]).to(dev)[:, None, None]
+        origin = (center - size[:, None] / 2).to(dev)[:, None, :]
         return (pts.double() * scale + origin).trunc()
 
-    @torch.no_grad()
-    def deep3d(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
-        """Deep3DFaceRecon coefficients from the official 224 fit of five of the 68 points."""
+    def deep3d_crops(self, images: Tensor, landmarks: Tensor) -> Tensor:
+        """Deep3DFaceRecon's ``(N, 3, 224, 224)`` input in [0, 1]: the official fit of five of the 68 points
+        (:func:`~avatar.face.geometry.estimate_align_params` with the plain BFM template), an antialiased bilinear
+        resize and the 224 window (black outside)."""
         dev = _device(self.face_recon)
         S = DEEP3D_TARGET_SIZE
         H, W = images.shape[-2:]
@@ -196,9 +228,15 @@ class FaceAnalyzer:
             x1, y1 = min(left + S, w), min(top + S, h)
             if x1 > x0 and y1 > y0:
                 crops[i, :, y0 - top:y1 - top, x0 - left:x1 - left] = img[0, :, y0:y1, x0:x1]
-        with self._autocast(dev):
+        return crops
+
+    @torch.no_grad()
+    def deep3d(self, images: Tensor, landmarks: Tensor) -> dict[str, Tensor]:
+        """Deep3DFaceRecon coefficients ``exp``, ``angle``, ``trans`` (float64) from :meth:`deep3d_crops`."""
+        crops = self.deep3d_crops(images, landmarks)
+        with self._autocast(crops.device):
             coeffs = split_coefficients(self.face_recon(crops).float())
-        return {k: coeffs[k].double() for k in ("exp", "angle", "trans")}
+        return {k: coeffs[k].double() for k, _ in COEFF_DIMS}
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> FaceBatch:
@@ -209,16 +247,15 @@ class FaceAnalyzer:
         t = self._tick("detect", t, dev)
         B = images.shape[0]
         points = torch.full((B, 68, 2), float("nan"), dtype=torch.float64, device=dev)
-        coeffs = {k: torch.zeros(B, n, dtype=torch.float64, device=dev) for k, n in (("exp", 64), ("angle", 3),
-                                                                                     ("trans", 3))}
+        coeffs = {k: torch.zeros(B, n, dtype=torch.float64, device=dev) for k, n in COEFF_DIMS}
         idx = torch.nonzero(found).flatten()
         if idx.numel():
             sub = images[idx.to(images.device)]
             lm = self.fan_landmarks(sub, boxes[idx])
-            points[idx.to(dev)] = lm
+            points[idx.to(dev)] = lm.to(dev)
             t = self._tick("landmarks", t, dev)
             for k, v in self.deep3d(sub, lm).items():
-                coeffs[k][idx.to(dev)] = v
+                coeffs[k][idx.to(dev)] = v.to(dev)
             self._tick("coeffs", t, dev)
         return FaceBatch(FaceLandmarks(points, found.to(dev)), coeffs, boxes)
 
