@@ -12,6 +12,7 @@ Hierarchy::
     AvatarError
     +-- InputError (ValueError)                photos, videos, options the toolkit cannot use as given
     |   +-- ImageReadError, VideoReadError, NoFaceError, FaceTooSmallError
+    |   +-- InputNotFoundError (FileNotFoundError), UnknownNameError (KeyError), UnknownOptionError (TypeError)
     +-- ConfigError (ValueError)               a configuration with unknown or invalid fields
     +-- ModelNotFoundError (FileNotFoundError) neither a model id, nor one of our folders, nor a Hub repo
     |   +-- UnknownModelIdError (KeyError)     not a registered model id
@@ -37,10 +38,13 @@ __all__ = [
     "FormatError",
     "ImageReadError",
     "InputError",
+    "InputNotFoundError",
     "ModelNotFoundError",
     "NoFaceError",
     "StateDictMismatchError",
     "UnknownModelIdError",
+    "UnknownNameError",
+    "UnknownOptionError",
     "UnsafePickleError",
     "VideoReadError",
 ]
@@ -72,6 +76,22 @@ class NoFaceError(InputError):
 
 class FaceTooSmallError(InputError):
     """The face is too small in the photo to build an avatar from it."""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """A file or folder named by the user does not exist (also a :class:`FileNotFoundError`)."""
+
+
+class UnknownNameError(InputError, KeyError):
+    """A name the user gave (a protocol, a metric, a dataset id) is not one the toolkit knows (also a
+    :class:`KeyError`); the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownOptionError(InputError, TypeError):
+    """An option name that the component does not take (also a :class:`TypeError`, as for a bad keyword)."""
 
 
 class ConfigError(AvatarError, ValueError):

@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from avatar.errors import AvatarError
+
 __all__ = ["CacheMismatchError", "CachedResults", "ShardWriter", "check_manifest", "decode_features",
            "encode_features", "load"]
 
 logger = logging.getLogger(__name__)
 
 
-class CacheMismatchError(RuntimeError):
+class CacheMismatchError(AvatarError, RuntimeError):
     """The cache in RESULTS was made with other options than this run's."""
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from avatar.errors import InputError, InputNotFoundError
+
 __all__ = [
     "FRAME_DIGITS", "PredictionCheckError", "check_predictions", "frame_name", "image_size", "list_frames",
     "list_ids", "load_batch", "load_image", "natural_key", "parse_frame",
@@ -50,7 +52,7 @@ def list_ids(root: str | Path) -> list[str]:
     """The sub-folders of ``root`` (ids), in natural order; hidden folders are skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such data folder")
+        raise InputNotFoundError(f"{root}: no such data folder")
     return sorted((p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=natural_key)
 
 
@@ -58,7 +60,7 @@ def list_frames(root: str | Path, item: str) -> list[int]:
     """Frame numbers of ``root/item/<frame:06d>.png``, ascending."""
     folder = Path(root) / item
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (expected {Path(root).name}/<id>/<frame:06d>.png)")
+        raise InputNotFoundError(f"{folder}: no such folder (expected {Path(root).name}/<id>/<frame:06d>.png)")
     frames = sorted(f for f in (parse_frame(p.name) for p in folder.iterdir()) if f is not None)
     return frames
 
@@ -82,7 +84,7 @@ def load_batch(paths: Sequence[str | Path]) -> Tensor:
     arrays = list(_decoder_pool().map(load_image, paths))  # PNG decoding releases the GIL: threads help
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
-        raise ValueError(f"images of different sizes in one batch: {sorted(sizes)}")
+        raise InputError(f"images of different sizes in one batch: {sorted(sizes)}")
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return x.float().div_(255.0)
 
@@ -95,7 +97,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return im.size
 
 
-class PredictionCheckError(ValueError):
+class PredictionCheckError(InputError):
     """The predictions folder does not match the protocol: missing, extra or mis-sized frames (all listed)."""
 
     def __init__(self, message: str, missing: list[str], extra: list[str], missized: list[str]) -> None:
@@ -126,7 +128,7 @@ def check_predictions(
     """
     root = Path(pred_root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such predictions folder")
+        raise InputNotFoundError(f"{root}: no such predictions folder")
     expected = list(expected)
     present: set[str] = set()
     for folder in root.iterdir():

@@ -17,12 +17,15 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .data import load_image
 from .protocols.pairs import Sample
+
+if TYPE_CHECKING:  # the pipelines are imported by the caller (eval.run loads one with load_pipeline)
+    from avatar.pipelines.base import AvatarPipeline
 
 __all__ = ["generate", "reenact_mode"]
 
@@ -49,7 +52,7 @@ def _write_png(path: Path, image: np.ndarray, size: tuple[int, int] | None) -> N
 
 
 def generate(
-    pipeline: Any,
+    pipeline: AvatarPipeline,
     samples: Sequence[Sample],
     out_dir: str | Path,
     *,

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from avatar.errors import AssetNotFoundError, AvatarError, InputError
+from avatar.errors import AssetNotFoundError, AvatarError, InputError, InputNotFoundError, UnknownNameError
 
 logger = logging.getLogger("eval.prepare")
 
@@ -87,15 +87,7 @@ def _shared_lists() -> Path:
 DEFAULT_LISTS = _shared_lists()
 
 
-class InputNotFoundError(InputError, FileNotFoundError):
-    """A folder or list named by an option does not exist (also a :class:`FileNotFoundError`)."""
-
-
-class UnknownIdError(InputError, KeyError):
-    """An id (HDTF clip, CelebA-HQ index) that the official lists do not have (also a :class:`KeyError`)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+UnknownIdError = UnknownNameError  # the name eval.prepare used first
 
 
 class MissingRawFilesError(AvatarError, FileNotFoundError):
@@ -439,9 +431,14 @@ class FaceCropper:
 def load_preprocessor(model: str | None, device: str) -> Any:
     """The detector + landmarker: from a pipeline folder (``--model``), else the official weights in the cache."""
     if model:
-        from avatar.pipelines.portrait4d import Portrait4DPipeline
+        from avatar.pipelines.auto import load_pipeline
 
-        return Portrait4DPipeline.from_pretrained(model, device=device).preprocessor
+        pipe = load_pipeline(model, device=device)
+        pre = getattr(pipe, "preprocessor", None)
+        if pre is None:
+            raise InputError(f"--model {model}: its pipeline ({type(pipe).__name__}) has no face preprocessor to crop "
+                             "with; leave --model out to use the official detector and landmarker")
+        return pre
     from avatar.face.h3r import H3RLandmarker
     from avatar.face.retinaface import RetinaFace
 

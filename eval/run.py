@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from avatar.cli import ArgumentParser
-from avatar.errors import AvatarError, InputError
+from avatar.errors import InputError
 
 from . import cache as cache_mod
-from .data import PredictionCheckError, check_predictions, load_batch
+from .data import check_predictions, load_batch
 from .protocols import BENCHMARKS, HDTF_CROSS_ID_DRIVER, get_protocol
 from .protocols.pairs import SampleSet, build_samples
 from .scoring import Scorer, aggregate, parse_metric_options
@@ -256,22 +256,9 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
                                                                        "truncated_lines": cached.truncated_lines})
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """eval's own errors that are the user's fault but do not derive from :class:`~avatar.errors.AvatarError` yet
-    (TODO(errors): derive them in eval/data.py, eval/cache.py and eval/metrics/weights.py, then drop this)."""
-    errors: list[type[BaseException]] = [PredictionCheckError, cache_mod.CacheMismatchError]
-    try:
-        from .metrics.weights import MissingWeightsError
-    except ImportError:  # moved
-        pass
-    else:
-        errors.append(MissingWeightsError)
-    return tuple(e for e in errors if not issubclass(e, AvatarError))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m eval.run`` / ``avatar eval``: exit status 0, 1 (the input cannot be used), 2 (a bug), 130."""
-    from avatar.cli import EXIT_ERROR, run_guarded
+    from avatar.cli import run_guarded
     from avatar.logs import setup_logging
 
     args = build_parser().parse_args(argv)
@@ -279,11 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(verbosity)
 
     def work() -> int:
-        try:
-            summary = run(argv)
-        except user_errors() as err:
-            logger.error("%s", err, exc_info=verbosity > 0)
-            return EXIT_ERROR
+        summary = run(argv)
         if summary is not None:
             print(summary["markdown_path"])
             print(summary["headline"])

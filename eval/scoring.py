@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cache import CachedResults, encode_features
+from avatar.errors import InputError
+
+from .cache import CachedResults, CacheMismatchError, encode_features
 from .data import load_batch
 from .metrics import METRICS, EmptyMetricError, Metric, MetricResult, build_metric
 from .protocols import Protocol
@@ -42,7 +44,7 @@ def parse_metric_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"metric option {item!r}: expected METRIC.OPTION=VALUE")
+            raise InputError(f"metric option {item!r}: expected METRIC.OPTION=VALUE")
         key, raw = item.split("=", 1)
         metric, option = key.split(".", 1)
         try:
@@ -77,11 +79,11 @@ class Scorer:
         self.metric_names = list(metrics)
         bad = [m for m in self.metric_names if m not in protocol.metrics]
         if bad:
-            raise ValueError(f"{', '.join(bad)} not part of {protocol.key} (its metrics: {', '.join(protocol.metrics)})")
+            raise InputError(f"{', '.join(bad)} not part of {protocol.key} (its metrics: {', '.join(protocol.metrics)})")
         options = options or {}
         unknown = sorted(set(options) - set(self.metric_names))
         if unknown:
-            raise ValueError(f"options given for metric(s) not run: {', '.join(unknown)}")
+            raise InputError(f"options given for metric(s) not run: {', '.join(unknown)}")
         self.device = torch.device(device)
         self.allow_random_weights = allow_random_weights
         extra_kwargs = extra_kwargs or {}
@@ -182,7 +184,7 @@ def aggregate(scorer: Scorer, samples: Sequence[Sample], cache: CachedResults) -
         metric.reset()
         missing = [s.id for s in ordered if not cache.has(s.id, name)]
         if missing:
-            raise RuntimeError(f"{name}: {len(missing)} sample(s) have no cached result, e.g. {missing[:5]}")
+            raise CacheMismatchError(f"{name}: {len(missing)} sample(s) have no cached result, e.g. {missing[:5]}")
         if name == "fid":
             kind = scorer.protocol.reference_of("fid")
             pred = torch.from_numpy(np.stack([cache.features[s.id] for s in ordered]))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from avatar.errors import UnknownNameError
+
 from .aed import AED
 from .akd import AKD
 from .apd import APD
@@ -50,5 +52,5 @@ def build_metric(name: str, **kwargs: Any) -> Metric:
     try:
         cls = METRICS[name.lower()]
     except KeyError:
-        raise KeyError(f"unknown metric '{name}'; known: {', '.join(METRICS)}") from None
+        raise UnknownNameError(f"unknown metric '{name}'; known: {', '.join(METRICS)}") from None
     return cls(**kwargs)

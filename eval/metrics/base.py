@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from avatar.errors import AvatarError, InputError, UnknownOptionError
+
 __all__ = [
     "EmptyMetricError",
     "ImageMetric",
@@ -41,7 +43,7 @@ RANGE_TOLERANCE = 1e-3
 BACKGROUNDS = {"black": 0.0, "white": 1.0}
 
 
-class EmptyMetricError(RuntimeError):
+class EmptyMetricError(AvatarError, RuntimeError):
     """``compute()`` was called on a metric that counted no sample."""
 
 
@@ -53,7 +55,7 @@ class NoOptions:
 def _check_choice(name: str, value: object, choices: Iterable[object]) -> None:
     choices = tuple(choices)
     if value not in choices:
-        raise ValueError(f"option {name}={value!r} is not one of {', '.join(map(repr, choices))}")
+        raise InputError(f"option {name}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 @dataclass
@@ -148,7 +150,7 @@ class Metric:
         known = [f.name for f in dataclasses.fields(self.Options)]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise TypeError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
+            raise UnknownOptionError(f"{self.name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
         self.opts = self.Options(**options)
         self.comparable = True
         self.notes: list[str] = []

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from avatar.errors import InputError, UnknownNameError
+
 __all__ = [
     "BENCHMARKS", "DRIVER", "HDTF_CROSS_ID_DRIVER", "HDTF_TO_CELEBA_FRAMES", "HDTF_TO_CELEBA_SOURCES", "PROTOCOLS",
     "Protocol", "REFERENCES", "SAME_IDENTITY_METRICS", "SOURCE", "TARGET", "get_protocol", "protocol_names",
@@ -70,7 +72,7 @@ class Protocol:
         missing = [m for m in self.metrics if m not in self.reference]
         bad = {m: r for m, r in self.reference.items() if r not in REFERENCES}
         if missing or bad or set(self.reference) - set(self.metrics):
-            raise ValueError(f"protocol {self.key}: inconsistent references (missing {missing}, bad {bad})")
+            raise InputError(f"protocol {self.key}: inconsistent references (missing {missing}, bad {bad})")
         object.__setattr__(self, "reference", MappingProxyType(dict(self.reference)))
 
     @property
@@ -82,7 +84,7 @@ class Protocol:
         try:
             return self.reference[metric]
         except KeyError:
-            raise KeyError(f"metric '{metric}' is not part of protocol {self.key} "
+            raise UnknownNameError(f"metric '{metric}' is not part of protocol {self.key} "
                            f"(its metrics: {', '.join(self.metrics)})") from None
 
 
@@ -156,4 +158,4 @@ def get_protocol(benchmark: str, protocol: str | None = None) -> Protocol:
     try:
         return PROTOCOLS[key.lower()]
     except KeyError:
-        raise KeyError(f"unknown protocol '{key}'; known: {', '.join(PROTOCOLS)}") from None
+        raise UnknownNameError(f"unknown protocol '{key}'; known: {', '.join(PROTOCOLS)}") from None

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from avatar.errors import InputError, InputNotFoundError
+
 from ..data import frame_name, list_frames, list_ids, natural_key
 from . import (
     DRIVER,
@@ -99,7 +101,7 @@ def resolve_hdtf_videos(data: Path, video_list: str | Path | None = None) -> tup
         videos = [ln.strip() for ln in Path(video_list).read_text().splitlines() if ln.strip()]
         missing = [v for v in videos if v not in present]
         if missing:
-            raise FileNotFoundError(f"{data}: {len(missing)} video(s) of {video_list} are missing: "
+            raise InputNotFoundError(f"{data}: {len(missing)} video(s) of {video_list} are missing: "
                                     + ", ".join(missing))
         return videos, ([] if sorted(videos) == sorted(HDTF_TEST_19) else
                         [f"videos from {video_list} ({len(videos)}), not the published 19-video test split"])
@@ -112,7 +114,7 @@ def resolve_hdtf_videos(data: Path, video_list: str | Path | None = None) -> tup
 def _frames(data: Path, item: str) -> list[int]:
     frames = list_frames(data, item)
     if not frames:
-        raise FileNotFoundError(f"{data / item}: no <frame:06d>.png frames")
+        raise InputNotFoundError(f"{data / item}: no <frame:06d>.png frames")
     return frames
 
 
@@ -164,21 +166,21 @@ def build_samples(
                          for f in frames[1:]]
         elif key == "hdtf/cross-identity":
             if driver not in list_ids(data):
-                raise FileNotFoundError(f"{data}: the cross-identity driver video {driver} is missing")
+                raise InputNotFoundError(f"{data}: the cross-identity driver video {driver} is missing")
             dframes = _frames(data, driver)
             for v in videos:
                 src = data / v / frame_name(_frames(data, v)[0])
                 rows += [(f"{v}/{f:06d}", v, src, data / driver / frame_name(f), None) for f in dframes]
         elif key == "hdtf/to-celeba":
             if sources is None:
-                raise ValueError("hdtf/to-celeba needs --sources, the prepared CelebA folder")
+                raise InputError("hdtf/to-celeba needs --sources, the prepared CelebA folder")
             sources = Path(sources)
             celeba = list_ids(sources)
             if source_list is not None:
                 chosen = [ln.strip() for ln in Path(source_list).read_text().splitlines() if ln.strip()]
                 missing = [c for c in chosen if c not in celeba]
                 if missing:
-                    raise FileNotFoundError(f"{sources}: sources of {source_list} missing: {', '.join(missing)}")
+                    raise InputNotFoundError(f"{sources}: sources of {source_list} missing: {', '.join(missing)}")
             else:
                 chosen = celeba[:HDTF_TO_CELEBA_SOURCES]
                 if len(chosen) < HDTF_TO_CELEBA_SOURCES:
@@ -196,10 +198,10 @@ def build_samples(
     else:  # pragma: no cover
         raise KeyError(key)
     if not rows:
-        raise FileNotFoundError(f"{data}: no sample for {key}")
+        raise InputNotFoundError(f"{data}: no sample for {key}")
     all_ids = [r[0] for r in rows]
     if len(set(all_ids)) != len(all_ids):
-        raise ValueError(f"{key}: duplicate output ids (an id containing '{TO_CELEBA_SEPARATOR}'?)")
+        raise InputError(f"{key}: duplicate output ids (an id containing '{TO_CELEBA_SEPARATOR}'?)")
     if limit is not None:
         per: dict[str, int] = {}
         kept = []
