@@ -15,7 +15,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _commands() -> list[str]:
-    blocks = re.findall(r"```[a-z]*\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = [body for lang, body in re.findall(r"```([a-z]*)\n(.*?)```", README.read_text(), flags=re.S)
+              if lang != "python"]
     lines = [line.split("  #")[0].split(" # ")[0].strip() for block in blocks for line in block.splitlines()]
     return [re.sub(r"\s*\[[^\]]*\]", "", line) for line in lines if line.startswith("avatar ")]
 

@@ -49,15 +49,15 @@ def test_entry_point_error_classes() -> None:
 
 
 def test_eval_errors_the_user_causes_are_exit_1() -> None:
-    """PredictionCheckError, CacheMismatchError and MissingWeightsError are the user's problems: ``eval.run``
-    exits 1 for them (as AvatarErrors once their modules derive them, until then through ``user_errors``)."""
-    from eval import run
+    """PredictionCheckError, CacheMismatchError, MissingWeightsError and the option errors are the user's
+    problems: they are AvatarErrors, so ``eval.run`` exits 1 for them."""
     from eval.cache import CacheMismatchError
     from eval.data import PredictionCheckError
+    from eval.metrics.base import EmptyMetricError
+    from eval.metrics.weights import MissingWeightsError
 
-    handled = run.user_errors()
-    for cls in (PredictionCheckError, CacheMismatchError):
-        assert issubclass(cls, E.AvatarError) or cls in handled, cls
+    for cls in (PredictionCheckError, CacheMismatchError, MissingWeightsError, EmptyMetricError):
+        assert issubclass(cls, E.AvatarError), cls
 
 
 def test_cuda_out_of_memory_is_the_users_problem_not_a_bug(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from avatar.errors import ModelNotFoundError
+from avatar.errors import ModelNotFoundError, UnknownModelIdError
 from avatar.hub import registry
 from avatar.pipelines.base import AvatarPipeline
 
@@ -78,8 +78,11 @@ def pipeline_class_for(name_or_path: str | Path) -> type[AvatarPipeline]:
             raise ModelNotFoundError(f"{path} is neither a pipeline folder ({PIPELINE_FILE}) nor a network folder of "
                                      "a registered model family")
         return registry.pipeline_class(spec)
-    spec = registry.get_model(str(name_or_path))
-    return registry.pipeline_class(spec)
+    name = str(name_or_path)
+    if name not in registry.MODELS:
+        raise UnknownModelIdError(f"'{name}' is neither a folder nor a known model id; pipeline model ids: "
+                                  f"{', '.join(registry.pipeline_model_ids())} (`avatar models` lists them)")
+    return registry.pipeline_class(registry.MODELS[name])
 
 
 def load_pipeline(name_or_path: str | Path, *, device: torch.device | str = "cpu",
