@@ -85,17 +85,25 @@ class UpstreamFile:
     size_exact: bool = False
     sha256: str | None = None
     network: str | None = None
+    release: tuple[str, str, str] | None = None
+    """For ``source='release'`` (a GitHub release asset of another project): ``(repo, tag, download URL)``."""
 
     @property
     def repo(self) -> str:
+        if self.release is not None:
+            return self.release[0]
         return {"hub": HUB_REPO, "gdrive": MODNET_REPO}.get(self.source, GITHUB_REPO)
 
     @property
     def revision(self) -> str:
+        if self.release is not None:
+            return self.release[1]
         return {"hub": HUB_REVISION, "gdrive": MODNET_COMMIT}.get(self.source, GITHUB_COMMIT)
 
     @property
     def url(self) -> str:
+        if self.release is not None:
+            return self.release[2]
         if self.source == "gdrive":
             return MODNET_DRIVE_FOLDER
         if self.source == "hub":
@@ -181,6 +189,13 @@ _FILE_LIST: list[UpstreamFile] = [
     _gh("bfm2flame-mapper", "data_preprocess/assets/bfm2flame_mapper/model-iter200000.pth", "torch", 1125471,
         "730c2d2289bb5b1d1c2c351b0de8cc5c3a55c008bfcac2fb45130808635fd91c", LICENCE_MIT_UPSTREAM,
         "BFM -> FLAME mapper MLP (144 -> 403)."),
+    # --- evaluation only: FID's Inception (a release asset of pytorch-fid; the name carries its SHA-256 prefix)
+    UpstreamFile(key="fid-inception", path="pt_inception-2015-12-05-6726825d.pth", fmt="torch", size=None,
+                 licence="Apache-2.0 (pytorch-fid; weights ported from TensorFlow's FID Inception).",
+                 description="FID Inception v3 (pytorch-fid port of the TF FID network): the FID metric.",
+                 source="release", sha256="6726825d",
+                 release=("mseitzer/pytorch-fid", "fid_weights", "https://github.com/mseitzer/pytorch-fid/releases/"
+                          "download/fid_weights/pt_inception-2015-12-05-6726825d.pth")),
     # --- evaluation only: background removal (GOHA / OTAvatar) ----------------------------------------
     # Google Drive only (MODNET_DRIVE_FOLDER): no pinned digest; about 26.3 MB (the size public mirrors show).
     UpstreamFile(key="modnet-photographic", path="pretrained/modnet_photographic_portrait_matting.ckpt",
@@ -274,6 +289,10 @@ _SPECS: tuple[ModelSpec, ...] = (
               "perceptual", "avatar.losses.lpips:LPIPSNet", "lpips-alex", options=(("net", "alex"),)),
     ModelSpec("lpips-vgg", "LPIPS v0.1, VGG16 trunk (trunk from the torch hub cache): the training loss.",
               "perceptual", "avatar.losses.lpips:LPIPSNet", "lpips-vgg", options=(("net", "vgg"),)),
+)
+_SPECS += (
+    ModelSpec("fid-inception", "FID Inception v3 (pytorch-fid): the FID metric's 2048-d features.", "perceptual",
+              "avatar.losses.inception:FIDInception", "fid-inception"),
 )
 MODELS: dict[str, ModelSpec] = {spec.model_id: spec for spec in _SPECS}
 DEFAULT_MODEL_ID = "portrait4d-v2"

@@ -4,6 +4,7 @@
   the identity loss and the CSIM metric
 * :mod:`avatar.losses.lpips` - LPIPS v0.1 (``lpips-alex``, ``lpips-vgg``): the ``lpips`` package's network with
   the toolkit's weight loading
+* :mod:`avatar.losses.inception` - the FID Inception (``fid-inception``), for the FID metric
 * :mod:`avatar.losses.perceptual` - the loss functions training calls: :func:`identity_loss` /
   :class:`IdentityLoss` and :func:`lpips_loss` / :class:`LPIPSLoss`
 """

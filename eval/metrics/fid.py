@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from avatar.losses.inception import FEATURE_DIM, FIDInception
 
 from .base import EmptyMetricError, Metric, MetricResult, _check_choice, to_unit_images
 from .weights import fetch_weights, network_device, seeded, torch_hub_state_dict
@@ -34,44 +35,6 @@ __all__ = ["FID", "FIDInception", "FIDOptions", "frechet_distance", "gaussian_st
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_FILE}"
-FEATURE_DIM = 2048
-
-
-class FIDInception(nn.Module):
-    """pytorch-fid's FID Inception v3 up to the pool3 features: ``(B, 3, H, W)`` in [0, 1] -> ``(B, 2048)``.
-
-    Built from torchvision's Inception v3 with pytorch-fid's patched blocks (1008 classes, no aux head), so the
-    ``pt_inception`` state dict loads with its own key names; nothing is downloaded here.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        from pytorch_fid import inception as pfi
-
-        net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-        net.Mixed_5b = pfi.FIDInceptionA(192, pool_features=32)
-        net.Mixed_5c = pfi.FIDInceptionA(256, pool_features=64)
-        net.Mixed_5d = pfi.FIDInceptionA(288, pool_features=64)
-        net.Mixed_6b = pfi.FIDInceptionC(768, channels_7x7=128)
-        net.Mixed_6c = pfi.FIDInceptionC(768, channels_7x7=160)
-        net.Mixed_6d = pfi.FIDInceptionC(768, channels_7x7=160)
-        net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
-        net.Mixed_7b = pfi.FIDInceptionE_1(1280)
-        net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-        self.net = net
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, x: Tensor) -> Tensor:
-        n = self.net
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        x = 2 * x - 1
-        x = n.maxpool1(n.Conv2d_2b_3x3(n.Conv2d_2a_3x3(n.Conv2d_1a_3x3(x))))
-        x = n.maxpool2(n.Conv2d_4a_3x3(n.Conv2d_3b_1x1(x)))
-        for block in (n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d, n.Mixed_6e,
-                      n.Mixed_7a, n.Mixed_7b, n.Mixed_7c):
-            x = block(x)
-        return x.mean(dim=(2, 3))
 
 
 def gaussian_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
@@ -168,7 +131,7 @@ class FID(Metric):
             with seeded():
                 network = FIDInception()
             if state is not None:
-                network.net.load_state_dict(state, strict=True)
+                network.load_official(state)
             self.weights = "official" if state is not None else "random"
         else:
             self.weights = "user"
