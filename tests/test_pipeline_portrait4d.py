@@ -183,3 +183,25 @@ def test_prefetching_gives_the_same_frames_and_passes_errors(pipe: Portrait4DPip
     next(frames)
     frames.close()
     assert not any(t.name == "avatar-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_two_interleaved_reenactments_keep_their_own_facts(pipe: Portrait4DPipeline,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-call facts live on each call's stream: two jobs on one (cached) pipeline, advanced in turns, each
+    count only their own frames without a face (the app runs concurrent jobs on one pipeline)."""
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    faces = [rng.integers(1, 255, (96, 96, 3), dtype=np.uint8) for _ in range(4)]
+    blanks = [f if i % 2 else np.zeros_like(f) for i, f in enumerate(faces)]  # frames 0 and 2 have no face
+    detect = pipe.preprocessor.detect
+    monkeypatch.setattr(pipe.preprocessor, "detect",
+                        lambda images: [[] if im.max() == 0 else f for im, f in zip(images, detect(images), strict=True)])
+    avatar = pipe.create_avatar(photo)
+    a = pipe.iter_reenact(avatar, blanks, batch_size=1, smooth=False, head_pose="fixed")
+    b = pipe.iter_reenact(avatar, faces, batch_size=1, smooth=False, head_pose="fixed")
+    for _ in range(4):
+        next(a)
+        next(b)
+    assert a.frames_without_face == [0, 2] and b.frames_without_face == []
+    assert a.frames_done == b.frames_done == 4 and a.head_pose == b.head_pose == "fixed"
+    assert not hasattr(pipe, "last_frames_without_face")
