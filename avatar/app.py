@@ -122,8 +122,14 @@ def missing_files(model: str) -> list[str]:
 def model_status(model_id: str) -> str:
     """A Markdown report: the model, where its files come from, which are cached, what to run."""
     if model_id == TINY:
+        from avatar.face.mediapipe_face import mediapipe_available
+
+        faces = ("Faces are found and cropped for real by MediaPipe (weights inside the `mediapipe` wheel): the "
+                 "aligned crop is a real one and a photo without a face is refused." if mediapipe_available() else
+                 "Install the `[face]` extra (mediapipe) to find and crop faces for real; without it the random "
+                 "detector sees a face anywhere.")
         return ("### Model `tiny`\nA tiny pipeline with **random weights**, built in memory for development and "
-                "tests: every stage runs, but the pictures are meaningless.")
+                f"tests: every stage runs, but the rendered pictures are meaningless. {faces}")
     return _model_status(model_id)
 
 
@@ -150,8 +156,8 @@ def runtime_status(selected: str) -> str:
         except ModelUnavailableError as exc:
             lines.append(f"**Model:** `{selected}` cannot load here: {exc}")
     if selected == TINY or any(e.pipeline.random_init for e in loaded.values()):
-        lines.append("⚠️ **Development mode: tiny random pipeline.** Every stage runs, but the weights are random, "
-                     "so the pictures are meaningless.")
+        lines.append("⚠️ **Development mode: tiny random pipeline.** Every stage runs, but the reconstructor's "
+                     "weights are random, so the rendered pictures are meaningless.")
     elif missing_files(selected):
         lines.append(f"⚠️ **Weights of `{selected}` are missing** ({len(missing_files(selected))} files; see "
                      "*Model files* below for the list and the command that fetches them). Pick the tiny random "

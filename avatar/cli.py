@@ -252,7 +252,8 @@ def _check_pipeline_options(args: argparse.Namespace) -> None:
 def _load_pipeline(args: argparse.Namespace):  # noqa: ANN202 - AvatarPipeline
     from .pipelines.auto import load_pipeline
 
-    pipe = load_pipeline(args.model, device=_device(args.device), dtype=_dtype(args.dtype))
+    pipe = load_pipeline(args.model, device=_device(args.device), dtype=_dtype(args.dtype),
+                         preprocess=getattr(args, "preprocess", None))
     if getattr(args, "compile", False):
         compile_field = getattr(pipe, "compile_head_pose_field", None)
         if compile_field is None:
@@ -326,7 +327,8 @@ def _cmd_reenact(args: argparse.Namespace) -> int:
 def _cmd_tiny(args: argparse.Namespace) -> int:
     from .hub.registry import DEFAULT_MODEL_ID, get_model, pipeline_class
 
-    folder = pipeline_class(get_model(DEFAULT_MODEL_ID)).tiny(seed=args.seed).save_pretrained(args.directory)
+    cls = pipeline_class(get_model(DEFAULT_MODEL_ID))
+    folder = cls.tiny(seed=args.seed, preprocess=args.preprocess).save_pretrained(args.directory)
     logger.info("wrote a tiny random pipeline to %s (use it with --model %s; its pictures are meaningless)",
                 folder, folder)
     return EXIT_OK
@@ -341,6 +343,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="precision of the reconstructor's networks (preprocessing stays float32)")
     p.add_argument("--aligned", action="store_true",
                    help="the photo is already a 512x512 Portrait4D crop: skip face detection and cropping")
+    p.add_argument("--preprocess", choices=["official", "mediapipe"], default=None,
+                   help="face backend: official (RetinaFace + H3R, the default for Portrait4D: its checkpoints were "
+                        "trained on it) or mediapipe (MediaPipe's detector and mesh find the face and the crop; real "
+                        "weights inside the mediapipe wheel, the [face] extra); default: the model's own")
     p.add_argument("--batch-size", type=int, default=8, help="frames rendered together (default 8)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the FLAME head-pose field (about 16 s once; on an H200 the field then "
@@ -477,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(--model DIR). Its pictures are meaningless; it exists for tests and offline trials.")
     p.add_argument("directory", help="output folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preprocess", choices=["official", "mediapipe"], default=None,
+                   help="face backend saved with it: official (random detector that sees a face anywhere, default) "
+                        "or mediapipe (real face detection and crops, the [face] extra)")
     p.set_defaults(func=_cmd_tiny)
 
     for name, spec in FORWARDED.items():  # every later argument, --help included, goes to spec.target

@@ -39,12 +39,14 @@ __all__ = [
     "ImageReadError",
     "InputError",
     "InputNotFoundError",
+    "MissingDependencyError",
     "ModelNotFoundError",
     "NoFaceError",
     "StateDictMismatchError",
     "UnknownModelIdError",
     "UnknownNameError",
     "UnknownOptionError",
+    "UnknownOptionValueError",
     "UnsafePickleError",
     "VideoReadError",
 ]
@@ -94,12 +96,21 @@ class UnknownOptionError(InputError, TypeError):
     """An option name that the component does not take (also a :class:`TypeError`, as for a bad keyword)."""
 
 
+class UnknownOptionValueError(InputError):
+    """An option got a value it does not take (the message lists the values it takes)."""
+
+
 class ConfigError(AvatarError, ValueError):
     """A configuration has unknown fields or values a network cannot be built with."""
 
 
 # ---------------------------------------------------------------------------------------------------------
 # models and assets
+
+
+class MissingDependencyError(AvatarError, ImportError):
+    """An optional package that the chosen feature needs is not installed (the message names the extra that
+    brings it, also an :class:`ImportError`)."""
 
 
 class ModelNotFoundError(AvatarError, FileNotFoundError):

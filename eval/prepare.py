@@ -25,6 +25,10 @@ folder exists are skipped (``--overwrite`` redoes them); stale partial folders a
 Networks: the official preprocessing weights from the cache (``avatar download``), or ``--model DIR`` for a
 pipeline folder (``avatar tiny DIR`` writes one with tiny random networks, for tests).
 
+Face backend: ``--preprocess official`` (default; RetinaFace + H3R) or ``mediapipe`` (MediaPipe's detector and the five
+alignment points from its mesh: real weights that install with the ``[face]`` extra, nothing to download; the crop
+differs from the official one by a few pixels).
+
 Background: ``--background keep`` (default) or ``remove``: MODNet portrait matting (:mod:`avatar.face.modnet`, the
 official image-demo preprocessing) on each 512 crop, composited on ``--background-color black`` (default; GOHA
 multiplies by the matte) or ``white`` (OTAvatar). Weights: ``--matting-checkpoint FILE`` (any released MODNet
@@ -32,6 +36,7 @@ multiplies by the matte) or ``white`` (OTAvatar). Weights: ``--matting-checkpoin
 (:meth:`~avatar.face.modnet.MODNet.save_pretrained`; tests put a tiny one there), else the photographic model from the
 cache (registry key ``modnet-photographic``; it is on Google Drive only, so fetch it yourself and run
 ``avatar download --file modnet-photographic --from-dir DIR``). Without weights it stops before doing any work.
+``--matting mediapipe`` uses MediaPipe's selfie segmentation instead (no download; not what the papers used).
 
 Raw files expected (nothing is downloaded here; ``--list-sources`` prints the URLs and time ranges):
 
@@ -61,7 +66,14 @@ from typing import Any
 
 import numpy as np
 
-from avatar.errors import AssetNotFoundError, AvatarError, InputError, InputNotFoundError, UnknownNameError
+from avatar.errors import (
+    AssetNotFoundError,
+    AvatarError,
+    InputError,
+    InputNotFoundError,
+    UnknownNameError,
+    UnknownOptionValueError,
+)
 
 logger = logging.getLogger("eval.prepare")
 
@@ -369,8 +381,9 @@ class FaceCropper:
         self._tube: np.ndarray | None = None
         self._smoother = CropSmoother() if self.smooth else None
 
-    def _faces(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray | None, str | None]]:
-        out: list[tuple[np.ndarray | None, str | None]] = []
+    def _faces(self, frames: list[np.ndarray]) -> list[tuple[Any, str | None]]:
+        """The largest usable face of each frame (a ``DetectedFace``), or ``None`` and the reason."""
+        out: list[tuple[Any, str | None]] = []
         min_size = float(getattr(self.pre, "min_face_size", 0.0))
         for faces in self.pre.detect(frames):
             if not faces:
@@ -378,7 +391,7 @@ class FaceCropper:
             elif faces[0].size < min_size:
                 out.append((None, f"face smaller than {min_size:.0f} px"))
             else:
-                out.append((np.asarray(faces[0].box, dtype=np.float64), None))
+                out.append((faces[0], None))
         return out
 
     def crop(self, frames: list[np.ndarray]) -> list[tuple[np.ndarray | None, str | None]]:
@@ -392,12 +405,12 @@ class FaceCropper:
         from avatar.pipelines.preprocess import align_crop
 
         faces = self._faces(frames)
-        good = [i for i, (box, _) in enumerate(faces) if box is not None]
-        lms = self.pre.landmarker.landmarks_batch([frames[i] for i in good], [[faces[i][0]] for i in good])
+        good = [i for i, (face, _) in enumerate(faces) if face is not None]
+        five, _ = self.pre.alignment_points([frames[i] for i in good], [faces[i][0] for i in good])
         out: list[tuple[np.ndarray | None, str | None]] = [(None, reason) for _, reason in faces]
-        for i, lm in zip(good, lms, strict=True):
+        for i, points in zip(good, five, strict=True):
             try:
-                out[i] = (align_crop(frames[i], lm[0], self._smoother, self.size)[1], None)
+                out[i] = (align_crop(frames[i], points, self._smoother, self.size)[1], None)
             except ValueError as exc:
                 out[i] = (None, f"alignment failed: {exc}")
         return out
@@ -414,7 +427,8 @@ class FaceCropper:
         out: list[tuple[np.ndarray | None, str | None]] = []
         for f in frames:
             if self._tube is None:
-                box, reason = self._faces([f])[0]
+                face, reason = self._faces([f])[0]
+                box = None if face is None else np.asarray(face.box, dtype=np.float64)
                 if box is None:
                     out.append((None, f"{reason} (no tube box yet)"))
                     continue
@@ -428,31 +442,71 @@ class FaceCropper:
         return out
 
 
-def load_preprocessor(model: str | None, device: str) -> Any:
-    """The detector + landmarker: from a pipeline folder (``--model``), else the official weights in the cache."""
+class CropPreprocessor:
+    """Only what the crop needs (no 3DFAN / Deep3D / PD-FGC weights): the face backend's detector and its
+    alignment points. ``'official'``: RetinaFace + H3R from the cache; ``'mediapipe'``: MediaPipe's detector and
+    mesh (weights inside the ``mediapipe`` wheel)."""
+
+    min_face_size = 40.0
+
+    def __init__(self, preprocess: str = "official", device: str = "cpu") -> None:
+        from avatar.face.geometry import five_points_from_wflw98
+
+        self.backend = preprocess
+        self._five = five_points_from_wflw98
+        if preprocess == "mediapipe":
+            from avatar.face.mediapipe_face import MediaPipeFaceBackend
+
+            self.detector: Any = MediaPipeFaceBackend()
+            self.landmarker: Any = None
+        elif preprocess == "official":
+            from avatar.face.h3r import H3RLandmarker
+            from avatar.face.retinaface import RetinaFace
+
+            self.detector = RetinaFace.from_pretrained(device=device)
+            self.landmarker = H3RLandmarker.from_pretrained(device=device)
+        else:
+            raise UnknownOptionValueError(f"preprocess must be 'official' or 'mediapipe', got {preprocess!r}")
+
+    def detect(self, images: list[np.ndarray]) -> list[Any]:
+        return self.detector.detect_batch(images)
+
+    def alignment_points(self, images: list[np.ndarray], faces: list[Any]) -> tuple[list[np.ndarray], list[Any]]:
+        if self.landmarker is None:
+            return [np.asarray(f.landmarks, np.float64) for f in faces], [f.mesh for f in faces]
+        lm98 = [lm[0] for lm in self.landmarker.landmarks_batch(images, [[f.box] for f in faces])]
+        return [self._five(lm) for lm in lm98], lm98
+
+
+def load_preprocessor(model: str | None, device: str, preprocess: str | None = None) -> Any:
+    """The detector + alignment points: from a pipeline folder (``--model``), else the ``preprocess`` backend
+    (``'official'``: the official weights in the cache, the default; ``'mediapipe'``)."""
     if model:
         from avatar.pipelines.auto import load_pipeline
 
-        pipe = load_pipeline(model, device=device)
+        pipe = load_pipeline(model, device=device, preprocess=preprocess)
         pre = getattr(pipe, "preprocessor", None)
         if pre is None:
             raise InputError(f"--model {model}: its pipeline ({type(pipe).__name__}) has no face preprocessor to crop "
                              "with; leave --model out to use the official detector and landmarker")
         return pre
-    from avatar.face.h3r import H3RLandmarker
-    from avatar.face.retinaface import RetinaFace
+    return CropPreprocessor(preprocess or "official", device)
 
-    class _Pre:  # only what the crop needs: no 3DFAN / Deep3D / PD-FGC weights are loaded
-        min_face_size = 40.0
 
-        def __init__(self) -> None:
-            self.detector = RetinaFace.from_pretrained(device=device)
-            self.landmarker = H3RLandmarker.from_pretrained(device=device)
+class MediaPipeMatting:
+    """MediaPipe's selfie segmentation with MODNet's ``matte`` interface: ``(B, 3, H, W)`` float in ``[0, 1]``
+    -> ``(B, 1, H, W)`` float matte (weights inside the ``mediapipe`` wheel; an alternative to MODNet)."""
 
-        def detect(self, images: list[np.ndarray]) -> list[Any]:
-            return self.detector.detect_batch(images)
+    def __init__(self) -> None:
+        from avatar.face.mediapipe_face import MediaPipeFaceBackend
 
-    return _Pre()
+        self.backend = MediaPipeFaceBackend(mesh=False)
+
+    def matte(self, images: Any) -> Any:
+        import torch
+
+        uint8 = images.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return torch.from_numpy(np.stack([self.backend.matte(im) for im in uint8]))[:, None]
 
 
 class BackgroundRemover:
@@ -592,6 +646,7 @@ def prepare(
     background_color: str = "black",
     matting: Any = None,
     matting_checkpoint: str | Path | None = None,
+    preprocess: str | None = None,
     batch_size: int = 16,
     fps: float | None = None,
     max_frames: int | None = None,
@@ -604,7 +659,8 @@ def prepare(
 
     Raises :class:`MissingRawFilesError` listing every id without a raw file (before any work) unless
     ``skip_missing``; :class:`MattingUnavailableError` for ``background="remove"`` without MODNet weights (both
-    before any work). ``matting`` is a ready MODNet (else :func:`load_matting` finds one).
+    before any work). ``matting`` is a ready MODNet, or ``"mediapipe"`` (:class:`MediaPipeMatting`), else
+    :func:`load_matting` finds MODNet weights. ``preprocess``: the face backend (``official``, ``mediapipe``).
     """
     if background not in ("keep", "remove"):
         raise InputError(f"background must be 'keep' or 'remove', got {background!r}")
@@ -656,15 +712,18 @@ def prepare(
 
     remover, matting_source = None, None
     if background == "remove":
-        if matting is None:
+        if matting == "mediapipe":
+            matting, matting_source = MediaPipeMatting(), "mediapipe selfie segmentation"
+        elif matting is None:
             matting, matting_source = load_matting(model, matting_checkpoint, device)
         remover = BackgroundRemover(matting, background_color)
     if preprocessor is None:
-        preprocessor = load_preprocessor(model, device)
+        preprocessor = load_preprocessor(model, device, preprocess)
     cropper = FaceCropper(preprocessor, crop=crop, smooth=smooth, increase=increase)
     meta = {"dataset": dataset, "crop": crop, "smooth": smooth, "increase": increase if crop == "tube" else None,
             "background": background, "size": CROP_SIZE, "fps": fps, "max_frames": max_frames,
-            "model": model or "official preprocessing weights"}
+            "model": model or f"{preprocess or 'official'} preprocessing",
+            "preprocess": getattr(preprocessor, "backend", preprocess or "official")}
     if remover is not None:
         meta.update(background_color=background_color, matting=matting_source or "given")
 
@@ -728,6 +787,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove: MODNet matting of each crop, composited on --background-color (see Background)")
     p.add_argument("--background-color", choices=BACKGROUND_COLORS, default="black",
                    help="with --background remove: black (default, GOHA) or white (OTAvatar)")
+    p.add_argument("--preprocess", choices=("official", "mediapipe"), default=None,
+                   help="face backend of the aligned crop: official (RetinaFace + H3R, default) or mediapipe "
+                        "(MediaPipe's detector and mesh, real weights inside the wheel; the [face] extra)")
+    p.add_argument("--matting", choices=("modnet", "mediapipe"), default="modnet",
+                   help="with --background remove: MODNet (default, the official choice) or MediaPipe's selfie "
+                        "segmentation (no download)")
     p.add_argument("--matting-checkpoint", type=Path,
                    help="a released MODNet .ckpt (default: <--model>/modnet, else modnet-photographic in the cache)")
     p.add_argument("--model", help="pipeline folder for the networks (e.g. from `avatar tiny DIR`); default: the "
@@ -778,6 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = prepare(args.dataset, args.raw, args.out, ids=args.ids, model=args.model, device=args.device,
                       crop=args.crop, smooth=args.smooth, increase=args.increase, background=args.background,
                       background_color=args.background_color, matting_checkpoint=args.matting_checkpoint,
+                      matting="mediapipe" if args.matting == "mediapipe" else None, preprocess=args.preprocess,
                       batch_size=args.batch_size, fps=args.fps, max_frames=args.max_frames,
                       overwrite=args.overwrite, skip_missing=args.skip_missing, lists=args.lists,
                       show_progress=not args.no_progress)

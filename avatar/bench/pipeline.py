@@ -45,6 +45,8 @@ from avatar.pipelines import Portrait4DPipeline
 from avatar.pipelines.preprocess import crop_to_model_input
 
 CREATION_GOAL_S = 0.3
+DETECT_STAGE = {"official": "RetinaFace", "mediapipe": "MediaPipe detection + mesh"}
+ANALYZE_STAGE = {"official": "H3R + 3DFAN + crop + Deep3D + BFM->FLAME", "mediapipe": "3DFAN + crop + Deep3D + BFM->FLAME"}
 REENACT_GOAL_FPS = 30.0
 
 
@@ -97,9 +99,10 @@ def synthetic_media(folder: Path, frames: int, size: int = 512, fps: int = 25) -
 
 def build_pipeline(args: argparse.Namespace, device: torch.device) -> Portrait4DPipeline:
     if args.model:
-        pipe = Portrait4DPipeline.from_pretrained(args.model)
+        pipe = Portrait4DPipeline.from_pretrained(args.model, preprocess=args.preprocess)
     else:
-        pipe = Portrait4DPipeline.random("tiny" if args.tiny else "official", head_pose_field=not args.tiny)
+        pipe = Portrait4DPipeline.random("tiny" if args.tiny else "official", head_pose_field=not args.tiny,
+                                         preprocess=args.preprocess)
     pipe.to(device)
     if args.dtype == "bf16":
         pipe.enable_fast_inference(torch.bfloat16)
@@ -116,15 +119,15 @@ def creation(pipe: Portrait4DPipeline, photo: Path, device: torch.device, repeat
     pre = pipe.preprocessor
     image = load_image(photo)
     faces = pre.detect([image])
-    analysis = pre.analyze([image], [faces[0][0].box])[0]
+    analysis = pre.analyze([image], [faces[0][0]])[0]
     motion = pipe._motion_or_zeros([analysis]).to(pipe.device)
     r = pipe.reconstructor.config.img_resolution
     x = crop_to_model_input(analysis.crop[None], r, pipe.device)
     shape = analysis.label[None, 25:325].to(pipe.device).float()
     stages: dict[str, Callable[[], object]] = {
         "read the photo": lambda: load_image(photo),
-        "RetinaFace": lambda: pre.detect([image]),
-        "H3R + 3DFAN + crop + Deep3D + BFM->FLAME": lambda: pre.analyze([image], [faces[0][0].box]),
+        DETECT_STAGE[pre.backend]: lambda: pre.detect([image]),
+        ANALYZE_STAGE[pre.backend]: lambda: pre.analyze([image], [faces[0][0]]),
         "PD-FGC motion": lambda: pipe._motion_or_zeros([analysis]),
         "source encoding (Portrait4D.encode)": lambda: pipe.reconstructor.encode(x, motion, shape),
     }
@@ -180,15 +183,15 @@ def reenactment(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torc
     batch = len(chunk)
     pre = pipe.preprocessor
     faces = pre.detect(chunk)
-    boxes = [f[0].box for f in faces]
-    analyses = pre.analyze(chunk, boxes)
+    first = [f[0] for f in faces]
+    analyses = pre.analyze(chunk, first)
     motion = pipe._motion_or_zeros(analyses).to(pipe.device)
     labels = torch.stack([a.label for a in analyses]).float()
     mode = pipe._resolve_pose_mode("neck")
     stages: dict[str, Callable[[], object]] = {
         "decode the driving frames": lambda: list(VideoReader(video, max_frames=batch)),
-        "RetinaFace": lambda: pre.detect(chunk),
-        "H3R + 3DFAN + crop + Deep3D + BFM->FLAME": lambda: pre.analyze(chunk, boxes),
+        DETECT_STAGE[pre.backend]: lambda: pre.detect(chunk),
+        ANALYZE_STAGE[pre.backend]: lambda: pre.analyze(chunk, first),
         "PD-FGC motion": lambda: pipe._motion_or_zeros(analyses),
         f"render ({mode} head pose)": lambda: pipe._drive(avatar, motion, labels, mode),
     }
@@ -228,6 +231,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passes", type=int, default=None, help="timed passes over the video (default 3 GPU, 1 CPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed avatar creations (default 10 GPU, 3 CPU)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="reconstructor precision")
+    parser.add_argument("--preprocess", choices=["official", "mediapipe"], default="official",
+                        help="face backend: RetinaFace + H3R (official) or MediaPipe's detector and mesh; with "
+                             "mediapipe the photo and video must show a real face")
     parser.add_argument("--write", action="store_true", help="also time writing the result video (H.264 + audio)")
     parser.add_argument("--compile-field", action="store_true",
                         help="torch.compile the head-pose field's closest-triangle search")
@@ -253,7 +259,8 @@ def main(args: argparse.Namespace) -> int:
             photo, video = photo or synth_photo, video or synth_video
         what = "given" if args.model else ("random tiny" if args.tiny else "random, official architectures")
         name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-        print(f"pipeline: {what}; reconstructor {args.dtype}; device: {name}\nphoto: {photo}\nvideo: {video}\n",
+        print(f"pipeline: {what}; preprocessing {pipe.preprocess}; reconstructor {args.dtype}; device: {name}\n"
+              f"photo: {photo}\nvideo: {video}\n",
               flush=True)
         rows = creation(pipe, photo, device, repeats)
         print(format_table(rows, "creation") + "\n", flush=True)

@@ -301,12 +301,16 @@ class DetectedFace:
         box: ``(4,)`` float32 ``x1, y1, x2, y2``.
         score: face probability.
         landmarks: ``(5, 2)`` float32 ``x, y``: the two eyes, the nose tip and the two mouth corners, in the
-            order of the RetinaFace training data (image-left eye first).
+            order of the RetinaFace training data (image-left eye first). The MediaPipe backend gives the same
+            five points from its mesh (:mod:`avatar.face.mediapipe_face`), or its detector's six keypoints
+            ``(6, 2)`` from ``detect_boxes``.
+        mesh: ``(478, 3)`` float32 MediaPipe face mesh in image pixels (MediaPipe backend only).
     """
 
     box: np.ndarray
     score: float
     landmarks: np.ndarray
+    mesh: np.ndarray | None = None
 
     @property
     def size(self) -> float:

@@ -86,14 +86,18 @@ def pipeline_class_for(name_or_path: str | Path) -> type[AvatarPipeline]:
 
 
 def load_pipeline(name_or_path: str | Path, *, device: torch.device | str = "cpu",
-                  dtype: torch.dtype | None = None) -> AvatarPipeline:
+                  dtype: torch.dtype | None = None, preprocess: str | None = None) -> AvatarPipeline:
     """Load the pipeline of a registered model id or a folder (module docstring), on ``device``; ``dtype``
-    (bfloat16, float16) runs the family's rendering networks under autocast.
+    (bfloat16, float16) runs the family's rendering networks under autocast; ``preprocess`` picks the face
+    backend (``'official'``, ``'mediapipe'``; ``None``: the family's default or the folder's own).
 
     Raises:
         ModelNotFoundError: not a known id nor a readable folder (:class:`~avatar.errors.UnknownModelIdError`
             for an unknown id: the message lists the known ones).
         AssetNotFoundError: the official weights are not in the cache and cannot be fetched now.
+        UnknownOptionValueError: ``preprocess`` is not a backend the family accepts.
     """
     cls = pipeline_class_for(name_or_path)
-    return cls.from_pretrained(name_or_path, device=device, dtype=dtype)
+    if preprocess is not None:
+        cls.check_preprocess(preprocess)
+    return cls.from_pretrained(name_or_path, device=device, dtype=dtype, preprocess=preprocess)

@@ -37,24 +37,55 @@ class AvatarPipeline(ABC):
     Class attributes:
         family: the model family name (as in :data:`avatar.hub.registry.MODELS`).
         pipeline_format: the ``format`` written into ``pipeline.json`` by :meth:`save_pretrained`.
+        preprocess_backends: the face preprocessing backends the family accepts
+            (:data:`avatar.pipelines.preprocess.PREPROCESS_BACKENDS`), its default first.
     """
 
     family: ClassVar[str]
     pipeline_format: ClassVar[str]
+    preprocess_backends: ClassVar[tuple[str, ...]] = ("official",)
     random_init: bool = False
     """The weights are random (tests, benchmarks): pictures are meaningless and no number is comparable."""
 
     # ---- construction, saving ---------------------------------------------------------------------------
     @classmethod
-    @abstractmethod
-    def from_pretrained(cls, model_id_or_dir: str | Path, device: torch.device | str = "cpu",
-                        dtype: torch.dtype | None = None) -> AvatarPipeline:
-        """A registered model id (official weights from the cache) or a folder written by :meth:`save_pretrained`."""
+    def check_preprocess(cls, preprocess: str | None) -> str:
+        """The backend to use: ``preprocess``, or the family's default for ``None``.
+
+        Raises:
+            UnknownOptionValueError: the name is not a backend, or the family does not accept it.
+        """
+        from avatar.errors import UnknownOptionValueError
+        from avatar.pipelines.preprocess import PREPROCESS_BACKENDS
+
+        if preprocess is None:
+            return cls.preprocess_backends[0]
+        if preprocess not in PREPROCESS_BACKENDS:
+            raise UnknownOptionValueError(f"preprocess must be one of {', '.join(PREPROCESS_BACKENDS)}, "
+                                          f"got {preprocess!r}")
+        if preprocess not in cls.preprocess_backends:
+            raise UnknownOptionValueError(
+                f"the {cls.family} models take the {' or '.join(cls.preprocess_backends)} face preprocessing, not "
+                f"{preprocess!r}: their checkpoints were trained on those inputs")
+        return preprocess
 
     @classmethod
     @abstractmethod
-    def tiny(cls, seed: int = 0) -> AvatarPipeline:
+    def from_pretrained(cls, model_id_or_dir: str | Path, device: torch.device | str = "cpu",
+                        dtype: torch.dtype | None = None, preprocess: str | None = None) -> AvatarPipeline:
+        """A registered model id (official weights from the cache) or a folder written by :meth:`save_pretrained`;
+        ``preprocess`` picks the face backend (``None``: the family's default, or the one a folder was saved
+        with)."""
+
+    @classmethod
+    @abstractmethod
+    def tiny(cls, seed: int = 0, preprocess: str | None = None) -> AvatarPipeline:
         """A complete pipeline of tiny random networks (tests, offline work)."""
+
+    @property
+    def preprocess(self) -> str:
+        """The face preprocessing backend this pipeline runs."""
+        return self.preprocess_backends[0]
 
     @abstractmethod
     def save_pretrained(self, save_directory: str | Path) -> Path:

@@ -5,7 +5,8 @@
     cache.loaded()                          # {name: LoadedModel(pipeline, source, device, dtype, seconds)}
 
 A name is a registered pipeline model id, a pipeline folder (``avatar tiny DIR``), or :data:`TINY`: a tiny
-pipeline of random networks built in memory (development and tests; its pictures are meaningless). A model
+pipeline of random networks built in memory (development and tests; its pictures are meaningless), with
+MediaPipe's real face detection and crops when ``mediapipe`` is installed (the ``[face]`` extra). A model
 that cannot be loaded raises :class:`ModelUnavailableError` whose message says what to do.
 """
 
@@ -126,8 +127,13 @@ class PipelineCache:
         if model == TINY:  # the default family's tiny pipeline
             from avatar.hub.registry import DEFAULT_MODEL_ID, pipeline_class
 
-            pipe = pipeline_class(get_model(DEFAULT_MODEL_ID)).tiny(seed=0).to(device)
-            source, dtype = "memory (random weights, built at first use)", torch.float32
+            from avatar.face.mediapipe_face import mediapipe_available
+
+            # MediaPipe's real detector and mesh when installed: faces are found and cropped for real, and a
+            # photo without a face is refused; the random detector otherwise sees a face anywhere
+            preprocess = "mediapipe" if mediapipe_available() else "official"
+            pipe = pipeline_class(get_model(DEFAULT_MODEL_ID)).tiny(seed=0, preprocess=preprocess).to(device)
+            source, dtype = f"memory (random weights, built at first use; {preprocess} face preprocessing)", torch.float32
         else:
             pipe = self._load_pipeline(model, device, dtype)
             if model in MODELS:

@@ -46,7 +46,8 @@ from avatar.face.deep3d import Deep3DReconNet
 from avatar.face.fan3d import FAN3DLandmarker
 from avatar.face.geometry import AlignParams, FlameLabel, camera_label_from_pose
 from avatar.face.h3r import H3R, H3RLandmarker
-from avatar.face.retinaface import RetinaFace, rig_for_random_weights
+from avatar.face.mediapipe_face import MediaPipeFaceBackend
+from avatar.face.retinaface import DetectedFace, RetinaFace, rig_for_random_weights
 from avatar.face.smoothing import POSE_FILTER, OneEuroFilter
 from avatar.io.image import load_image
 from avatar.io.video import VideoReader
@@ -175,6 +176,11 @@ class Portrait4DPipeline(AvatarPipeline):
 
     family = "portrait4d"
     pipeline_format = PIPELINE_FORMAT
+    preprocess_backends = ("official", "mediapipe")
+    """``'official'`` (default): the preprocessing the checkpoints were trained on. ``'mediapipe'``: MediaPipe
+    finds the face and its five alignment points (no RetinaFace or H3R weights needed); the FLAME label and
+    PD-FGC motion still come from the official networks, on a crop that differs from the official one by a few
+    pixels."""
 
     def __init__(self, reconstructor: Portrait4D, preprocessor: FacePreprocessor, random_init: bool = False) -> None:
         self.reconstructor = reconstructor.eval()
@@ -198,6 +204,10 @@ class Portrait4DPipeline(AvatarPipeline):
     @property
     def can_reenact(self) -> bool:
         return not self.reconstructor.config.is_static
+
+    @property
+    def preprocess(self) -> str:
+        return self.preprocessor.backend
 
     @property
     def output_resolution(self) -> int:
@@ -227,17 +237,18 @@ class Portrait4DPipeline(AvatarPipeline):
         return self
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> Portrait4DPipeline:
+    def tiny(cls, seed: int = 0, preprocess: str | None = None) -> Portrait4DPipeline:
         """A complete pipeline of tiny random networks (64x64 reconstructor) for tests and offline work.
 
-        Pictures are meaningless. The random detector is biased to report face-sized boxes (one anchor
-        size everywhere) so that every stage runs on any photo.
+        Pictures are meaningless. With the official backend the random detector is biased to report face-sized
+        boxes (one anchor size everywhere) so that every stage runs on any photo; with ``preprocess='mediapipe'``
+        faces are found and cropped for real (MediaPipe's own weights) and a photo without a face is refused.
         """
-        return cls.random("tiny", seed)
+        return cls.random("tiny", seed, preprocess=preprocess)
 
     @classmethod
     def random(cls, size: Literal["tiny", "official"] = "tiny", seed: int = 0,
-               head_pose_field: bool = False) -> Portrait4DPipeline:
+               head_pose_field: bool = False, preprocess: str | None = None) -> Portrait4DPipeline:
         """A complete pipeline of random networks: ``'tiny'`` configs (tests) or the ``'official'`` architectures
         (speed benchmarks: the work per frame does not depend on the weight values).
 
@@ -249,6 +260,7 @@ class Portrait4DPipeline(AvatarPipeline):
         """
         if size not in ("tiny", "official"):
             raise InputError(f"size must be 'tiny' or 'official', got {size!r}")
+        backend = cls.check_preprocess(preprocess)
         tiny = size == "tiny"
         torch.manual_seed(seed)
         motion_cfg = PDFGCEncoder.config_class.tiny() if tiny else PDFGCEncoder.config_class()
@@ -268,18 +280,25 @@ class Portrait4DPipeline(AvatarPipeline):
         def build(net: type[ModelMixin]) -> Any:  # tiny or official-size random network, in eval mode
             return (net.tiny(seed) if tiny else net(net.config_class())).eval()
 
-        detector = build(RetinaFace)
-        # tiny: every 64 px anchor of the middle level is a face; official: 256 px faces, 5 candidates at most
-        rig_for_random_weights(detector, 1, 0) if tiny else rig_for_random_weights(detector, 2, 0, top_k=5)
+        detector: RetinaFace | MediaPipeFaceBackend
+        landmarker: H3RLandmarker | None = None
+        if backend == "mediapipe":
+            detector = MediaPipeFaceBackend()
+        else:
+            detector = build(RetinaFace)
+            # tiny: every 64 px anchor of the middle level is a face; official: 256 px faces, 5 candidates at most
+            rig_for_random_weights(detector, 1, 0) if tiny else rig_for_random_weights(detector, 2, 0, top_k=5)
+            landmarker = H3RLandmarker(build(H3R))
         pre = FacePreprocessor(
-            detector, H3RLandmarker(build(H3R)), build(FAN3DLandmarker), build(Deep3DReconNet),
+            detector, landmarker, build(FAN3DLandmarker), build(Deep3DReconNet),
             build(BFM2FLAMEMapper), PDFGCEncoder(motion_cfg).eval(),
         )
         return cls(reconstructor, pre, random_init=True)
 
     @classmethod
     def from_pretrained(cls, model_id_or_dir: str | Path = "portrait4d-v2", device: torch.device | str = "cpu",
-                        dtype: torch.dtype | None = None, local_dir: str | Path | None = None) -> Portrait4DPipeline:
+                        dtype: torch.dtype | None = None, preprocess: str | None = None,
+                        local_dir: str | Path | None = None) -> Portrait4DPipeline:
         """Load a pipeline folder (:meth:`save_pretrained`, ``avatar tiny``), or a model id / reconstructor folder
         plus the official preprocessing networks from the cache (``avatar download`` fetches them).
 
@@ -288,17 +307,22 @@ class Portrait4DPipeline(AvatarPipeline):
                 folder, or a reconstructor folder (``Portrait4D.save_pretrained`` / ``avatar convert``).
             device: where to run.
             dtype: ``torch.bfloat16`` / ``torch.float16`` run the reconstructor under autocast.
+            preprocess: ``'official'`` or ``'mediapipe'`` (:attr:`preprocess_backends`); ``None``: the folder's own,
+                else ``'official'``. With ``'mediapipe'`` RetinaFace and H3R are not loaded.
             local_dir: take the upstream files from this folder instead of the network.
         """
+        if preprocess is not None:
+            cls.check_preprocess(preprocess)
         path = Path(model_id_or_dir)
         if path.is_dir() and (path / PIPELINE_FILE).is_file():
-            pipe = cls._load_folder(path)
+            pipe = cls._load_folder(path, preprocess)
         else:
+            mediapipe = cls.check_preprocess(preprocess) == "mediapipe"
             reconstructor = Portrait4D.from_pretrained(model_id_or_dir, local_dir=local_dir)
             motion = None if reconstructor.config.is_static else PDFGCEncoder.from_pretrained(local_dir=local_dir)
             pre = FacePreprocessor(
-                RetinaFace.from_pretrained(local_dir=local_dir),
-                H3RLandmarker(H3R.from_pretrained(local_dir=local_dir)),
+                MediaPipeFaceBackend() if mediapipe else RetinaFace.from_pretrained(local_dir=local_dir),
+                None if mediapipe else H3RLandmarker(H3R.from_pretrained(local_dir=local_dir)),
                 FAN3DLandmarker.from_pretrained(local_dir=local_dir),
                 Deep3DReconNet.from_pretrained(local_dir=local_dir),
                 BFM2FLAMEMapper.from_pretrained(local_dir=local_dir),
@@ -325,7 +349,7 @@ class Portrait4DPipeline(AvatarPipeline):
                     module.save_pretrained(tmp / name)
                     components[name] = _class_path(type(module))
             meta = {"format": PIPELINE_FORMAT, "version": 2, "pipeline_class": _class_path(type(self)),
-                    "random_init": self.random_init, "components": components,
+                    "random_init": self.random_init, "components": components, "preprocess": self.preprocess,
                     "min_face_size": self.preprocessor.min_face_size}
             (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
             if out.exists():
@@ -336,19 +360,27 @@ class Portrait4DPipeline(AvatarPipeline):
         return out
 
     @classmethod
-    def _load_folder(cls, folder: Path) -> Portrait4DPipeline:
+    def _load_folder(cls, folder: Path, preprocess: str | None = None) -> Portrait4DPipeline:
         meta = json.loads((folder / PIPELINE_FILE).read_text())
         if meta.get("format") != PIPELINE_FORMAT:
             raise ModelNotFoundError(f"{folder / PIPELINE_FILE} is not a Portrait4D pipeline description")
+        saved_with = meta.get("preprocess", "official")
+        backend = cls.check_preprocess(preprocess or saved_with)
         reconstructor = Portrait4D.from_pretrained(folder / "reconstructor")
         modules: dict[str, Any] = {}
         for name, net_cls in _COMPONENTS.items():
             sub = folder / name
-            modules[name] = net_cls.from_pretrained(sub) if sub.is_dir() else None
-        missing = [n for n, m in modules.items() if m is None and n != "motion_encoder"]
+            skip = backend == "mediapipe" and name in ("detector", "landmarker")
+            modules[name] = net_cls.from_pretrained(sub) if sub.is_dir() and not skip else None
+        optional = {"motion_encoder"} | ({"detector", "landmarker"} if backend == "mediapipe" else set())
+        missing = [n for n, m in modules.items() if m is None and n not in optional]
         if missing:
-            raise ModelNotFoundError(f"{folder} lacks the networks {missing}; save the pipeline again")
-        pre = FacePreprocessor(modules["detector"], H3RLandmarker(modules["landmarker"]), modules["landmarker_3d"],
+            hint = (f"it was saved with the {saved_with} preprocessing; load it with preprocess={saved_with!r}"
+                    if saved_with != backend else "save the pipeline again")
+            raise ModelNotFoundError(f"{folder} lacks the networks {missing}; {hint}")
+        detector = MediaPipeFaceBackend() if backend == "mediapipe" else modules["detector"]
+        landmarker = None if backend == "mediapipe" else H3RLandmarker(modules["landmarker"])
+        pre = FacePreprocessor(detector, landmarker, modules["landmarker_3d"],
                                modules["face_recon"], modules["bfm2flame"], modules["motion_encoder"],
                                min_face_size=float(meta.get("min_face_size", 40.0)))
         if meta.get("random_init"):
@@ -381,7 +413,10 @@ class Portrait4DPipeline(AvatarPipeline):
             if image.shape[:2] != (512, 512):
                 raise InputError(f"{name} is {image.shape[1]}x{image.shape[0]}, but --aligned needs the 512x512 "
                                  "Portrait4D crop; drop --aligned to detect and crop the face")
-            return self.preprocessor.analyze([image], [np.array(ALIGNED_FACE_BOX)], aligned=True)[0]
+            if self.preprocess == "official":  # H3R on the known face box of an aligned crop, as upstream
+                box = np.array(ALIGNED_FACE_BOX, dtype=np.float32)
+                return self.preprocessor.analyze([image], [DetectedFace(box, 1.0, np.zeros((5, 2), np.float32))],
+                                                 aligned=True)[0]
         faces = self.preprocessor.detect([image])[0]
         if not faces:
             raise NoFaceError(f"no face found in {name}; use a photo with one clearly visible, roughly frontal face")
@@ -391,7 +426,7 @@ class Portrait4DPipeline(AvatarPipeline):
             raise FaceTooSmallError(
                 f"the face in {name} is only {faces[0].size:.0f} pixels across; use a photo where it is at least "
                 f"{self.preprocessor.min_face_size:.0f} pixels (closer or higher resolution)")
-        return self.preprocessor.analyze([image], [faces[0].box])[0]
+        return self.preprocessor.analyze([image], [faces[0]], aligned=aligned)[0]
 
     @torch.no_grad()
     def create_avatar(self, photo: PhotoLike, aligned: bool = False) -> Avatar:
@@ -567,7 +602,7 @@ class Portrait4DPipeline(AvatarPipeline):
         for chunk in batched_frames(frames, batch_size, max_frames):
             faces = self.preprocessor.detect(chunk)
             good = [i for i, f in enumerate(faces) if f and f[0].size >= self.preprocessor.min_face_size]
-            analyses = self.preprocessor.analyze([chunk[i] for i in good], [faces[i][0].box for i in good],
+            analyses = self.preprocessor.analyze([chunk[i] for i in good], [faces[i][0] for i in good],
                                                  crop_smoother)
             motions = self._motion_or_zeros(analyses).cpu() if analyses else None
             yield chunk, good, analyses, motions

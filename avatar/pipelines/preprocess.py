@@ -8,19 +8,26 @@ expression, neck + jaw pose); PD-FGC's 548-d motion from the 512 crop and its 68
 
 For video every frame is detected (batched) rather than tracked from the previous landmarks as upstream does, so
 that a frame without a face is recognised as such; the crop can be one-euro smoothed (upstream ``use_smooth``).
+
+Two backends find the face and its five alignment points (:data:`PREPROCESS_BACKENDS`):
+
+* ``'official'``: RetinaFace boxes and H3R's 98 WFLW points (research weights, downloaded);
+* ``'mediapipe'``: MediaPipe's full-range detector and 478-point mesh with iris
+  (:mod:`avatar.face.mediapipe_face`, real weights inside the ``mediapipe`` wheel); the five points come from
+  the mesh. 3DFAN, Deep3DFaceRecon, the BFM->FLAME mapper and PD-FGC run the same on both.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.errors import ConfigError, InputError
 from avatar.face.bfm2flame import BFM2FLAMEMapper, flame_label
 from avatar.face.deep3d import Deep3DReconNet, align_image, split_coefficients, to_input
 from avatar.face.fan3d import FAN3DLandmarker
@@ -32,11 +39,13 @@ from avatar.face.geometry import (
     warp_to_aligned,
 )
 from avatar.face.h3r import H3RLandmarker
+from avatar.face.mediapipe_face import MediaPipeFaceBackend
 from avatar.face.retinaface import DetectedFace, RetinaFace
 from avatar.face.smoothing import CROP_SCALE_FILTER, CROP_TRANSLATION_FILTER, OneEuroFilter
 from avatar.motion.pdfgc import PDFGCEncoder
 
-__all__ = ["ALIGNED_FACE_BOX", "CropSmoother", "align_crop", "FaceAnalysis", "FacePreprocessor", "crop_to_model_input"]
+__all__ = ["ALIGNED_FACE_BOX", "PREPROCESS_BACKENDS", "CropSmoother", "FaceAnalysis", "FacePreprocessor", "align_crop",
+           "crop_to_model_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,9 @@ ALIGNED_FACE_BOX: tuple[float, float, float, float] = (127.0, 190.0, 380.0, 432.
 examples). Used instead of a detection for photos that are already aligned; upstream passes such landmark
 boxes to H3R (crop 1.8x) and 3DFAN when it tracks a face through a video."""
 ALIGNED_BOX_RATIO = 1.8
+
+PREPROCESS_BACKENDS: tuple[str, ...] = ("official", "mediapipe")
+"""The face backends a preprocessor can use (module docstring)."""
 
 
 @dataclass
@@ -55,7 +67,8 @@ class FaceAnalysis:
         crop: ``(512, 512, 3)`` uint8, the official aligned crop.
         align: the crop of the source image (``None`` when the input was already aligned).
         box: ``(4,)`` face box in source pixels.
-        landmarks: ``(98, 2)`` WFLW points in crop pixels.
+        landmarks: the points the crop was fitted from, in crop pixels: ``(98, 2)`` WFLW points (official backend)
+            or the ``(478, 2)`` MediaPipe mesh (mediapipe backend).
         landmarks_3d: ``(68, 2)`` 3DFAN points (x, y) in crop pixels: the PD-FGC crop is built from them.
         label: ``(437,)`` float32 FLAME label: camera 25, shape 300, expression 100, pose 6, eye pose 6.
     """
@@ -81,13 +94,13 @@ class CropSmoother:
         return replace(params, tx=float(t[0]), ty=float(t[1]), scale=s)
 
 
-def align_crop(image: np.ndarray, landmarks98: np.ndarray, smoother: CropSmoother | None = None,
+def align_crop(image: np.ndarray, landmarks: np.ndarray, smoother: CropSmoother | None = None,
                size: int = 512) -> tuple[AlignParams, np.ndarray]:
-    """The official aligned crop of one face: the similarity fit of five of its 98 WFLW points
+    """The official aligned crop of one face: the similarity fit of its five alignment points
     (:func:`~avatar.face.geometry.estimate_align_params`), optionally one-euro smoothed across video frames, and
-    the ``(size, size, 3)`` uint8 warp."""
-    params = estimate_align_params(five_points_from_wflw98(landmarks98), (image.shape[1], image.shape[0]),
-                                   target_size=size)
+    the ``(size, size, 3)`` uint8 warp. ``landmarks``: ``(98, 2)`` WFLW points or the ``(5, 2)`` points."""
+    five = five_points_from_wflw98(landmarks) if len(landmarks) == 98 else np.asarray(landmarks, np.float64)
+    params = estimate_align_params(five, (image.shape[1], image.shape[0]), target_size=size)
     if smoother is not None:
         params = smoother(params)
     return params, np.asarray(warp_to_aligned(image, params))
@@ -101,8 +114,9 @@ class FacePreprocessor:
     """Detector, landmarks, 3DMM, BFM->FLAME and motion networks chained as the official preprocessing.
 
     Args:
-        detector: RetinaFace.
-        landmarker: H3R 98-point landmarker.
+        detector: RetinaFace (``'official'`` backend) or a :class:`~avatar.face.mediapipe_face.MediaPipeFaceBackend`
+            (``'mediapipe'``: it also gives the five alignment points, so no H3R is needed).
+        landmarker: H3R 98-point landmarker (``None`` with the mediapipe backend).
         landmarker_3d: 3DFAN 68-point landmarker.
         face_recon: Deep3DFaceRecon coefficient regressor.
         bfm2flame: BFM -> FLAME mapper.
@@ -110,9 +124,11 @@ class FacePreprocessor:
         min_face_size: faces whose box (mean of width and height) is smaller, in source pixels, are refused.
     """
 
-    def __init__(self, detector: RetinaFace, landmarker: H3RLandmarker, landmarker_3d: FAN3DLandmarker,
-                 face_recon: Deep3DReconNet, bfm2flame: BFM2FLAMEMapper, motion_encoder: PDFGCEncoder | None,
-                 min_face_size: float = 40.0) -> None:
+    def __init__(self, detector: RetinaFace | MediaPipeFaceBackend, landmarker: H3RLandmarker | None,
+                 landmarker_3d: FAN3DLandmarker, face_recon: Deep3DReconNet, bfm2flame: BFM2FLAMEMapper,
+                 motion_encoder: PDFGCEncoder | None, min_face_size: float = 40.0) -> None:
+        if isinstance(detector, RetinaFace) and landmarker is None:
+            raise ConfigError("the official preprocessing needs the H3R landmarker beside RetinaFace")
         self.detector = detector
         self.landmarker = landmarker
         self.landmarker_3d = landmarker_3d
@@ -124,8 +140,16 @@ class FacePreprocessor:
             if module is not None:
                 module.eval()
 
+    @property
+    def backend(self) -> str:
+        """``'official'`` or ``'mediapipe'``: what finds the faces and their alignment points."""
+        return "mediapipe" if isinstance(self.detector, MediaPipeFaceBackend) else "official"
+
     def modules(self) -> dict[str, nn.Module | None]:
-        return {"detector": self.detector, "landmarker": self.landmarker.net, "landmarker_3d": self.landmarker_3d,
+        """The networks (the MediaPipe backend holds no PyTorch weights and is not listed)."""
+        detector = self.detector if isinstance(self.detector, nn.Module) else None
+        landmarker = self.landmarker.net if self.landmarker is not None else None
+        return {"detector": detector, "landmarker": landmarker, "landmarker_3d": self.landmarker_3d,
                 "face_recon": self.face_recon, "bfm2flame": self.bfm2flame, "motion_encoder": self.motion_encoder}
 
     def to(self, device: torch.device | str) -> FacePreprocessor:
@@ -139,24 +163,40 @@ class FacePreprocessor:
         """Faces of each image, largest first (batched when the images have one size, e.g. video frames)."""
         return self.detector.detect_batch(images)
 
+    def alignment_points(self, images: list[np.ndarray], faces: list[DetectedFace], aligned: bool = False,
+                         ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The five alignment points ``(5, 2)`` and the landmarks they come from (``(98, 2)`` WFLW or the
+        ``(478, 2)`` mesh) of one face per image, in source pixels."""
+        if self.backend == "mediapipe":
+            for face in faces:
+                if face.mesh is None:
+                    raise InputError("the mediapipe backend needs faces detected with their mesh "
+                                     "(MediaPipeFaceBackend(mesh=True))")
+            return ([np.asarray(f.landmarks, np.float64) for f in faces],
+                    [np.asarray(f.mesh, np.float32)[:, :2] for f in faces])  # type: ignore[index]
+        assert self.landmarker is not None
+        ratio = ALIGNED_BOX_RATIO if aligned else None
+        lm98 = [lm[0] for lm in self.landmarker.landmarks_batch(images, [[f.box] for f in faces], box_ratio=ratio)]
+        return [five_points_from_wflw98(lm) for lm in lm98], lm98
+
     # ---- analysis --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def analyze(self, images: list[np.ndarray], boxes: list[Any], smoother: CropSmoother | None = None,
+    def analyze(self, images: list[np.ndarray], faces: list[DetectedFace], smoother: CropSmoother | None = None,
                 aligned: bool = False) -> list[FaceAnalysis]:
         """Landmarks, 512 crop and FLAME label of one face per image.
 
         Args:
             images: ``(H, W, 3)`` uint8 RGB images.
-            boxes: one ``(4,)`` face box per image (source pixels).
+            faces: one detected face per image (source pixels), from :meth:`detect`.
             smoother: smooth the crops of consecutive video frames (called in order).
             aligned: the images are official 512 crops already: keep them as they are.
         """
         if not images:
             return []
-        ratio = ALIGNED_BOX_RATIO if aligned else None
-        lm98 = [lm[0] for lm in self.landmarker.landmarks_batch(images, [[b] for b in boxes], box_ratio=ratio)]
+        boxes = [np.asarray(f.box, dtype=np.float32) for f in faces]
+        five, landmarks = self.alignment_points(images, faces, aligned)
         lm68 = [lm[0] for lm in self.landmarker_3d.landmarks_batch(images, [[b] for b in boxes])]
-        d3 = [align_image(img, lm) for img, lm in zip(images, lm98, strict=True)]
+        d3 = [align_image(img, pts) for img, pts in zip(images, five, strict=True)]
         x = torch.cat([to_input(a.image) for a in d3]).to(_device(self.face_recon))
         coeffs = split_coefficients(self.face_recon(x).float())
         labels = flame_label(self.bfm2flame, coeffs["id"], coeffs["exp"], coeffs["angle"]).cpu()
@@ -164,11 +204,11 @@ class FacePreprocessor:
         for i, img in enumerate(images):
             if aligned:
                 params, crop = None, img
-                l98c, l68c = lm98[i], lm68[i][:, :2]
+                lm_crop, l68c = landmarks[i], lm68[i][:, :2]
             else:
-                params, crop = align_crop(img, lm98[i], smoother)
-                l98c, l68c = transform_landmarks(lm98[i], params), transform_landmarks(lm68[i], params)
-            out.append(FaceAnalysis(np.asarray(crop), params, np.asarray(boxes[i], dtype=np.float32), l98c,
+                params, crop = align_crop(img, five[i], smoother)
+                lm_crop, l68c = transform_landmarks(landmarks[i], params), transform_landmarks(lm68[i], params)
+            out.append(FaceAnalysis(np.asarray(crop), params, boxes[i], np.asarray(lm_crop, dtype=np.float32),
                                     np.asarray(l68c, dtype=np.float32), labels[i]))
         return out
 
