@@ -24,13 +24,22 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
+# mediapipe (the [face] extra) depends on opencv-contrib-python, a second package that installs `cv2` over our
+# opencv-python-headless (and needs libGL). Keep exactly one: remove the contrib one and reinstall the headless one.
+ONE_CV2 = if $(PIP) show -q opencv-contrib-python >/dev/null 2>&1; then \
+	  v=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opencv-python-headless"))') && \
+	  $(PIP) uninstall -y -q opencv-contrib-python && \
+	  $(PIP) install -q --progress-bar off --force-reinstall --no-deps "opencv-python-headless==$$v"; fi
+
 # Stamps record which extras are installed; they are remade when pyproject.toml changes.
 $(VENV)/.stamp-app: pyproject.toml | $(BIN)/python
-	$(PIP) install --progress-bar off -e ".[app]"
+	$(PIP) install --progress-bar off -e ".[app,face]"
+	@$(ONE_CV2)
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install --progress-bar off -e ".[dev]"
+	@$(ONE_CV2)
 	touch $@ $(VENV)/.stamp-app
 
 demo: $(VENV)/.stamp-app

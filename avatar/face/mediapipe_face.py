@@ -12,7 +12,9 @@ models at run time and are not supported here):
 what                   file in the wheel (``mediapipe/modules/...``)                             SHA-256 prefix
 =====================  =======================================================================  ==============
 face detection         ``face_detection/face_detection_full_range_sparse.tflite`` (BlazeFace,     ``2c3728e6``
-                       full range: faces up to about 5 m, ``model_selection=1``)
+                       full range: faces up to about 5 m, ``model_selection=1``) and
+                       ``face_detection/face_detection_short_range.tflite`` (close-ups, within   ``bbff11ce``
+                       about 2 m, ``model_selection=0``)
 face mesh with iris    ``face_landmark/face_landmark_with_attention.tflite`` (468 points + 10     ``e06a804e``
                        iris points, ``refine_landmarks=True``); its own ROI detector is
                        ``face_detection/face_detection_short_range.tflite``                       ``bbff11ce``
@@ -28,9 +30,12 @@ mediapipe_canonical_face.npz`` (float32, centimetres; x to the image's right, y 
 
 Choices of this module (MediaPipe leaves them to the caller):
 
-* **Detection** keeps every face above ``min_confidence`` (0.5, MediaPipe's default) and sorts them by the
-  official size measure (mean of box width and height), largest first, as :class:`~avatar.face.retinaface.
-  RetinaFace` does. Boxes are clipped to the image.
+* **Detection** runs both detectors and merges their faces (greedy non-maximum suppression at IoU
+  ``DETECTION_MERGE_IOU`` = 0.3, the higher score kept): the full-range model alone misses some close-ups (3 of
+  the 60 portraits of ``../shared/media``, among them 2 official 512 aligned crops), the short-range one small
+  faces. It keeps every face above ``min_confidence`` (0.5, MediaPipe's default) and sorts them by the official
+  size measure (mean of box width and height), largest first, as :class:`~avatar.face.retinaface.RetinaFace`
+  does. Boxes are clipped to the image.
 * **Mesh**: for each detected box the image is cropped to a square of side ``MESH_CROP_SCALE`` (2.0) times the
   box's larger side around its centre (zero padding outside the image; downscaled to at most 512 pixels), so
   that MediaPipe's own short-range ROI detector sees a large face; of the meshes found in the crop the one
@@ -38,9 +43,11 @@ Choices of this module (MediaPipe leaves them to the caller):
   relative depth (smaller is nearer the camera) in the same pixel scale as ``x``. A detection without a mesh is
   not a face.
 * **The five alignment points** of the Portrait4D crop (the official fit uses WFLW points 96, 97, 54, 76, 82)
-  are mesh vertices :data:`MESH_FIVE_POINT_INDICES`: the two iris centres 468 and 473 (the WFLW pupils), vertex
-  4 on the nose ridge just above the tip (on the 32 official aligned examples it lies nearer WFLW 54 than the
-  lowest tip vertex 1: 6.5 against 7.5 pixels of 512 on average), and the outer lip corners 61 and 291.
+  are means of mesh vertices, :data:`MESH_FIVE_POINTS`: the two iris centres 468 and 473 (the WFLW pupils), the
+  midpoint of vertex 4 (end of the nose ridge) and vertex 1 (lowest point of the tip) for the nose tip, and the
+  outer lip corners 61 and 291. On the 32 official aligned examples the mean distances to the official points
+  are 1.7, 1.6, 4.4, 3.8 and 2.6 pixels of 512 (vertex 4 alone: 6.6, vertex 1 alone: 7.2, for the nose); the
+  least-squares weight of vertex 1 against vertex 4 on those examples is 0.47, rounded to one half.
 * **Head pose**: weighted orthogonal Procrustes with scale (Umeyama 1991) of the 33 basis landmarks of the
   canonical model onto the mesh, in a camera frame with x to the image's right, y up and z towards the viewer
   (the mesh's ``y`` and ``z`` negated). The fitted ``R = R_z(roll) @ R_y(yaw) @ R_x(pitch)`` gives the angles in
@@ -72,7 +79,7 @@ from avatar.face.retinaface import DetectedFace
 
 __all__ = [
     "MEDIAPIPE_VERSION",
-    "MESH_FIVE_POINT_INDICES",
+    "MESH_FIVE_POINTS",
     "CanonicalFace",
     "HeadPoseEstimate",
     "MediaPipeFaceBackend",
@@ -91,9 +98,12 @@ MEDIAPIPE_VERSION = "0.10.14"
 INSTALL_HINT = ('pip install "avatar4d[face]" (mediapipe==0.10.14, Python 3.9 to 3.12; later mediapipe '
                 "releases download their models at run time)")
 
-MESH_FIVE_POINT_INDICES: tuple[int, ...] = (468, 473, 4, 61, 291)
-"""Mesh vertices of the five alignment points, in the official order: image-left eye centre, image-right eye
-centre, nose tip, image-left and image-right mouth corners (see the module docstring)."""
+MESH_FIVE_POINTS: tuple[tuple[int, ...], ...] = ((468,), (473,), (1, 4), (61,), (291,))
+"""Mesh vertices averaged into each of the five alignment points, in the official order: image-left eye centre,
+image-right eye centre, nose tip, image-left and image-right mouth corners (see the module docstring)."""
+
+DETECTION_MERGE_IOU = 0.3
+"""Faces of the two detectors that overlap more than this are one face."""
 
 MESH_CROP_SCALE = 2.0
 """Side of the square crop the mesh model is run on, in units of the detected box's larger side."""
@@ -234,7 +244,7 @@ def five_points_from_mesh(mesh: np.ndarray) -> np.ndarray:
     mesh = np.asarray(mesh, dtype=np.float64)
     if mesh.shape[-2] != NUM_MESH_POINTS:
         raise InputError(f"the five alignment points need the 478-point mesh with iris, got shape {mesh.shape}")
-    return mesh[..., list(MESH_FIVE_POINT_INDICES), :2]
+    return np.stack([mesh[..., list(ids), :2].mean(-2) for ids in MESH_FIVE_POINTS], axis=-2)
 
 
 def _face_size(box: np.ndarray) -> float:
@@ -277,8 +287,8 @@ class MediaPipeFaceBackend:
             sol = _mediapipe().solutions
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if kind == "detection":
-                    graph = sol.face_detection.FaceDetection(model_selection=1,
+                if kind in ("full_range", "short_range"):
+                    graph = sol.face_detection.FaceDetection(model_selection=int(kind == "full_range"),
                                                              min_detection_confidence=self.min_confidence)
                 elif kind == "mesh":
                     graph = sol.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=2, refine_landmarks=True,
@@ -308,9 +318,10 @@ class MediaPipeFaceBackend:
         image = _rgb(image)
         h, w = image.shape[:2]
         with self._lock:
-            result = self._graph("detection").process(image)
-        faces = []
-        for det in result.detections or []:
+            detections = [d for kind in ("full_range", "short_range")
+                          for d in (self._graph(kind).process(image).detections or [])]
+        faces: list[DetectedFace] = []
+        for det in detections:
             rel = det.location_data.relative_bounding_box
             box = np.array([rel.xmin * w, rel.ymin * h, (rel.xmin + rel.width) * w, (rel.ymin + rel.height) * h],
                            dtype=np.float32)
@@ -319,7 +330,11 @@ class MediaPipeFaceBackend:
                                  dtype=np.float32).reshape(-1, 2)
             if box[2] - box[0] > 1 and box[3] - box[1] > 1:
                 faces.append(DetectedFace(box, float(det.score[0]), keypoints))
-        return sorted(faces, key=lambda f: -f.size)
+        kept: list[DetectedFace] = []
+        for face in sorted(faces, key=lambda f: -f.score):
+            if all(_iou(face.box, k.box) <= DETECTION_MERGE_IOU for k in kept):
+                kept.append(face)
+        return sorted(kept, key=lambda f: -f.size)
 
     def mesh(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         """The ``(478, 3)`` float32 mesh of the face in ``box`` (source pixels), or ``None`` if the mesh model
@@ -375,6 +390,14 @@ class MediaPipeFaceBackend:
             result = self._graph("selfie").process(image)
         mask = np.asarray(result.segmentation_mask, dtype=np.float32)
         return np.clip(mask, 0.0, 1.0)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -125,9 +125,8 @@ class PipelineCache:
         device, dtype = self.device(), self.dtype()
         t0 = time.perf_counter()
         if model == TINY:  # the default family's tiny pipeline
-            from avatar.hub.registry import DEFAULT_MODEL_ID, pipeline_class
-
             from avatar.face.mediapipe_face import mediapipe_available
+            from avatar.hub.registry import DEFAULT_MODEL_ID, pipeline_class
 
             # MediaPipe's real detector and mesh when installed: faces are found and cropped for real, and a
             # photo without a face is refused; the random detector otherwise sees a face anywhere

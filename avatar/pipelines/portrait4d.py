@@ -526,6 +526,8 @@ class Portrait4DPipeline(AvatarPipeline):
 
         Driving frames without a usable face hold the last good motion (the source's own before the first
         one); their count is logged at the end and their indices are in the stream's ``frames_without_face``.
+        A video in which no frame has a face raises :class:`~avatar.errors.NoFaceError` once the stream ends (its
+        frames have been yielded by then: a writer inside a ``with`` block discards its partial file).
         """
         self._check_avatar(avatar)
         mode = self._resolve_pose_mode(head_pose)
@@ -591,6 +593,9 @@ class Portrait4DPipeline(AvatarPipeline):
         finally:
             bar.close()
             batches.close()  # type: ignore[attr-defined]  # stops a prefetching thread, closes the video
+        if index and ref is None:
+            raise NoFaceError(f"no face found in any of the {index} driving frames; use a driving video that shows "
+                              "one clearly visible face")
         if missing:
             logger.warning("no usable face in %d of %d driving frames; their motion was held from the last good "
                            "frame", missing, index)
