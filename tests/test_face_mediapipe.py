@@ -321,3 +321,31 @@ def test_eval_prepare_crops_with_mediapipe_and_removes_the_background(tmp_path: 
 
     matte = MediaPipeMatting().matte(torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255)
     assert matte.shape == (1, 1, 512, 512) and 0.2 < float(matte.mean()) < 0.95
+
+
+@needs_mediapipe
+def test_face_bench_prints_and_writes_the_mediapipe_rows(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from avatar.bench import main
+
+    out = tmp_path / "face.json"
+    assert main(["face", "--frames", "3", "--repeats", "1", "--skip-official", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["backend"] for r in rows] == ["mediapipe"] * 5
+    assert all(r["frames"] == 3 and r["ms_per_frame"] > 0 for r in rows)
+    printed = capsys.readouterr().out
+    assert "| mediapipe | detect() as the pipeline calls it |" in printed and "official" not in printed.split("|---")[-1]
+
+
+@needs_mediapipe
+def test_face_bench_refuses_a_video_without_a_face(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from avatar.bench import main
+    from avatar.io import VideoWriter
+
+    video = tmp_path / "sky.mp4"
+    with VideoWriter(video, 25) as writer:
+        for _ in range(3):
+            writer.write(_sky())
+    assert main(["face", "--video", str(video), "--frames", "3", "--repeats", "1", "--skip-official"]) == 1
+    assert "found no face" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Face preprocessing of the official Portrait4D pipeline: detection, landmarks, 3DMM, alignment, smoothing.
+"""Face preprocessing: the official Portrait4D networks (detection, landmarks, 3DMM, alignment, smoothing) and
+the mediapipe backend.
 
 * :mod:`avatar.face.geometry` - the one home of the alignment geometry: the 512 crop (POS fit of five points),
   the PD-FGC 224 crop, BFM angles -> FLAME pose, the camera label and the 437-float FLAME label
@@ -8,6 +9,9 @@
 * :mod:`avatar.face.deep3d` - Deep3DFaceRecon 257 BFM coefficients (and its own 224 crop)
 * :mod:`avatar.face.bfm2flame` - the BFM -> FLAME mapper and the fast FLAME label
 * :mod:`avatar.face.smoothing` - one-euro filtering of crops and poses for video
+* :mod:`avatar.face.mediapipe_face` - the ``mediapipe`` backend (the ``[face]`` extra, real weights inside the
+  mediapipe wheel): detection, the 478-point mesh, its five alignment points, head pose, the selfie matte;
+  imported on its own (``from avatar.face.mediapipe_face import ...``) so that mediapipe stays optional
 """
 
 from avatar.face.bfm2flame import BFM2FLAMEMapper, MapperConfig, flame_label
