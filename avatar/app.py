@@ -59,7 +59,8 @@ from avatar.render.camera import orbit_labels, view_label  # noqa: E402
 from avatar.runtime import DTYPES  # noqa: E402
 
 __all__ = ["TINY", "LoadedModel", "ModelUnavailableError", "PipelineCache", "build_demo", "launch", "main",
-           "model_status", "missing_files", "reconstruct", "reenact", "render_view", "runtime_status", "view_label"]
+           "model_status", "missing_files", "pick_model", "pick_reenact_model", "reconstruct", "reenact",
+           "render_view", "run_button", "runtime_status", "view_label"]
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
     import spaces
@@ -138,8 +139,8 @@ PIPELINES = PipelineCache(
     device=lambda: os.environ.get("AVATAR_DEVICE", "auto"),
     dtype=lambda: os.environ.get("AVATAR_DTYPE", "float32"),
     settings_hint="set by AVATAR_DEVICE / AVATAR_DTYPE or --device / --dtype",
-    weights_hint="Then restart the app, or pick the tiny random pipeline in the Model menu to try the app (its "
-                 "pictures are meaningless).",
+    weights_hint="The *Model files* section below lists them. Then restart the app, or pick the tiny random "
+                 "pipeline in the Model menu to try the app (its pictures are meaningless).",
 )
 
 
@@ -163,6 +164,26 @@ def runtime_status(selected: str) -> str:
                      "*Model files* below for the list and the command that fetches them). Pick the tiny random "
                      "pipeline in the Model menu to try the app without them.")
     return "\n\n".join(lines)
+
+
+def run_button(model: str, label: str) -> dict:
+    """The update of a tab's run button for the model picked in that tab: disabled, saying why, when the model's
+    weights are missing (the status line above says it once; no failed run, no error on every output panel)."""
+    if missing_files(model):
+        return gr.update(interactive=False, value=f"{label} (weights of {_model_label(model)} missing: see "
+                                                  "Model files)")
+    return gr.update(interactive=True, value=label)
+
+
+def pick_model(model: str) -> tuple[str, dict]:
+    """A tab's Model menu changed: the status line for that model (the random-weights warning at once when it is
+    the tiny pipeline) and its run button."""
+    return runtime_status(model), run_button(model, "Reconstruct")
+
+
+def pick_reenact_model(model: str) -> tuple[str, dict]:
+    """As :func:`pick_model`, for the Reenact tab's button."""
+    return runtime_status(model), run_button(model, "Reenact")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -389,6 +410,11 @@ sound of a driving video (upload one, or record yourself with the webcam). The p
 clearly visible, roughly frontal face; the app finds it and crops it the way the model was trained."""
 
 
+def _button_kwargs(update: dict) -> dict:
+    """A ``gr.update`` of a button as constructor arguments (the initial state equals a later update)."""
+    return {k: v for k, v in update.items() if k in ("value", "interactive")}
+
+
 def build_demo(model_id: str | None = None) -> gr.Blocks:
     """Build the app's Blocks for ``model_id`` (default: ``$AVATAR_MODEL`` or ``portrait4d-v2``)."""
     selected = model_id or os.environ.get("AVATAR_MODEL") or DEFAULT_MODEL_ID
@@ -406,7 +432,8 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                 rec_model = gr.Dropdown(model_choices(selected, static=True), value=selected, label="Model")
                 orbit_frames = gr.Slider(8, 120, value=48, step=1, label="Frames in the orbit video",
                                          elem_id="orbit-frames")
-                rec_button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
+                rec_button = gr.Button(variant="primary", elem_id="reconstruct-button",
+                                       **_button_kwargs(run_button(selected, "Reconstruct")))
                 if examples:
                     gr.Examples(examples, inputs=photo, label="Public-domain example photos")
             with gr.Column(scale=2):
@@ -417,8 +444,10 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                                     interactive=False, elem_id="crop", height=300)
                 with gr.Row():
                     with gr.Column():
-                        yaw = gr.Slider(-60, 60, value=0, step=1, label="Yaw (degrees; + from the person's right)")
-                        pitch = gr.Slider(-30, 30, value=0, step=1, label="Pitch (degrees; + from above)")
+                        yaw = gr.Slider(-60, 60, value=0, step=1, label="Yaw (degrees; + from the person's right)",
+                                        elem_id="yaw")
+                        pitch = gr.Slider(-30, 30, value=0, step=1, label="Pitch (degrees; + from above)",
+                                          elem_id="pitch")
                     still = gr.Image(label="Still from this view", type="numpy", interactive=False,
                                      elem_id="still", height=300)
                 rec_info = gr.Markdown(elem_id="reconstruct-info")
@@ -441,7 +470,8 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                 seconds = gr.Slider(0.2, MAX_VIDEO_SECONDS, value=min(10.0, MAX_VIDEO_SECONDS), step=0.1,
                                     label="Use the first … seconds of the driving video",
                                     elem_id="seconds")
-                re_button = gr.Button("Reenact", variant="primary", elem_id="reenact-button")
+                re_button = gr.Button(variant="primary", elem_id="reenact-button",
+                                      **_button_kwargs(run_button(reenact_default, "Reenact")))
                 if examples:
                     gr.Examples(examples, inputs=re_photo, label="Public-domain example photos")
             with gr.Column(scale=2):
@@ -469,14 +499,19 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
 
         rec_button.click(reconstruct, inputs=[photo, rec_model, yaw, pitch, orbit_frames, avatars],
                          outputs=[orbit, crop, still, rec_info, avatars], api_name="reconstruct",
-                         concurrency_id="gpu").then(refresh_status, outputs=status, api_name=False)
+                         concurrency_id="gpu").then(runtime_status, inputs=rec_model, outputs=status, api_name=False)
         for slider in (yaw, pitch):
-            slider.release(render_view, inputs=[photo, rec_model, yaw, pitch, avatars], outputs=[still, avatars],
-                           api_name="view" if slider is yaw else False, concurrency_id="gpu",
-                           show_progress="minimal")
+            # `input` fires on a drag and on a value typed into the slider's box (`release` only on a drag);
+            # always_last: while one still renders, only the latest of the values that arrived meanwhile follows
+            slider.input(render_view, inputs=[photo, rec_model, yaw, pitch, avatars], outputs=[still, avatars],
+                         api_name="view" if slider is yaw else False, concurrency_id="gpu",
+                         show_progress="minimal", trigger_mode="always_last")
+        rec_model.change(pick_model, inputs=rec_model, outputs=[status, rec_button], api_name=False, queue=False)
+        re_model.change(pick_reenact_model, inputs=re_model, outputs=[status, re_button], api_name=False,
+                        queue=False)
         re_button.click(reenact, inputs=[re_photo, driving, re_model, motion, smooth, side, seconds, avatars],
                         outputs=[result, re_info, avatars], api_name="reenact",
-                        concurrency_id="gpu").then(refresh_status, outputs=status, api_name=False)
+                        concurrency_id="gpu").then(runtime_status, inputs=re_model, outputs=status, api_name=False)
         photo.change(lambda p: p, inputs=photo, outputs=re_photo, api_name=False, queue=False)
         refresh.click(model_status, inputs=model, outputs=files, api_name="status")
         model.change(model_status, inputs=model, outputs=files, api_name=False)

@@ -67,6 +67,28 @@ def test_status_line_labels_the_tiny_pipeline_and_missing_weights() -> None:
     assert "Weights of `portrait4d-v2` are missing" in line and "device" in line and "dtype" in line
 
 
+def test_a_model_without_weights_disables_its_button_and_says_why_once() -> None:
+    import avatar.app as app
+    from avatar.pipelines.cache import ModelUnavailableError, PipelineCache
+
+    off = app.run_button("portrait4d-v2", "Reconstruct")
+    assert off["interactive"] is False and "weights of Portrait4D-v2 missing: see Model files" in off["value"]
+    on = app.run_button(app.TINY, "Reenact")
+    assert on["interactive"] is True and on["value"] == "Reenact"
+    # picking the tiny pipeline in a tab shows the random-weights warning at once, before any run
+    status, button = app.pick_model(app.TINY)
+    assert "Development mode: tiny random pipeline" in status and button["interactive"] is True
+    status, button = app.pick_reenact_model("portrait4d-v1")
+    assert "Weights of `portrait4d-v1` are missing" in status and button["interactive"] is False
+    # the error (API callers still get one) gives the count and where the list is, never a list of 17 paths
+    with pytest.raises(ModelUnavailableError) as info:
+        PipelineCache(device="cpu").get("portrait4d-v2")
+    message = str(info.value)
+    n = len(app.missing_files("portrait4d-v2"))
+    assert f"({n} files missing)" in message and "avatar models --files" in message
+    assert ".pkl" not in message and message.count(",") <= 1
+
+
 def test_view_label_frontal_is_the_inference_camera() -> None:
     import torch
 

@@ -98,6 +98,14 @@ def test_browser_uploads_a_photo_and_sees_the_orbit_video(app_url: str, tmp_path
             page.locator("#crop img").first.wait_for()
             page.locator("#still img").first.wait_for()
             info = page.locator("#reconstruct-info").inner_text()
+            # a value typed into the yaw box (not only a slider drag) re-renders the still
+            before = page.locator("#still img").first.get_attribute("src")
+            yaw = page.locator("#yaw input[type=number]")
+            yaw.fill("40")
+            yaw.press("Enter")
+            page.wait_for_function(
+                "(old) => { const i = document.querySelector('#still img'); return i && i.src && i.src !== old; }",
+                arg=before, timeout=60_000)
             page.wait_for_timeout(500)  # let the first frame paint
             page.screenshot(path=str(shot), full_page=True)
 

@@ -154,12 +154,13 @@ class PipelineCache:
         try:
             return load_pipeline(model, device=device, dtype=dtype)
         except AssetNotFoundError as exc:
-            what = f" (missing: {', '.join(missing)})" if missing else ""
+            # the count, never the list: `avatar models --files` and the app's *Model files* section list them
+            what = f" ({len(missing)} file{'s' if len(missing) != 1 else ''} missing)" if missing else ""
             logger.warning("cannot load %s: %s", model, exc)
             hint = f" {self._weights_hint}" if self._weights_hint else ""
             raise ModelUnavailableError(
                 f"The weights of {model} are not available here{what}. Fetch them with `avatar download "
-                f"{model}` on a machine with network access.{hint}") from None
+                f"{model}` on a machine with network access (`avatar models --files` lists them).{hint}") from None
         except AvatarError as exc:  # unknown id, a folder that is not a pipeline, mismatching weights, ...
             logger.warning("cannot load %s: %s", model, exc)
             raise ModelUnavailableError(f"{model} cannot be loaded: {exc}") from None
