@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh Linux machine with Python 3.10+:
-#   make demo   creates .venv if missing, installs the app extras, starts the Gradio app on localhost
+#   make demo   creates .venv if missing, installs the app extras, fetches the model weights when the Hub is
+#               reachable (after printing their licences), starts the Gradio app on localhost
 #   make test   creates .venv if missing, installs the dev extras, runs ruff and the whole test suite
 # A second run reuses the venv; it reinstalls only when pyproject.toml changed.
 
@@ -43,7 +44,7 @@ $(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.stamp-app
 
 demo: $(VENV)/.stamp-app
-	$(BIN)/python app.py --port $(PORT) $(if $(MODEL),--model $(MODEL),)
+	$(BIN)/python app.py --download --port $(PORT) $(if $(MODEL),--model $(MODEL),)
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check .

@@ -527,6 +527,40 @@ def launch(app: gr.Blocks, **kwargs: Any) -> Any:
     return app.launch(**kwargs)
 
 
+def fetch_missing_weights(model: str, out: Any = None) -> bool:
+    """``--download`` (what ``make demo`` passes): print the licences of the files ``model`` still needs, then
+    fetch, verify and convert them (Hugging Face's progress bars show each download). Returns whether every file
+    is in the cache afterwards. Offline, or when a file cannot be fetched, it says so in one warning and returns
+    ``False``: the app then starts as it does without weights (status line, *Model files*, the tiny pipeline)."""
+    from avatar.errors import AssetNotFoundError
+    from avatar.hub.download import download_model
+    from avatar.hub.download import is_offline as hub_offline
+
+    out = out or sys.stderr
+    missing = _missing_files(model)
+    if not missing:
+        return True
+    if hub_offline():
+        logger.warning("%s: %d files are not in the cache and offline mode is on (HF_HUB_OFFLINE / AVATAR_OFFLINE); "
+                       "starting without them", model, len(missing))
+        return False
+    known = [f.size for f in missing if f.size]
+    size = (f", {sum(known) / 1e6:.0f} MB for the {len(known)} of known size" if known else "")
+    print(f"{model} needs {len(missing)} files not in the cache{size}. Their licences:", file=out)
+    for licence in dict.fromkeys(f.licence for f in missing):
+        paths = ", ".join(Path(f.path).name for f in missing if f.licence == licence)
+        print(f"  - {licence}\n    ({paths})", file=out)
+    print("Downloading them implies accepting those terms. Ctrl-C stops here; the app is not started then.",
+          file=out, flush=True)
+    try:
+        download_model(model, on_file=lambda file, status: logger.info("%-8s %s", status, file.path))
+    except (AssetNotFoundError, OSError) as exc:  # no network, a file that cannot be fetched
+        logger.warning("could not download the weights of %s (%s); starting without them", model,
+                       str(exc).splitlines()[0])
+        return False
+    return not _missing_files(model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from avatar.cli import ArgumentParser
 
@@ -539,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default=None, choices=list(DTYPES),
                         help="precision of the reconstructor (default float32, $AVATAR_DTYPE)")
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    parser.add_argument("--download", action="store_true",
+                        help="before starting, fetch the model's missing files (after printing their licences); "
+                             "offline or on failure the app starts without them (what `make demo` does)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return parser
@@ -559,6 +596,8 @@ def main(argv: Sequence[str] | None = None, *, demo: gr.Blocks | None = None) ->
             os.environ["AVATAR_DEVICE"] = args.device
         if args.dtype:
             os.environ["AVATAR_DTYPE"] = args.dtype
+        if args.download:
+            fetch_missing_weights(args.model or os.environ.get("AVATAR_MODEL") or DEFAULT_MODEL_ID)
         app = demo if demo is not None and not args.model else build_demo(args.model)
         logger.info("starting on http://%s:%d", args.host, args.port)
         try:

@@ -89,6 +89,37 @@ def test_a_model_without_weights_disables_its_button_and_says_why_once() -> None
     assert ".pkl" not in message and message.count(",") <= 1
 
 
+def test_download_before_start_prints_the_licences_then_fetches(monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    import io
+
+    import avatar.app as app
+    import avatar.hub.download as download
+
+    out = io.StringIO()
+    with caplog.at_level("WARNING", logger="avatar.app"):  # offline (the tests' setting): today's behaviour
+        assert app.fetch_missing_weights("portrait4d-v2", out) is False
+    assert "offline mode is on" in caplog.text and "starting without them" in caplog.text and not out.getvalue()
+    assert app.fetch_missing_weights(app.TINY, out) is True  # nothing to fetch
+
+    calls = []
+    monkeypatch.setattr(download, "is_offline", lambda: False)
+    monkeypatch.setattr(download, "download_model", lambda model, **kw: calls.append(model))
+    assert app.fetch_missing_weights("portrait4d-v2", out) is False  # the fake fetched nothing
+    text = out.getvalue()
+    assert calls == ["portrait4d-v2"]
+    assert "files not in the cache" in text and "FLAME model licence" in text and "accepting those terms" in text
+
+    def no_network(model: str, **kw: object) -> None:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(download, "download_model", no_network)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="avatar.app"):
+        assert app.fetch_missing_weights("portrait4d-v2", io.StringIO()) is False
+    assert "could not download the weights of portrait4d-v2 (Name or service not known)" in caplog.text
+
+
 def test_view_label_frontal_is_the_inference_camera() -> None:
     import torch
 
