@@ -262,6 +262,8 @@ class ModelMixin(nn.Module):
         model = cls(cls._config_from_saved(values))
         state = model._state_from_saved(read_weights(folder / WEIGHTS_NAME))
         model.load_state_dict_strict(state, what=str(folder / WEIGHTS_NAME))
+        if _saved_metadata(folder / WEIGHTS_NAME).get("random_init") == "true":
+            model.is_random_init = True  # saved from random weights (tiny(), tests): the record travels with them
         model._after_load_saved(folder)
         return model
 
@@ -276,7 +278,11 @@ class ModelMixin(nn.Module):
         with atomic_directory(save_directory) as tmp:
             self.config.save(tmp / CONFIG_NAME)
             state = {k: v.detach().cpu().contiguous() for k, v in self._state_to_save().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": WEIGHTS_FORMAT, "class": type(self).__name__})
+            # random_init: whether these are random weights (``is_random_init``), so that a benchmark or an app
+            # given this folder can say so (a reloaded network would otherwise look trained)
+            random = "true" if getattr(self, "is_random_init", False) else "false"
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": WEIGHTS_FORMAT, "class": type(self).__name__,
+                                                                "random_init": random})
         return Path(save_directory)
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
@@ -294,3 +300,11 @@ class ModelMixin(nn.Module):
             info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
                                      commit_message=commit_message or f"Upload {type(self).__name__}")
         return str(getattr(info, "commit_url", info))
+
+
+def _saved_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a ``model.safetensors`` header (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

@@ -1,25 +1,177 @@
 """The report in RESULTS: ``metrics.json``, ``report.md`` (our row beside the published GOHA table), per-video
-and per-sample CSVs, and PNG plots (per-frame curves of each video, metric distributions)."""
+and per-sample CSVs, and PNG plots (per-frame curves of each video, metric distributions).
+
+One comparability verdict per run (:func:`verdict`): the run is comparable with the published rows only when no
+:class:`Reason` says otherwise: random pipeline weights, a sample set other than the published one (other videos,
+another driver, another count, ``--limit``), a metric whose networks are random or not declared official, or a
+note that says "not comparable". ``metrics.json``, every row of the markdown metric table, the notes and the
+headline all state that one verdict; a run that is not comparable is titled and stamped NOT COMPARABLE and its row
+is kept out of the published table. The title says what was scored (outputs, videos or images, exclusions), never
+the protocol's nominal count.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .data import natural_key
 from .metrics import MetricResult
-from .protocols.pairs import SampleSet
+from .protocols import HDTF_CROSS_ID_DRIVER
+from .protocols.pairs import HDTF_TEST_19, TO_CELEBA_SEPARATOR, SampleSet
 from .protocols.published import CITATION, TABLES
 
-__all__ = ["NOT_COMPARABLE", "format_value", "write_report"]
+__all__ = ["NOT_COMPARABLE", "REPORT_FILES", "Reason", "clear_report", "format_value", "scored_summary", "verdict",
+           "write_report"]
 
 NOT_COMPARABLE = "NOT COMPARABLE"
 ARROW = {True: "↑", False: "↓"}
 _DECIMALS = {"psnr": 2, "fid": 2, "akd": 3}
+REPORT_FILES = ("report.md", "metrics.json", "per_sample.csv", "per_video.csv")
+"""Files :func:`write_report` writes into RESULTS (plus ``plots/``); :func:`clear_report` removes them."""
+_PLOT_PATTERNS = ("distributions.png", "frames_*.png")
+
+
+def clear_report(out: str | Path, extra: Iterable[str] = ()) -> list[str]:
+    """Remove the report files of an earlier run from ``out`` (and the file names in ``extra``), so that the folder
+    describes only the run about to write it. ``cache/`` and ``predictions/`` stay: a rerun resumes from them.
+    Returns the removed paths, relative to ``out``."""
+    out = Path(out)
+    removed: list[str] = []
+    for name in (*REPORT_FILES, *extra):
+        path = out / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    plot_dir = out / "plots"
+    if plot_dir.is_dir():
+        for pattern in _PLOT_PATTERNS:
+            for path in sorted(plot_dir.glob(pattern)):
+                path.unlink()
+                removed.append(f"plots/{path.name}")
+        if not any(plot_dir.iterdir()):
+            plot_dir.rmdir()
+    return removed
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a run's numbers cannot be put beside the published ones.
+
+    Attributes:
+        reason: a few words (``"random weights"``), printed in every row it applies to.
+        detail: the full sentence.
+        metrics: the metrics it applies to; empty: the whole run.
+    """
+
+    reason: str
+    detail: str
+    metrics: tuple[str, ...] = ()
+
+    def applies_to(self, metric: str) -> bool:
+        return not self.metrics or metric in self.metrics
+
+    @property
+    def label(self) -> str:
+        return f"{', '.join(self.metrics)}: {self.reason}" if self.metrics else self.reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "detail": self.detail, "applies_to": list(self.metrics) or "all metrics"}
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count:,} {one if count == 1 else (many or one + 's')}"
+
+
+def scored_summary(sset: SampleSet) -> str:
+    """What was scored, in words: ``"4 frames of 1 video"``, ``"12 frames: 3 CelebA sources x 2 HDTF videos"``."""
+    key = sset.protocol.key
+    n = len(sset.samples)
+    if key == "celeba/reconstruction":
+        return _n(n, "image")
+    if key == "celeba/cross-identity":
+        return _n(n, "pair") + f" of {_n(2 * n, 'image')}"
+    if key == "hdtf/same-identity":
+        return f"{_n(n, 'frame')} of {_n(len(sset.groups), 'video')}"
+    if key == "hdtf/cross-identity":
+        drivers = sorted({s.driver.parent.name for s in sset.samples})
+        return (f"{_n(n, 'frame')}: {_n(len(sset.groups), 'source video')} driven by {', '.join(drivers)}")
+    if key == "hdtf/to-celeba":
+        sources = {s.output_id.split(TO_CELEBA_SEPARATOR)[0] for s in sset.samples}
+        return f"{_n(n, 'frame')}: {_n(len(sources), 'CelebA source')} x {_n(len(sset.groups), 'HDTF video')}"
+    return f"{_n(n, 'sample')} in {_n(len(sset.groups), 'group')}"
+
+
+def _exclusion_summary(results: dict[str, MetricResult]) -> str:
+    parts = []
+    for name, r in results.items():
+        if not r.excluded:
+            continue
+        reasons: dict[str, int] = {}
+        for why in r.exclusions.values():
+            reasons[why] = reasons.get(why, 0) + 1
+        why = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])) or "see per_sample.csv"
+        parts.append(f"{name} {r.excluded} of {r.count + r.excluded} ({why})")
+    return "excluded: " + ("; ".join(parts) if parts else "none")
+
+
+def verdict(sset: SampleSet, results: dict[str, MetricResult], run_reasons: Iterable[Reason | tuple[str, str]] = (),
+            notes: Iterable[str] = ()) -> list[Reason]:
+    """Every reason why this run is not comparable with the published rows (none: comparable).
+
+    ``run_reasons`` come from the run (random pipeline weights ...) and apply to every metric; the sample set,
+    the metrics' networks and the notes are checked here. A note saying "not comparable" is always a reason, so the
+    notes can never contradict the verdict.
+    """
+    protocol = sset.protocol
+    reasons = [r if isinstance(r, Reason) else Reason(*r) for r in run_reasons]
+    if protocol.benchmark == "hdtf":
+        videos = set(sset.groups)
+        if videos != set(HDTF_TEST_19):
+            kept = len(videos & set(HDTF_TEST_19))
+            others = sorted(videos - set(HDTF_TEST_19), key=natural_key)
+            detail = (f"the scored videos are not the 19 published HDTF test videos ({kept} of them scored"
+                      + (f", plus {len(others)} other(s): {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}"
+                         if others else "") + ")")
+            reasons.append(Reason("not the published videos", detail))
+        if protocol.key == "hdtf/cross-identity":
+            drivers = sorted({s.driver.parent.name for s in sset.samples})
+            if drivers != [HDTF_CROSS_ID_DRIVER]:
+                reasons.append(Reason("not the published driver",
+                                      f"driven by {', '.join(drivers)}; the published driver is {HDTF_CROSS_ID_DRIVER}"))
+    if len(sset.samples) != protocol.published_count:
+        table = TABLES[protocol.table]
+        few = len(sset.samples) < protocol.published_count
+        reasons.append(Reason(
+            "subset of the protocol" if few else "not the published sample set",
+            f"scored {scored_summary(sset)}; the published numbers are over "
+            f"{protocol.published_count:,} outputs ({table.note})"))
+    for name, r in results.items():
+        if not r.comparable:
+            why = [n for n in r.notes if "comparable" in n.lower()]
+            reasons.append(Reason("random or unofficial network",
+                                  "; ".join(why) or f"{name} ran a network with random or unofficial weights",
+                                  (name,)))
+    if not reasons:
+        flagged = [n for n in notes if "not comparable" in n.lower()]
+        if flagged:
+            reasons.append(Reason("see notes", "; ".join(flagged)))
+    return reasons
+
+
+def _row_verdict(metric: str, reasons: Sequence[Reason]) -> tuple[bool, list[str]]:
+    """The verdict of one metric row: the run's (never another one), with the reasons that apply to this metric,
+    or, when none applies to it alone, the run's reasons (the row is still part of a run that is not
+    comparable)."""
+    if not reasons:
+        return True, []
+    own = [r.label for r in reasons if r.applies_to(metric)]
+    return False, own or [f"the run: {r.label}" for r in reasons]
 
 
 def format_value(metric: str, value: float | None) -> str:
@@ -94,25 +246,43 @@ def _plots(out: Path, sset: SampleSet, results: dict[str, MetricResult]) -> list
 def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResult], *,
                  run_options: dict[str, Any], notes: Sequence[str] = (), method: str = "ours",
                  elapsed_s: float | None = None, cache_stats: dict[str, Any] | None = None,
-                 plots: bool = True) -> dict[str, Any]:
-    """Write the report files into ``out`` and return the ``metrics.json`` content (plus file paths)."""
+                 plots: bool = True, not_comparable: Iterable[Reason | tuple[str, str]] = ()) -> dict[str, Any]:
+    """Write the report files into ``out`` and return the ``metrics.json`` content (plus file paths).
+
+    ``not_comparable``: reasons of the run (``Reason`` or ``(reason, detail)``, e.g. ``("random weights", ...)``)
+    that make every number of it not comparable; :func:`verdict` adds those it can see itself.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     protocol = sset.protocol
-    comparable = all(r.comparable for r in results.values())
+    table = TABLES[protocol.table]
     all_notes = list(dict.fromkeys([*notes, *protocol.notes, *(n for r in results.values() for n in r.notes)]))
-    if len(sset.samples) != protocol.published_count:
-        all_notes.append(f"{len(sset.samples)} samples scored; the published protocol has {protocol.published_count}")
+    reasons = verdict(sset, results, not_comparable, all_notes)
+    comparable = not reasons
     if not comparable:
-        all_notes.insert(0, f"{NOT_COMPARABLE}: at least one metric ran with random or unofficial networks")
+        all_notes.insert(0, f"{NOT_COMPARABLE}: " + "; ".join(r.label for r in reasons))
+    rows = {n: _row_verdict(n, reasons) for n in results}
+    scored = scored_summary(sset)
+    exclusions = _exclusion_summary(results)
     group_of = {s.id: s.group for s in sset.samples}
     per_video = {name: {str(g): v for g, v in r.breakdown(lambda sid: group_of[str(sid)]).items()}
                  for name, r in results.items() if r.aggregation == "mean"}
+    metrics_json = {}
+    for n, r in results.items():
+        d = r.to_dict()
+        d["networks_comparable"] = d.pop("comparable")  # the metric's own networks; the row follows the verdict
+        d["comparable"], d["comparable_reasons"] = rows[n][0], rows[n][1]
+        metrics_json[n] = d
     summary: dict[str, Any] = {
         "benchmark": protocol.benchmark, "protocol": protocol.name, "method": method,
         "comparable": comparable, "stamp": None if comparable else NOT_COMPARABLE,
+        "verdict": {"comparable": comparable, "stamp": None if comparable else NOT_COMPARABLE,
+                    "reasons": [r.to_dict() for r in reasons]},
+        "scored": {"summary": scored, "samples": len(sset.samples), "groups": len(sset.groups),
+                   "group_ids": list(sset.groups), "exclusions": exclusions,
+                   "published": f"{protocol.published_count:,} outputs ({table.note})"},
         "samples": len(sset.samples), "groups": len(sset.groups), "published_count": protocol.published_count,
-        "metrics": {n: r.to_dict() for n, r in results.items()},
+        "metrics": metrics_json,
         "references": {n: protocol.reference_of(n) for n in results},
         "per_video": per_video, "options": run_options, "notes": all_notes,
         "published_table": protocol.table, "elapsed_s": elapsed_s, "cache": cache_stats or {},
@@ -140,29 +310,40 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
     plot_files = _plots(out, sset, results) if plots else []
 
     # Markdown
-    table = TABLES[protocol.table]
     stamp = "" if comparable else f" — **{NOT_COMPARABLE}**"
-    lines = [f"# {protocol.description}{stamp}", ""]
-    if not comparable:
-        lines += [f"> **{NOT_COMPARABLE}**: networks ran with random or unofficial weights; these numbers must not "
-                  "be put beside published ones.", ""]
-    lines += [f"Method: `{method}` · protocol `{protocol.key}` · {len(sset.samples)} samples in {len(sset.groups)} "
-              f"groups (published: {protocol.published_count:,})", ""]
+    lines = [f"# {protocol.description}: {scored}{stamp}", ""]
+    if comparable:
+        lines += ["**Verdict: comparable** with the published rows: the published sample set, no random or "
+                  "unofficial network (implementations still differ: see below).", ""]
+    else:
+        lines += [f"> **Verdict: {NOT_COMPARABLE}**: these numbers must not be put beside published ones.", ">"]
+        lines += [f"> - **{r.label}**: {r.detail}" for r in reasons]
+        lines += [""]
+    lines += [f"Method: `{method}` · protocol `{protocol.key}` · scored {scored}; "
+              f"{exclusions} · published: {protocol.published_count:,} outputs ({table.note})", ""]
     cols = [m for m in table.metrics if m in results] + [m for m in results if m not in table.metrics]
     header = "| Method | " + " | ".join(f"{m.upper()} {ARROW[results[m].higher_is_better]}" for m in cols) + " |"
-    lines += [f"## Beside {table.title}", "", header, "|" + "---|" * (len(cols) + 1)]
-    for who, vals in table.as_dicts():
-        lines.append(f"| {who} | " + " | ".join(format_value(m, vals.get(m)) for m in cols) + " |")
-    ours = " | ".join(f"**{format_value(m, results[m].value)}**" for m in cols)
-    lines.append(f"| **{method}**{' (NOT COMPARABLE)' if not comparable else ''} | {ours} |")
+    published_rows = [f"| {who} | " + " | ".join(format_value(m, vals.get(m)) for m in cols) + " |"
+                      for who, vals in table.as_dicts()]
+    if comparable:
+        ours = " | ".join(f"**{format_value(m, results[m].value)}**" for m in cols)
+        lines += [f"## Beside {table.title}", "", header, "|" + "---|" * (len(cols) + 1), *published_rows,
+                  f"| **{method}** | {ours} |"]
+    else:
+        ours = " | ".join(format_value(m, results[m].value) for m in cols)
+        lines += [f"## {table.title} (published; our row is not comparable and is kept out of it)", "", header,
+                  "|" + "---|" * (len(cols) + 1), *published_rows, "",
+                  f"Our row, {NOT_COMPARABLE} ({'; '.join(r.label for r in reasons)}):", "", header,
+                  "|" + "---|" * (len(cols) + 1), f"| {method} ({NOT_COMPARABLE}) | {ours} |"]
     lines += ["", f"Published rows: {CITATION}, {table.title} ({table.note}); transcribed in "
               "`../shared/design/eval-protocols.md` §A. Implementations differ (see that file, §4): compare with care.",
               "", "## Metrics", "", "| metric | value | mean | counted | excluded | compared with | comparable |",
               "|---|---|---|---|---|---|---|"]
     for m in cols:
         r = results[m]
+        ok, why = rows[m]
         lines.append(f"| {m} | {format_value(m, r.value)} | {format_value(m, r.mean)} | {r.count} | {r.excluded} | "
-                     f"{protocol.reference_of(m)} | {'yes' if r.comparable else 'NO'} |")
+                     f"{protocol.reference_of(m)} | {'yes' if ok else 'NO: ' + '; '.join(why)} |")
     if per_video and len(sset.groups) <= 60:
         vcols = [m for m in cols if m in per_video]
         lines += ["", "## Per video", "", "| video | " + " | ".join(vcols) + " | frames |",
@@ -183,6 +364,7 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
     md.write_text("\n".join(lines) + "\n")
     headline = ", ".join(f"{m}={format_value(m, results[m].value)}" for m in cols)
     summary["markdown_path"] = str(md)
-    summary["headline"] = (f"{protocol.key}: {headline}" + ("" if comparable else f" [{NOT_COMPARABLE}]"))
+    summary["headline"] = (f"{protocol.key} ({scored}): {headline}"
+                           + ("" if comparable else f" [{NOT_COMPARABLE}: {'; '.join(r.label for r in reasons)}]"))
     summary["plots"] = plot_files
     return summary

@@ -9,6 +9,11 @@ Every per-sample result is appended to ``RESULTS/cache/`` as it is computed; run
 resumes (only what is missing is computed). Each process scores every world_size-th batch of the protocol's fixed batches
 and writes its own cache shard; after a barrier the main process aggregates every cached value in the protocol's
 order, so 1 and N processes give the same numbers. See ``eval/README.md``.
+
+A run first removes the previous run's report files from RESULTS (``report.md``, ``metrics.json``, the CSVs, the
+plots, ``prediction_errors.txt``), keeping ``cache/`` and ``predictions/`` (what resuming needs), so the folder
+never mixes two runs. Random weights (a pipeline made by ``avatar tiny``: its ``pipeline.json`` says
+``random_init``) stamp the report NOT COMPARABLE, like every other reason listed in the report's verdict.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = ["DistState", "build_parser", "check_args", "main", "run"]
 
 logger = logging.getLogger("eval.run")
 
+PREDICTION_ERRORS_FILE = "prediction_errors.txt"
 DEFAULT_HDTF_LIST = Path(__file__).resolve().parents[2] / "shared" / "media" / "lists" / "hdtf" / "hdtf_test_19.txt"
 
 
@@ -176,9 +182,14 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
     notes = list(sset.notes)
     gen_facts: dict[str, Any] = {}
     show = state.is_main and not args.no_progress
+    run_reasons: list[tuple[str, str]] = []  # (short reason, detail): the whole run is not comparable
+    if state.is_main:  # the folder describes this run only: the last run's report files go (not the cache)
+        from .report import clear_report
+
+        clear_report(out, extra=(PREDICTION_ERRORS_FILE,))
 
     if args.model is not None:
-        from .generate import generate, reenact_mode
+        from .generate import generate, pipeline_random_weights, reenact_mode
 
         pred_root = out / "predictions"
         mode = reenact_mode(protocol.key, args.reenact_mode)
@@ -186,23 +197,36 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
             from avatar.pipelines.auto import load_pipeline
 
             pipeline = load_pipeline(args.model, device=device, dtype=getattr(torch, args.dtype))
+        random_reason = pipeline_random_weights(pipeline, args.model)
+        if random_reason:
+            logger.warning("%s: its numbers are stamped NOT COMPARABLE", random_reason)
         folders = list(dict.fromkeys(s.output_id for s in sset.samples))
         mine = set(folders[state.rank::state.world_size])  # one avatar per folder: folders are sharded
         my_samples = [s for s in sset.samples if s.output_id in mine]
         bar = _progress(len(my_samples), "generate", show)
         try:
             gen_facts = generate(pipeline, my_samples, pred_root, mode=mode, batch_size=args.batch_size,
-                                 progress=bar)
+                                 progress=bar, model=args.model)
         finally:
             bar.close()
         gen_facts["reenact_mode"] = mode
         notes += gen_facts.get("notes", [])
+        random_reason = random_reason or gen_facts.get("random_weights")
+        gen_facts["random_weights"] = random_reason
         state.barrier()
     else:
+        from .generate import GENERATION_FILE, read_generation
+
         pred_root = args.predictions
+        made = read_generation(pred_root)  # frames an earlier --model run generated (RESULTS/predictions)
+        random_reason = (f"{Path(pred_root) / GENERATION_FILE}: these frames were generated with random weights"
+                         f" ({made.get('random_weights') or made.get('model') or 'random_init'})"
+                         if made.get("random_init") else None)
+    if random_reason:
+        run_reasons.append(("random weights", random_reason))
 
     expected = [(s.id, s.target or s.source) for s in sset.samples]
-    check_predictions(pred_root, expected, allowed=sset.all_ids, report_file=out / "prediction_errors.txt")
+    check_predictions(pred_root, expected, allowed=sset.all_ids, report_file=out / PREDICTION_ERRORS_FILE)
 
     scorer = Scorer(protocol, metrics, options, device=device, allow_random_weights=args.allow_random_weights,
                     **(scorer_kwargs or {}))
@@ -252,8 +276,10 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
     run_options["generation"] = gen_facts
     return write_report(out, sset, results, run_options=run_options, notes=notes,
                         method=args.method_name or (args.model or Path(pred_root).name),
-                        elapsed_s=time.time() - started, plots=not args.no_plots, cache_stats={"duplicates_ignored": cached.duplicates,
-                                                                       "truncated_lines": cached.truncated_lines})
+                        elapsed_s=time.time() - started, plots=not args.no_plots,
+                        cache_stats={"duplicates_ignored": cached.duplicates,
+                                     "truncated_lines": cached.truncated_lines},
+                        not_comparable=run_reasons)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,8 @@ def test_tiny_save_load_round_trip(spec: registry.ModelSpec, tmp_path: Path) -> 
     assert set(want) == set(got)
     for k in want:
         assert torch.equal(want[k], got[k]), k
+    # whether the weights are random travels with them (a benchmark given this folder must be able to tell)
+    assert getattr(again, "is_random_init", False) == getattr(model, "is_random_init", False)
 
 
 def test_strict_loading_names_the_bad_keys(spec: registry.ModelSpec, tmp_path: Path) -> None:
@@ -137,3 +139,14 @@ def test_unknown_name_lists_the_known_ids() -> None:
     cls = _cls(CLASS_SPECS[0])
     with pytest.raises(ModelNotFoundError, match=CLASS_SPECS[0].model_id):
         cls.from_pretrained("no-such-model")
+
+
+def test_random_weights_stay_marked_random_after_a_save_and_trained_ones_do_not(tmp_path: Path) -> None:
+    from avatar.models.portrait4d import Portrait4D
+
+    model = Portrait4D.tiny(seed=0)
+    assert model.is_random_init
+    assert Portrait4D.from_pretrained(model.save_pretrained(tmp_path / "random")).is_random_init
+    model.load_state_dict(model.state_dict())  # as after loading weights
+    assert not model.is_random_init
+    assert not Portrait4D.from_pretrained(model.save_pretrained(tmp_path / "trained")).is_random_init

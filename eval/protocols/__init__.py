@@ -54,7 +54,7 @@ class Protocol:
         table: key of the published table in :mod:`eval.protocols.published`.
         published_count: number of generated images in the paper's protocol (for the report).
         has_ground_truth: whether every output has a ground-truth frame (reconstruction / same identity).
-        description: one line for the report.
+        description: one line for the report's title (what was actually scored is added to it by the report).
     """
 
     benchmark: str
@@ -119,14 +119,14 @@ PROTOCOLS: dict[str, Protocol] = {p.key: p for p in (
         "hdtf", "same-identity", SAME_IDENTITY_METRICS, _same(SAME_IDENTITY_METRICS),
         pairing="each test video: frame 0 is the source, every other frame drives it and is the ground truth",
         table="goha-table2-hdtf-same-identity", published_count=37_860, has_ground_truth=True,
-        description="HDTF same-identity reenactment (19 test videos)",
+        description="HDTF same-identity reenactment",
     ),
     Protocol(
         "hdtf", "cross-identity", CROSS_IDENTITY_METRICS, _cross(CROSS_IDENTITY_METRICS),
         pairing=f"frame 0 of each test video (the driver's own included) is a source; every frame of "
                 f"{HDTF_CROSS_ID_DRIVER} drives it",
         table="goha-table2-hdtf-cross-identity", published_count=67_203, has_ground_truth=False,
-        description=f"HDTF cross-identity reenactment (driver {HDTF_CROSS_ID_DRIVER})",
+        description="HDTF cross-identity reenactment",
     ),
     Protocol(
         "hdtf", "to-celeba", CROSS_IDENTITY_METRICS, _cross(CROSS_IDENTITY_METRICS),
