@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -59,7 +60,8 @@ from avatar.render.camera import orbit_labels, view_label  # noqa: E402
 from avatar.runtime import DTYPES  # noqa: E402
 
 __all__ = ["TINY", "LoadedModel", "ModelUnavailableError", "PipelineCache", "build_demo", "launch", "main",
-           "model_status", "missing_files", "pick_model", "pick_reenact_model", "reconstruct", "reenact",
+           "live_recalibrate", "live_step", "model_status", "missing_files", "pick_model", "pick_reenact_model",
+           "reconstruct", "reenact",
            "render_view", "run_button", "runtime_status", "view_label"]
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
@@ -383,6 +385,72 @@ def reenact(photo: str | None, video: str | None, model: str, motion: str, smoot
 # the page
 
 
+# ----------------------------------------------------------------------------------------------------------
+# live: the webcam drives the avatar
+
+
+LIVE_STREAM_EVERY = _env_float("AVATAR_LIVE_STREAM_EVERY", 0.04)  # seconds between webcam frames sent (25/s)
+LIVE_TIME_LIMIT = _env_float("AVATAR_LIVE_TIME_LIMIT", 300.0)  # seconds one live stream may last
+_LIVE: dict[str, tuple[str, Any]] = {}  # browser session -> (model:photo key, its LiveReenactor)
+_LIVE_LOCK = threading.Lock()
+
+
+def _no_progress(*args: Any, **kwargs: Any) -> None:
+    """A stand-in for ``gr.Progress`` in streaming events (they show no progress bar)."""
+
+
+def live_step(frame: np.ndarray | None, photo: str | None, model: str, cache: dict | None,
+              request: gr.Request | None = None) -> tuple[Any, str, dict | None]:
+    """One webcam frame -> (avatar frame, status line, session cache). The session's :class:`LiveReenactor` is
+    kept between frames (same photo and model) and starts with a one-second "hold still" calibration."""
+    from avatar.pipelines.live import LiveReenactor
+
+    if frame is None:
+        return gr.skip(), gr.skip(), cache
+    if not photo:
+        return None, "Upload a portrait photo above first; the webcam then drives its avatar.", cache
+    session = getattr(request, "session_hash", None) or "local"
+    with _user_errors(photo):
+        pipe, avatar, cache, _ = _get_avatar(photo, model, cache, _no_progress)
+        key = f"{model}:{_file_digest(photo)}"
+        with _LIVE_LOCK:
+            current = _LIVE.get(session)
+            if current is None or current[0] != key:
+                if current is not None:
+                    current[1].close()
+                current = (key, LiveReenactor(pipe, avatar))
+                _LIVE[session] = current
+        out = current[1].step(np.ascontiguousarray(frame[..., :3]).astype(np.uint8, copy=False))
+    parts = [f"{out.fps:.1f} frames/s · {out.latency_ms:.0f} ms per frame on `{pipe.device}`"]
+    if out.calibrating:
+        parts.append("**hold still and look at the camera** (calibrating the neutral pose)")
+    elif not out.face_found:
+        parts.append("no face in this frame: holding the last motion")
+    if torch.device(pipe.device).type == "cpu":
+        parts.append("live mode needs a GPU to keep up; on this CPU it runs at whatever rate it gets")
+    if pipe.random_init:
+        parts.append("**tiny random pipeline: the pictures are meaningless**")
+    return out.image, " · ".join(parts), cache
+
+
+def live_recalibrate(request: gr.Request | None = None) -> str:
+    """Start a new neutral-pose calibration for this session's live stream."""
+    with _LIVE_LOCK:
+        current = _LIVE.get(getattr(request, "session_hash", None) or "local")
+    if current is None:
+        return "Start the webcam first."
+    current[1].recalibrate()
+    return "Calibrating: hold still and look at the camera for a second."
+
+
+def live_end(request: gr.Request | None = None) -> None:
+    """The browser session ended: drop its live reenactor."""
+    with _LIVE_LOCK:
+        current = _LIVE.pop(getattr(request, "session_hash", None) or "local", None)
+    if current is not None:
+        current[1].close()
+
+
 def photo_input(**kwargs: Any) -> gr.Image:
     """A ``gr.Image`` (file path) that hands an unreadable upload to the app, which explains what is wrong with
     it, instead of failing inside Gradio's preprocessing with a bare exception. (An instance-level wrapper: a
@@ -479,6 +547,22 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                                   height=480)
                 re_info = gr.Markdown(elem_id="reenact-info")
 
+        with gr.Tab("Live", id="live"), gr.Row():
+            with gr.Column(scale=1):
+                live_photo = photo_input(label="Portrait photo", sources=["upload", "clipboard"], height=220,
+                                         elem_id="live-photo")
+                live_model = gr.Dropdown(model_choices(reenact_default, static=False), value=reenact_default,
+                                         label="Model")
+                webcam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
+                                  elem_id="webcam", height=260)
+                recalibrate = gr.Button("Recalibrate (hold still)", variant="secondary")
+            with gr.Column(scale=2):
+                live_out = gr.Image(label="The avatar, live", type="numpy", interactive=False, elem_id="live-out",
+                                    height=480, streaming=True)
+                live_info = gr.Markdown("Start the webcam: the avatar follows your face in real time after a "
+                                        "one-second calibration (hold still, look at the camera). It needs a GPU "
+                                        "to keep up.", elem_id="live-info")
+
         with gr.Accordion("Model files", open=bool(missing_files(selected))):
             with gr.Row():
                 pipeline_ids = pipeline_model_ids()
@@ -512,7 +596,14 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
         re_button.click(reenact, inputs=[re_photo, driving, re_model, motion, smooth, side, seconds, avatars],
                         outputs=[result, re_info, avatars], api_name="reenact",
                         concurrency_id="gpu").then(runtime_status, inputs=re_model, outputs=status, api_name=False)
-        photo.change(lambda p: p, inputs=photo, outputs=re_photo, api_name=False, queue=False)
+        photo.change(lambda p: (p, p), inputs=photo, outputs=[re_photo, live_photo], api_name=False, queue=False)
+        webcam.stream(live_step, inputs=[webcam, live_photo, live_model, avatars],
+                      outputs=[live_out, live_info, avatars], stream_every=LIVE_STREAM_EVERY,
+                      time_limit=LIVE_TIME_LIMIT, concurrency_id="gpu", api_name="live", show_progress="hidden",
+                      trigger_mode="always_last")
+        recalibrate.click(live_recalibrate, outputs=live_info, api_name=False, queue=False)
+        live_model.change(runtime_status, inputs=live_model, outputs=status, api_name=False, queue=False)
+        demo.unload(live_end)
         refresh.click(model_status, inputs=model, outputs=files, api_name="status")
         model.change(model_status, inputs=model, outputs=files, api_name=False)
         demo.load(refresh_status, outputs=status, api_name=False)

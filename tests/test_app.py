@@ -271,3 +271,30 @@ def test_example_photo_comes_from_scikit_image_not_the_repository() -> None:
     assert len(photos) == 1 and Path(photos[0]).is_file()
     assert Path(photos[0]).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
     assert not (Path(app.__file__).parents[1] / "examples").exists()  # no media in the repository
+
+
+@pytest.mark.media
+def test_live_step_answers_every_webcam_frame_of_a_recorded_video(photo: str, shared_media: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import avatar.app as app
+    from avatar.io import VideoReader
+
+    monkeypatch.setenv("AVATAR_DEVICE", "cpu")
+    request = SimpleNamespace(session_hash="live-test")
+    frames = list(VideoReader(shared_media / "videos" / "talk1.mp4", max_frames=6))
+    image, info, cache = app.live_step(frames[0], None, app.TINY, {}, request)
+    assert image is None and "Upload a portrait photo" in info
+    answers = []
+    for frame in frames:  # the recorded video played as the webcam stream, one frame per call
+        image, info, cache = app.live_step(frame, photo, app.TINY, cache, request)
+        answers.append((image, info))
+    assert len(answers) == len(frames) and all(img.dtype == np.uint8 and img.ndim == 3 for img, _ in answers)
+    assert "hold still" in answers[0][1] and "ms per frame on `cpu`" in answers[-1][1]
+    assert "live mode needs a GPU" in answers[-1][1] and "tiny random pipeline" in answers[-1][1]
+    assert app._LIVE["live-test"][1]._index == len(frames)  # one session reenactor, every frame counted
+    assert "Calibrating" in app.live_recalibrate(request)
+    assert not app._LIVE["live-test"][1].calibrated
+    app.live_end(request)
+    assert "live-test" not in app._LIVE and "Start the webcam" in app.live_recalibrate(request)

@@ -1,0 +1,90 @@
+"""Live reenactment (avatar.pipelines.live) with a recorded video played as the stream: every frame answered, in
+order, with its latency; the same frames as the offline path; the neutral-pose calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avatar.errors import InputError
+from avatar.pipelines import Portrait4DPipeline
+from avatar.pipelines.live import LiveReenactor
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Portrait4DPipeline:
+    torch.set_num_threads(2)
+    return Portrait4DPipeline.tiny()  # the official backend with random weights: a "face" in every frame
+
+
+@pytest.fixture(scope="module")
+def avatar(pipe: Portrait4DPipeline):  # noqa: ANN201
+    rng = np.random.default_rng(0)
+    return pipe.create_avatar(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    """A recorded 'webcam': a moving gradient with noise, 12 frames of 160x192."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:160, 0:192]
+    out = []
+    for t in range(12):
+        base = np.stack([(xx + 7 * t) % 256, (yy + 3 * t) % 256, (xx + yy) % 256], -1)
+        out.append(np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+def test_absolute_live_frames_equal_the_offline_stream(pipe: Portrait4DPipeline, avatar, frames) -> None:  # noqa: ANN001
+    offline = pipe.reenact(avatar, frames, relative=False, batch_size=1)
+    with LiveReenactor(pipe, avatar, relative=False) as live:
+        answers = [live.step(f, timestamp=i / 25) for i, f in enumerate(frames)]
+    assert [a.index for a in answers] == list(range(len(frames)))  # one answer per frame, in order
+    assert not any(a.calibrating for a in answers)  # absolute motion needs no neutral frame
+    for answer, image in zip(answers, offline.frames, strict=True):
+        np.testing.assert_array_equal(answer.image, image)
+    assert all(a.latency_ms > 0 for a in answers)
+    assert answers[-1].fps == pytest.approx(25.0)  # from the frames' own timestamps
+
+
+def test_calibration_takes_the_last_still_frame_as_the_neutral_reference(pipe: Portrait4DPipeline, avatar,  # noqa: ANN001
+                                                                         frames) -> None:
+    live = LiveReenactor(pipe, avatar, relative=True, calibration_seconds=0.2)
+    answers = [live.step(f, timestamp=i / 25) for i, f in enumerate(frames)]
+    # frames at t = 0, 0.04, ..., 0.2: calibrating; the frame at t = 0.2 (index 5) ends the calibration
+    assert [a.calibrating for a in answers] == [True] * 6 + [False] * 6
+    assert live.calibrated
+    # during calibration the output already follows the face, relative to the first frame
+    during = pipe.reenact(avatar, frames[:6], relative=True, batch_size=1)
+    for answer, image in zip(answers[:6], during.frames, strict=True):
+        np.testing.assert_array_equal(answer.image, image)
+    # afterwards: the offline relative stream whose reference is the neutral frame (frame 5)
+    after = pipe.reenact(avatar, [frames[5], *frames[6:]], relative=True, batch_size=1)
+    for answer, image in zip(answers[6:], after.frames[1:], strict=True):
+        np.testing.assert_array_equal(answer.image, image)
+    assert not np.array_equal(answers[7].image, during.frames[0])  # not a frozen picture
+
+    live.recalibrate()
+    again = [live.step(f, timestamp=1 + i / 25) for i, f in enumerate(frames[:7])]
+    assert [a.calibrating for a in again] == [True] * 6 + [False]
+    assert [a.index for a in again] == list(range(12, 19))  # the session's numbering goes on
+    live.close()
+
+
+def test_without_calibration_relative_live_equals_the_offline_stream(pipe: Portrait4DPipeline, avatar,  # noqa: ANN001
+                                                                     frames) -> None:
+    offline = pipe.reenact(avatar, frames[:5], relative=True, batch_size=1)
+    live = LiveReenactor(pipe, avatar, calibration_seconds=0)
+    for i, frame in enumerate(frames[:5]):
+        np.testing.assert_array_equal(live.step(frame).image, offline.frames[i])
+
+
+def test_bad_frames_and_options_are_refused(pipe: Portrait4DPipeline, avatar) -> None:  # noqa: ANN001
+    with pytest.raises(InputError, match=r"calibration_seconds must be >= 0"):
+        LiveReenactor(pipe, avatar, calibration_seconds=-1)
+    live = LiveReenactor(pipe, avatar)
+    with pytest.raises(InputError, match=r"\(H, W, 3\) uint8 RGB, got \(4, 4\) uint8"):
+        live.step(np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputError, match=r"float32"):
+        live.step(np.zeros((8, 8, 3), np.float32))
