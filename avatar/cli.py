@@ -7,6 +7,8 @@ Subcommands:
     reconstruct photo -> 3D avatar rendered along a camera orbit (video)
     reenact     photo + driving video -> reenacted video (driving audio kept)
     tiny        write a complete pipeline of tiny random networks (tests, offline work)
+    live        a camera (or a video played as one) drives the avatar in real time (window, virtual camera, file)
+    export      saved avatar -> mesh of its head surface (.glb, .obj, .ply) by marching cubes
     eval        = ``python -m eval.run``: score a benchmark protocol
     prepare     = ``python -m eval.prepare``: build a benchmark's ground-truth frames from raw clips/images
     bench       = ``python -m avatar.bench``: speed benchmarks
@@ -15,7 +17,9 @@ Subcommands:
 ``eval``, ``prepare``, ``bench`` and ``app`` hand every argument after their name to the same ``main`` as the
 ``python -m`` form (``avatar eval --help`` is ``python -m eval.run --help``).
 
-Every command logs through :mod:`logging` (``-v`` for debug, ``-q`` for warnings only; see :mod:`avatar.logs`).
+Every command logs through :mod:`logging` (``-v`` for debug, ``-q`` for warnings only; see :mod:`avatar.logs`);
+``avatar --version`` prints the installed version. Numeric options are checked when the command line is parsed
+(:func:`int_option`, :func:`float_option`): a value out of range is argparse's one-line error, exit status 1.
 Exit status (every entry point, ``eval`` and the app's launcher included):
 
 * 0: done;
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,8 +43,8 @@ from pathlib import Path
 
 from .logs import setup_logging
 
-__all__ = ["EXIT_BUG", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "ArgumentParser", "build_parser", "main",
-           "run_guarded", "setup_logging"]
+__all__ = ["EXIT_BUG", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "ArgumentParser", "build_parser",
+           "float_option", "int_option", "main", "run_guarded", "setup_logging", "version"]
 
 logger = logging.getLogger("avatar")
 
@@ -58,6 +63,72 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: ANN201 - NoReturn
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def int_option(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number in ``[minimum, maximum]``: a value outside is rejected when the
+    command line is parsed, with argparse's one-line error (``argument --batch-size: must be a whole number of
+    at least 1, got 0``) and exit status 1, before anything is loaded."""
+    bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def float_option(above: float, at_most: float) -> Callable[[str], float]:
+    """An argparse ``type`` for a finite number in ``(above, at_most]`` (see :func:`int_option`)."""
+    bounds = f"a number above {above:g} and at most {at_most:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}") from None
+        if not (math.isfinite(value) and above < value <= at_most):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+POSITIVE_INT = int_option(1)
+SEED = int_option(0, 2**32 - 1)
+FPS = float_option(0, 1000)
+
+
+def version() -> str:
+    """The installed distribution's version (``avatar4d``), else :data:`avatar.__version__` (a source tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("avatar4d")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's ``action='version'``, with the version looked up only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit(EXIT_OK)
 
 
 def run_guarded(func: Callable[[], int | None], *, verbosity: int = 0, log: logging.Logger | None = None,
@@ -144,9 +215,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .hub.download import cache_root, download_model, ensure_file
+    from .hub.download import cache_root, check_local_dir, download_model, ensure_file
     from .hub.registry import FILES, get_file
 
+    if args.from_dir is not None:
+        check_local_dir(args.from_dir, "--from-dir")  # says so at once, not as 17 missing files
     if args.file:
         unknown = [key for key in args.file if key not in FILES]
         if unknown:  # all unknown keys at once, before fetching anything
@@ -225,13 +298,6 @@ def _dtype(name: str):  # noqa: ANN202 - torch.dtype
         raise InputError(f"--dtype {name}: {exc}") from None
 
 
-def _at_least(value: float | None, minimum: float, option: str) -> None:
-    from .errors import InputError
-
-    if value is not None and value < minimum:
-        raise InputError(f"{option} must be at least {minimum:g}, got {value:g}")
-
-
 def _check_output(path: Path) -> None:
     from .errors import InputError
 
@@ -242,11 +308,25 @@ def _check_output(path: Path) -> None:
 
 
 def _check_pipeline_options(args: argparse.Namespace) -> None:
-    """Option values the networks cannot run with: checked before anything is loaded."""
+    """Option values the networks cannot run with: checked before anything is loaded (the numbers were checked
+    when the command line was parsed: :func:`int_option`)."""
     _check_output(Path(args.output))
-    _at_least(args.batch_size, 1, "--batch-size")
     _device(args.device)
     _dtype(args.dtype)
+
+
+def _check_photo(photo: str) -> None:
+    """Fail on a bad photo (or a missing saved avatar) before any model work."""
+    from .io import load_image
+
+    path = Path(photo)
+    if path.suffix != ".safetensors":
+        load_image(path)
+    elif not path.is_file():
+        from .errors import InputNotFoundError
+
+        raise InputNotFoundError(f"{path} does not exist or is not a file; give a photo or an avatar saved with "
+                                 "--save-avatar")
 
 
 def _load_pipeline(args: argparse.Namespace):  # noqa: ANN202 - AvatarPipeline
@@ -270,17 +350,11 @@ def _avatar(pipe, source: Path, aligned: bool):  # noqa: ANN001, ANN202
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .io import VideoWriter, load_image
+    from .io import VideoWriter
 
     out = Path(args.output)
     _check_pipeline_options(args)
-    _at_least(args.frames, 1, "--frames")
-    if args.fps <= 0:
-        from .errors import InputError
-
-        raise InputError(f"--fps must be positive, got {args.fps:g}")
-    if Path(args.photo).suffix != ".safetensors":
-        load_image(args.photo)  # fail on a bad photo before loading the networks
+    _check_photo(args.photo)  # fail on a bad photo before loading the networks
     pipe = _load_pipeline(args)
     avatar = _avatar(pipe, Path(args.photo), args.aligned)
     if args.save_avatar:
@@ -295,15 +369,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_reenact(args: argparse.Namespace) -> int:
-    from .io import VideoReader, VideoWriter, load_image
+    from .io import VideoReader, VideoWriter
     from .pipelines import side_by_side
 
     out = Path(args.output)
     _check_pipeline_options(args)
-    _at_least(args.max_frames, 1, "--max-frames")
-    if Path(args.photo).suffix != ".safetensors":
-        load_image(args.photo)  # fail on bad inputs before loading the networks
-    reader = VideoReader(args.driving, max_frames=args.max_frames)
+    _check_photo(args.photo)  # fail on bad inputs before loading the networks:
+    reader = VideoReader(args.driving, max_frames=args.max_frames)  # opens the video and decodes its first frame
     pipe = _load_pipeline(args)
     avatar = _avatar(pipe, Path(args.photo), args.aligned)
     if args.save_avatar:
@@ -347,7 +419,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="face backend: official (RetinaFace + H3R, the default for Portrait4D: its checkpoints were "
                         "trained on it) or mediapipe (MediaPipe's detector and mesh find the face and the crop; real "
                         "weights inside the mediapipe wheel, the [face] extra); default: the model's own")
-    p.add_argument("--batch-size", type=int, default=8, help="frames rendered together (default 8)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=8, metavar="N",
+                   help="frames rendered together (default 8)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the FLAME head-pose field (about 16 s once; on an H200 the field then "
                         "takes 0.9 instead of 10 ms per frame): worth it for long videos on a GPU")
@@ -400,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("models", help="list pipeline model ids and network ids, and which files are cached",
@@ -450,8 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "video. PHOTO may also be an avatar saved with --save-avatar.")
     p.add_argument("photo", help="portrait photo (JPEG, PNG, ...) or a saved avatar (.safetensors)")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
-    p.add_argument("--frames", type=int, default=60, help="frames in the orbit (default 60)")
-    p.add_argument("--fps", type=float, default=25.0, help="frame rate of the orbit video (default 25)")
+    p.add_argument("--frames", type=POSITIVE_INT, default=60, metavar="N", help="frames in the orbit (default 60)")
+    p.add_argument("--fps", type=FPS, default=25.0, help="frame rate of the orbit video (above 0, at most 1000; "
+                                                          "default 25)")
     _add_model_options(p)
     p.set_defaults(func=_cmd_reconstruct)
 
@@ -472,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "driving camera moves), fixed (no head rotation)")
     p.add_argument("--no-smooth", action="store_true", help="no one-euro smoothing of crops and head poses")
     p.add_argument("--side-by-side", action="store_true", help="write source | result | driving panels")
-    p.add_argument("--max-frames", type=int, default=None, help="use only the first N driving frames")
+    p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N",
+                   help="use only the first N driving frames (N >= 1)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")
     _add_model_options(p)
     p.set_defaults(func=_cmd_reenact)
@@ -482,11 +558,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a pipeline folder with tiny random weights, loadable wherever a model id is accepted "
                     "(--model DIR). Its pictures are meaningless; it exists for tests and offline trials.")
     p.add_argument("directory", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="random seed of the weights (0 or more; default 0)")
     p.add_argument("--preprocess", choices=["official", "mediapipe"], default=None,
                    help="face backend saved with it: official (random detector that sees a face anywhere, default) "
                         "or mediapipe (real face detection and crops, the [face] extra)")
     p.set_defaults(func=_cmd_tiny)
+
+    from . import live_command
+    from .export import command as export_command  # light: torch is imported only when it runs
+
+    p = sub.add_parser("live", help=live_command.HELP, description=f"avatar live: {live_command.HELP}.")
+    live_command.add_arguments(p)
+    p.set_defaults(func=live_command.run)
+    p = sub.add_parser("export", help=export_command.HELP, description=export_command.DESCRIPTION)
+    export_command.add_arguments(p)
+    p.set_defaults(func=export_command.run)
 
     for name, spec in FORWARDED.items():  # every later argument, --help included, goes to spec.target
         sub.add_parser(name, help=f"{spec.help} (= `{spec.same_as}`; `avatar {name} --help` for its options)",

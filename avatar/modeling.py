@@ -69,7 +69,7 @@ class atomic_directory:  # noqa: N801 - used as a context manager like tempfile.
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             if exc_type is None:
-                self.target.mkdir(parents=True, exist_ok=True)
+                self.target.mkdir(parents=True, exist_ok=True)  # a new folder gets the umask's mode (not mkdtemp's)
                 for entry in self.tmp.iterdir():
                     dest = self.target / entry.name
                     if dest.is_dir() and not dest.is_symlink():

@@ -74,6 +74,7 @@ from avatar.errors import (
     UnknownNameError,
     UnknownOptionValueError,
 )
+from avatar.io.files import apply_umask
 
 logger = logging.getLogger("eval.prepare")
 
@@ -623,6 +624,7 @@ def write_id(out: Path, item_id: str, frames: Iterable[np.ndarray], cropper: Fac
         final = out / item_id
         if final.exists():
             shutil.rmtree(final)
+        apply_umask(tmp)  # mkdtemp's 0700 -> what mkdir would give
         os.replace(tmp, final)
         return written, no_face, reasons
     except BaseException:

@@ -77,12 +77,10 @@ def test_user_errors_of_the_real_commands(tmp_path: Path, capsys: pytest.Capture
         (["download", "nope"], "unknown model id 'nope'"),
         (["download", "--file", "nope"], "unknown upstream file nope"),
         (["reconstruct", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "out.gif")], "must end in"),
-        (["reconstruct", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "o.mp4"), "--batch-size", "0"],
-         "--batch-size must be at least 1"),
         (["reconstruct", str(tmp_path / "photo.jpg"), "-o", str(tmp_path / "o.mp4"), "--model", "nope"],
          "does not exist"),  # the photo is checked before the model is looked up
-        (["reenact", str(tmp_path / "p.jpg"), str(tmp_path / "d.mp4"), "-o", str(tmp_path / "o.mp4"),
-          "--max-frames", "0"], "--max-frames must be at least 1"),
+        (["reenact", str(tmp_path / "p.jpg"), str(tmp_path / "d.mp4"), "-o", str(tmp_path / "o.mp4")],
+         "does not exist"),
     ]
     for argv, message in cases:
         assert cli.main(argv) == 1, argv
@@ -101,12 +99,25 @@ def test_unknown_model_id_from_the_pipeline_loader_is_exit_1(tmp_path: Path, cap
     assert len(errors) == 1 and "portrait4d-v9" in errors[0]
 
 
-def test_rejected_command_line_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    for argv in (["nope"], ["models", "--nope"], ["reconstruct"]):
+def test_rejected_command_line_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photo, video, out = str(tmp_path / "photo.jpg"), str(tmp_path / "d.mp4"), str(tmp_path / "o.mp4")
+    cases = [
+        (["nope"], "invalid choice"), (["models", "--nope"], "unrecognized arguments"), (["reconstruct"], "required"),
+        # numbers are checked when the command line is parsed, before any file or model is looked at
+        (["reconstruct", photo, "-o", out, "--batch-size", "0"], "argument --batch-size: must be a whole number of "
+                                                                 "at least 1, got 0"),
+        (["reenact", photo, video, "-o", out, "--max-frames", "0"], "argument --max-frames: must be a whole number "
+                                                                    "of at least 1, got 0"),
+        (["reconstruct", photo, "-o", out, "--frames", "0"], "argument --frames: must be a whole number"),
+        (["live", photo, "--fps", "-2"], "argument --fps: must be a number above 0"),
+    ]
+    for argv, message in cases:
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
         assert info.value.code == 1, argv
-        assert "error:" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "error:" in err and message in err, (argv, err)
+    assert not list(tmp_path.iterdir())
 
 
 def test_console_script_exit_status_in_a_subprocess(tmp_path: Path) -> None:

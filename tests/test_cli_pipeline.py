@@ -86,7 +86,6 @@ def test_bad_inputs_one_line_exit_1_nothing_written(tiny_dir: Path, media: dict[
         (["reenact", photo, str(tmp_path / "missing.mp4")], "does not exist"),
         (["reenact", str(tmp_path / "flat.png"), talk, "--model", str(noface)], "no face found"),
         (["reenact", photo, talk, "--aligned"], "512x512"),
-        (["reconstruct", photo, "--frames", "0"], "--frames"),
     ]
     for argv, message in cases:
         argv = [*argv, "-o", str(out)]

@@ -88,3 +88,31 @@ def test_bad_frames_and_options_are_refused(pipe: Portrait4DPipeline, avatar) ->
         live.step(np.zeros((4, 4), np.uint8))
     with pytest.raises(InputError, match=r"float32"):
         live.step(np.zeros((8, 8, 3), np.float32))
+
+
+def test_cli_live_plays_a_video_as_the_camera_and_reports_latency(tmp_path, shared_media, capsys) -> None:  # noqa: ANN001
+    from avatar.cli import main
+    from avatar.io import VideoReader
+
+    folder = tmp_path / "tiny"
+    assert main(["tiny", str(folder)]) == 0
+    photo = shared_media / "portraits" / "wild" / "public_domain" / "obama.jpg"
+    video = shared_media / "videos" / "talk1.mp4"
+    out = tmp_path / "live.mp4"
+    assert main(["live", str(photo), "--camera", str(video), "--output", str(out), "--max-frames", "5",
+                 "--model", str(folder), "--device", "cpu", "--no-window"]) == 0
+    printed = capsys.readouterr().out
+    assert "5 frames in" in printed and "latency per frame: median" in printed and str(out) in printed
+    assert len(list(VideoReader(out))) == 5  # every camera frame answered
+    # nowhere to show the avatar, a camera that is not there, a missing package: one line each, exit 1
+    assert main(["live", str(photo), "--camera", str(video), "--model", str(folder), "--no-window"]) == 1
+    assert "nothing to show the avatar on" in capsys.readouterr().err
+    assert main(["live", str(photo), "--camera", str(tmp_path / "nope.mp4"), "-o", str(out), "--model",
+                 str(folder)]) == 1
+    assert "no such camera index or video file" in capsys.readouterr().err
+    try:
+        import pyvirtualcam  # noqa: F401
+    except ImportError:
+        assert main(["live", str(photo), "--camera", str(video), "--virtual-camera", "--max-frames", "1",
+                     "--model", str(folder), "--device", "cpu", "--no-window"]) == 1
+        assert "needs the pyvirtualcam package" in capsys.readouterr().err

@@ -203,7 +203,7 @@ def test_bad_video_files(tmp_path: Path, shared_media: Path) -> None:
     for name, message in cases.items():
         with pytest.raises(VideoReadError, match=message) as info:
             list(VideoReader(tmp_path / name))
-        assert "\n" not in str(info.value)
+        assert "\n" not in str(info.value) and "Errno" not in str(info.value)  # FFmpeg's words are translated
     # a truncated file either cannot be opened or gives the frames before the damage
     try:
         frames = list(VideoReader(tmp_path / "cut.mp4"))

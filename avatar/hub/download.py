@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import AssetNotFoundError, AssetVerificationError
+from ..errors import AssetNotFoundError, AssetVerificationError, InputNotFoundError
 from .convert import COPY_FORMATS, convert_file, sha256_of
 from .registry import FILES, UpstreamFile, get_model
 
@@ -39,6 +39,7 @@ __all__ = [
     "ensure_file",
     "download_model",
     "find_in_local_dir",
+    "check_local_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,19 @@ def _how_to_fetch(file: UpstreamFile, model_id: str | None) -> str:
 
 # --------------------------------------------------------------------------------------------------------
 # raw fetchers
+
+
+def check_local_dir(local_dir: str | Path, option: str = "--from-dir") -> Path:
+    """``local_dir`` as a :class:`Path`, or :class:`InputNotFoundError` saying that it does not exist or is not a
+    folder (``option`` names it in the message: the CLI's ``--from-dir``)."""
+    folder = Path(local_dir).expanduser()
+    if not folder.exists():
+        raise InputNotFoundError(f"{option} {local_dir}: the folder does not exist; give the folder that holds the "
+                                 "official files (a copy of the Hub repo or an official Portrait-4D checkout)")
+    if not folder.is_dir():
+        raise InputNotFoundError(f"{option} {local_dir} is a file, not a folder; give the folder that holds the "
+                                 "official files (a copy of the Hub repo or an official Portrait-4D checkout)")
+    return folder
 
 
 def find_in_local_dir(file: UpstreamFile, local_dir: Path) -> Path | None:
@@ -217,7 +231,7 @@ def ensure_file(
         return out
     remote_sha = None
     if local_dir is not None:
-        raw = find_in_local_dir(file, Path(local_dir))
+        raw = find_in_local_dir(file, check_local_dir(local_dir))
         if raw is None:
             raise AssetNotFoundError(f"'{file.path}' was not found under {local_dir}. " + _how_to_fetch(file, model_id))
     elif file.source == "hub":
@@ -261,9 +275,14 @@ def download_model(
 ) -> DownloadReport:
     """Fetch, verify and convert every file ``model_id`` needs. Files already converted are skipped.
 
-    Missing files are reported together: one :class:`AssetNotFoundError` lists all of them.
+    Missing files are reported together: one :class:`AssetNotFoundError` lists all of them, and when only some
+    were asked for (``only``), every other file of the model missing from the cache too, so that the count is
+    what ``avatar download MODEL_ID`` has to fetch. A ``local_dir`` that does not exist is an
+    :class:`~avatar.errors.InputNotFoundError` before anything else.
     """
     spec = get_model(model_id)
+    if local_dir is not None:
+        local_dir = check_local_dir(local_dir)
     folders: dict[str, Path] = {}
     fetched: list[str] = []
     cached: list[str] = []
@@ -295,11 +314,15 @@ def download_model(
         if on_file:
             on_file(file, "fetched")
     if missing:
+        if wanted is not None:  # e.g. only the checkpoint was asked for: name the model's other missing files too
+            missing += [f"  - {file.path} ({file.repo})" for file in spec.files
+                        if file.key not in wanted and not is_converted(file)]
+        missing = list(dict.fromkeys(missing))
         raise AssetNotFoundError(
-            f"{model_id}: {len(missing)} file(s) are missing from the cache {cache_root()} and could not be "
-            f"fetched now{f' ({reason})' if reason else ''}:\n" + "\n".join(dict.fromkeys(missing)) + f"\nRun `avatar download {model_id}` with "
-            f"network access to the Hugging Face Hub, or `avatar download {model_id} --from-dir DIR` with a folder "
-            "that holds the official files."
+            f"{model_id}: {len(missing)} of its {len(spec.files)} files are missing from the cache {cache_root()} "
+            f"and could not be fetched now{f' ({reason})' if reason else ''}:\n" + "\n".join(missing)
+            + f"\nRun `avatar download {model_id}` with network access to the Hugging Face Hub, or "
+            f"`avatar download {model_id} --from-dir DIR` with a folder that holds the official files."
         )
     return DownloadReport(model_id, folders, fetched, cached)
 

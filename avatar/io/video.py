@@ -1,11 +1,15 @@
 """Video in and out with PyAV: frames as ``(H, W, 3)`` uint8 RGB, frame rate kept, audio copied, atomic writes.
 
 * :func:`probe_video` / :class:`VideoReader`: frame rate (exact fraction), size, frame count, audio; clear
-  errors for missing, empty, truncated or non-video files and for videos without frames. Frames come upright:
+  errors for missing, empty, truncated or non-video files and for videos without frames, raised at once (the
+  first frame is decoded when the file is opened); FFmpeg's own errors are put in plain words
+  (:class:`~avatar.io.errors.UnreadableVideoError`). Frames come upright:
   the display matrix (phone videos are often stored sideways with a 90 degree rotation) is applied, as video
   players do.
 * :class:`VideoWriter`: H.264 (``libx264``) when this PyAV build can encode it, else MPEG-4 Part 2; writes to a
-  temporary name next to the target and moves it into place only when everything succeeded. The audio of
+  partial name next to the target (``.out.partial-<pid>-<random>.mp4``, the user's umask applies) and moves it
+  into place only when everything succeeded; partial files that killed runs left behind for the same output
+  are removed (:mod:`avatar.io.files`). The audio of
   another file (the driving video) is muxed in as the frames are written: copied packet by packet when
   the codec fits an MP4 (AAC, MP3, ALAC, AC-3), otherwise re-encoded to AAC; it is cut at the end of the video.
 """
@@ -14,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import os
-import tempfile
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -27,7 +32,8 @@ import av
 import numpy as np
 
 from avatar.errors import InputError
-from avatar.io.errors import VideoReadError
+from avatar.io.errors import UnreadableVideoError, VideoReadError
+from avatar.io.files import create_partial, remove_stale_partials
 
 __all__ = ["VideoInfo", "VideoReader", "VideoWriter", "pick_video_codec", "probe_video", "upright"]
 
@@ -65,15 +71,55 @@ class VideoInfo:
         return self.audio_codec is not None
 
 
+def ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's error in a few plain words, without its ``[Errno ...]`` number or the file name."""
+    if isinstance(exc, av.error.InvalidDataError):
+        return "invalid data"
+    if isinstance(exc, av.error.DecoderNotFoundError):
+        return "its video codec has no decoder in this FFmpeg build"
+    if isinstance(exc, av.error.DemuxerNotFoundError):
+        return "a container format this FFmpeg build does not know"
+    if isinstance(exc, av.error.EOFError):
+        return "the file ends too early"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return text.rstrip(".").lower() if text[:1].isupper() and not text[1:2].isupper() else text.rstrip(".")
+
+
+def _convert_hint(path: Path) -> str:
+    return f"convert it with `ffmpeg -i {shlex.quote(str(path))} out.mp4` and give out.mp4"
+
+
+def unreadable_video(path: Path, exc: BaseException, stage: str = "open") -> UnreadableVideoError:
+    """The :class:`UnreadableVideoError` for FFmpeg's ``exc`` while opening (``stage='open'``) or decoding
+    (``'decode'``) ``path``: what is wrong in plain words, and how to convert the file."""
+    reason = ffmpeg_reason(exc)
+    if isinstance(exc, PermissionError):
+        return UnreadableVideoError(f"{path} cannot be read (permission denied); check the file's permissions",
+                                    reason)
+    if stage == "open":
+        message = (f"{path} cannot be opened as a video: it is not a video file PyAV/FFmpeg can read ({reason}); "
+                   f"it may be truncated, damaged or not a video at all. If a video player opens it, "
+                   f"{_convert_hint(path)}")
+    else:
+        message = (f"{path} cannot be decoded: its first video frame is unreadable ({reason}); the file may be "
+                   f"corrupt or use a codec this FFmpeg build cannot decode. If a video player plays it, "
+                   f"{_convert_hint(path)}")
+    return UnreadableVideoError(message, reason)
+
+
 def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise VideoReadError(f"{path} does not exist; check the path")
     if not path.is_file():
-        raise VideoReadError(f"{path} does not exist or is not a file; check the path")
+        raise VideoReadError(f"{path} is not a file (a folder?); give a video file")
     if path.stat().st_size == 0:
         raise VideoReadError(f"{path} is empty (0 bytes); give an MP4, MOV, MKV or WebM video")
     try:
         container = av.open(str(path), mode="r")
     except av.FFmpegError as exc:
-        raise VideoReadError(f"{path} cannot be opened as a video ({exc}); it may be truncated or not a video") from None
+        raise unreadable_video(path, exc, "open") from None
     if container.format.name in _IMAGE_FORMATS or any(n in _IMAGE_FORMATS for n in container.format.name.split(",")):
         container.close()
         raise VideoReadError(f"{path} is a still image, not a video; give a driving video (MP4, MOV, MKV, WebM)")
@@ -84,12 +130,18 @@ def _open(path: Path) -> av.container.InputContainer:
 
 
 def probe_video(path: str | Path) -> VideoInfo:
-    """Inspect a video without decoding it (see :class:`VideoInfo`)."""
-    with _open(Path(path)) as container:
-        return _info(container)
+    """Inspect a video (see :class:`VideoInfo`); only its first frame is decoded.
+
+    Raises:
+        VideoReadError: the file is missing, empty, not a video, has no video stream or no frame, or its first
+            frame cannot be decoded (:class:`~avatar.io.errors.UnreadableVideoError` for FFmpeg's refusals).
+    """
+    path = Path(path)
+    with _open(path) as container:
+        return _info(container, path)
 
 
-def _info(container: av.container.InputContainer) -> VideoInfo:
+def _info(container: av.container.InputContainer, path: Path) -> VideoInfo:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = Fraction(rate) if rate else DEFAULT_FPS
@@ -99,7 +151,7 @@ def _info(container: av.container.InputContainer) -> VideoInfo:
     frames = int(stream.frames or 0) or int(round(duration * fps))
     audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
     width, height = stream.codec_context.width, stream.codec_context.height
-    rotation = _first_frame_rotation(container)
+    rotation = _first_frame_rotation(container, path)
     if rotation in (90, 270):
         width, height = height, width
     return VideoInfo(fps, frames, width, height, duration, audio, rotation)
@@ -115,15 +167,16 @@ def _rotation_degrees(frame: av.VideoFrame) -> int:
     return int(round(angle / 90.0)) % 4 * 90
 
 
-def _first_frame_rotation(container: av.container.InputContainer) -> int:
-    """Rotation of the first decodable frame (0 when none decodes). Leaves the container past that frame:
-    callers only probe and close it."""
+def _first_frame_rotation(container: av.container.InputContainer, path: Path) -> int:
+    """Rotation of the first frame, which is decoded: a video whose first frame cannot be decoded, or without
+    any frame, fails here, when it is opened, rather than after the work that would use its frames. Leaves the
+    container past that frame: callers only probe and close it."""
     try:
         for frame in container.decode(container.streams.video[0]):
             return _rotation_degrees(frame)
-    except av.FFmpegError:
-        pass
-    return 0
+    except av.FFmpegError as exc:
+        raise unreadable_video(path, exc, "decode") from None
+    raise VideoReadError(f"{path} has no video frames; give a video with at least one frame")
 
 
 def upright(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -137,17 +190,22 @@ class VideoReader:
 
     Args:
         path: the video.
-        max_frames: stop after this many frames (``None``: all).
+        max_frames: stop after this many frames (``None``: all); at least 1.
 
-    A file that stops decoding part way (truncated) yields the frames before the damage and logs a warning;
-    one that yields no frame at all raises :class:`VideoReadError` once iteration ends.
+    The file is checked when the reader is made (its first frame is decoded): a missing, empty, non-video or
+    undecodable file, or one without frames, raises :class:`VideoReadError` at once. A file that stops decoding
+    part way (truncated) yields the frames before the damage and logs a warning.
     """
 
     def __init__(self, path: str | Path, max_frames: int | None = None) -> None:
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, numbers.Integral)
+                                       or max_frames < 1):
+            raise InputError(f"max_frames must be a whole number of at least 1 (or None for every frame), "
+                             f"got {max_frames!r}")
         self.path = Path(path)
         self.max_frames = max_frames
-        with _open(self.path) as container:
-            self.info = _info(container)
+        with _open(self.path) as container:  # decodes the first frame: a bad file fails now, not mid-way
+            self.info = _info(container, self.path)
         self.frames_read = 0
 
     @property
@@ -172,8 +230,9 @@ class VideoReader:
                     yield upright(frame.to_ndarray(format="rgb24"), _rotation_degrees(frame))
             except av.FFmpegError as exc:
                 if not self.frames_read:
-                    raise VideoReadError(f"{self.path} cannot be decoded ({exc}); the file may be corrupt") from None
-                logger.warning("%s stops decoding after %d frames (%s); using those", self.path, self.frames_read, exc)
+                    raise unreadable_video(self.path, exc, "decode") from None
+                logger.warning("%s stops decoding after %d frames (%s: the rest of the file is damaged or "
+                               "missing); using those", self.path, self.frames_read, ffmpeg_reason(exc))
         if not self.frames_read:
             raise VideoReadError(f"{self.path} has no video frames; give a video with at least one frame")
 
@@ -226,11 +285,14 @@ class VideoWriter:
         self._container: av.container.OutputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._audio: _AudioMuxer | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.partial-", suffix=self.path.suffix or ".mp4",
-                                   dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        suffix = self.path.suffix or ".mp4"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(self.path, suffix)  # left by runs that were killed before they could clean up
+            self._tmp = create_partial(self.path, suffix)  # mode 0o666 & ~umask, like any new file
+        except PermissionError:
+            raise InputError(f"cannot write {self.path}: permission denied in {self.path.parent}; choose an "
+                             "output in a folder you can write to") from None
 
     # ---- lifecycle --------------------------------------------------------------------------------------
     def __enter__(self) -> VideoWriter:

@@ -49,6 +49,7 @@ from avatar.face.h3r import H3R, H3RLandmarker
 from avatar.face.mediapipe_face import MediaPipeFaceBackend
 from avatar.face.retinaface import DetectedFace, RetinaFace, rig_for_random_weights
 from avatar.face.smoothing import POSE_FILTER, OneEuroFilter
+from avatar.io.files import apply_umask
 from avatar.io.image import load_image
 from avatar.io.video import VideoReader
 from avatar.modeling import ModelMixin
@@ -132,6 +133,7 @@ class Avatar:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=meta)
+            apply_umask(tmp)  # mkstemp's 0600 -> what open() would give
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -354,6 +356,7 @@ class Portrait4DPipeline(AvatarPipeline):
             (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
             if out.exists():
                 shutil.rmtree(out)
+            apply_umask(tmp)  # mkdtemp's 0700 -> what mkdir would give
             tmp.rename(out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
