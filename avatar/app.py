@@ -346,9 +346,10 @@ def render_view(photo: str | None, model: str, yaw: float, pitch: float, cache: 
 
 @_on_gpu
 def reenact(photo: str | None, video: str | None, model: str, motion: str, smooth: bool, side: bool,
-            seconds: float, cache: dict | None,
+            seconds: float, paste_back: bool, cache: dict | None,
             progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict]:  # noqa: B008
-    """Photo + driving video -> (reenacted video with the driving audio, info, session cache)."""
+    """Photo + driving video -> (reenacted video with the driving audio, info, session cache). ``paste_back``:
+    the result composited back into the full photo (:mod:`avatar.pipelines.paste_back`)."""
     photo = _need(photo, "Upload a portrait photo first (JPEG or PNG with one clearly visible face).")
     video = _need(video, "Upload or record a driving video first (MP4, MOV, MKV or WebM).")
     with _user_errors(photo, video):
@@ -361,10 +362,18 @@ def reenact(photo: str | None, video: str | None, model: str, motion: str, smoot
         use_seconds = min(float(seconds), MAX_VIDEO_SECONDS)
         max_frames = max(1, math.ceil(use_seconds * float(info.fps)))
         total = min(len(VideoReader(video, max_frames=max_frames)), max_frames) or max_frames
+        if paste_back and side:
+            raise InputError("Pick either side by side or paste-back: the pasted result has the photo's size.")
         pipe, avatar, cache, built = _get_avatar(photo, model, cache, progress)
+        paste = None
+        if paste_back:
+            from avatar.pipelines.paste_back import PasteBack
+
+            paste = PasteBack(load_image(photo), avatar.align)
         with pipe.iter_reenact(avatar, video, relative=motion != "absolute", smooth=bool(smooth),
                                batch_size=RENDER_BATCH, max_frames=max_frames) as stream:
-            images = (side_by_side(avatar.source_crop, f.image, f.driving) if side else f.image for f in stream)
+            images = (paste(f.image) if paste is not None else
+                      side_by_side(avatar.source_crop, f.image, f.driving) if side else f.image for f in stream)
             path = _output_path("reenacted.mp4")
             writer, rate = _write_video(images, path, info.fps, total, progress, "reenacting", audio_from=video)
     missing = len(stream.frames_without_face)  # this job's own count: concurrent jobs share the pipeline
@@ -535,6 +544,7 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
                 with gr.Row():
                     smooth = gr.Checkbox(True, label="Smooth (less jitter)")
                     side = gr.Checkbox(False, label="Side by side (photo | result | driving)")
+                    paste = gr.Checkbox(False, label="Paste back into the full photo")
                 seconds = gr.Slider(0.2, MAX_VIDEO_SECONDS, value=min(10.0, MAX_VIDEO_SECONDS), step=0.1,
                                     label="Use the first … seconds of the driving video",
                                     elem_id="seconds")
@@ -593,7 +603,7 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
         rec_model.change(pick_model, inputs=rec_model, outputs=[status, rec_button], api_name=False, queue=False)
         re_model.change(pick_reenact_model, inputs=re_model, outputs=[status, re_button], api_name=False,
                         queue=False)
-        re_button.click(reenact, inputs=[re_photo, driving, re_model, motion, smooth, side, seconds, avatars],
+        re_button.click(reenact, inputs=[re_photo, driving, re_model, motion, smooth, side, seconds, paste, avatars],
                         outputs=[result, re_info, avatars], api_name="reenact",
                         concurrency_id="gpu").then(runtime_status, inputs=re_model, outputs=status, api_name=False)
         photo.change(lambda p: (p, p), inputs=photo, outputs=[re_photo, live_photo], api_name=False, queue=False)

@@ -369,15 +369,25 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _cmd_reenact(args: argparse.Namespace) -> int:
+    from .errors import InputError
     from .io import VideoReader, VideoWriter
     from .pipelines import side_by_side
 
     out = Path(args.output)
     _check_pipeline_options(args)
+    if args.paste_back and (args.side_by_side or args.aligned or Path(args.photo).suffix == ".safetensors"):
+        raise InputError("--paste-back puts the result back into the original photo: give the photo itself (not a "
+                         "saved avatar or an --aligned crop), without --side-by-side")
     _check_photo(args.photo)  # fail on bad inputs before loading the networks:
     reader = VideoReader(args.driving, max_frames=args.max_frames)  # opens the video and decodes its first frame
     pipe = _load_pipeline(args)
     avatar = _avatar(pipe, Path(args.photo), args.aligned)
+    paste = None
+    if args.paste_back:
+        from .io import load_image
+        from .pipelines.paste_back import PasteBack
+
+        paste = PasteBack(load_image(args.photo), avatar.align)
     if args.save_avatar:
         avatar.save(args.save_avatar)
     if not pipe.can_reenact:
@@ -388,7 +398,10 @@ def _cmd_reenact(args: argparse.Namespace) -> int:
                            progress=not args.quiet) as stream, \
             VideoWriter(out, reader.fps, audio_from=None if args.no_audio else args.driving) as writer:
         for f in stream:
-            writer.write(side_by_side(avatar.source_crop, f.image, f.driving) if args.side_by_side else f.image)
+            if paste is not None:
+                writer.write(paste(f.image))
+            else:
+                writer.write(side_by_side(avatar.source_crop, f.image, f.driving) if args.side_by_side else f.image)
     missing = len(stream.frames_without_face)  # this call's own count
     audio = {"copy": "audio copied", "aac": "audio re-encoded to AAC", None: "no audio"}[writer.audio_mode]
     logger.info("wrote %s: %d frames at %s fps (%s, %s)%s", out, writer.frames_written, writer.fps, writer.codec,
@@ -547,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "driving camera moves), fixed (no head rotation)")
     p.add_argument("--no-smooth", action="store_true", help="no one-euro smoothing of crops and head poses")
     p.add_argument("--side-by-side", action="store_true", help="write source | result | driving panels")
+    p.add_argument("--paste-back", action="store_true",
+                   help="composite the result back into the full photo (feathered crop border); the video then has "
+                        "the photo's size")
     p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N",
                    help="use only the first N driving frames (N >= 1)")
     p.add_argument("--no-audio", action="store_true", help="do not copy the driving video's audio")

@@ -226,6 +226,11 @@ def test_reconstruct_and_reenact_return_playable_videos(tiny_url: str, photo: st
     assert got.num_frames == 5 and got.fps == 25 and got.has_audio
     assert got.width == 3 * got.height  # photo | result | driving
     assert "avatar reused from this session" in text and "driving audio kept" in text
+    pasted, _ = client.predict(handle_file(photo), handle_file(str(driving)), seconds=0.2, paste_back=True,
+                               api_name="/reenact")
+    with Image.open(photo) as im:
+        w, h = im.size
+    assert (probe_video(pasted).width, probe_video(pasted).height) == (w + w % 2, h + h % 2)  # the photo's size
 
     again = Client(tiny_url, verbose=False)  # another session builds its own avatar
     *_, info2 = again.predict(handle_file(photo), frames=8, api_name="/reconstruct")
