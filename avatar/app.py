@@ -663,12 +663,12 @@ def fetch_missing_weights(model: str, out: Any = None) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from avatar.cli import ArgumentParser
+    from avatar.cli import PORT, ArgumentParser
 
     parser = ArgumentParser(prog="avatar app", description="Start the avatar4d Gradio app on localhost.")
     parser.add_argument("--model", default=None,
                         help=f"model id, pipeline folder or 'tiny' (default $AVATAR_MODEL or {DEFAULT_MODEL_ID})")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--port", type=PORT, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--device", default=None, help="auto (default, $AVATAR_DEVICE), cpu, cuda, ...")
     parser.add_argument("--dtype", default=None, choices=list(DTYPES),

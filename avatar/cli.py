@@ -104,6 +104,8 @@ def float_option(above: float, at_most: float) -> Callable[[str], float]:
 POSITIVE_INT = int_option(1)
 SEED = int_option(0, 2**32 - 1)
 FPS = float_option(0, 1000)
+NON_NEGATIVE_INT = int_option(0)
+PORT = int_option(1, 65535)
 
 
 def version() -> str:

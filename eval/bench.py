@@ -280,22 +280,22 @@ def run_multi_gpu(gpus: int, **kwargs: Any) -> BenchResult:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m eval.bench`` / ``avatar bench metrics``: exit status 0, 1 (the input cannot be used), 2 (a bug)."""
-    from avatar.cli import ArgumentParser, run_guarded
+    from avatar.cli import NON_NEGATIVE_INT, POSITIVE_INT, ArgumentParser, run_guarded
     from avatar.errors import InputError
     from avatar.logs import setup_logging
 
     p = ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=None, help="frames per batch (default 64 on CUDA, 4 on CPU)")
-    p.add_argument("--frames", type=int, default=None, help="timed frames (default 1024 on CUDA, 8 on CPU)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed batches first")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None, help="frames per batch (default 64 on CUDA, 4 on CPU)")
+    p.add_argument("--frames", type=POSITIVE_INT, default=None, help="timed frames (default 1024 on CUDA, 8 on CPU)")
+    p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=1, help="untimed batches first")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast for the networks (fp32 default; others change the reported values)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the networks")
     p.add_argument("--metrics", help="comma-separated subset (default: the HDTF same-identity set)")
-    p.add_argument("--gpus", type=int, default=1, help="processes, one per CUDA device")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--gpus", type=POSITIVE_INT, default=1, help="processes, one per CUDA device")
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     p.add_argument("--no-fid-compute", action="store_true", help="skip timing the final Frechet distance")
     p.add_argument("--json", help="write the result as JSON to this file")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (debug; tracebacks of errors)")

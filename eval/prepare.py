@@ -769,7 +769,7 @@ def prepare(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from avatar.cli import ArgumentParser
+    from avatar.cli import FPS, POSITIVE_INT, ArgumentParser
 
     p = ArgumentParser(
         prog="python -m eval.prepare", description=__doc__.split("\n\n")[0],
@@ -800,10 +800,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="pipeline folder for the networks (e.g. from `avatar tiny DIR`); default: the "
                                    "official preprocessing weights in the cache")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--fps", type=float, help="resample clips to this frame rate (default: keep every frame; "
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    p.add_argument("--fps", type=FPS, help="resample clips to this frame rate (default: keep every frame; "
                                              "OTAvatar wrote 20 fps)")
-    p.add_argument("--max-frames", type=int, help="at most this many frames per clip")
+    p.add_argument("--max-frames", type=POSITIVE_INT, help="at most this many frames per clip")
     p.add_argument("--overwrite", action="store_true", help="redo ids that are already prepared")
     p.add_argument("--skip-missing", action="store_true", help="prepare the ids whose raw file exists, list the rest")
     p.add_argument("--lists", type=Path, help=f"folder with hdtf/ and celeba/ lists (default {DEFAULT_LISTS})")

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from avatar.cli import ArgumentParser
+from avatar.cli import POSITIVE_INT, ArgumentParser
 from avatar.errors import InputError
 
 from . import cache as cache_mod
@@ -86,13 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", help="comma-separated subset of the protocol's metrics (default: all of them)")
     p.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE",
                    help="metric option, e.g. ssim.preset=wang2004 or apd.include_translation=false (repeatable)")
-    p.add_argument("--limit", type=int, help="at most N frames per video (hdtf) or N samples (celeba)")
+    p.add_argument("--limit", type=POSITIVE_INT, help="at most N frames per video (hdtf) or N samples (celeba)")
     p.add_argument("--sources", type=Path, help="hdtf to-celeba: the prepared CelebA folder")
     p.add_argument("--source-list", type=Path, help="hdtf to-celeba: CelebA ids to use as the 60 sources")
     p.add_argument("--video-list", type=Path,
                    help=f"hdtf videos, one per line (default: the published 19; {DEFAULT_HDTF_LIST.name})")
     p.add_argument("--driver", default=HDTF_CROSS_ID_DRIVER, help="hdtf cross-identity driving video")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the process's accelerator)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="--model: the pipeline's dtype")

@@ -332,3 +332,21 @@ def test_saved_avatars_and_pipelines_get_the_users_umask(tmp_path: Path) -> None
     assert folder.stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0o700
     assert (folder / "reconstructor").stat().st_mode & 0o777 == 0o750
     assert saved.stat().st_mode & 0o777 == 0o640  # not mkstemp's 0o600
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "psi", "--frames", "-3"], "argument --frames: must be a whole number of at least 1, got -3"),
+    (["bench", "pipeline", "--batch-sizes", "8", "0"], "argument --batch-sizes: must be a whole number"),
+    (["bench", "face", "--repeats", "0"], "argument --repeats: must be a whole number"),
+    (["app", "--port", "-5"], "argument --port: must be a whole number from 1 to 65535, got -5"),
+    (["eval", "--batch-size", "0"], "argument --batch-size: must be a whole number"),
+    (["prepare", "hdtf", "--fps", "0"], "argument --fps: must be a number above 0"),
+])
+def test_forwarded_commands_check_their_numbers_when_parsing(argv: list[str], message: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from avatar.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 1
+    assert message in capsys.readouterr().err

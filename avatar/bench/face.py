@@ -141,9 +141,11 @@ def format_table(rows: list[FaceTiming]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avatar.cli import POSITIVE_INT
+
     parser.add_argument("--video", type=Path, help="video with a face (default: see the module docstring)")
-    parser.add_argument("--frames", type=int, default=60, help="frames timed per pass (default 60)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes (median; default 3)")
+    parser.add_argument("--frames", type=POSITIVE_INT, default=60, help="frames timed per pass (default 60)")
+    parser.add_argument("--repeats", type=POSITIVE_INT, default=3, help="timed passes (median; default 3)")
     parser.add_argument("--device", default="cpu", help="device of the official networks (MediaPipe: CPU)")
     parser.add_argument("--skip-official", action="store_true", help="time MediaPipe only")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")

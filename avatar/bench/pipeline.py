@@ -220,16 +220,18 @@ def format_table(rows: list[Timing], table: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avatar.cli import POSITIVE_INT
+
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", help="model id or pipeline folder (default: random weights, official sizes)")
     parser.add_argument("--tiny", action="store_true", help="tiny random networks (smoke test)")
     parser.add_argument("--photo", type=Path, help="source photo (default: a synthetic 512x512 image)")
     parser.add_argument("--video", type=Path, help="driving video (default: a synthetic 512x512 H.264 video)")
-    parser.add_argument("--frames", type=int, default=None,
+    parser.add_argument("--frames", type=POSITIVE_INT, default=None,
                         help="driving frames per pass (default 240 on a GPU, 16 on the CPU)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--passes", type=int, default=None, help="timed passes over the video (default 3 GPU, 1 CPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed avatar creations (default 10 GPU, 3 CPU)")
+    parser.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[8, 16])
+    parser.add_argument("--passes", type=POSITIVE_INT, default=None, help="timed passes over the video (default 3 GPU, 1 CPU)")
+    parser.add_argument("--repeats", type=POSITIVE_INT, default=None, help="timed avatar creations (default 10 GPU, 3 CPU)")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="reconstructor precision")
     parser.add_argument("--preprocess", choices=["official", "mediapipe"], default="official",
                         help="face backend: RetinaFace + H3R (official) or MediaPipe's detector and mesh; with "

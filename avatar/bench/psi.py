@@ -216,12 +216,14 @@ def format_row(r: Row) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avatar.cli import NON_NEGATIVE_INT, POSITIVE_INT
+
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", help="model id or folder (default: random weights of the official config)")
     parser.add_argument("--tiny", action="store_true", help="tiny random config (smoke test)")
-    parser.add_argument("--frames", type=int, default=200, help="driving frames timed per row (GPU)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--frames", type=POSITIVE_INT, default=200, help="driving frames timed per row (GPU)")
+    parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=3)
+    parser.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks")
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
@@ -231,7 +233,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="fast path without NHWC conv weights")
     parser.add_argument("--sr-unfused", action="store_true",
                         help="fast path with the SR's modulated convs as batched convs (default: upstream's grouped conv)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N costliest CUDA kernels")
+    parser.add_argument("--profile", type=NON_NEGATIVE_INT, default=0, metavar="N", help="print the N costliest CUDA kernels")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
 
 
