@@ -116,3 +116,17 @@ def test_cli_live_plays_a_video_as_the_camera_and_reports_latency(tmp_path, shar
         assert main(["live", str(photo), "--camera", str(video), "--virtual-camera", "--max-frames", "1",
                      "--model", str(folder), "--device", "cpu", "--no-window"]) == 1
         assert "needs the pyvirtualcam package" in capsys.readouterr().err
+
+
+def test_pipeline_bench_times_live_reenactment(tmp_path, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from avatar.bench import main
+
+    out = tmp_path / "rows.json"
+    assert main(["pipeline", "--tiny", "--device", "cpu", "--frames", "4", "--batch-sizes", "2", "--passes", "1",
+                 "--repeats", "1", "--prefetch", "off", "--live", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    [live] = [r for r in rows if r["what"].startswith("live: one frame at a time")]
+    assert live["batch"] == 1 and live["runs"] == 4 and live["ms"] > 0
+    assert "| live: one frame at a time, latency (95th percentile" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Speed of the whole Portrait4D pipeline: photo -> avatar, and driving video -> reenacted frames.
 
     python -m avatar.bench pipeline [--device cuda] [--model ID_OR_DIR] [--frames 240] [--batch-sizes 8 16]
-                                    [--photo PHOTO] [--video VIDEO] [--write] [--json OUT]
+                                    [--photo PHOTO] [--video VIDEO] [--write] [--live] [--json OUT]
 
 Two tables:
 
@@ -11,8 +11,9 @@ Two tables:
 * **reenactment**: a driving video file -> reenacted frames (:meth:`Portrait4DPipeline.iter_reenact`: decoding,
   detection, landmarks, crops, FLAME labels and PD-FGC motions of every driving frame, smoothing, relative
   motion and rendering with the FLAME neck field), frames/s of a whole pass (median of ``--passes``), per batch
-  size; ``--write`` adds a row that also encodes the result to H.264 with the driving audio. Then the stages of
-  one batch timed one at a time (ms per frame).
+  size; ``--write`` adds a row that also encodes the result to H.264 with the driving audio; ``--live`` a row
+  of live reenactment (frames one at a time through ``LiveReenactor``: its latency per frame). Then the stages
+  of one batch timed one at a time (ms per frame).
 
 Without ``--model`` every network has the official architecture and random weights (the work per frame does
 not depend on the weight values; the detector is set to report a face so that every stage runs), and the
@@ -208,6 +209,30 @@ def reenactment(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torc
     return rows
 
 
+def live(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torch.device, frames: int) -> list[Timing]:
+    """The driving frames given one at a time to :class:`~avatar.pipelines.live.LiveReenactor` (what ``avatar
+    live`` and the app's Live tab run): the median and 95th-percentile latency per frame, after a warm-up."""
+    from avatar.pipelines.live import LiveReenactor
+
+    avatar = pipe.create_avatar(photo)
+    chunk = list(VideoReader(video, max_frames=frames))
+    live = LiveReenactor(pipe, avatar)
+    for frame in chunk[:3]:  # warm-up (and the first steps of the calibration)
+        live.step(frame)
+    latencies = []
+    for frame in chunk:
+        _sync(device)
+        t = time.perf_counter()
+        live.step(frame)
+        _sync(device)
+        latencies.append((time.perf_counter() - t) * 1e3)
+    live.close()
+    ms = statistics.median(latencies)
+    p95 = sorted(latencies)[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    return [Timing("reenactment", f"live: one frame at a time, latency (95th percentile {p95:.1f} ms)", 1, ms,
+                   1e3 / ms, len(latencies))]
+
+
 def format_table(rows: list[Timing], table: str) -> str:
     unit = "ms" if table == "creation" else "ms / frame"
     rate = "per second" if table == "creation" else "frames/s"
@@ -241,6 +266,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the head-pose field's closest-triangle search")
     parser.add_argument("--prefetch", choices=["on", "off", "both"], default="both",
                         help="preprocess the next batch in a background thread (iter_reenact's prefetch)")
+    parser.add_argument("--live", action="store_true",
+                        help="also time live reenactment: frames one at a time (LiveReenactor), latency per frame")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
 
 
@@ -268,6 +295,8 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(rows, "creation") + "\n", flush=True)
         ahead = {"on": [True], "off": [False], "both": [False, True]}[args.prefetch]
         rows += reenactment(pipe, photo, video, device, args.batch_sizes, frames, passes, args.write, ahead)
+        if args.live:
+            rows += live(pipe, photo, video, device, frames)
     print(format_table(rows, "reenactment"))
     total = rows[0].ms / 1e3
     best = max((r for r in rows if r.table == "reenactment" and not r.what.startswith(" ")),
