@@ -431,7 +431,9 @@ def live_step(frame: np.ndarray | None, photo: str | None, model: str, cache: di
                 _LIVE[session] = current
         out = current[1].step(np.ascontiguousarray(frame[..., :3]).astype(np.uint8, copy=False))
     parts = [f"{out.fps:.1f} frames/s · {out.latency_ms:.0f} ms per frame on `{pipe.device}`"]
-    if out.calibrating:
+    if out.calibrating and not out.face_found:
+        parts.append("**no face yet: look at the camera** (the one-second calibration starts with a face)")
+    elif out.calibrating:
         parts.append("**hold still and look at the camera** (calibrating the neutral pose)")
     elif not out.face_found:
         parts.append("no face in this frame: holding the last motion")
@@ -609,8 +611,7 @@ def build_demo(model_id: str | None = None) -> gr.Blocks:
         photo.change(lambda p: (p, p), inputs=photo, outputs=[re_photo, live_photo], api_name=False, queue=False)
         webcam.stream(live_step, inputs=[webcam, live_photo, live_model, avatars],
                       outputs=[live_out, live_info, avatars], stream_every=LIVE_STREAM_EVERY,
-                      time_limit=LIVE_TIME_LIMIT, concurrency_id="gpu", api_name="live", show_progress="hidden",
-                      trigger_mode="always_last")
+                      time_limit=LIVE_TIME_LIMIT, concurrency_id="gpu", api_name="live", show_progress="hidden")
         recalibrate.click(live_recalibrate, outputs=live_info, api_name=False, queue=False)
         live_model.change(runtime_status, inputs=live_model, outputs=status, api_name=False, queue=False)
         demo.unload(live_end)

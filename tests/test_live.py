@@ -130,3 +130,28 @@ def test_pipeline_bench_times_live_reenactment(tmp_path, capsys) -> None:  # noq
     [live] = [r for r in rows if r["what"].startswith("live: one frame at a time")]
     assert live["batch"] == 1 and live["runs"] == 4 and live["ms"] > 0
     assert "| live: one frame at a time, latency (95th percentile" in capsys.readouterr().out
+
+
+class _FaceWhenBright:
+    """A stand-in pipeline: a frame 'has a face' when it is not black; the output is the frame itself."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    def iter_reenact(self, avatar, frames, **kwargs):  # noqa: ANN001, ANN003, ANN201
+        from avatar.pipelines.results import ReenactedFrame, ReenactStream
+
+        self.streams += 1
+        return ReenactStream(ReenactedFrame(i, f, f, bool(f.any())) for i, f in enumerate(frames))
+
+
+def test_calibration_starts_with_the_first_face_and_waits_for_one() -> None:
+    stub = _FaceWhenBright()
+    live = LiveReenactor(stub, avatar=None, calibration_seconds=0.2)  # type: ignore[arg-type]
+    dark, face = np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 200, np.uint8)
+    answers = [live.step(dark, timestamp=i / 25) for i in range(10)]  # 0.4 s without a face
+    assert all(a.calibrating and not a.face_found for a in answers)
+    answers = [live.step(face, timestamp=(10 + i) / 25) for i in range(7)]  # a face from t = 0.4 s
+    # the second of holding still counts from the first face: t = 0.4 .. 0.6 s calibrate, then the reference
+    assert [a.calibrating for a in answers] == [True] * 6 + [False]
+    assert stub.streams == 2  # the stream restarted from the neutral frame

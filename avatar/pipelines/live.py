@@ -8,10 +8,10 @@ causal (each output depends only on the frames before it). Nothing is buffered: 
 the call that received it, so frames are answered in order, one for one.
 
 Calibration ("hold still"). In relative mode the driving motion is applied as a change from a reference frame,
-so the reference should show the user's neutral face, looking at the camera. For the first
-``calibration_seconds`` the output already follows the face (its reference is the first frame with a face);
-when that time is over the reference becomes the last calibration frame with a face (the user has held still
-for that long), and the stream restarts from it. :meth:`LiveReenactor.recalibrate` starts a new calibration.
+so the reference should show the user's neutral face, looking at the camera. Calibration lasts
+``calibration_seconds`` from the first frame with a face; meanwhile the output already follows the face (its
+reference is that first frame). When the time is over the reference becomes the last calibration frame with a
+face (the user has held still for that long), and the stream restarts from it. :meth:`LiveReenactor.recalibrate` starts a new calibration.
 Absolute mode needs no reference: there is no calibration phase then.
 
 Timing: ``latency_ms`` is the time the step took on this machine (preprocessing + rendering; the transport to
@@ -144,11 +144,12 @@ class LiveReenactor:
         calibrating = not self.calibrated
         out = self._run(frame)
         if calibrating:
-            if self._calibration_start is None:
-                self._calibration_start = now
             if out.face_found:
+                if self._calibration_start is None:  # the second of holding still starts with a face
+                    self._calibration_start = now
                 self._neutral = frame
-            if self._neutral is not None and now - self._calibration_start >= self.calibration_seconds - 1e-6:
+            if (self._calibration_start is not None
+                    and now - self._calibration_start >= self.calibration_seconds - 1e-6):
                 # the neutral frame becomes the reference of a fresh stream; its own output is not shown
                 self.close()
                 self._run(self._neutral)
