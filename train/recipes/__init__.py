@@ -1,0 +1,1 @@
+"""Training recipes: official hyper-parameters as dataclasses (one module per model family)."""
