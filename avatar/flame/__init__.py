@@ -1,7 +1,9 @@
-"""FLAME head model and Portrait4D's head-pose deformation field, in plain PyTorch (no pytorch3d)."""
+"""FLAME head model, Portrait4D's head-pose deformation field and the FLAME correspondence map, in plain PyTorch
+(no pytorch3d)."""
 
 from __future__ import annotations
 
+from .correspondence import CorrespondenceMap, FlameCorrespondenceRenderer, correspondence_vertex_sets
 from .deformation import (
     DEFORMER_BUFFERS,
     FlameHeadPoseDeformer,
@@ -32,7 +34,9 @@ __all__ = [
     "DEFORMER_BUFFERS",
     "FLAME_CORE_BUFFERS",
     "FLAME_LANDMARK_BUFFERS",
+    "CorrespondenceMap",
     "Flame",
+    "FlameCorrespondenceRenderer",
     "FlameHeadPoseDeformer",
     "FlameOutput",
     "HeadPoseField",
@@ -42,6 +46,7 @@ __all__ = [
     "build_deformer_buffers",
     "closest_point_barycentric",
     "closest_triangles",
+    "correspondence_vertex_sets",
     "flame_buffers_from_generic",
     "get_face_tri",
     "grid_points",

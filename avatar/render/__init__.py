@@ -2,6 +2,7 @@
 
 * :mod:`avatar.render.camera` - 25-number camera labels, FOV/focal, LookAt poses, the inference camera
 * :mod:`avatar.render.rays` - world-space rays through pixel centres
+* :mod:`avatar.render.rasterize` - batched triangle rasteriser (pytorch3d ``MeshRasterizer`` semantics)
 * :mod:`avatar.render.triplane` - triplane sampling, the NeRF decoder, the importance renderer
 """
 
@@ -22,6 +23,16 @@ from avatar.render.camera import (
     sample_lookat_cam2world,
     split_label,
 )
+from avatar.render.rasterize import (
+    Fragments,
+    MeshRenderOutput,
+    interpolate_face_attributes,
+    interpolate_vertex_attributes,
+    project_to_ndc,
+    rasterize_mesh,
+    rasterize_ndc,
+    render_mesh,
+)
 from avatar.render.rays import sample_rays
 from avatar.render.triplane import (
     ImportanceRenderer,
@@ -36,7 +47,9 @@ from avatar.render.triplane import (
 __all__ = [
     "INFERENCE_TRANSLATION",
     "PORTRAIT4D_FOV_DEG",
+    "Fragments",
     "ImportanceRenderer",
+    "MeshRenderOutput",
     "RenderOutput",
     "RenderingOptions",
     "TriplaneNeRFDecoder",
@@ -47,12 +60,18 @@ __all__ = [
     "fov_from_focal",
     "inference_cam2world",
     "inference_label",
+    "interpolate_face_attributes",
+    "interpolate_vertex_attributes",
     "invert_rigid",
     "lookat_cam2world",
     "make_intrinsics",
     "make_label",
     "orbit_labels",
+    "project_to_ndc",
+    "rasterize_mesh",
+    "rasterize_ndc",
     "rays_to_image",
+    "render_mesh",
     "sample_from_planes",
     "sample_lookat_cam2world",
     "sample_rays",
