@@ -7,13 +7,29 @@
 * :mod:`avatar.losses.inception` - the FID Inception (``fid-inception``), for the FID metric
 * :mod:`avatar.losses.perceptual` - the loss functions training calls: :func:`identity_loss` /
   :class:`IdentityLoss` and :func:`lpips_loss` / :class:`LPIPSLoss`
+* :mod:`avatar.losses.discriminator` - the training discriminator of Portrait4D and GenHead
+  (:class:`DualDiscriminator`, official ``DualDiscriminatorDeform``) and :func:`filtered_resizing`
+* :mod:`avatar.losses.adversarial` - its losses: :func:`generator_loss`, :func:`discriminator_loss`,
+  :func:`r1_penalty` (per-input gammas), the blur of :func:`run_discriminator` and :func:`blur_sigma_schedule`
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from avatar.losses.adversarial import (
+    R1Penalty,
+    blur_filter,
+    blur_images,
+    blur_sigma_schedule,
+    discriminator_loss,
+    generator_loss,
+    r1_inputs,
+    r1_penalty,
+    run_discriminator,
+)
 from avatar.losses.arcface import ArcFaceConfig, IResNet, align_faces
+from avatar.losses.discriminator import DiscriminatorConfig, DualDiscriminator, filtered_resizing
 from avatar.losses.perceptual import IdentityLoss, LPIPSLoss, identity_loss, lpips_loss
 
 if TYPE_CHECKING:
@@ -21,14 +37,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ArcFaceConfig",
+    "DiscriminatorConfig",
+    "DualDiscriminator",
     "IResNet",
     "IdentityLoss",
     "LPIPSConfig",
     "LPIPSLoss",
     "LPIPSNet",
+    "R1Penalty",
     "align_faces",
+    "blur_filter",
+    "blur_images",
+    "blur_sigma_schedule",
+    "discriminator_loss",
+    "filtered_resizing",
+    "generator_loss",
     "identity_loss",
     "lpips_loss",
+    "r1_inputs",
+    "r1_penalty",
+    "run_discriminator",
 ]
 
 
