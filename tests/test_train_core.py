@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -374,17 +375,61 @@ def test_phase_schedule_follows_the_intervals(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------------
 # data position, generators
+def _official_infinite_sampler(size: int, rank: int, num_replicas: int, seed: int, window_size: float, steps: int,
+                               ) -> list[int]:
+    """Upstream ``misc.InfiniteSampler.__iter__`` (torch_utils/misc.py), as it is written there."""
+    order = np.arange(size)
+    rnd = np.random.RandomState(seed)
+    rnd.shuffle(order)
+    window = int(np.rint(order.size * window_size))
+    out, idx = [], 0
+    while len(out) < steps:
+        i = idx % order.size
+        if idx % num_replicas == rank:
+            out.append(int(order[i]))
+        if window >= 2:
+            j = (i - rnd.randint(window)) % order.size
+            order[i], order[j] = order[j], order[i]
+        idx += 1
+    return out
+
+
+def test_infinite_sampler_is_upstreams_order_and_resumes() -> None:
+    for size, rank, reps, seed in ((13, 0, 1, 0), (57, 1, 4, 3), (5000, 2, 3, 9)):
+        ref = _official_infinite_sampler(size, rank, reps, seed, 0.5, 9000)
+        got = list(islice(InfiniteSampler(range(size), rank, reps, seed=seed), 9000))
+        assert [i for i, _ in got] == ref
+        assert [p for _, p in got] == list(range(rank, 9000 * reps, reps))  # global positions, unique over ranks
+        start = got[4321][1]  # resume at a global position (past a block of draws): the same stream from there on
+        resumed = list(islice(InfiniteSampler(size, rank, reps, seed=seed, start=start), 100))
+        assert resumed == got[4321:4421]
+
+
 def test_infinite_sampler_shards_one_stream_and_seeks() -> None:
-    one = InfiniteSampler(10, shuffle=True, seed=5)
-    stream = [i for _, i in zip(range(40), iter(one), strict=False)]
-    for epoch in range(4):
-        assert sorted(stream[epoch * 10:(epoch + 1) * 10]) == list(range(10))  # each pass is a permutation
-    assert stream[:10] != stream[10:20]
-    ranks = [[i for _, i in zip(range(20), iter(InfiniteSampler(10, rank=r, num_replicas=2, seed=5)), strict=False)]
-             for r in range(2)]
-    assert [x for pair in zip(*ranks, strict=True) for x in pair] == stream  # interleaved = the one stream
-    later = [i for _, i in zip(range(15), iter(InfiniteSampler(10, seed=5, start=23)), strict=False)]
-    assert later == stream[23:38] and one.index_at(23) == stream[23]
+    one = list(islice(InfiniteSampler(10, seed=5), 40))
+    assert [p for _, p in one] == list(range(40))
+    ranks = [list(islice(InfiniteSampler(10, rank=r, num_replicas=2, seed=5), 20)) for r in range(2)]
+    assert [x for pair in zip(*ranks, strict=True) for x in pair] == one  # interleaved = the one stream
+    assert list(islice(InfiniteSampler(10, seed=5, start=23), 15)) == one[23:38]
+    assert list(islice(InfiniteSampler(10, rank=0, num_replicas=2, seed=5, start=23), 5)) == one[24:34:2]
+    assert [i for i, _ in islice(InfiniteSampler(4, shuffle=False, start=3), 6)] == [3, 0, 1, 2, 3, 0]
+    tiny = _official_infinite_sampler(2, 0, 1, 1, 0.5, 4)  # window rint(1) = 1 < 2: upstream never swaps
+    assert list(islice(InfiniteSampler(2, seed=1, start=1), 3)) == list(zip(tiny[1:], range(1, 4), strict=True))
+    for bad in ({"rank": 2, "num_replicas": 2}, {"window_size": 1.5}, {"start": -1}):
+        with pytest.raises(ValueError):
+            InfiniteSampler(10, **bad)
+    with pytest.raises(ValueError, match="empty"):
+        InfiniteSampler([])
+
+
+class KeyedToyData(ToyData):
+    """ToyData read with ``(index, position)`` keys (as ``ClipPairDataset``)."""
+
+    takes_positions = True
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        index, position = key
+        return {**super().__getitem__(index), "position": torch.tensor(position)}
 
 
 def test_seeded_samples_do_not_depend_on_workers_or_start(tmp_path: Path) -> None:
@@ -401,6 +446,15 @@ def test_seeded_samples_do_not_depend_on_workers_or_start(tmp_path: Path) -> Non
         assert torch.equal(x["real"], y["real"]) and torch.equal(x["z"], y["z"])
     for x, y in zip(first[2:], later, strict=True):
         assert torch.equal(x["real"], y["real"]) and torch.equal(x["index"], y["index"])
+    order = [i for i, _ in islice(InfiniteSampler(12, seed=1), 20)]
+    assert torch.cat([x["index"] for x in first]).tolist() == order  # the sampler's (official) order
+    # a dataset that takes positions gets (index, position) keys; seed_samples=False only unpacks the keys
+    keyed = [batch for _, batch in zip(range(3), make_loader(KeyedToyData(12, 3), 4, start=8, seed=1), strict=False)]
+    for x, y in zip(later, keyed, strict=True):
+        assert torch.equal(x["real"], y["real"]) and torch.equal(x["index"], y["index"])
+    assert torch.cat([y["position"] for y in keyed]).tolist() == list(range(8, 20))
+    plain = next(iter(make_loader(data, 4, start=0, seed=1, seed_samples=False)))
+    assert torch.equal(plain["index"], first[0]["index"]) and not torch.equal(plain["z"], first[0]["z"])
 
 
 def test_rng_state_round_trips_through_json() -> None:

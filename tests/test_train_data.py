@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from avatar.errors import InputError, InputNotFoundError
+from train.core import sampling
 from train.data import (
     ClipPairDataset,
     ImageDataset,
@@ -315,43 +316,10 @@ def test_draws_are_reproducible_and_ignore_global_random_state(vfhq: tuple[Path,
     assert epochs[0] == e0[0] and len({tuple(e) for e in epochs}) > 1
 
 
-def _official_infinite_sampler(size: int, rank: int, num_replicas: int, seed: int, window_size: float, steps: int,
-                               ) -> list[int]:
-    """Upstream ``misc.InfiniteSampler.__iter__`` (torch_utils/misc.py), as it is written there."""
-    order = np.arange(size)
-    rnd = np.random.RandomState(seed)
-    rnd.shuffle(order)
-    window = int(np.rint(order.size * window_size))
-    out, idx = [], 0
-    while len(out) < steps:
-        i = idx % order.size
-        if idx % num_replicas == rank:
-            out.append(int(order[i]))
-        if window >= 2:
-            j = (i - rnd.randint(window)) % order.size
-            order[i], order[j] = order[j], order[i]
-        idx += 1
-    return out
-
-
-def test_infinite_sampler_is_upstreams_order_and_resumes() -> None:
-    from itertools import islice
-
-    for size, rank, reps, seed in ((13, 0, 1, 0), (57, 1, 4, 3), (5000, 2, 3, 9)):
-        ref = _official_infinite_sampler(size, rank, reps, seed, 0.5, 9000)
-        got = list(islice(InfiniteSampler(range(size), rank, reps, seed=seed), 9000))
-        assert [i for i, _ in got] == ref
-        assert all(p % reps == rank for _, p in got)
-        start = got[4321][1]  # resume at a global position: the same stream from there on
-        resumed = list(islice(InfiniteSampler(range(size), rank, reps, seed=seed, start=start), 100))
-        assert resumed == got[4321:4421]
-    plain = list(islice(InfiniteSampler(range(13), with_positions=False), 20))
-    assert plain == _official_infinite_sampler(13, 0, 1, 0, 0.5, 20)
-
-
 def test_dataloader_workers_open_the_lmdb_themselves(vfhq: tuple[Path, list[dict[str, np.ndarray]]]) -> None:
     path, _ = vfhq
     ds = ClipPairDataset(path, seed=2)
+    assert InfiniteSampler is sampling.InfiniteSampler  # one sampler, re-exported by train.data
     sampler = InfiniteSampler(ds, seed=1, start=5)
     loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=sampler, num_workers=2)
     got = []
@@ -359,6 +327,12 @@ def test_dataloader_workers_open_the_lmdb_themselves(vfhq: tuple[Path, list[dict
         got += list(zip(batch["index"].tolist(), batch["position"].tolist(), map(tuple, batch["frames"].tolist()),
                         strict=True))
     assert [p for _, p, _ in got] == list(range(5, 13))
+    # the trainer's loader reads it with the sampler's positions too: the same items
+    via = []
+    for batch, _ in zip(sampling.make_loader(ds, 2, start=5, seed=1, num_workers=2), range(4), strict=False):
+        via += list(zip(batch["index"].tolist(), batch["position"].tolist(), map(tuple, batch["frames"].tolist()),
+                        strict=True))
+    assert via == got
     assert all(tuple(ds[(i, p)]["frames"].tolist()) == f for i, p, f in got)  # same draws in the main process
     assert ds.source._env is not None  # opened by the main process only now, by the direct reads above
 

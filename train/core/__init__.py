@@ -7,7 +7,8 @@ Modules (one job each):
 * :mod:`~train.core.optim`: Adam with the lazy-regularisation correction and per-group lr scales.
 * :mod:`~train.core.phases`: :class:`Phase`, :func:`lazy_phases`, one optimizer step of a phase (no DDP).
 * :mod:`~train.core.ema`: :class:`EMA` with the official ramp-up.
-* :mod:`~train.core.sampling`: the data position: a seekable infinite sampler sharded by rank.
+* :mod:`~train.core.sampling`: the data position: the official sample order, endless, sharded by rank,
+  resumable at any position.
 * :mod:`~train.core.rng`: generator snapshots (JSON) and isolated blocks.
 * :mod:`~train.core.checkpoint`: atomic ``save_state`` checkpoints + loop state; resume; keep the last K.
 * :mod:`~train.core.signals`: SIGINT / SIGTERM finish the step, save and exit.

@@ -82,7 +82,7 @@ class DataConfig(Config):
     num_workers: int = 4
     """Loader worker processes per training process (0: load in the training process)."""
     shuffle: bool = True
-    """A new random order per pass over the dataset."""
+    """The official order: one seeded shuffle, then the windowed swap walk of EG3D's InfiniteSampler (else 0..N-1)."""
     seed_samples: bool = True
     """Seed each sample's random augmentation by its position in the stream (exact resume with workers)."""
     pin_memory: bool = True

@@ -205,7 +205,8 @@ class Trainer:
     # ---- building blocks for recipes ---------------------------------------------------------------------
     def loader(self, dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None = None
                ) -> Callable[[int], DataLoader]:
-        """``start_position -> DataLoader`` of this process's batches of ``dataset`` (``config.data`` options)."""
+        """``start_position -> DataLoader`` of this process's batches of ``dataset`` (``config.data`` options): the
+        official sample order seeded by ``config.seed`` (:func:`~train.core.sampling.make_loader`)."""
         data = self.config.data
         kwargs = dict(rank=self.process_index, num_replicas=self.num_processes, seed=self.config.seed,
                       shuffle=data.shuffle, seed_samples=data.seed_samples, num_workers=data.num_workers,

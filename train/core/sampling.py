@@ -1,21 +1,24 @@
-"""The data position: an endless, shuffled, seeded, rank-sharded stream of sample indices that can start anywhere.
+"""The data position: the official sampler's endless, shuffled, rank-sharded stream of sample indices, from any start.
 
-The stream is the official ``InfiniteSampler``'s idea (every process walks one shared shuffled order, process
-``r`` of ``W`` taking the positions ``r, r + W, r + 2W, ...``) with one change that makes resuming exact and
-instant: instead of a window shuffle that mutates the order as it goes (whose state after ``n`` samples can only
-be rebuilt by replaying ``n`` steps), each pass ("epoch") over the dataset is its own permutation seeded by
-``(seed, epoch)``. Global position ``p`` is then sample ``perm(p // N)[p % N]``, a pure function of ``p``: a run
-resumed at position ``p`` continues with exactly the samples an uninterrupted run would have drawn. The order of
-samples is not something the official training depends on; this is the only difference.
+:class:`InfiniteSampler` gives the order of the official ``misc.InfiniteSampler`` (EG3D / Portrait4D
+``torch_utils/misc.py``) exactly: the indices are shuffled once with ``np.random.RandomState(seed)``, then global
+step ``p`` visits ``order[p % N]`` and swaps it with an element up to ``window = rint(N * window_size)`` places
+before it, drawn by the same generator. Every process walks this one global stream and process ``r`` of ``W`` takes
+the positions ``p`` with ``p % W == r``, as upstream. Each index comes with its ``position`` ``p`` (unique over the
+processes): what seeds the sample's random draws.
 
 One step of a run with global batch ``B`` consumes the positions ``[p, p + B)``: the same samples whatever the
-number of processes, split among them.
+number of processes, split among them. A run resumed at position ``p`` (``start``) continues with exactly the
+samples an uninterrupted run would have drawn: the window walk mutates the order as it goes, so the sampler replays
+it up to ``p`` (the random draws in blocks, about a second per few million positions) before yielding.
 
 **Random augmentation.** With ``seed_samples`` (the default of :func:`make_loader`), each sample is produced by
-``dataset[index]`` inside :func:`~train.core.rng.isolated_rng` seeded by ``(seed, position)``: the dataset may
-use ``random``, ``numpy.random`` and ``torch`` freely, and what it draws depends on the position only, not on the
-number of loader workers or processes, nor on whether the run was resumed. (Worker processes seeded by PyTorch's
-defaults would restart their random streams at every resume.)
+``dataset[index]`` inside :func:`~train.core.rng.isolated_rng` seeded by ``(seed, position)``
+(:func:`sample_seed`): the dataset may use ``random``, ``numpy.random`` and ``torch`` freely, and what it draws
+depends on the position only, not on the number of loader workers or processes, nor on whether the run was resumed.
+(Worker processes seeded by PyTorch's defaults would restart their random streams at every resume.) A dataset whose
+``takes_positions`` attribute is true (:class:`~train.data.ClipPairDataset`) is read with
+``dataset[(index, position)]`` instead and draws from the position itself.
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from avatar.errors import ConfigError, InputError
 from train.core.rng import isolated_rng, split_seed
 
 __all__ = ["InfiniteSampler", "SeededSamples", "ignore_stop_signals", "make_loader", "sample_seed"]
+
+_DRAW_BLOCK = 4096
+"""Positions per block of random draws (RandomState gives a block the values of as many single draws)."""
 
 
 def sample_seed(seed: int, position: int) -> int:
@@ -39,68 +46,89 @@ def sample_seed(seed: int, position: int) -> int:
 
 
 class InfiniteSampler(Sampler):
-    """Indices of a dataset of ``size`` samples, forever, for process ``rank`` of ``num_replicas``.
+    """The official ``misc.InfiniteSampler`` order as ``(index, position)`` pairs, forever, for process ``rank``.
 
     Args:
-        size: the number of samples (``len(dataset)``).
-        rank, num_replicas: this process and the number of processes.
-        shuffle: a new permutation per pass (else ``0, 1, ..., N - 1`` repeated).
-        seed: the seed of the permutations (the same on every process).
-        start: the global position to start at (the number of samples all processes consumed before).
-        with_seeds: yield ``(index, sample_seed)`` pairs (for :class:`SeededSamples`) instead of indices.
+        dataset: the dataset (``len(dataset)`` samples) or its length.
+        rank, num_replicas: this process and the number of processes; the process gets the global positions
+            ``p`` with ``p % num_replicas == rank``.
+        shuffle: the official shuffle and window walk (else ``0, 1, ..., N - 1`` repeated).
+        seed: the seed of the shuffle (the same on every process; upstream's ``random_seed``).
+        window_size: the swap window as a fraction of the dataset (upstream's default 0.5).
+        start: the global position to start at (the number of samples all processes consumed before); the
+            walk is replayed to it.
+
+    Yields ``(index, position)``: the sample index and its global position in the stream (unique over ranks).
     """
 
-    def __init__(self, size: int, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
-                 start: int = 0, with_seeds: bool = False) -> None:
+    def __init__(self, dataset: Sized | int, rank: int = 0, num_replicas: int = 1, shuffle: bool = True,
+                 seed: int = 0, window_size: float = 0.5, start: int = 0) -> None:
+        size = int(dataset) if isinstance(dataset, int | np.integer) else len(dataset)
         if size < 1:
-            raise ValueError(f"the dataset is empty (size {size})")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+            raise InputError(f"the dataset is empty (size {size})")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(f"rank {rank} of {num_replicas} processes is impossible")
+        if not 0 <= window_size <= 1:
+            raise ConfigError(f"window_size must be in [0, 1], got {window_size}")
         if start < 0:
-            raise ValueError(f"start position {start} is negative")
-        self.size, self.rank, self.num_replicas = int(size), int(rank), int(num_replicas)
-        self.shuffle, self.seed, self.start, self.with_seeds = bool(shuffle), int(seed), int(start), with_seeds
+            raise ConfigError(f"start position {start} is negative")
+        self.size, self.rank, self.num_replicas = size, int(rank), int(num_replicas)
+        self.shuffle, self.seed, self.window_size, self.start = bool(shuffle), int(seed), window_size, int(start)
 
-    def order(self, epoch: int) -> np.ndarray:
-        """The sample order of pass ``epoch`` (int64 indices)."""
-        if not self.shuffle:
-            return np.arange(self.size, dtype=np.int64)
-        generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-        return generator.permutation(self.size).astype(np.int64)
-
-    def index_at(self, position: int) -> int:
-        """The sample index at global ``position``."""
-        epoch, offset = divmod(position, self.size)
-        return int(self.order(epoch)[offset])
-
-    def __iter__(self) -> Iterator[Any]:
-        position = self.start + self.rank
-        epoch, order = -1, np.empty(0, dtype=np.int64)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n, step = self.size, self.num_replicas
+        order = np.arange(n)
+        rnd, window = None, 0
+        if self.shuffle:
+            rnd = np.random.RandomState(self.seed)
+            rnd.shuffle(order)
+            window = int(np.rint(n * self.window_size))
+        items: list[int] = order.tolist()
+        position = self.start + (self.rank - self.start) % step  # the first of this process's positions >= start
+        if window < 2 or rnd is None:  # upstream draws nothing: the order never changes
+            while True:
+                yield items[position % n], position
+                position += step
+        block = 0
         while True:
-            this_epoch, offset = divmod(position, self.size)
-            if this_epoch != epoch:
-                epoch, order = this_epoch, self.order(this_epoch)
-            index = int(order[offset])
-            yield (index, sample_seed(self.seed, position)) if self.with_seeds else index
-            position += self.num_replicas
+            visited = np.arange(block, block + _DRAW_BLOCK, dtype=np.int64) % n
+            swapped = (visited - rnd.randint(window, size=_DRAW_BLOCK)) % n
+            pairs = zip(visited.tolist(), swapped.tolist(), strict=True)
+            if block + _DRAW_BLOCK <= position:  # replay: nothing of this block is yielded
+                for i, j in pairs:
+                    items[i], items[j] = items[j], items[i]
+            else:
+                for p, (i, j) in enumerate(pairs, block):
+                    if p == position:
+                        yield items[i], position
+                        position += step
+                    items[i], items[j] = items[j], items[i]
+            block += _DRAW_BLOCK
 
 
 class SeededSamples(Dataset):
-    """``dataset`` read with ``(index, seed)`` keys: ``dataset[index]`` inside an RNG block seeded by ``seed``.
+    """``dataset`` read with the ``(index, position)`` keys of :class:`InfiniteSampler`.
 
-    See the module docstring. CUDA generators are not touched (loader workers must not start CUDA).
+    With ``seed``, each read runs inside an RNG block seeded by :func:`sample_seed` ``(seed, position)`` (module
+    docstring); ``seed=None`` only unpacks the key. The dataset gets ``dataset[(index, position)]`` if its
+    ``takes_positions`` attribute is true, else ``dataset[index]``. CUDA generators are not touched (loader
+    workers must not start CUDA).
     """
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, seed: int | None = 0) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.takes_positions = bool(getattr(dataset, "takes_positions", False))
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with isolated_rng(seed, cuda=False):
-            return self.dataset[index]
+        index, position = key
+        item_key = (index, position) if self.takes_positions else index
+        if self.seed is None:
+            return self.dataset[item_key]
+        with isolated_rng(sample_seed(self.seed, position), cuda=False):
+            return self.dataset[item_key]
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
@@ -117,20 +145,21 @@ def make_loader(dataset: Dataset, batch_per_process: int, *, start: int, rank: i
                 collate_fn: Callable[[list[Any]], Any] | None = None) -> DataLoader:
     """An endless loader of this process's batches of ``dataset``, starting at global position ``start``.
 
-    Each batch holds ``batch_per_process`` samples; one step of all processes consumes
-    ``batch_per_process * num_replicas`` positions. The loader owns its generator (seeded from ``seed``, ``rank``
-    and ``start``), so creating it never draws from torch's global generator.
+    The samples come in the official order (:class:`InfiniteSampler` seeded by ``seed``), read through
+    :class:`SeededSamples` (seeded by ``seed`` when ``seed_samples``). Each batch holds ``batch_per_process``
+    samples; one step of all processes consumes ``batch_per_process * num_replicas`` positions. The loader owns
+    its generator (seeded from ``seed``, ``rank`` and ``start``), so creating it never draws from torch's global
+    generator.
     """
     if not isinstance(dataset, Sized):
         raise TypeError("make_loader needs a map-style dataset with __len__ and __getitem__")
-    sampler = InfiniteSampler(len(dataset), rank=rank, num_replicas=num_replicas, shuffle=shuffle, seed=seed,
-                              start=start, with_seeds=seed_samples)
+    sampler = InfiniteSampler(dataset, rank=rank, num_replicas=num_replicas, shuffle=shuffle, seed=seed,
+                              start=start)
     generator = torch.Generator().manual_seed(split_seed(seed, rank, start, 0x10AD)[0])
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(SeededSamples(dataset) if seed_samples else dataset, batch_size=batch_per_process,
+    return DataLoader(SeededSamples(dataset, seed if seed_samples else None), batch_size=batch_per_process,
                       sampler=sampler, num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
                       collate_fn=collate_fn, generator=generator,
                       worker_init_fn=ignore_stop_signals if num_workers > 0 else None, **kwargs)
-

@@ -10,13 +10,14 @@
   preprocessing.
 * Datasets with the official semantics (:mod:`train.data.datasets`): :class:`ClipPairDataset` (Portrait4D-v2
   pairs, rectified head pose, reproducible draws), :class:`ImageDataset` (FFHQ / GenHead),
-  :class:`InfiniteSampler` (upstream order, resumable), :class:`StreamingClipPairs`.
+  :class:`StreamingClipPairs`; :class:`InfiniteSampler` (upstream order, resumable) is
+  :class:`train.core.sampling.InfiniteSampler`, re-exported here.
 """
 
+from train.core.sampling import InfiniteSampler
 from train.data.datasets import (
     ClipPairDataset,
     ImageDataset,
-    InfiniteSampler,
     StreamingClipPairs,
     frame_pair,
     open_train_data,

@@ -5,8 +5,10 @@
   replacement from the clip's frames, the clip's head poses rectified (:func:`rectify_head_pose`).
 * :class:`ImageDataset` - the FFHQ / GenHead data (official ``PortraitSynthesisSegLmdbFolderDatasetV2``,
   ``training/dataloader/dataset.py``).
-* :class:`InfiniteSampler` - the official sampler's order (``torch_utils/misc.py``), resumable at any position.
 * :class:`StreamingClipPairs` - clip pairs from shards streamed one at a time (data too large to download).
+
+The official sample order (``torch_utils/misc.py``), resumable at any position, is
+:class:`train.core.sampling.InfiniteSampler` (also importable from :mod:`train.data`).
 
 Items are dicts of numpy arrays (the default ``collate_fn`` stacks them into tensors); images stay uint8 CHW as
 upstream (the loop maps them with ``x / 127.5 - 1``).
@@ -14,9 +16,11 @@ upstream (the loop maps them with ``x / 127.5 - 1``).
 **Reproducible draws.** Upstream draws the frame pair with the global ``np.random`` of each DataLoader worker,
 so a resumed run sees other pairs. Here the pair is a pure function of ``(seed, key, clip index)``
 (:func:`frame_pair`): the key is the position in the sample stream when the sampler gives one (``dataset[(index,
-position)]``; :class:`InfiniteSampler` yields such pairs, and resuming it at ``start = images seen so far``
-gives exactly the items a run that never stopped would have seen), else the epoch (``dataset[index]``, with
-:meth:`ClipPairDataset.set_epoch`). Nothing depends on global random state, worker count or worker order.
+position)]``: :class:`~train.core.sampling.InfiniteSampler` yields such pairs and
+:func:`~train.core.sampling.make_loader` (so the trainer) passes them on, as ``takes_positions`` asks; resuming
+at ``start = images seen so far`` gives exactly the items a run that never stopped would have seen), else the
+epoch (``dataset[index]``, with :meth:`ClipPairDataset.set_epoch`). Nothing depends on global random state,
+worker count or worker order.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ from train.data.records import (
     ImageRecord,
 )
 
-__all__ = ["ClipPairDataset", "ImageDataset", "InfiniteSampler", "StreamingClipPairs", "frame_pair",
-           "open_train_data", "pair_item", "rectify_head_pose"]
+__all__ = ["ClipPairDataset", "ImageDataset", "StreamingClipPairs", "frame_pair", "open_train_data", "pair_item",
+           "rectify_head_pose"]
 
 TrainDataSource = OfficialLmdb | ParquetTrainData
 _KEY_EPOCH, _KEY_POSITION, _KEY_STREAM = 0, 1, 2
@@ -158,8 +162,12 @@ class ClipPairDataset(torch.utils.data.Dataset):
         flame_motion: upstream's ``use_flame_mot`` (off in every released config).
 
     ``dataset[i]`` draws with the key ``(epoch, i)`` (:meth:`set_epoch`); ``dataset[(i, position)]`` with the
-    key ``position`` (what :class:`InfiniteSampler` yields), and adds ``index`` and ``position`` to the item.
+    key ``position`` (what :class:`~train.core.sampling.InfiniteSampler` yields), and adds ``index`` and
+    ``position`` to the item. ``takes_positions`` tells :func:`~train.core.sampling.make_loader` (and so the
+    trainer) to read it that way.
     """
+
+    takes_positions = True
 
     def __init__(self, source: TrainDataSource | str | Path, seed: int = 0, rectify_pose: bool = True,
                  flame_motion: bool = False) -> None:
@@ -240,66 +248,6 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# sampling
-
-
-class InfiniteSampler(torch.utils.data.Sampler):
-    """The official ``misc.InfiniteSampler`` order, as ``(index, position)`` pairs, resumable.
-
-    Upstream: the indices are shuffled once with ``np.random.RandomState(seed)``; then, endlessly, global step
-    ``idx`` visits ``order[idx % n]`` (given to rank ``idx % num_replicas``) and swaps it with an element up to
-    ``window = rint(n * window_size)`` places before it. This sampler yields the same index sequence, each with
-    its ``position`` = ``idx`` (unique over ranks), so a :class:`ClipPairDataset` draws its frame pair from it.
-
-    ``start``: resume at this global position, e.g. the number of images the run had consumed over all ranks
-    (``cur_nimg``); the shuffle state is replayed to it (under a second per million positions).
-    ``with_positions=False`` yields plain indices, as upstream.
-    """
-
-    def __init__(self, dataset: Any, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
-                 window_size: float = 0.5, start: int = 0, with_positions: bool = True) -> None:
-        size = len(dataset)
-        if size <= 0:
-            raise InputError("the dataset is empty")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise InputError(f"rank {rank} of {num_replicas} replicas is impossible")
-        if not 0 <= window_size <= 1:
-            raise InputError(f"window_size must be in [0, 1], got {window_size}")
-        if start < 0:
-            raise InputError(f"start must be non-negative, got {start}")
-        self.size, self.rank, self.num_replicas = size, rank, num_replicas
-        self.shuffle, self.seed, self.window_size = shuffle, seed, window_size
-        self.start, self.with_positions = int(start), with_positions
-
-    def __iter__(self) -> Iterator[Any]:
-        order = np.arange(self.size)
-        rnd = None
-        window = 0
-        if self.shuffle:
-            rnd = np.random.RandomState(self.seed)
-            rnd.shuffle(order)
-            window = int(np.rint(order.size * self.window_size))
-        # a list and draws in blocks: the same numbers as upstream's one randint(window) per step (RandomState
-        # gives a block the values of as many single calls), several times faster to replay on resume
-        items, n = order.tolist(), int(order.size)
-        draws: Iterator[int] = iter(())
-        idx = 0
-        while True:
-            i = idx % n
-            if idx >= self.start and idx % self.num_replicas == self.rank:
-                yield (items[i], idx) if self.with_positions else items[i]
-            if window >= 2:
-                assert rnd is not None
-                r = next(draws, None)
-                if r is None:
-                    draws = iter(rnd.randint(window, size=4096).tolist())
-                    r = next(draws)
-                j = (i - r) % n
-                items[i], items[j] = items[j], items[i]
-            idx += 1
-
-
-# ---------------------------------------------------------------------------------------------------------
 # streaming
 
 
@@ -310,7 +258,8 @@ class StreamingClipPairs(torch.utils.data.IterableDataset):
     Each epoch the shards are shuffled with ``(seed, epoch)`` and dealt round-robin to the ``world_size x
     num_workers`` readers (rank ``rank``; DataLoader workers split further); every reader goes through its shards'
     clips in order. The frame pair of row ``r`` of shard ``s`` depends on ``(seed, epoch, s, r)`` only. Exact
-    resumption inside an epoch needs the map-style :class:`ClipPairDataset` with :class:`InfiniteSampler`.
+    resumption inside an epoch needs the map-style :class:`ClipPairDataset` with
+    :class:`~train.core.sampling.InfiniteSampler`.
     """
 
     def __init__(self, source: ShardStream | str | Path, seed: int = 0, epoch: int = 0, rank: int = 0,
