@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import math
 import pickle
 import sys
@@ -111,6 +112,8 @@ def import_official(checkout: Path) -> type:
     if not (code / "training" / "reconstructor" / "triplane_reconstruct.py").is_file():
         raise SystemExit(f"{checkout} is not a Portrait-4D checkout (portrait4d/training/reconstructor missing)")
     sys.path.insert(0, str(code))
+    if importlib.util.find_spec("requests") is None:  # imported by the official dnnlib, used for URLs only
+        sys.modules["requests"] = types.ModuleType("requests")
     for name in ("pytorch3d", "pytorch3d._C", "pytorch3d.structures", "pytorch3d.io", "pytorch3d.ops",
                  "pytorch3d.ops.knn", "pytorch3d.renderer"):
         _stub(name, Meshes=object, Pointclouds=object)

@@ -575,6 +575,48 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         return self._render_planes(planes, background, camera, field, neural_rendering_resolution,
                                    deterministic, None, REFERENCE, reference=True)
 
+    # ------------------------------------------------------------------------------------------------------
+    # training (official ``synthesis()`` / ``sample_mixed`` with gradients: avatar.models.portrait4d.training)
+
+    def train_forward(
+        self,
+        source_image: Tensor,
+        source_motion: Tensor | None,
+        driving_motion: Tensor | None,
+        camera: Tensor,
+        neural_rendering_resolution: int | None = None,
+        head_pose: HeadPose | HeadPoseField | None = None,
+        motion_scale: float | Tensor | None = None,
+        deterministic: bool = False,
+        box_warp_scale: float | Tensor = 1.0,
+    ) -> dict[str, Tensor]:
+        """Training-mode forward with gradients, float32, returning every output the official training losses
+        read (``image``, ``image_sr``, ``image_wobg``, ``image_feature[_wobg]``, ``background_feature``,
+        ``rgb_bg``, ``image_depth``, ``T_bg``, ``seg``, ``planes``, ...); see
+        :func:`avatar.models.portrait4d.training.train_forward`."""
+        from avatar.models.portrait4d.training import train_forward
+
+        return train_forward(self, source_image, source_motion, driving_motion, camera, neural_rendering_resolution,
+                             head_pose, motion_scale, deterministic, box_warp_scale)
+
+    def sample_density(
+        self,
+        source_image: Tensor,
+        source_motion: Tensor | None,
+        driving_motion: Tensor | None,
+        points: Tensor,
+        head_pose: HeadPose | HeadPoseField | None = None,
+        motion_scale: float | Tensor | None = None,
+        directions: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """The official ``sample_mixed`` with gradients: raw ``sigma`` ``(B, M, 1)`` (and ``rgb``,
+        ``triplane_feature``, ``canonical``) at ``points`` ``(B, M, 3)``; see
+        :func:`avatar.models.portrait4d.training.sample_density`."""
+        from avatar.models.portrait4d.training import sample_density
+
+        return sample_density(self, source_image, source_motion, driving_motion, points, head_pose, motion_scale,
+                              directions)
+
     def forward(self, state: AvatarState, driving_motion: Tensor | None, camera: Tensor,  # type: ignore[override]
                 head_pose: HeadPose | None = None, **kwargs: Any) -> dict[str, Tensor]:
         """Alias of :meth:`render`."""
