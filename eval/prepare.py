@@ -74,6 +74,7 @@ from avatar.errors import (
     UnknownNameError,
     UnknownOptionValueError,
 )
+from avatar.face.matting import MediaPipeMatting, load_modnet
 from avatar.io.files import apply_umask
 
 logger = logging.getLogger("eval.prepare")
@@ -494,22 +495,6 @@ def load_preprocessor(model: str | None, device: str, preprocess: str | None = N
     return CropPreprocessor(preprocess or "official", device)
 
 
-class MediaPipeMatting:
-    """MediaPipe's selfie segmentation with MODNet's ``matte`` interface: ``(B, 3, H, W)`` float in ``[0, 1]``
-    -> ``(B, 1, H, W)`` float matte (weights inside the ``mediapipe`` wheel; an alternative to MODNet)."""
-
-    def __init__(self) -> None:
-        from avatar.face.mediapipe_face import MediaPipeFaceBackend
-
-        self.backend = MediaPipeFaceBackend(mesh=False)
-
-    def matte(self, images: Any) -> Any:
-        import torch
-
-        uint8 = images.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return torch.from_numpy(np.stack([self.backend.matte(im) for im in uint8]))[:, None]
-
-
 class BackgroundRemover:
     """Crops ``(512, 512, 3)`` uint8 RGB -> the same composited on a plain colour with MODNet's matte."""
 
@@ -530,18 +515,12 @@ class BackgroundRemover:
 
 
 def load_matting(model: str | None, checkpoint: str | Path | None, device: str) -> tuple[Any, str]:
-    """MODNet and where its weights came from: ``checkpoint``, else ``<model>/modnet``, else the cache.
-    Raises :class:`MattingUnavailableError` when none has them."""
-    from avatar.face.modnet import MODNet
+    """MODNet and where its weights came from (:func:`avatar.face.matting.load_modnet`). Raises
+    :class:`MattingUnavailableError` when none has them."""
     from avatar.hub.registry import MODNET_DRIVE_FOLDER
 
     try:
-        if checkpoint is not None:
-            return MODNet.from_pretrained(checkpoint, device=device), str(checkpoint)
-        if model and (Path(model) / "modnet").is_dir():
-            folder = Path(model) / "modnet"
-            return MODNet.from_pretrained(folder, device=device), str(folder)
-        return MODNet.from_pretrained(device=device), "modnet-photographic (cache)"
+        return load_modnet(model, checkpoint, device)
     except FileNotFoundError as exc:
         raise MattingUnavailableError(MATTING_MESSAGE.format(url=MODNET_DRIVE_FOLDER, reason=exc)) from exc
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from avatar.errors import AssetNotFoundError, AvatarError, InputError, InputNotFoundError
+from avatar.face.matting import MATTING_BACKENDS, load_matting, mattes_uint8
 from avatar.io.files import create_partial
 from train.data.errors import TrainDataError
 from train.data.parquet_format import (
@@ -67,7 +68,6 @@ logger = logging.getLogger("train.prepare")
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 SAMPLING = ("uniform", "random", "first")
-MATTING_BACKENDS = ("modnet", "mediapipe")
 REPORT_FILE = "prepare_report.json"
 SETTINGS_KEYS = ("frames_per_clip", "sampling", "seed", "preprocess", "matting", "image_format")
 
@@ -134,7 +134,8 @@ def sample_indices(num_frames: int, k: int, sampling: str = "uniform", seed: int
 
 
 class Matting:
-    """Crops ``(512, 512, 3)`` uint8 RGB -> mattes ``(512, 512)`` uint8 (0 background, 255 foreground)."""
+    """Crops ``(512, 512, 3)`` uint8 RGB -> mattes ``(512, 512)`` uint8 (0 background, 255 foreground), from
+    :mod:`avatar.face.matting` (MODNet or MediaPipe's selfie segmentation)."""
 
     def __init__(self, backend: str, net: Any = None, source: str = "") -> None:
         self.backend, self.net, self.source = backend, net, source
@@ -142,42 +143,19 @@ class Matting:
     @classmethod
     def load(cls, backend: str, model: str | None = None, checkpoint: str | Path | None = None,
              device: str = "cpu") -> Matting:
-        """MODNet (``checkpoint``, else ``<model>/modnet``, else the cache) or MediaPipe's selfie segmentation;
-        :class:`~avatar.errors.AssetNotFoundError` when MODNet has no weights (before any work)."""
-        if backend not in MATTING_BACKENDS:
-            raise InputError(f"matting must be one of {MATTING_BACKENDS}, got {backend!r}")
-        if backend == "mediapipe":
-            from avatar.face.mediapipe_face import MediaPipeFaceBackend
-
-            return cls(backend, MediaPipeFaceBackend(mesh=False), "mediapipe selfie segmentation")
-        from avatar.face.modnet import MODNet
-
+        """:class:`~avatar.errors.AssetNotFoundError` when MODNet has no weights (before any work)."""
         try:
-            if checkpoint is not None:
-                return cls(backend, MODNet.from_pretrained(checkpoint, device=device), str(checkpoint))
-            if model and (Path(model) / "modnet").is_dir():
-                folder = Path(model) / "modnet"
-                return cls(backend, MODNet.from_pretrained(folder, device=device), str(folder))
-            return cls(backend, MODNet.from_pretrained(device=device), "modnet-photographic (cache)")
+            net, source = load_matting(backend, model, checkpoint, device)
         except FileNotFoundError as exc:
             raise AssetNotFoundError(
                 "--matting modnet needs MODNet weights: pass --matting-checkpoint FILE (a released MODNet .ckpt), "
                 "put a modnet/ folder inside --model, or cache the photographic model once with `avatar download "
                 "--file modnet-photographic --from-dir DIR`; or use --matting mediapipe (no download). "
                 f"({exc})") from None
+        return cls(backend, net, source)
 
     def __call__(self, crops: list[np.ndarray]) -> list[np.ndarray]:
-        if not crops:
-            return []
-        if self.backend == "mediapipe":
-            mattes = [self.net.matte(c) for c in crops]
-        else:
-            import torch
-
-            with torch.no_grad():
-                x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
-                mattes = list(self.net.matte(x)[:, 0].float().cpu().numpy())
-        return [np.clip(np.rint(m * 255), 0, 255).astype(np.uint8) for m in mattes]
+        return mattes_uint8(self.net, crops)
 
 
 # ---------------------------------------------------------------------------------------------------------
