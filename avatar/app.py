@@ -419,16 +419,17 @@ def live_step(frame: np.ndarray | None, photo: str | None, model: str, cache: di
     if not photo:
         return None, "Upload a portrait photo above first; the webcam then drives its avatar.", cache
     session = getattr(request, "session_hash", None) or "local"
+    key = f"{model}:{photo}"  # an upload is a new temporary path: the avatar is looked up once per photo, not per frame
     with _user_errors(photo):
-        pipe, avatar, cache, _ = _get_avatar(photo, model, cache, _no_progress)
-        key = f"{model}:{_file_digest(photo)}"
         with _LIVE_LOCK:
             current = _LIVE.get(session)
-            if current is None or current[0] != key:
-                if current is not None:
-                    current[1].close()
-                current = (key, LiveReenactor(pipe, avatar))
-                _LIVE[session] = current
+        if current is None or current[0] != key:
+            pipe, avatar, cache, _ = _get_avatar(photo, model, cache, _no_progress)
+            with _LIVE_LOCK:
+                if session in _LIVE:
+                    _LIVE[session][1].close()
+                current = _LIVE[session] = (key, LiveReenactor(pipe, avatar))
+        pipe = current[1].pipeline
         out = current[1].step(np.ascontiguousarray(frame[..., :3]).astype(np.uint8, copy=False))
     parts = [f"{out.fps:.1f} frames/s · {out.latency_ms:.0f} ms per frame on `{pipe.device}`"]
     if out.calibrating and not out.face_found:

@@ -37,12 +37,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import pickle
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -193,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in args.extra_path:
         sys.path.insert(0, p)
-    if importlib.util.find_spec("requests") is None:  # imported by the official dnnlib, used for URLs only
-        sys.modules["requests"] = types.ModuleType("requests")
-    official_cls = base.import_official(args.official.resolve())
+    official_cls = base.import_official(args.official.resolve())  # stubs pytorch3d, and requests when missing
 
     from avatar.hub.convert import convert_file
     from avatar.models.portrait4d import Portrait4D
