@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from avatar.errors import InputError, UnknownOptionValueError
 from avatar.export.mesh import Mesh
+from avatar.io.files import create_partial, remove_stale_partials
 
 __all__ = ["MESH_SUFFIXES", "check_mesh_path", "glb_bytes", "srgb_to_linear", "write_glb", "write_mesh", "write_obj",
            "write_ply"]
@@ -68,24 +68,14 @@ def write_mesh(mesh: Mesh, path: str | Path) -> Path:
 # atomic writes
 
 
-def _partial_path(path: Path) -> Path:
-    """``.<stem>.partial-<pid>-<random><suffix>`` beside ``path`` (the naming of :mod:`avatar.io.files`)."""
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
-
-
 def _write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write through a partial file created like ``open(path, 'wb')`` creates a file (mode ``0o666 & ~umask``,
-    unlike ``tempfile.mkstemp``'s 0o600), moved into place with :func:`os.replace` when complete."""
+    """Write through a partial file of :mod:`avatar.io.files` (the user's umask, stale ones of killed runs
+    removed first), moved into place with :func:`os.replace` when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = _partial_path(path)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-        except FileExistsError:  # pragma: no cover - 32 random bits collided
-            continue
-        break
+    remove_stale_partials(path)
+    tmp = create_partial(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with tmp.open("wb") as f:
             write(f)
         os.replace(tmp, path)
     finally:
