@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +114,7 @@ def _virtual_camera(size: int, fps: float) -> Any:
 def run(args: argparse.Namespace) -> int:
     from avatar.cli import _avatar, _check_photo, _load_pipeline
     from avatar.io import VideoWriter
-    from avatar.pipelines.live import LiveReenactor
+    from avatar.pipelines.live import LiveReenactor, latency_summary
 
     if not args.calibration_seconds >= 0:
         raise InputError(f"--calibration-seconds must be >= 0, got {args.calibration_seconds}")
@@ -172,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
     if not latencies:
         raise InputError(f"--camera {args.camera} gave no frames")
     wall = time.perf_counter() - t0
-    p95 = sorted(latencies)[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    median, p95 = latency_summary(latencies)
     print(f"{len(latencies)} frames in {wall:.1f} s ({len(latencies) / wall:.1f} frames/s on {pipe.device}); "
-          f"latency per frame: median {statistics.median(latencies):.0f} ms, 95th percentile {p95:.0f} ms"
+          f"latency per frame: median {median:.0f} ms, 95th percentile {p95:.0f} ms"
           + (f"; written to {args.output}" if args.output else ""))
     return 0

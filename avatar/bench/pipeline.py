@@ -212,7 +212,7 @@ def reenactment(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torc
 def live(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torch.device, frames: int) -> list[Timing]:
     """The driving frames given one at a time to :class:`~avatar.pipelines.live.LiveReenactor` (what ``avatar
     live`` and the app's Live tab run): the median and 95th-percentile latency per frame, after a warm-up."""
-    from avatar.pipelines.live import LiveReenactor
+    from avatar.pipelines.live import LiveReenactor, latency_summary
 
     avatar = pipe.create_avatar(photo)
     chunk = list(VideoReader(video, max_frames=frames))
@@ -227,8 +227,7 @@ def live(pipe: Portrait4DPipeline, photo: Path, video: Path, device: torch.devic
         _sync(device)
         latencies.append((time.perf_counter() - t) * 1e3)
     live.close()
-    ms = statistics.median(latencies)
-    p95 = sorted(latencies)[min(len(latencies) - 1, int(0.95 * len(latencies)))]
+    ms, p95 = latency_summary(latencies)
     return [Timing("reenactment", f"live: one frame at a time, latency (95th percentile {p95:.1f} ms)", 1, ms,
                    1e3 / ms, len(latencies))]
 

@@ -20,6 +20,7 @@ and from a browser comes on top); ``fps`` is the rate of steps over the last ``f
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from avatar.errors import InputError
 from avatar.pipelines.base import AvatarPipeline, HeadPoseMode
 from avatar.pipelines.results import ReenactStream
 
-__all__ = ["LiveFrame", "LiveReenactor"]
+__all__ = ["LiveFrame", "LiveReenactor", "latency_summary"]
 
 
 @dataclass
@@ -161,3 +162,11 @@ class LiveReenactor:
                            (time.perf_counter() - started) * 1e3, fps)
         self._index += 1
         return result
+
+
+def latency_summary(latencies_ms: list[float]) -> tuple[float, float]:
+    """``(median, 95th percentile)`` of per-frame latencies (the nearest-rank percentile), for reports."""
+    if not latencies_ms:
+        raise InputError("no latencies to summarise")
+    ordered = sorted(latencies_ms)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
