@@ -43,13 +43,15 @@ def icosphere(subdivisions: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(v), np.array(faces)
 
 
-def synthetic_flame_assets(seed: int = 0, neck_correctives: bool = False, subdivisions: int = 1) -> dict:
+def synthetic_flame_assets(seed: int = 0, neck_correctives: bool = False, subdivisions: int = 1,
+                           num_landmarks: int = 8) -> dict:
     """Generic-model-like fields: a sphere head (radius 0.05, FLAME units) skinned to the neck subtree.
 
     Args:
         seed: random skinning weights, joint regressor and blend shapes.
         neck_correctives: keep the neck-rotation pose correctives (they make the head non-rigid).
         subdivisions: icosphere level: 1 gives 42 vertices and 80 triangles, each level 4x the triangles.
+        num_landmarks: number of "full" landmarks (Portrait4D's training losses index 70: iBUG 68 + eye centres).
     """
     rng = np.random.default_rng(seed)
     unit, faces = icosphere(subdivisions)
@@ -93,7 +95,8 @@ def synthetic_flame_assets(seed: int = 0, neck_correctives: bool = False, subdiv
         "static_lmk_faces_idx": rng.integers(0, len(faces), 6), "static_lmk_bary_coords": rng.random((6, 3)),
         "dynamic_lmk_faces_idx": torch.as_tensor(rng.integers(0, len(faces), (79, 17))),
         "dynamic_lmk_bary_coords": torch.as_tensor(rng.random((79, 17, 3)), dtype=torch.float32),
-        "full_lmk_faces_idx": rng.integers(0, len(faces), (1, 8)), "full_lmk_bary_coords": rng.random((1, 8, 3)),
+        "full_lmk_faces_idx": rng.integers(0, len(faces), (1, num_landmarks)),
+        "full_lmk_bary_coords": rng.random((1, num_landmarks, 3)),
     }
     return {"generic_model": model, "simplify": simplify, "masks": masks, "addition": addition,
             "landmarks": landmarks}

@@ -34,10 +34,12 @@ from avatar.modeling import ModelMixin
 __all__ = [
     "ARCFACE_MODEL_ID",
     "INSIGHTFACE_TEMPLATE_112",
+    "FLAME_FIVE_POINTS",
     "ArcFaceConfig",
     "IResNet",
     "align_faces",
     "alignment_matrices",
+    "flame_alignment_matrices",
     "arcface_template",
     "five_points_from_68",
     "similarity_transform",
@@ -183,6 +185,22 @@ def alignment_matrices(landmarks68: Tensor, size: int = 112) -> Tensor:
     points of ``landmarks68`` (pixels of the images)."""
     template = arcface_template(size, landmarks68.device)
     return similarity_transform(five_points_from_68(landmarks68.double()), template)
+
+
+FLAME_FIVE_POINTS = (68, 69, 30, 48, 54)
+"""Indices of the five ArcFace points among Portrait4D's 70 FLAME landmarks (``extract_5p_flame``): the two
+eye centres (68, 69), the nose tip and the mouth corners."""
+
+
+def flame_alignment_matrices(landmarks70: Tensor, image_size: int, size: int = 112) -> Tensor:
+    """The training losses' ArcFace alignment (``training/utils/preprocess.py::estimate_norm``): similarity
+    transforms ``(B, 2, 3)`` float32 from the pixels of ``image_size`` images to the ``size`` crop, fitted on the
+    five :data:`FLAME_FIVE_POINTS` of the projected FLAME landmarks ``(B, 70, 2)`` (pixels, **y up**: flipped as
+    ``image_size - 1 - y`` first). Upstream fits in float64 per sample with skimage and casts to float32; a
+    singular fit (upstream: the identity) cannot occur for distinct points and is not special-cased."""
+    five = landmarks70[:, list(FLAME_FIVE_POINTS), :2].double()
+    five = torch.stack([five[..., 0], image_size - 1 - five[..., 1]], dim=-1)
+    return similarity_transform(five, arcface_template(size, landmarks70.device)).float()
 
 
 def align_faces(images: Tensor, landmarks68: Tensor, size: int = 112) -> Tensor:

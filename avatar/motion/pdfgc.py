@@ -170,11 +170,12 @@ class PDFGCEncoder(ModelMixin):
         out = self(x)
         return torch.cat([out.eye, out.emotion, out.mouth], dim=-1)
 
-    def motion_from_image(self, images: Tensor, landmarks: Tensor | np.ndarray) -> Tensor:
+    def motion_from_image(self, images: Tensor, landmarks: Tensor | np.ndarray, reverse_y: bool = False) -> Tensor:
         """``get_motion_feature``: images ``(B, 3, H, W)`` in [-1, 1] and 68 landmarks ``(B, 68, >=2)`` in
-        pixels (y down) -> ``(B, 548)``. The crop is :func:`avatar.face.geometry.pdfgc_crop`."""
+        pixels (y down; ``reverse_y``: y up, as the training losses' projected FLAME landmarks) -> ``(B, 548)``.
+        The crop is :func:`avatar.face.geometry.pdfgc_crop`."""
         lms = torch.as_tensor(np.asarray(landmarks)) if not isinstance(landmarks, Tensor) else landmarks
-        crops = pdfgc_crop(images, lms.to(images.device))
+        crops = pdfgc_crop(images, lms[:, :68].to(images.device), reverse_y=reverse_y)
         size = self.config.input_size
         if crops.shape[-1] != size:  # reduced test configs only; the official input is the 224 crop
             crops = F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False)

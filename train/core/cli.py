@@ -3,7 +3,7 @@
 Every field of the dataclass tree becomes a flag: top-level fields ``--max-steps``, nested ones
 ``--checkpoint.every-steps``; the help text is the field's docstring (the string literal under it). Types:
 ``int``, ``float``, ``str``, ``bool`` (``--flag`` / ``--no-flag``), ``Literal`` (choices), ``X | None`` (``none``
-gives None) and tuples (several values). ``--config FILE`` starts from a saved configuration (e.g. a run's
+gives None) and tuples (several values). A field's ``metadata={"aliases": ("--data",)}`` adds other spellings of its flag. ``--config FILE`` starts from a saved configuration (e.g. a run's
 ``training_options.json``); flags given on the command line override it. The result is validated by the
 dataclasses themselves (a bad value is a :class:`~avatar.errors.ConfigError`).
 
@@ -98,24 +98,24 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str, default
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             _add_fields(parser, hint, f"{dest}.", default)
             continue
-        flag = "--" + dest.replace("_", "-")
+        flags = ["--" + dest.replace("_", "-"), *field.metadata.get("aliases", ())]
         help_text = f"{docs.get(field.name, '')} (default: {default!r})".strip()
         kwargs: dict[str, Any] = {"dest": dest, "help": help_text, "default": argparse.SUPPRESS}
         origin = typing.get_origin(hint)
         if hint is bool and not optional:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **kwargs)
         elif origin is typing.Literal:
             choices = list(typing.get_args(hint)) + ([None] if optional else [])
-            group.add_argument(flag, type=_literal_parser(choices), metavar="{" + ",".join(map(str, choices)) + "}",
+            group.add_argument(*flags, type=_literal_parser(choices), metavar="{" + ",".join(map(str, choices)) + "}",
                                **kwargs)
         elif origin is tuple:
             args = typing.get_args(hint)
             item = args[0] if args else str
             nargs: Any = "+" if len(args) == 2 and args[1] is Ellipsis else len(args)
-            group.add_argument(flag, type=_scalar_parser(item, False), nargs=nargs, metavar=item.__name__.upper(),
+            group.add_argument(*flags, type=_scalar_parser(item, False), nargs=nargs, metavar=item.__name__.upper(),
                                **kwargs)
         elif hint in (int, float, str, bool):
-            group.add_argument(flag, type=_scalar_parser(hint, optional), metavar=hint.__name__.upper(), **kwargs)
+            group.add_argument(*flags, type=_scalar_parser(hint, optional), metavar=hint.__name__.upper(), **kwargs)
         else:  # anything else (dicts, callables) is set in code, not on the command line
             continue
 

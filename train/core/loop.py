@@ -75,6 +75,9 @@ class Hooks:
 
     Attributes:
         on_step_start: ``f(state)`` before each step, on every process (schedules that depend on ``cur_nimg``).
+        prepare_batch: ``f(batch, state) -> batch`` once per step on the device batch, before the phases (work
+            every phase shares: normalisation, camera decomposition, renders of the data); its return value is
+            what the phases get.
         images: image grids of the EMA model (main process, no grad, generators restored afterwards), saved as
             ``OUT/images/<name>-<step>.png`` every ``log.image_every_steps``, after the first step and at the end.
         export: ``f(module, directory)`` writes the EMA model (``save_pretrained``) into ``directory``; called on
@@ -84,6 +87,7 @@ class Hooks:
     """
 
     on_step_start: Callable[[LoopState], None] | None = None
+    prepare_batch: Callable[[Any, LoopState], Any] | None = None
     images: ImagesFn | None = None
     export: ExportFn | None = None
     push: PushFn | None = None
@@ -401,6 +405,8 @@ class Trainer:
                     batch = next(source)
                     if batch is not None:
                         batch = send_to_device(batch, self.device, non_blocking=True)
+                    if hooks.prepare_batch is not None:
+                        batch = hooks.prepare_batch(batch, state)
                     for phase, opt in zip(phases, [self._wrapped[id(p.optimizer)] for p in phases], strict=True):
                         if phase.is_due(state.step):
                             started = timer.start()

@@ -1,0 +1,307 @@
+"""Train Portrait4D's reconstructor: ``accelerate launch train/portrait4d.py --recipe v2 --data DATA --out-dir OUT``.
+
+Recipes (``train/recipes/portrait4d.py``, defaults = the official yaml values): ``v2`` (video clips, starts from
+the static model, G_fix multi-view regulariser and motion augmentation), ``static`` and ``v1`` (the official ones
+train on GenHead renders; until GenHead lands they read clips like v2, without the distillation targets).
+
+Data (``--data``): an official ``Datum_vfhq`` LMDB folder, a Parquet dataset folder or Hub dataset repo of ours
+(``python -m train.data.convert``), or the output of ``python -m train.prepare VIDEOS --out DATA``.
+
+Every run can be stopped (Ctrl-C, SIGTERM) and continued exactly with ``--resume latest``. The EMA generator is
+exported in the ``save_pretrained`` format with a model card (``OUT/export/step-*``; ``Portrait4D.from_pretrained``,
+``avatar reenact --model`` and ``eval.run --model`` take it) and, with ``--push-to-hub REPO``, uploaded in the
+background. ``--eval-every N`` measures held-out PSNR / L1 / LPIPS every N steps.
+
+Examples::
+
+    accelerate launch train/portrait4d.py --recipe v2 --data data/VFHQ_sub50_512_4 --out-dir runs/v2 \\
+        --init portrait4d-static-genhead512 --init-discriminator static_D/ --batch-size 8 --kimg 100
+    python train/portrait4d.py --recipe v2 --data prepared/ --size tiny --flame synthetic \\
+        --loss-networks random --max-steps 20 --cpu --out-dir /tmp/smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+if __package__ in (None, ""):  # run as a script (accelerate launch train/portrait4d.py): import from the repo root
+    _root = str(Path(__file__).resolve().parent.parent)
+    sys.path[:] = [_root] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import torch
+
+from avatar.errors import AvatarError, ConfigError
+from train.core import (
+    EMA,
+    AdamConfig,
+    EmaConfig,
+    Hooks,
+    ParamGroupRule,
+    TrainConfig,
+    Trainer,
+    hub_push,
+    lazy_phases,
+    parse_config,
+)
+from train.core.state import LoopState
+from train.recipes.portrait4d import RECIPES, recipe
+
+__all__ = ["Portrait4DTrainConfig", "check_hub_access", "default_config", "main"]
+
+logger = logging.getLogger("train.portrait4d")
+
+
+@dataclass(frozen=True)
+class Portrait4DTrainConfig(TrainConfig):
+    """Options of a Portrait4D training run."""
+
+    recipe: Literal["v1", "static", "v2"] = "v2"
+    """Official recipe whose values are the defaults: v2 (video clips + G_fix), static or v1."""
+    data_path: str | None = field(default=None, metadata={"aliases": ("--data",)})
+    """Training data: official LMDB folder, Parquet dataset folder, Hub dataset repo or train.prepare output."""
+    data_revision: str | None = None
+    """Revision of a Hub dataset repo."""
+    init: str | None = None
+    """Initial generator: model id, save_pretrained folder, official checkpoint or Hub repo (none: fresh)."""
+    init_discriminator: str | None = None
+    """Initial discriminator (save_pretrained folder or official checkpoint; none: fresh)."""
+    g_fix: str | None = None
+    """v2's frozen static model G_fix (default: --init)."""
+    size: Literal["full", "tiny"] = "full"
+    """Architecture of fresh networks: the official one, or the tiny test configuration."""
+    loss_networks: Literal["pretrained", "random"] = "pretrained"
+    """LPIPS-VGG, ArcFace and PD-FGC: official weights (asset cache), or random (smoke tests only)."""
+    flame: Literal["official", "synthetic"] = "official"
+    """FLAME: the generator's official deformer buffers and masks, or a synthetic FLAME (smoke tests only)."""
+    local_dir: str | None = None
+    """Take upstream weight files from this folder instead of the network."""
+    push_to_hub: str | None = None
+    """Upload every export (G_ema, config, model card) to this Hub model repo, in the background."""
+    hub_private: bool = False
+    """Create the Hub repo private."""
+    eval_every: int = 0
+    """Held-out PSNR / L1 / LPIPS of G_ema every this many steps (0: off)."""
+    eval_data: str | None = None
+    """Held-out clips (default: the last --eval-clips clips of --data, then left out of training)."""
+    eval_clips: int = 4
+    """Number of held-out (source, driving) pairs."""
+    deterministic_render: bool = False
+    """Deterministic ray sampling in the losses (the official samples at random)."""
+    set: tuple[str, ...] = ()
+    """Recipe values to change, as KEY=VALUE (fields of train/recipes/portrait4d.py), e.g. --set nr_initial=64
+    mot_aug_prob=0.5."""
+
+
+def default_config(recipe_name: str) -> Portrait4DTrainConfig:
+    """The configuration defaults of a recipe (batch 32, its EMA and length)."""
+    r = RECIPES[recipe_name]
+    return Portrait4DTrainConfig(recipe=recipe_name, batch_size=r.batch, kimg=None, run_name=f"portrait4d-{r.name}",
+                                 out_dir=f"runs/portrait4d-{r.name}",
+                                 ema=EmaConfig(kimg=r.ema_kimg, rampup=r.ema_rampup))
+
+
+def check_hub_access(repo_id: str, private: bool = False) -> None:
+    """Fail now, in one sentence, when ``--push-to-hub`` cannot work (offline, no token, no access)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ConfigError(f"--push-to-hub {repo_id}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or "
+                          "drop --push-to-hub")
+    try:
+        api = HfApi()
+        api.whoami()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ConfigError(f"--push-to-hub {repo_id}: cannot reach or write to the Hub ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); log in with "
+                          "`huggingface-cli login` and check the network, or drop --push-to-hub") from exc
+
+
+def recipe_overrides(recipe_name: str, items: tuple[str, ...]) -> dict[str, Any]:
+    """``("key=value", ...)`` -> typed recipe overrides (the type of each key's official value; ``none`` for
+    None where the field allows it)."""
+    import dataclasses
+    import typing
+
+    from train.recipes.portrait4d import Portrait4DRecipe
+
+    base = RECIPES[recipe_name]
+    hints = typing.get_type_hints(Portrait4DRecipe)
+    known = {f.name for f in dataclasses.fields(Portrait4DRecipe) if f.name not in ("name", "losses")}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        hint = str(hints[key])
+        if text.lower() in ("none", "null") and "None" in hint:
+            out[key] = None
+            continue
+        current = getattr(base, key)
+        try:
+            if "tuple" in hint:
+                out[key] = tuple(float(v) for v in text.split(","))
+            elif isinstance(current, bool) or "bool" in hint:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                out[key] = text.lower() in ("true", "1", "yes", "on")
+            elif "int" in hint and "float" not in hint:
+                out[key] = int(text)
+            elif "float" in hint or "int" in hint:
+                out[key] = float(text) if "." in text or "e" in text.lower() or "float" in hint else int(text)
+            else:
+                out[key] = text
+        except ValueError as exc:
+            raise ConfigError(f"--set {item!r}: {text!r} is not a valid value for {key} ({hint})") from exc
+    return out
+
+
+def _recipe_name(argv: list[str]) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.recipe is None and known.config is not None:
+        import json
+
+        try:
+            return str(json.loads(Path(known.config).read_text()).get("recipe", "v2"))
+        except (OSError, ValueError):
+            return "v2"
+    return known.recipe if known.recipe in RECIPES else "v2"
+
+
+class _HeldOut(torch.utils.data.Dataset):
+    """The clips of ``dataset`` except the last ``n`` (kept for evaluation); keys as the dataset's."""
+
+    takes_positions = True
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, n
+
+    def __len__(self) -> int:
+        return len(self.dataset) - self.n
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.dataset[key]
+
+
+def run(config: Portrait4DTrainConfig) -> int:
+    """Train with ``config``; returns the process exit status (0 done, 128 + signal when stopped)."""
+    from torch.utils.data import default_collate
+
+    from train.data import ClipPairDataset
+    from train.recipes.portrait4d_hooks import grid_images, heldout_metrics, model_card_values, write_export
+    from train.recipes.portrait4d_loss import Portrait4DLoss
+    from train.recipes.portrait4d_setup import build_networks, is_cross_attention
+
+    if config.data_path is None:
+        raise ConfigError("--data is required: a prepared dataset folder, an official LMDB or a Hub dataset repo")
+    if config.push_to_hub:
+        check_hub_access(config.push_to_hub, config.hub_private)
+    r = recipe(config.recipe, **recipe_overrides(config.recipe, config.set)).with_batch(config.batch_size)
+    if config.kimg is None and config.max_steps is None:
+        config = replace(config, kimg=float(r.kimg - r.resume_kimg))
+    dataset = ClipPairDataset(config.data_path, seed=config.seed)
+    eval_dataset = None
+    if config.eval_every:
+        if config.eval_data:
+            eval_dataset = ClipPairDataset(config.eval_data, seed=config.seed)
+        else:
+            if len(dataset) <= config.eval_clips:
+                raise ConfigError(f"--eval-every needs held-out clips: {config.data_path} has {len(dataset)} clips, "
+                                  f"--eval-clips is {config.eval_clips}; pass --eval-data or fewer --eval-clips")
+            eval_dataset = dataset
+            dataset = _HeldOut(dataset, config.eval_clips)  # type: ignore[assignment]
+    first = dataset[0]
+    motion_dim = int(first["source_motion"].shape[-1])
+
+    trainer = Trainer(config)
+    nets = build_networks(recipe_name=r.name, init=config.init, init_discriminator=config.init_discriminator,
+                          g_fix=config.g_fix, size=config.size, motion_dim=motion_dim,
+                          loss_networks=config.loss_networks, flame=config.flame, device=trainer.device,
+                          seed=config.seed, local_dir=config.local_dir)
+    if nets.random_loss_networks and trainer.is_main_process:
+        logger.warning("the loss networks have random weights: this run is a smoke test, not a model")
+    loss = Portrait4DLoss(r, nets.G, nets.D, nets.renderer, nets.lpips, nets.arcface, nets.G_fix, nets.pdfgc,
+                          motion_scale=0.0 if r.static else 1.0, half_static=r.name == "v1",
+                          deterministic=config.deterministic_render)
+    phases = [
+        *lazy_phases("G", nets.G, main=loss.g_main, reg=loss.g_reg, reg_interval=r.g_reg_interval,
+                     adam=AdamConfig(r.g_lr, r.betas, r.eps),
+                     groups=(ParamGroupRule("cross", is_cross_attention, r.cross_lr_scale),),
+                     exclude=lambda name: "bn" in name),
+        *lazy_phases("D", nets.D, main=loss.d_main, reg=loss.d_reg, reg_interval=r.d_reg_interval,
+                     adam=AdamConfig(r.d_lr, r.betas, r.eps)),
+    ]
+    ema = EMA(nets.G, config.ema)
+
+    fixed = loss.prepare({k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in default_collate(
+        [dataset[i] for i in range(min(4, len(dataset)))]).items()})
+    heldout = None
+    if eval_dataset is not None:
+        n = min(config.eval_clips, len(eval_dataset))
+        start = len(eval_dataset) - n if config.eval_data is None else 0
+        heldout = loss.prepare({k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in
+                                default_collate([eval_dataset[start + i] for i in range(n)]).items()})
+    last_metrics: dict[str, float] = {}
+
+    def on_step_start(state: LoopState) -> None:
+        nets.G.neural_rendering_resolution = r.neural_rendering_resolution(state.cur_nimg)  # type: ignore[attr-defined]
+        if heldout is not None and state.step % config.eval_every == 0 and trainer.is_main_process:
+            with torch.no_grad():
+                last_metrics.update(heldout_metrics(ema.module, heldout, r.neural_rendering_resolution(state.cur_nimg),
+                                                    nets.lpips))
+            trainer.accelerator.log({f"Eval/{k}": v for k, v in last_metrics.items()}, step=state.step)
+            logger.info("held-out at step %d: %s", state.step,
+                        "  ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
+
+    def images(module: torch.nn.Module, state: LoopState) -> Any:
+        return {"grid": grid_images(module, fixed, r.neural_rendering_resolution(state.cur_nimg))}  # type: ignore[arg-type]
+
+    def export(module: torch.nn.Module, directory: Path) -> None:
+        state = current["state"]
+        values = model_card_values(repo_id=config.push_to_hub or str(directory), recipe=r.to_dict(),
+                                   config=asdict(config), step=state.step, kimg=state.kimg,
+                                   metrics=dict(last_metrics) or None, random_loss_networks=nets.random_loss_networks)
+        write_export(module, directory, values)  # type: ignore[arg-type]
+
+    current: dict[str, LoopState] = {"state": LoopState()}
+
+    def prepare_batch(batch: Any, state: LoopState) -> Any:
+        current["state"] = state
+        return loss.prepare(batch)
+
+    push = hub_push(config.push_to_hub, private=config.hub_private) if config.push_to_hub else None
+    result = trainer.fit(phases, data=dataset, ema=ema,
+                         hooks=Hooks(on_step_start=on_step_start, prepare_batch=prepare_batch, images=images,
+                                     export=export, push=push))
+    if heldout is not None and trainer.is_main_process:
+        final = heldout_metrics(ema.module, heldout, r.neural_rendering_resolution(result.state.cur_nimg), nets.lpips)
+        logger.info("held-out at the end (step %d): %s", result.state.step,
+                    "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = parse_config(Portrait4DTrainConfig, argv, prog="train/portrait4d.py", description=__doc__,
+                              defaults=default_config(_recipe_name(argv)))
+        return run(config)
+    except AvatarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
