@@ -295,3 +295,28 @@ def test_bad_options_are_one_clear_sentence(toy_data: Path, tmp_path: Path,
     assert "--data is required" in capsys.readouterr().err
     assert main(_args(tmp_path / "missing", tmp_path / "z", "--max-steps", "1")) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_readme_training_commands_parse() -> None:
+    """The README's training command lines are accepted by the real parsers (nothing is run)."""
+    import re
+    import shlex
+
+    from train.core.cli import build_parser
+    from train.portrait4d import Portrait4DTrainConfig, default_config
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [body for lang, body in re.findall(r"```([a-z]*)\n(.*?)```", text, flags=re.S) if lang == "bash"]
+    lines = [line.split("  #")[0].split(" # ")[0].strip() for b in blocks for line in b.replace("\\\n", " ").splitlines()]
+    lines = [re.sub(r"\s*\[[^\]]*\]", "", line).replace(" ...", "") for line in lines]
+    train_lines = [line for line in lines if "train/portrait4d.py" in line]
+    assert len(train_lines) >= 2
+    for line in train_lines:
+        argv = shlex.split(line.split("train/portrait4d.py", 1)[1])
+        build_parser(Portrait4DTrainConfig, defaults=default_config("v2")).parse_args(argv)
+    import train.data.convert as convert
+    import train.prepare as prepare
+
+    for module, marker in ((prepare, "-m train.prepare"), (convert, "-m train.data.convert")):
+        for line in (line for line in lines if marker in line):
+            module.build_parser().parse_args(shlex.split(line.split(marker, 1)[1]))
