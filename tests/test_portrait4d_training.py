@@ -309,6 +309,30 @@ def test_gradients_flow_to_every_module() -> None:
         assert p.grad is not None and p.grad.abs().max() > 0
 
 
+def test_gradient_checkpointing_gives_the_same_outputs_and_gradients() -> None:
+    """Recomputed activations (random ray samples included: the random state is restored) give the numbers of
+    the plain pass."""
+    from avatar.models.portrait4d.training import train_forward
+
+    model = Portrait4D.tiny().train()
+    x = _inputs()
+    results = []
+    for checkpointing in (False, True):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        out = train_forward(model, x["image"], x["motion_app"], x["motion"], x["camera"], NR,
+                            gradient_checkpointing=checkpointing)
+        sum(out[k].float().mean() for k in ("image_sr", "image", "seg", "image_depth")).backward()
+        results.append(({k: v.detach() for k, v in out.items()},
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (out_a, grad_a), (out_b, grad_b) = results
+    for k in out_a:
+        torch.testing.assert_close(out_b[k], out_a[k], rtol=0, atol=0, msg=k)
+    assert grad_a.keys() == grad_b.keys() and len(grad_a) > 50
+    for n in grad_a:
+        torch.testing.assert_close(grad_b[n], grad_a[n], rtol=1e-5, atol=1e-7, msg=n)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # errors and the comparison script
 

@@ -196,17 +196,20 @@ class Portrait4DLoss:
         motion_scale, swapping_prob, half_static: the loss's ``run_G`` options (official: 1 / None / False for
             v2; v1: ``half_static`` True; static: motion scale 0).
         deterministic: deterministic volume rendering instead of the official random sampling (tests).
+        gradient_checkpointing: recompute Psi's encoders, rendering and super-resolution in the backward pass
+            instead of keeping their activations (less memory, the same numbers).
     """
 
     def __init__(self, recipe: Portrait4DRecipe, G: Portrait4D, D: nn.Module, renderer: FlameCorrespondenceRenderer,
                  lpips: nn.Module, arcface: nn.Module | None = None, G_fix: Portrait4D | None = None,
                  pdfgc: nn.Module | None = None, *, motion_scale: float = 1.0, swapping_prob: float | None = None,
-                 half_static: bool = False, deterministic: bool = False) -> None:
+                 half_static: bool = False, deterministic: bool = False, gradient_checkpointing: bool = False) -> None:
         self.recipe = recipe
         self.G, self.D, self.G_fix = G, D, G_fix
         self.renderer, self.lpips, self.arcface, self.pdfgc = renderer, lpips, arcface, pdfgc
         self.motion_scale, self.swapping_prob, self.half_static = motion_scale, swapping_prob, half_static
         self.deterministic = deterministic
+        self.gradient_checkpointing = gradient_checkpointing
         if recipe.reg_type == "G_fix_img" and G_fix is None:
             raise ValueError(f"recipe {recipe.name}: the G_fix_img regulariser needs G_fix (the static model)")
         if recipe.mot_aug_prob and (G_fix is None or pdfgc is None):
@@ -275,7 +278,8 @@ class Portrait4DLoss:
             batch.source_image, batch.driving_image, batch.source_motion, motions, self.motion_scale,
             self.swapping_prob, self.half_static)
         return train_forward(self.G, image, motion_app, motions, camera, nr, head_pose=head_pose,
-                             motion_scale=scale, deterministic=self.deterministic)
+                             motion_scale=scale, deterministic=self.deterministic,
+                             gradient_checkpointing=self.gradient_checkpointing)
 
     @torch.no_grad()
     def augment_motion(self, batch: ReconBatch, nr: int) -> Tensor:

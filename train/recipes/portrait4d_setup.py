@@ -137,8 +137,9 @@ def build_networks(*, recipe_name: str, init: str | None, init_discriminator: st
         arcface = IResNet.from_pretrained("arcface-r18", local_dir=local_dir)
         pdfgc = PDFGCEncoder.from_pretrained("pdfgc-motion", local_dir=local_dir)
     if recipe_name == "v2" and pdfgc.config.motion_dim != motion_dim:  # type: ignore[union-attr]
-        if random_nets:
-            pdfgc = PDFGCEncoder(PDFGCConfig())
+        if random_nets:  # the random encoder whose width matches the data (tiny: 60, official: 548)
+            pdfgc = next((PDFGCEncoder(c) for c in (PDFGCConfig(), PDFGCConfig.tiny()) if c.motion_dim == motion_dim),
+                         pdfgc)
         if pdfgc.config.motion_dim != motion_dim:  # type: ignore[union-attr]
             raise ConfigError(f"PD-FGC gives {pdfgc.config.motion_dim}-d motions, the data has "  # type: ignore[union-attr]
                               f"{motion_dim}-d ones")
