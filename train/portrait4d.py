@@ -261,12 +261,15 @@ def run(config: Portrait4DTrainConfig) -> int:
     def on_step_start(state: LoopState) -> None:
         nets.G.neural_rendering_resolution = r.neural_rendering_resolution(state.cur_nimg)  # type: ignore[attr-defined]
         if heldout is not None and state.step % config.eval_every == 0 and trainer.is_main_process:
-            with torch.no_grad():
-                last_metrics.update(heldout_metrics(ema.module, heldout, r.neural_rendering_resolution(state.cur_nimg),
-                                                    nets.lpips))
-            trainer.accelerator.log({f"Eval/{k}": v for k, v in last_metrics.items()}, step=state.step)
-            logger.info("held-out at step %d: %s", state.step,
-                        "  ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
+            nr = r.neural_rendering_resolution(state.cur_nimg)
+            with torch.no_grad():  # G_ema (the exported model) and G (early on G_ema lags by its half-life)
+                last_metrics.update(heldout_metrics(ema.module, heldout, nr, nets.lpips))
+                raw = heldout_metrics(nets.G, heldout, nr, nets.lpips)
+            trainer.accelerator.log({**{f"Eval/G_ema/{k}": v for k, v in last_metrics.items()},
+                                     **{f"Eval/G/{k}": v for k, v in raw.items()}}, step=state.step)
+            logger.info("held-out at step %d: G_ema %s | G %s", state.step,
+                        "  ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()),
+                        "  ".join(f"{k} {v:.4f}" for k, v in raw.items()))
 
     def images(module: torch.nn.Module, state: LoopState) -> Any:
         return {"grid": grid_images(module, fixed, r.neural_rendering_resolution(state.cur_nimg))}  # type: ignore[arg-type]
@@ -289,9 +292,11 @@ def run(config: Portrait4DTrainConfig) -> int:
                          hooks=Hooks(on_step_start=on_step_start, prepare_batch=prepare_batch, images=images,
                                      export=export, push=push))
     if heldout is not None and trainer.is_main_process:
-        final = heldout_metrics(ema.module, heldout, r.neural_rendering_resolution(result.state.cur_nimg), nets.lpips)
-        logger.info("held-out at the end (step %d): %s", result.state.step,
-                    "  ".join(f"{k} {v:.4f}" for k, v in final.items()))
+        nr = r.neural_rendering_resolution(result.state.cur_nimg)
+        final, raw = heldout_metrics(ema.module, heldout, nr, nets.lpips), heldout_metrics(nets.G, heldout, nr, nets.lpips)
+        logger.info("held-out at the end (step %d): G_ema %s | G %s", result.state.step,
+                    "  ".join(f"{k} {v:.4f}" for k, v in final.items()),
+                    "  ".join(f"{k} {v:.4f}" for k, v in raw.items()))
     return result.exit_code
 
 
