@@ -231,14 +231,14 @@ def test_script_trains_exports_and_resumes_exactly(toy_data: Path, tmp_path: Pat
     from train.portrait4d import main
 
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(_args(toy_data, straight, "--max-steps", "3", "--eval-every", "2", "--eval-clips", "1")) == 0
-    assert main(_args(toy_data, split, "--max-steps", "2", "--eval-every", "2", "--eval-clips", "1")) == 0
-    assert main(_args(toy_data, split, "--max-steps", "3", "--eval-every", "2", "--eval-clips", "1",
+    assert main(_args(toy_data, straight, "--max-steps", "2", "--eval-every", "2", "--eval-clips", "1")) == 0
+    assert main(_args(toy_data, split, "--max-steps", "1", "--eval-every", "2", "--eval-clips", "1")) == 0
+    assert main(_args(toy_data, split, "--max-steps", "2", "--eval-every", "2", "--eval-clips", "1",
                       "--resume", "latest")) == 0
-    a, b = _g_weights(straight / "checkpoints" / "step-00000003"), _g_weights(split / "checkpoints" / "step-00000003")
+    a, b = _g_weights(straight / "checkpoints" / "step-00000002"), _g_weights(split / "checkpoints" / "step-00000002")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from the straight one"
-    export = straight / "export" / "step-00000003"
+    export = straight / "export" / "step-00000002"
     model = Portrait4D.from_pretrained(export)
     assert model.config.encoders.motion_dim == 60
     card = (export / "README.md").read_text()
