@@ -27,7 +27,8 @@ this repository; its root or its ``portrait4d/`` folder). Both run one fixed bat
   heads, copied into :class:`~avatar.losses.lpips.LPIPSNet`; ArcFace: ``models/arcface`` ``iresnet18`` ->
   :class:`~avatar.losses.arcface.IResNet`; PD-FGC: ``models/pdfgc`` ``FanEncoder`` ->
   :class:`~avatar.motion.pdfgc.PDFGCEncoder` (every BatchNorm's statistics and affine perturbed first).
-* **FLAME** - a synthetic FLAME (:func:`avatar.flame.synthetic.synthetic_flame_assets`, 70 landmarks) and our
+* **FLAME** - a synthetic FLAME (:func:`avatar.flame.synthetic.synthetic_flame_assets`, with a face-like
+  embedding of the 70 landmarks: :func:`face_like_flame_assets`) and our
   :class:`~avatar.flame.correspondence.FlameCorrespondenceRenderer`, which also replaces the official
   ``G.deformer.renderer`` / ``G_fix.deformer.renderer`` (pytorch3d): the same object on both sides.
 * **Data** - one random batch (smooth images and masks, cameras near the front, FLAME parameters, PD-FGC
@@ -42,7 +43,8 @@ fade) and ``v1-early`` at 0 kimg (GenHead distillation terms on, no identity or 
 idle). Every phase runs from the same ``torch.manual_seed`` on every side, with only the phase's module
 requiring grad and its gradients zeroed first (as the training loops do), each backward pass recorded. Our loss
 makes the same ``torch.rand`` / ``randn`` draws in the same order as the official code, so nothing random is
-patched: a different order would show as different values (the per-term table tells which term).
+patched: a different order would show as different values (the per-term table tells which term), a different
+number of draws in the ``draws`` column (the random generator's state after the phase, compared).
 
 Two runs of ours per phase:
 
@@ -58,9 +60,10 @@ Two runs of ours per phase:
   loss sends into G's outputs (dL/d(image_sr), dL/d(planes), ...; hooks on every output of a generator call
   with gradients) must all agree to ``--tol`` / ``--grad-tol``.
 
-In both, our face crops use upstream's numerics (:func:`upstream_crop_numerics`: skimage similarity fits,
-kornia's warp) unless ``--native-crops``: ours agree to ~1e-5 in value, which moves single values across the
-kinks behind the crops and single pixels of the image gradients by up to ~1e-3.
+In the loss-only run our face crops (ArcFace alignment, the motion augmentation's PD-FGC crop) use upstream's
+numerics (:func:`upstream_crop_numerics`: skimage similarity fits, kornia's warp) unless ``--native-crops``:
+ours agree with them to about 1e-5, which is enough to move single values across the kinks behind the crops
+(clamp, ReLUs) and so single pixels of the image gradients by much more than the rounding itself.
 
 Printed: per case and phase the official loss value (the sum of the phase's backward passes divided by its
 gain), ours and their relative difference, the worst relative gradient differences (``max |ours - official| /
@@ -75,7 +78,8 @@ The official code needs ``segmentation-models-pytorch==0.3.3``, ``timm==0.9.2``,
 --target DIR ...`` and ``--extra-path DIR``); ``requests`` is stubbed when missing.
 
 Timing mode (``--time-steps N``, e.g. ``--device cuda --size full --time-steps 20``; it compares nothing): the
-same networks (``--size full``: the official G and D, rendering resolution 128 for v2, 64 -> 128 for v1),
+same networks (``--size full``: the official G and D, rendering resolution 128 for v2, 64 -> 128 for v1 unless
+``--nr``),
 losses and batch; each side runs the four phases ``N`` times after one warm-up round, each phase timed with the
 device synchronised, optimizer steps excluded on both sides, nothing recorded (our crops are ours). Printed per
 case: median milliseconds per phase, the full step (all four phases) and the amortised step (Greg and Dreg
@@ -515,8 +519,8 @@ def upstream_crop_numerics(off: types.SimpleNamespace) -> Iterator[None]:
     ``kornia.geometry.warp_affine`` (a float32 sampling grid). Ours fit in float64 with torch and build the
     grid in float64: the same maps to a few ulps (about 1e-8) and the same crops to about 1e-5 (kornia's
     rounding), which is enough to move single values across the kinks behind the crops (the clamp to [-1, 1],
-    ArcFace's and PD-FGC's ReLUs) and so to change single pixels of dL/d(image_sr) by up to about 1e-3 of its
-    largest value. ``--native-crops`` keeps ours."""
+    ArcFace's and PD-FGC's ReLUs): single pixels of dL/d(image_sr) then differ by far more than the rounding,
+    and, through the motion augmentation, every input of G slightly. ``--native-crops`` keeps ours."""
     import kornia.geometry
 
     import avatar.face.geometry as geometry
@@ -589,6 +593,7 @@ class PhaseResult:
     grads: dict[str, Tensor] = field(default_factory=dict)  # "G.<name>" / "D.<name>"
     out_grads: dict[str, Tensor] = field(default_factory=dict)  # "<call>.<output>": dL/d(G's outputs)
     seconds: float = 0.0
+    rng: Tensor | None = None  # the CPU generator's state after the phase: the same draws leave the same state
 
     @property
     def total(self) -> float | None:
@@ -636,6 +641,7 @@ def run_phase(phase: str, nets: Networks, gain: int, seed: int,
     finally:
         module.requires_grad_(False)
     result.seconds = time.perf_counter() - t
+    result.rng = torch.random.get_rng_state()
     result.values = [v / gain for v in raw]
     if not timing:
         result.grads = _grads(nets)
@@ -756,6 +762,7 @@ class Side:
     d: GradCheck
     seconds: float
     terms: dict[str, float]
+    same_draws: bool  # the random generator ends the phase in the official run's state
 
 
 def _terms(res: PhaseResult) -> dict[str, float]:
@@ -769,7 +776,8 @@ def side(res: PhaseResult, ref: PhaseResult) -> Side:
     return Side(res.total, rel(res.total, ref.total), len(res.values),
                 GradCheck(*grad_diffs(res.out_grads, ref.out_grads)),
                 GradCheck(*grad_diffs(split(res, "G."), split(ref, "G."))),
-                GradCheck(*grad_diffs(split(res, "D."), split(ref, "D."))), res.seconds, _terms(res))
+                GradCheck(*grad_diffs(split(res, "D."), split(ref, "D."))), res.seconds, _terms(res),
+                res.rng is not None and ref.rng is not None and torch.equal(res.rng, ref.rng))
 
 
 @dataclass
@@ -819,8 +827,7 @@ def compare_case(case: str, off: types.SimpleNamespace, official: Networks, ours
         gain = gains[phase]
         res_off = run_phase(phase, official, gain, seed,
                             official_call(off_loss, module, phase, data, gain, cur_nimg, recipe_name == "v1"))
-        res_mine = run_phase(phase, ours, gain, seed,
-                             our_call(my_loss, phase, rb, gain, cur_nimg, device, crops=crops))
+        res_mine = run_phase(phase, ours, gain, seed, our_call(my_loss, phase, rb, gain, cur_nimg, device))
         row = Row(case, phase, res_off.total, len(res_off.values), res_off.seconds, _terms(res_off),
                   side(res_mine, res_off), None)
         if "loss-only" in args.modes:
@@ -832,8 +839,7 @@ def compare_case(case: str, off: types.SimpleNamespace, official: Networks, ours
             # the same phase of ours with the other attention kernel: fp32 rounding of G's backward alone
             set_sdpa(ours.G, not args.sdpa)
             set_sdpa(ours.G_fix, not args.sdpa)
-            res_alt = run_phase(phase, ours, gain, seed,
-                                our_call(my_loss, phase, rb, gain, cur_nimg, device, crops=crops))
+            res_alt = run_phase(phase, ours, gain, seed, our_call(my_loss, phase, rb, gain, cur_nimg, device))
             set_sdpa(ours.G, args.sdpa)
             set_sdpa(ours.G_fix, args.sdpa)
             row.floor = GradCheck(*grad_diffs({k: v for k, v in res_alt.grads.items() if k.startswith("G.")},
@@ -843,7 +849,8 @@ def compare_case(case: str, off: types.SimpleNamespace, official: Networks, ours
         for label, sd in (("ours", row.ours), ("our loss on the official G", row.loss_only)):
             if sd is None:
                 continue
-            print(f"    {label}: {_fmt(sd.value)} ({sd.seconds:.0f} s), relative difference {sd.value_rel:.2e}; worst "
+            print(f"    {label}: {_fmt(sd.value)} ({sd.seconds:.0f} s), relative difference {sd.value_rel:.2e}, random "
+                  f"state after the phase {'the same' if sd.same_draws else 'DIFFERENT'}; worst "
                   f"relative gradient difference: dL/d(G outputs) {sd.out.worst:.2e} ({sd.out.name}), G "
                   f"{sd.g.worst:.2e} ({sd.g.name}), D {sd.d.worst:.2e} ({sd.d.name})", flush=True)
             for what, check in (("dL/d(G outputs)", sd.out), ("G parameters", sd.g), ("D parameters", sd.d)):
@@ -860,6 +867,10 @@ def compare_case(case: str, off: types.SimpleNamespace, official: Networks, ours
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.9g}"
+
+
+def _draws(sd: Side) -> str:
+    return f"{'same' if sd.same_draws else 'diff':>5s}"
 
 
 def _check(failures: list[str], where: str, sd: Side, official_passes: int, tol: float,
@@ -880,25 +891,28 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> list[str]:
     print("\nours = our loss with our G (end to end): G gradients carry the fp32 rounding of the two generators' "
           "backward passes")
     print(f"{'case':9s} {'phase':6s} {'ours':>16s} {'official':>16s} {'rel diff':>9s} {'G grad':>9s} {'D grad':>9s}"
-          "  worst G / D tensor")
+          f" {'draws':>5s}  worst G / D tensor")
     for r in rows:
         o = r.ours
         print(f"{r.case:9s} {r.phase:6s} {_fmt(o.value):>16s} {_fmt(r.official):>16s} {o.value_rel:9.2e} "
-              f"{o.g.cell()} {o.d.cell()}  {o.g.name} / {o.d.name}")
+              f"{o.g.cell()} {o.d.cell()} {_draws(o)}  {o.g.name} / {o.d.name}")
         _check(failures, f"{r.case} {r.phase} (ours)", o, r.official_passes, args.tol,
                {"G": args.g_grad_tol, "D": args.grad_tol})
     if any(r.loss_only for r in rows):
         print("\nour loss on the official G / G_fix (the same generator arithmetic on both sides): the losses alone")
         print(f"{'case':9s} {'phase':6s} {'ours':>16s} {'official':>16s} {'rel diff':>9s} {'dL/dGout':>9s} "
-              f"{'G grad':>9s} {'D grad':>9s}  worst G / D tensor")
+              f"{'G grad':>9s} {'D grad':>9s} {'draws':>5s}  worst G / D tensor")
         for r in rows:
             h = r.loss_only
             if h is None:
                 continue
             print(f"{r.case:9s} {r.phase:6s} {_fmt(h.value):>16s} {_fmt(r.official):>16s} {h.value_rel:9.2e} "
-                  f"{h.out.cell()} {h.g.cell()} {h.d.cell()}  {h.g.name} / {h.d.name}")
+                  f"{h.out.cell()} {h.g.cell()} {h.d.cell()} {_draws(h)}  {h.g.name} / {h.d.name}")
             _check(failures, f"{r.case} {r.phase} (loss only)", h, r.official_passes, args.tol,
                    {"dL/d(G outputs)": args.grad_tol, "G": args.grad_tol, "D": args.grad_tol})
+    print("(draws: whether the random generator ends the phase in the same state as in the official run, i.e. the "
+          "same number of draws; ours skips v2's motion augmentation in Dreg, where upstream renders G_fix for "
+          "nothing, so there it differs by design)")
     floors = [r for r in rows if r.floor is not None]
     if floors:
         print("\nfp32 noise floor of G's gradients (ours with SDPA vs explicit-softmax attention, same seed):")
@@ -953,8 +967,9 @@ def run_timing(off: types.SimpleNamespace, official: Networks, ours: Networks, r
     for case in args.cases:
         recipe_name = "v2" if case == "v2" else "v1"
         cur_nimg = OFFICIAL_CUR_KIMG[case] * 1e3
-        off_loss = official_loss(off, recipe_name, official, args.nr, device)
-        my_loss = our_loss(recipe_name, ours, renderer, args.nr, args.gradient_checkpointing)
+        nr0 = args.nr or (128 if recipe_name == "v2" else 64)
+        off_loss = official_loss(off, recipe_name, official, nr0, device)
+        my_loss = our_loss(recipe_name, ours, renderer, nr0, args.gradient_checkpointing)
         nr = my_loss.resolution(cur_nimg)
         batch = {k: v.to(device) for k, v in make_batch(recipe_name, args.batch, nr, args.seed + 10).items()}
         rb = my_loss.prepare(batch)
@@ -1020,8 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="+", default=["ours", "loss-only"], choices=["ours", "loss-only"],
                         help="'ours' (always run): our loss on our G; 'loss-only': our loss on the official G")
     parser.add_argument("--native-crops", action="store_true",
-                        help="keep our float64 similarity fits and warp grid in the ArcFace / PD-FGC crops "
-                             "(default: upstream's skimage fits and kornia warp; see upstream_crop_numerics)")
+                        help="loss-only run: keep our float64 similarity fits and warp grid in the ArcFace / PD-FGC "
+                             "crops (default: upstream's skimage fits and kornia warp; see upstream_crop_numerics)")
     parser.add_argument("--noise-floor", action="store_true",
                         help="rerun our G phases with the other attention kernel: the fp32 noise floor of G's "
                              "gradients")
@@ -1045,7 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.size == "full":
         args.g_size, args.d_channel_base, args.d_channel_max = "full", 32768, 512
         if args.nr == parser.get_default("nr"):
-            args.nr = 128 if args.cases == ["v2"] else 64
+            args.nr = 0  # per case: the official 128 (v2) / 64 (v1)
     for p in args.extra_path:
         sys.path.insert(0, p)
     off = import_official(root)
