@@ -988,10 +988,11 @@ def run_timing(off: types.SimpleNamespace, official: Networks, ours: Networks, r
             print(f"  {p:14s} {1e3 * med_mine[p]:10.1f} {1e3 * med_off[p]:12.1f} {med_mine[p] / med_off[p]:14.3f}")
         full = (sum(med_mine.values()), sum(med_off.values()))
         amort = tuple(sum(m[p] / gains[p] for p in phases) for m in (med_mine, med_off))
+        lazy = ", ".join(f"{p} / {gains[p]}" for p in phases if gains[p] > 1)
         print(f"  {'full step':14s} {1e3 * full[0]:10.1f} {1e3 * full[1]:12.1f} {full[0] / full[1]:14.3f}"
-              "   (the four phases)")
+              f"   ({' + '.join(phases)})")
         print(f"  {'amortised step':14s} {1e3 * amort[0]:10.1f} {1e3 * amort[1]:12.1f} {amort[0] / amort[1]:14.3f}"
-              f"   (Greg / {gains['Greg']}, Dreg / {gains['Dreg']})")
+              f"   ({lazy or 'no lazy phase'})")
     if device.type == "cuda":
         import torch_utils.ops.bias_act as bias_act
         import torch_utils.ops.upfirdn2d as upfirdn2d
