@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from avatar.model_cards import render_model_card
 from avatar.models.portrait4d import Portrait4D
 from avatar.models.portrait4d.training import train_forward
+from eval.metrics.psnr import psnr
 from train.recipes.portrait4d_loss import ReconBatch
 
 __all__ = ["grid_images", "heldout_metrics", "model_card_values", "render_batch", "write_export"]
@@ -69,8 +70,7 @@ def heldout_metrics(model: Portrait4D, batch: ReconBatch, nr: int, lpips: nn.Mod
     PSNR per image on [0, 1] then averaged)."""
     pred = render_batch(model, batch, nr)["image_sr"].clamp(-1, 1)
     target = batch.target_image
-    mse = (((pred + 1) / 2 - (target + 1) / 2) ** 2).flatten(1).mean(1)
-    out = {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-12))).mean()),
+    out = {"psnr": float(psnr((pred + 1) / 2, (target + 1) / 2).mean()),
            "l1": float((pred - target).abs().mean())}
     if lpips is not None:
         out["lpips"] = float(lpips(pred, target).mean())

@@ -578,26 +578,14 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
     # ------------------------------------------------------------------------------------------------------
     # training (official ``synthesis()`` / ``sample_mixed`` with gradients: avatar.models.portrait4d.training)
 
-    def train_forward(
-        self,
-        source_image: Tensor,
-        source_motion: Tensor | None,
-        driving_motion: Tensor | None,
-        camera: Tensor,
-        neural_rendering_resolution: int | None = None,
-        head_pose: HeadPose | HeadPoseField | None = None,
-        motion_scale: float | Tensor | None = None,
-        deterministic: bool = False,
-        box_warp_scale: float | Tensor = 1.0,
-    ) -> dict[str, Tensor]:
+    def train_forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
         """Training-mode forward with gradients, float32, returning every output the official training losses
         read (``image``, ``image_sr``, ``image_wobg``, ``image_feature[_wobg]``, ``background_feature``,
-        ``rgb_bg``, ``image_depth``, ``T_bg``, ``seg``, ``planes``, ...); see
-        :func:`avatar.models.portrait4d.training.train_forward`."""
+        ``rgb_bg``, ``image_depth``, ``T_bg``, ``seg``, ``planes``, ...): the arguments after ``self`` and the
+        result of :func:`avatar.models.portrait4d.training.train_forward` (one signature, kept there)."""
         from avatar.models.portrait4d.training import train_forward
 
-        return train_forward(self, source_image, source_motion, driving_motion, camera, neural_rendering_resolution,
-                             head_pose, motion_scale, deterministic, box_warp_scale)
+        return train_forward(self, *args, **kwargs)
 
     def sample_density(
         self,
