@@ -1003,6 +1003,162 @@ def run_timing(off: types.SimpleNamespace, official: Networks, ours: Networks, r
 
 
 # ----------------------------------------------------------------------------------------------------------
+# training curves
+
+
+def curve_optimizers(nets: Networks, recipe: Any) -> dict[str, torch.optim.Optimizer]:
+    """G's and D's Adam as the official loops build them: lazy-regularisation correction, names containing
+    ``bn`` left out, G's cross-attention group at ``cross_lr_scale`` (the same rule serves both sides: our G
+    keeps the official parameter names)."""
+    from train.core.optim import AdamConfig, ParamGroupRule, build_adam
+    from train.recipes.portrait4d_setup import is_cross_attention
+
+    def no_bn(name: str) -> bool:
+        return "bn" in name
+
+    cross = (ParamGroupRule("G_cross", is_cross_attention, recipe.cross_lr_scale),)
+    return {"G": build_adam(nets.G, AdamConfig(recipe.g_lr, recipe.betas, recipe.eps),
+                            reg_interval=recipe.g_reg_interval, groups=cross, exclude=no_bn),
+            "D": build_adam(nets.D, AdamConfig(recipe.d_lr, recipe.betas, recipe.eps),
+                            reg_interval=recipe.d_reg_interval, exclude=no_bn)}
+
+
+def train_phase(phase: str, nets: Networks, opt: torch.optim.Optimizer, seed: int,
+                call: Callable[[Callable[[str, Any], None], OutputGrads], None]) -> dict[str, float]:
+    """One phase and its optimizer step as the official loop runs them: gradients zeroed, only the phase's
+    module requiring grad, the random state seeded (the same on both sides), gradients through
+    ``nan_to_num(nan=0, posinf=1e5, neginf=-1e5)``, ``opt.step()``. Returns the logged terms (means)."""
+    module = nets.G if phase.startswith("G") else nets.D
+    terms: dict[str, float] = {}
+    opt.zero_grad(set_to_none=True)
+    module.requires_grad_(True)
+    torch.manual_seed(seed)
+    try:
+        call(lambda name, value: terms.__setitem__(name, _mean(value)), OutputGrads(enabled=False))
+    finally:
+        module.requires_grad_(False)
+    params = [p for p in module.parameters() if p.numel() > 0 and p.grad is not None]
+    for p in params:
+        p.grad.nan_to_num_(nan=0.0, posinf=1e5, neginf=-1e5)
+    opt.step()
+    return terms
+
+
+def run_curves(off: types.SimpleNamespace, official: Networks, ours: Networks, renderer: nn.Module,
+               args: argparse.Namespace, device: torch.device) -> int:
+    """``--curve-steps N``: N training steps of each side from the same weights on the same batches (a new
+    :func:`make_batch` per step), the phases at their lazy intervals, each with the same seed on both sides.
+    Writes every logged term per step and side to ``--curve-out`` (JSON; ``--plot`` draws it) and prints how far
+    the curves and the final weights drift apart."""
+    import json
+
+    case = args.cases[0]
+    recipe_name = "v2" if case == "v2" else "v1"
+    nr = args.nr or (128 if recipe_name == "v2" else 64)
+    start_nimg = OFFICIAL_CUR_KIMG[case] * 1e3
+    off_loss = official_loss(off, recipe_name, official, nr, device)
+    my_loss = our_loss(recipe_name, ours, renderer, nr, args.gradient_checkpointing)
+    recipe = my_loss.recipe
+    opts = {"official": curve_optimizers(official, recipe), "ours": curve_optimizers(ours, recipe)}
+    intervals = {"Gmain": 1, "Greg": recipe.g_reg_interval, "Dmain": 1, "Dreg": D_REG_INTERVAL}
+    module = off.loss[recipe_name]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    log: dict[str, list[dict[str, Any]]] = {"official": [], "ours": []}
+    seconds = {"official": 0.0, "ours": 0.0}
+    meta = {"case": case, "steps": args.curve_steps, "batch": args.batch, "nr": nr, "device": str(device),
+            "g_size": args.g_size, "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else "CPU"}
+    print(f"== curves, {case}: {args.curve_steps} steps from {start_nimg / 1e3:g} kimg, batch {args.batch}, "
+          f"rendering resolution {nr}, on {device}", flush=True)
+    for step in range(args.curve_steps):
+        cur_nimg = start_nimg + step * args.batch
+        batch = {k: v.to(device) for k, v in make_batch(recipe_name, args.batch, nr, args.seed + 100 + step).items()}
+        rb = my_loss.prepare(batch)
+        data = official_arguments(rb)
+        rows = {side: {"step": step} for side in log}
+        for i, phase in enumerate(PHASES):
+            if step % intervals[phase]:
+                continue
+            gain, seed = intervals[phase], 10_000 + 10 * step + i
+            calls = {"official": official_call(off_loss, module, phase, data, gain, cur_nimg, recipe_name == "v1"),
+                     "ours": our_call(my_loss, phase, rb, gain, cur_nimg, device)}
+            for side, nets in (("official", official), ("ours", ours)):
+                sync()
+                t = time.perf_counter()
+                terms = train_phase(phase, nets, opts[side][phase[0]], seed, calls[side])
+                sync()
+                seconds[side] += time.perf_counter() - t
+                rows[side].update(terms)
+        for side in log:
+            log[side].append(rows[side])
+        if step % max(1, args.curve_steps // 10) == 0 or step == args.curve_steps - 1:
+            a, b = rows["official"].get("Loss/G/loss"), rows["ours"].get("Loss/G/loss")
+            print(f"  step {step:4d}: Loss/G/loss official {a:.6f} ours {b:.6f} (rel {rel(b, a):.2e}); "
+                  f"{seconds['official']:.0f} s / {seconds['ours']:.0f} s so far", flush=True)
+            if args.curve_out is not None:  # what is done so far survives a stopped run
+                args.curve_out.write_text(json.dumps({"meta": {**meta, "steps": step + 1, "seconds": seconds},
+                                                      **log}))
+
+    # how far apart: per term, the relative difference at each step; the weights at the end
+    terms = sorted({k for r in log["official"] for k in r if k != "step" and not k.startswith(SIGN_TERMS)})
+    print(f"\n  {'term':34s} {'steps':>6s} {'median rel':>11s} {'max rel':>10s} {'last rel':>10s}")
+    for term in terms:
+        pairs = [(o[term], m[term]) for o, m in zip(log["official"], log["ours"], strict=True) if term in o and term in m]
+        rels = [rel(b, a) for a, b in pairs]
+        if rels:
+            print(f"  {term:34s} {len(rels):6d} {statistics.median(rels):11.2e} {max(rels):10.2e} {rels[-1]:10.2e}")
+    from avatar.models.portrait4d import Portrait4D
+
+    off_as_ours = Portrait4D.from_official(official.G.state_dict(), config=ours.G.config)
+    drift = {}
+    for prefix, a, b in (("G", off_as_ours, ours.G), ("D", official.D, ours.D)):
+        sa, sb = a.state_dict(), b.state_dict()
+        worst = max(((x - sb[k].to(x.device)).abs().max() / x.abs().max().clamp_min(1e-12)).item()
+                    for k, x in sa.items() if x.is_floating_point() and x.numel())
+        drift[prefix] = worst
+    print(f"  weights after {args.curve_steps} steps: worst relative difference G {drift['G']:.2e}, "
+          f"D {drift['D']:.2e}")
+    print(f"  time: official {seconds['official']:.1f} s, ours {seconds['ours']:.1f} s "
+          f"(ours / official {seconds['ours'] / seconds['official']:.3f}; per-term logging on both sides)")
+    if args.curve_out is not None:
+        meta.update(seconds=seconds, weight_drift=drift)
+        args.curve_out.write_text(json.dumps({"meta": meta, **log}, indent=1))
+        print(f"  wrote {args.curve_out}")
+    return 0
+
+
+def plot_curves(path: Path, out: Path, terms: tuple[str, ...] = (
+        "Loss/G/loss", "Loss/G/lrecon_lpips", "Loss/G/lrecon_l1", "Loss/G/Regloss_G_fix_img", "Loss/D/loss",
+        "Loss/r1_penalty")) -> Path:
+    """The JSON of :func:`run_curves` -> one panel per term, official and ours on the same axes."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    present = [t for t in terms if any(t in r for r in data["official"])]
+    fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 3.2), squeeze=False)
+    for ax, term in zip(axes[0], present, strict=True):
+        for side, style in (("official", dict(color="black", lw=2.4, alpha=0.45)),
+                            ("ours", dict(color="tab:red", lw=0.9, ls="--"))):
+            pts = [(r["step"], r[term]) for r in data[side] if term in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=side, **style)
+        ax.set_title(term.replace("Loss/", ""), fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=8)
+    m = data["meta"]
+    fig.suptitle(f"Portrait4D {m['case']} training from the same random weights: official loss vs ours "
+                 f"(batch {m['batch']}, NR {m['nr']}, G {m['g_size']}, {m['device_name']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1044,10 +1200,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-grads", type=int, default=0, metavar="N", help="list the N worst tensors per group")
     parser.add_argument("--time-steps", type=int, default=0, help="timing mode: rounds of the four phases per side")
     parser.add_argument("--device", default="cpu", help="device of the timing mode (the comparison runs on CPU)")
+    parser.add_argument("--curve-steps", type=int, default=0,
+                        help="curves mode: train each side this many steps from the same weights (first case only)")
+    parser.add_argument("--curve-out", type=Path, default=None, help="curves mode: write the logged terms (JSON)")
+    parser.add_argument("--plot", nargs=2, type=Path, metavar=("JSON", "PNG"),
+                        help="draw a curves JSON (--curve-out) as a PNG and exit (no checkout needed)")
     parser.add_argument("--size", choices=["tiny", "full"], default=None,
                         help="timing mode: 'full' = the official G and D sizes, rendering resolution 128 (v2) / "
                              "64 (v1); 'tiny' = the comparison's sizes")
     args = parser.parse_args(argv)
+    if args.plot:
+        print(f"wrote {plot_curves(*args.plot)}")
+        return 0
     if args.official is None:
         print("no official checkout given (--official PATH): comparison skipped")
         return 2
@@ -1071,6 +1235,10 @@ def main(argv: list[str] | None = None) -> int:
     renderer = FlameCorrespondenceRenderer.from_assets(**face_like_flame_assets(args.seed)).eval()
     official, ours = build_networks(off, args, renderer)
 
+    if args.curve_steps:
+        device = torch.device(args.device)
+        official, ours = to_device(official, device), to_device(ours, device)
+        return run_curves(off, official, ours, renderer.to(device), args, device)
     if args.time_steps:
         device = torch.device(args.device)
         official, ours = to_device(official, device), to_device(ours, device)

@@ -7,6 +7,7 @@ the official sizes, and each formula against a brute-force or hand computation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
@@ -212,6 +213,53 @@ def test_converted_snapshot_loads_with_its_recorded_config(tiny: DualDiscriminat
     convert_file(tmp_path / "snapshot.pkl", tmp_path / "g", network="G_ema")
     with pytest.raises(ModelNotFoundError, match="not the discriminator"):
         DualDiscriminator.from_official(tmp_path / "g")
+
+
+def _write_snapshot(path: Path, source: DualDiscriminator) -> None:
+    """An EG3D training snapshot as the released pickles are: ``G``, ``D``, ``G_ema`` (+ data kwargs)."""
+    with fake_modules() as mods:
+        kwargs = mods.EasyDict(
+            {k: mods.EasyDict(v) if isinstance(v, dict) else v for k, v in _official_options().items()}
+        )
+        make_persistent(
+            source, "DualDiscriminatorDeform", "# source text, never executed\n", kwargs, mods.reconstruct
+        )
+        with open(path, "wb") as f:
+            pickle.dump({"G": nn.Linear(2, 2), "D": source, "G_ema": nn.Linear(2, 2),
+                         "training_set_kwargs": mods.EasyDict()}, f)
+
+
+def test_released_snapshot_discriminator_is_a_model_id(
+    tiny: DualDiscriminator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DualDiscriminator.from_pretrained("portrait4d-static-D", local_dir=...)`` (what ``train/portrait4d.py
+    --init-discriminator portrait4d-static-D`` runs): the registry's D entry points at the same pickle as the
+    generator's id, the D inside it is converted into the cache and loads strictly; a generator id is refused."""
+    import hashlib
+
+    from avatar.hub import download as dl
+    from avatar.hub import registry
+
+    spec = registry.MODELS["portrait4d-static-D"]
+    entry = registry.FILES[spec.checkpoint]
+    assert entry.network == "D" and entry.path == registry.FILES["portrait4d-static-genhead512"].path
+    assert {registry.FILES[registry.MODELS[m].checkpoint].path for m in ("portrait4d-v2-D", "portrait4d-v1-D")} == {
+        registry.FILES["portrait4d-v2-vfhq512"].path, registry.FILES["portrait4d-genhead512"].path}
+    source = DualDiscriminator(DiscriminatorConfig.tiny())
+    source.load_state_dict(tiny.state_dict())
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    _write_snapshot(hub / entry.path, source)
+    data = (hub / entry.path).read_bytes()
+    fake = dataclasses.replace(entry, size=len(data), size_exact=True, sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(registry, "FILES", {**registry.FILES, entry.key: fake})
+    monkeypatch.setattr(dl, "FILES", registry.FILES)
+    loaded = DualDiscriminator.from_pretrained("portrait4d-static-D", local_dir=hub)
+    assert loaded.config == DiscriminatorConfig.tiny() and not loaded.is_random_init and not loaded.training
+    img, c = _inputs(seed=5)
+    assert torch.equal(loaded(img, c), tiny(img, c))
+    with pytest.raises(ModelNotFoundError, match="'portrait4d-static' is a"):
+        DualDiscriminator.from_pretrained("portrait4d-static")
 
 
 def test_config_from_official_init_kwargs() -> None:

@@ -1,11 +1,15 @@
 """Train Portrait4D's reconstructor: ``accelerate launch train/portrait4d.py --recipe v2 --data DATA --out-dir OUT``.
 
 Recipes (``train/recipes/portrait4d.py``, defaults = the official yaml values): ``v2`` (video clips, starts from
-the static model, G_fix multi-view regulariser and motion augmentation), ``static`` and ``v1`` (the official ones
-train on GenHead renders; until GenHead lands they read clips like v2, without the distillation targets).
+the static model, G_fix multi-view regulariser and motion augmentation), ``static`` and ``v1`` (GenHead renders
+with the depth / feature / triplane distillation targets, or video clips like v2 without those targets).
 
 Data (``--data``): an official ``Datum_vfhq`` LMDB folder, a Parquet dataset folder or Hub dataset repo of ours
-(``python -m train.data.convert``), or the output of ``python -m train.prepare VIDEOS --out DATA``.
+(``python -m train.data.convert``), or the output of ``python -m train.prepare VIDEOS --out DATA`` (video clips,
+:class:`~train.data.ClipPairDataset`); or an official offline GenHead-render LMDB (``Datum_new`` records, v1's
+format: :class:`~train.data.GenHeadTripleDataset`, after the official ``GenHeadReconSegLmdbFolderDatasetV2New``;
+``static`` draws the driving view from the source frame). The official v1 renders GenHead online instead; that
+path is not implemented here. One log line says which data a run reads.
 
 Every run can be stopped (Ctrl-C, SIGTERM) and continued exactly with ``--resume latest``. The EMA generator is
 exported in the ``save_pretrained`` format with a model card (``OUT/export/step-*``; ``Portrait4D.from_pretrained``,
@@ -15,7 +19,7 @@ background. ``--eval-every N`` measures held-out PSNR / L1 / LPIPS every N steps
 Examples::
 
     accelerate launch train/portrait4d.py --recipe v2 --data data/VFHQ_sub50_512_4 --out-dir runs/v2 \\
-        --init portrait4d-static-genhead512 --init-discriminator static_D/ --batch-size 8 --kimg 100
+        --init portrait4d-static --batch-size 8 --kimg 100    # G, G_fix and D from the released static snapshot
     python train/portrait4d.py --recipe v2 --data prepared/ --size tiny --flame synthetic \\
         --loss-networks random --max-steps 20 --cpu --out-dir /tmp/smoke
 """
@@ -52,7 +56,7 @@ from train.core import (
 from train.core.state import LoopState
 from train.recipes.portrait4d import RECIPES, recipe
 
-__all__ = ["Portrait4DTrainConfig", "check_hub_access", "default_config", "main"]
+__all__ = ["Portrait4DTrainConfig", "check_hub_access", "default_config", "main", "open_dataset"]
 
 logger = logging.getLogger("train.portrait4d")
 
@@ -70,7 +74,9 @@ class Portrait4DTrainConfig(TrainConfig):
     init: str | None = None
     """Initial generator: model id, save_pretrained folder, official checkpoint or Hub repo (none: fresh)."""
     init_discriminator: str | None = None
-    """Initial discriminator (save_pretrained folder or official checkpoint; none: fresh)."""
+    """Initial discriminator: model id (portrait4d-static-D, ...), save_pretrained folder or official checkpoint;
+    'fresh' for a new one. Default: the discriminator of --init's released snapshot when --init is a model id
+    (portrait4d-static -> portrait4d-static-D, as the official v2 run), else a new one."""
     g_fix: str | None = None
     """v2's frozen static model G_fix (default: --init)."""
     size: Literal["full", "tiny"] = "full"
@@ -90,7 +96,9 @@ class Portrait4DTrainConfig(TrainConfig):
     eval_data: str | None = None
     """Held-out clips (default: the last --eval-clips clips of --data, then left out of training)."""
     eval_clips: int = 4
-    """Number of held-out (source, driving) pairs."""
+    """Number of held-out clips (the last ones of --data, or the first ones of --eval-data)."""
+    eval_pairs_per_clip: int = 1
+    """(source, driving) frame pairs drawn from each held-out clip (the held-out batch is clips x pairs)."""
     deterministic_render: bool = False
     """Deterministic ray sampling in the losses (the official samples at random)."""
     gradient_checkpointing: bool = False
@@ -182,6 +190,34 @@ def _recipe_name(argv: list[str]) -> str:
     return known.recipe if known.recipe in RECIPES else "v2"
 
 
+def open_dataset(path: str, r: Any, seed: int, revision: str | None = None, log: bool = True) -> Any:
+    """``--data`` as recipe ``r`` reads it, with one log line saying which: official GenHead renders (a
+    ``Datum_new`` LMDB) -> :class:`~train.data.GenHeadTripleDataset` (``static=True`` for the static recipe), any
+    clip data -> :class:`~train.data.ClipPairDataset` (v1 / static then train without the distillation targets)."""
+    from train.data import ClipPairDataset, GenHeadTripleDataset, is_genhead4d, open_train_data
+    from train.data.records import RENDER_SIZE
+
+    source = open_train_data(path, revision=revision)
+    if is_genhead4d(source):
+        if r.distill_end_kimg > 0:  # the loss compares the 64 x 64 targets with G's raw render as they are
+            sizes = sorted({r.neural_rendering_resolution(n) for n in (0.0, r.distill_end_kimg * 1e3 - 1)})
+            if sizes != [RENDER_SIZE]:
+                raise ConfigError(f"{path} holds GenHead renders with {RENDER_SIZE}x{RENDER_SIZE} depth and feature "
+                                  f"targets, but recipe {r.name} renders at {'/'.join(map(str, sizes))} before "
+                                  f"distill_end_kimg ({r.distill_end_kimg:g}); keep nr_initial={RENDER_SIZE} "
+                                  "(official) or set distill_end_kimg=0")
+        if log:
+            what = ("the depth / feature / triplane distillation targets until "
+                    f"{r.distill_end_kimg:g} kimg" if r.distill_end_kimg > 0 else "no distillation in this recipe")
+            logger.info("training data: GenHead renders (%s, official GenHeadReconSegLmdbFolderDatasetV2New%s): "
+                        "source, driving and target views with %s", path, ", static" if r.static else "", what)
+        return GenHeadTripleDataset(source, seed=seed, static=r.static)
+    if log:
+        logger.info("training data: video clips (%s): source and driving frames, the target is the driving frame%s",
+                    path, "" if r.name == "v2" else f"; recipe {r.name} runs without GenHead's distillation targets")
+    return ClipPairDataset(source, seed=seed)
+
+
 class _HeldOut(torch.utils.data.Dataset):
     """The clips of ``dataset`` except the last ``n`` (kept for evaluation); keys as the dataset's."""
 
@@ -201,7 +237,7 @@ def run(config: Portrait4DTrainConfig) -> int:
     """Train with ``config``; returns the process exit status (0 done, 128 + signal when stopped)."""
     from torch.utils.data import default_collate
 
-    from train.data import ClipPairDataset
+    from train.data import GenHeadTripleDataset
     from train.recipes.portrait4d_hooks import grid_images, heldout_metrics, model_card_values, write_export
     from train.recipes.portrait4d_loss import Portrait4DLoss
     from train.recipes.portrait4d_setup import build_networks, is_cross_attention
@@ -213,25 +249,31 @@ def run(config: Portrait4DTrainConfig) -> int:
     r = recipe(config.recipe, **recipe_overrides(config.recipe, config.set)).with_batch(config.batch_size)
     if config.kimg is None and config.max_steps is None:
         config = replace(config, kimg=float(r.kimg - r.resume_kimg))
-    dataset = ClipPairDataset(config.data_path, seed=config.seed)
+    dataset = open_dataset(config.data_path, r, config.seed, config.data_revision)
+    genhead = [dataset] if isinstance(dataset, GenHeadTripleDataset) else []  # items wait for G's plane channels
+    motion_dim = dataset.motion_dim if genhead else int(dataset[0]["source_motion"].shape[-1])
     eval_dataset = None
+    if config.eval_every and (config.eval_clips < 1 or config.eval_pairs_per_clip < 1):
+        raise ConfigError(f"--eval-clips and --eval-pairs-per-clip must be at least 1, got {config.eval_clips} and "
+                          f"{config.eval_pairs_per_clip}")
     if config.eval_every:
         if config.eval_data:
-            eval_dataset = ClipPairDataset(config.eval_data, seed=config.seed)
+            eval_dataset = open_dataset(config.eval_data, r, config.seed, log=False)
+            genhead += [eval_dataset] if isinstance(eval_dataset, GenHeadTripleDataset) else []
         else:
             if len(dataset) <= config.eval_clips:
                 raise ConfigError(f"--eval-every needs held-out clips: {config.data_path} has {len(dataset)} clips, "
                                   f"--eval-clips is {config.eval_clips}; pass --eval-data or fewer --eval-clips")
             eval_dataset = dataset
             dataset = _HeldOut(dataset, config.eval_clips)  # type: ignore[assignment]
-    first = dataset[0]
-    motion_dim = int(first["source_motion"].shape[-1])
 
     trainer = Trainer(config)
     nets = build_networks(recipe_name=r.name, init=config.init, init_discriminator=config.init_discriminator,
                           g_fix=config.g_fix, size=config.size, motion_dim=motion_dim,
                           loss_networks=config.loss_networks, flame=config.flame, device=trainer.device,
                           seed=config.seed, local_dir=config.local_dir)
+    for data in genhead:  # triplane rows of xyz + G's plane features (3 + 32 = 35 upstream)
+        data.triplane_channels = int(nets.G.config.encoders.plane_channels)
     if nets.random_loss_networks and trainer.is_main_process:
         logger.warning("the loss networks have random weights: this run is a smoke test, not a model")
     loss = Portrait4DLoss(r, nets.G, nets.D, nets.renderer, nets.lpips, nets.arcface, nets.G_fix, nets.pdfgc,
@@ -254,8 +296,9 @@ def run(config: Portrait4DTrainConfig) -> int:
     if eval_dataset is not None:
         n = min(config.eval_clips, len(eval_dataset))
         start = len(eval_dataset) - n if config.eval_data is None else 0
+        pairs = [eval_dataset[(start + i, p)] for i in range(n) for p in range(config.eval_pairs_per_clip)]
         heldout = loss.prepare({k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in
-                                default_collate([eval_dataset[start + i] for i in range(n)]).items()})
+                                default_collate(pairs).items()})
     last_metrics: dict[str, float] = {}
 
     def on_step_start(state: LoopState) -> None:

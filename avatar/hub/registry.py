@@ -139,6 +139,17 @@ _FILE_LIST: list[UpstreamFile] = [
          sha256="552b7ff8", network="G_ema"),
     _hub("genhead-ffhq512", "genhead-ffhq512.pkl", "persistence-pickle", None, LICENCE_PORTRAIT4D,
          "GenHead: part-wise animatable 3D head generator on FFHQ (G_ema).", network="G_ema"),
+    # the same pickles hold the discriminator of the training run (EG3D snapshots: G, D, G_ema); one download,
+    # one conversion per network
+    _hub("portrait4d-v2-vfhq512-D", "portrait4d-v2-vfhq512.pkl", "persistence-pickle", None, LICENCE_PORTRAIT4D,
+         "Portrait4D-v2's dual discriminator (DualDiscriminatorDeform, D of the same snapshot).", network="D"),
+    _hub("portrait4d-genhead512-D", "portrait4d-genhead512.pkl", "persistence-pickle", int(1.99 * _GB),
+         LICENCE_PORTRAIT4D, "Portrait4D (v1)'s dual discriminator (D of the same snapshot).", sha256="f5a9a094",
+         network="D"),
+    _hub("portrait4d-static-genhead512-D", "portrait4d-static-genhead512.pkl", "persistence-pickle",
+         int(1.99 * _GB), LICENCE_PORTRAIT4D,
+         "Static Portrait4D's dual discriminator: where v2's training starts D (D of the same snapshot).",
+         sha256="552b7ff8", network="D"),
     # --- FLAME (models/FLAME on the Hub, the rest in the GitHub repo) ---------------------------------
     _hub("flame-generic-model", "models/FLAME/geometry/generic_model.pkl", "chumpy-pickle", 53 * _MB,
          LICENCE_FLAME, "FLAME 2020 generic model (chumpy pickle): template, shape/expression/pose bases, "
@@ -290,7 +301,15 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("lpips-vgg", "LPIPS v0.1, VGG16 trunk (trunk from the torch hub cache): the training loss.",
               "perceptual", "avatar.losses.lpips:LPIPSNet", "lpips-vgg", options=(("net", "vgg"),)),
 )
+_D = "avatar.losses.discriminator:DualDiscriminator"
 _SPECS += (
+    # --- discriminators of the released training snapshots (training: --init-discriminator) -------------
+    ModelSpec("portrait4d-v2-D", "Portrait4D-v2's dual discriminator (resume or fine-tune v2 training).",
+              "discriminator", _D, "portrait4d-v2-vfhq512-D"),
+    ModelSpec("portrait4d-v1-D", "Portrait4D (v1)'s dual discriminator.", "discriminator", _D,
+              "portrait4d-genhead512-D"),
+    ModelSpec("portrait4d-static-D", "Static Portrait4D's dual discriminator: v2's training starts from it.",
+              "discriminator", _D, "portrait4d-static-genhead512-D"),
     ModelSpec("fid-inception", "FID Inception v3 (pytorch-fid): the FID metric's 2048-d features.", "perceptual",
               "avatar.losses.inception:FIDInception", "fid-inception"),
 )

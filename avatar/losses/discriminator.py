@@ -5,7 +5,8 @@ YuDeng/Portrait-4D and of the StyleGAN2 discriminator layers it uses
 (``models/stylegan/networks_stylegan2.py``: ``Conv2dLayer``, ``MappingNetwork``, ``DiscriminatorBlock``,
 ``MinibatchStdLayer``, ``DiscriminatorEpilogue``). Parameter and buffer names are the official ones, so the
 ``D`` of an EG3D persistence pickle (``avatar convert FILE --network D``) loads strictly
-(:meth:`DualDiscriminator.from_official`).
+(:meth:`DualDiscriminator.from_official`); the released snapshots' discriminators are registered model ids
+(``DualDiscriminator.from_pretrained("portrait4d-static-D")``, ``portrait4d-v2-D``, ``portrait4d-v1-D``).
 
 Input (:meth:`DualDiscriminator.forward`): a dict of images in [-1, 1] and the 25-number camera label ``c``:
 
@@ -712,7 +713,7 @@ class DualDiscriminator(ModelMixin):
     """
 
     config_class = DiscriminatorConfig
-    default_model_id = None
+    default_model_id = "portrait4d-v2-D"
     config: DiscriminatorConfig
 
     def __init__(self, config: DiscriminatorConfig | None = None) -> None:
@@ -803,6 +804,16 @@ class DualDiscriminator(ModelMixin):
         model = cls(config or DiscriminatorConfig())
         model.load_state_dict_strict(read_weights(path), what=str(path))
         return model.eval()
+
+    @classmethod
+    def from_registry(cls, spec: Any, *, local_dir: str | Path | None = None, **kwargs: Any) -> DualDiscriminator:
+        """The ``D`` of a released training snapshot (``portrait4d-v2-D``, ``portrait4d-static-D``, ...): the pickle
+        is fetched once (the same file as the generator's model id) and its ``D`` converted into the cache by the
+        restricted unpickler; the recorded ``init_kwargs`` give the config."""
+        from avatar.hub.download import download_model
+
+        report = download_model(spec.model_id, local_dir=local_dir, only=[spec.checkpoint])
+        return cls.from_official(report.folders[spec.checkpoint], **kwargs)
 
     # ---- forward ----------------------------------------------------------------------------------------
 

@@ -63,6 +63,10 @@ def convert(src: str | Path, out: str | Path, *, image_format: str = "png", qual
         raise InputError(f"{src} holds no records; nothing to convert")
     meta: dict[str, Any] = {"source": str(src)}
     if isinstance(source, OfficialLmdb):
+        if source.kind not in ("vfhq", "genhead"):
+            raise InputError(f"{src} holds {source.kind} records (GenHead 4D renders, Datum_new); our Parquet format "
+                             "has no kind for them: train on the LMDB as it is (train/portrait4d.py --data "
+                             f"{src})")
         kind = "clips" if source.kind == "vfhq" else "images"
         meta["source_format"] = f"official LMDB ({'Datum_vfhq' if kind == 'clips' else 'Datum_genhead'})"
         if kind == "images":  # the FFHQ files are copied as they are

@@ -3,6 +3,10 @@
 * :class:`ClipPairDataset` - Portrait4D-v2's video data (official ``OneShotReconSegLmdbFolderDataset``,
   ``training/dataloader/dataset_recon.py``): one item per clip, a source and a driving frame drawn with
   replacement from the clip's frames, the clip's head poses rectified (:func:`rectify_head_pose`).
+* :class:`GenHeadTripleDataset` - Portrait4D-v1's offline GenHead renders (official
+  ``GenHeadReconSegLmdbFolderDatasetV2New``, same file; ``Datum_new`` LMDBs): one item per subject, a source, a
+  driving and a target view (two frames, then three views, drawn with replacement) with v1's distillation
+  targets (rendered matte, depth, features, background, triplane samples).
 * :class:`ImageDataset` - the FFHQ / GenHead data (official ``PortraitSynthesisSegLmdbFolderDatasetV2``,
   ``training/dataloader/dataset.py``).
 * :class:`StreamingClipPairs` - clip pairs from shards streamed one at a time (data too large to download).
@@ -13,10 +17,11 @@ The official sample order (``torch_utils/misc.py``), resumable at any position, 
 Items are dicts of numpy arrays (the default ``collate_fn`` stacks them into tensors); images stay uint8 CHW as
 upstream (the loop maps them with ``x / 127.5 - 1``).
 
-**Reproducible draws.** Upstream draws the frame pair with the global ``np.random`` of each DataLoader worker,
-so a resumed run sees other pairs. Here the pair is a pure function of ``(seed, key, clip index)``
-(:func:`frame_pair`): the key is the position in the sample stream when the sampler gives one (``dataset[(index,
-position)]``: :class:`~train.core.sampling.InfiniteSampler` yields such pairs and
+**Reproducible draws.** Upstream draws the frame pair (and the GenHead views) with the global ``np.random`` of
+each DataLoader worker, so a resumed run sees other pairs. Here the draws are a pure function of ``(seed, key,
+record index)`` (:func:`frame_pair`; :func:`frame_view_draw` for the GenHead triples, whose generator goes on from
+the frames to the views): the key is the position in the sample stream when the sampler gives one
+(``dataset[(index, position)]``: :class:`~train.core.sampling.InfiniteSampler` yields such pairs and
 :func:`~train.core.sampling.make_loader` (so the trainer) passes them on, as ``takes_positions`` asks; resuming
 at ``start = images seen so far`` gives exactly the items a run that never stopped would have seen), else the
 epoch (``dataset[index]``, with :meth:`ClipPairDataset.set_epoch`). Nothing depends on global random state,
@@ -45,20 +50,24 @@ from train.data.records import (
     JAW_POSE,
     POSE,
     SHAPE,
+    TRIPLANE_CHANNELS,
+    VIEWS_PER_FRAME,
     ClipRecord,
+    GenHead4DRecord,
     ImageRecord,
 )
 
-__all__ = ["ClipPairDataset", "ImageDataset", "StreamingClipPairs", "frame_pair", "open_train_data", "pair_item",
-           "rectify_head_pose"]
+__all__ = ["ClipPairDataset", "GenHeadTripleDataset", "ImageDataset", "StreamingClipPairs", "frame_pair",
+           "frame_view_draw", "is_genhead4d", "open_train_data", "pair_item", "rectify_head_pose", "triple_item"]
 
 TrainDataSource = OfficialLmdb | ParquetTrainData
 _KEY_EPOCH, _KEY_POSITION, _KEY_STREAM = 0, 1, 2
 
 
 def open_train_data(name_or_path: str | Path, revision: str | None = None) -> TrainDataSource:
-    """An official LMDB folder (``data.mdb`` inside), one of our Parquet dataset folders, or a Hub dataset repo
-    of ours (``owner/name``, downloaded once with ``snapshot_download``)."""
+    """An official LMDB folder (``data.mdb`` inside: VFHQ clips, FFHQ images or GenHead renders, told apart by
+    :attr:`OfficialLmdb.kind`), one of our Parquet dataset folders, or a Hub dataset repo of ours (``owner/name``,
+    downloaded once with ``snapshot_download``)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir() and (path / "data.mdb").is_file():
         return OfficialLmdb(path)
@@ -67,6 +76,15 @@ def open_train_data(name_or_path: str | Path, revision: str | None = None) -> Tr
 
 def _is_clips(source: Any) -> bool:
     return getattr(source, "kind", None) in ("vfhq", "clips")
+
+
+def is_genhead4d(source: Any) -> bool:
+    """Whether ``source`` (an opened data source) holds the official offline GenHead renders (``Datum_new``)."""
+    return getattr(source, "kind", None) == "genhead4d"
+
+
+def _name(source: Any) -> Any:
+    return getattr(source, "path", None) or getattr(source, "root", source)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,8 +122,26 @@ def frame_pair(num_frames: int, seed: int, *key: int) -> np.ndarray:
     generator seeded with ``(seed, *key)`` only (non-negative integers)."""
     if num_frames < 1:
         raise ValueError(f"a clip needs at least one frame, got {num_frames}")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, key)]))
-    return rng.integers(0, num_frames, size=2, dtype=np.int64)
+    return _draw_rng(seed, key).integers(0, num_frames, size=2, dtype=np.int64)
+
+
+def _draw_rng(seed: int, key: tuple[int, ...]) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, key)]))
+
+
+def frame_view_draw(num_frames: int, seed: int, *key: int, static: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``([source frame, driving frame], [source view, driving view, target view])`` of a GenHead triple, in
+    upstream's order: ``np.random.randint(num_frames, size=2)``, then (``static``: driving frame = source frame,
+    no draw) ``np.random.randint(5, size=3)``; all with replacement, from one generator seeded with ``(seed,
+    *key)`` (so the frames are :func:`frame_pair`'s)."""
+    if num_frames < 1:
+        raise ValueError(f"a record needs at least one frame, got {num_frames}")
+    rng = _draw_rng(seed, key)
+    frames = rng.integers(0, num_frames, size=2, dtype=np.int64)
+    if static:
+        frames[1] = frames[0]
+    views = rng.integers(0, VIEWS_PER_FRAME, size=3, dtype=np.int64)
+    return frames, views
 
 
 def _chw(image: np.ndarray) -> np.ndarray:
@@ -147,6 +183,54 @@ def pair_item(record: ClipRecord, frames: np.ndarray, rectify_pose: bool = True,
     }
 
 
+def triple_item(record: GenHead4DRecord, frames: np.ndarray, views: np.ndarray, flame_motion: bool = False,
+                triplane_channels: int = TRIPLANE_CHANNELS) -> dict[str, np.ndarray]:
+    """The training item of a GenHead record for its draws (the official
+    ``GenHeadReconSegLmdbFolderDatasetV2New.__getitem__``): with ``frames = [f0, f1]``, ``views = [v0, v1, v2]``,
+    the source is view ``(f0, v0)``, the driving view ``(f1, v1)``, the target ``(f1, v2)``.
+
+    Returns:
+        ``source_image``, ``driving_image``, ``target_image``: ``(3, H, W)`` uint8 RGB; ``target_seg`` ``(3, H, W)``
+        and ``seg_render`` ``(3, 64, 64)`` uint8 of the target (one channel tiled, as upstream); ``depth``
+        ``(C, 64, 64)``, ``feature`` ``(C, 64, 64)`` of the target and ``feature_bg`` ``(C, 64, 64)`` of the
+        record, float16 as stored; ``triplane`` ``(N, 3 + triplane_channels)`` float16 of the **driving frame**;
+        ``c`` ``(25,)`` the **target** camera; ``shape`` ``(300,)`` from the **source** label; ``exp`` ``(100,)``,
+        ``pose`` ``(6,)``, ``eye`` ``(6,)`` from the **driving** label (no pose rectification, as upstream's
+        GenHead classes); ``source_motion``, ``driving_motion`` ``(D,)`` (``flame_motion``: upstream's
+        ``use_flame_mot``, expression + jaw + eyes = 109 floats); ``frames`` ``(2,)`` and ``views`` ``(3,)`` int64.
+    """
+    (f0, f1), (v0, v1, v2) = (int(i) for i in frames), (int(i) for i in views)
+    src, drv, tgt = record.labels[f0, v0], record.labels[f1, v1], record.labels[f1, v2]
+    if flame_motion:
+        src_mot = np.concatenate([src[EXPRESSION], src[JAW_POSE], src[EYE_POSE]])
+        drv_mot = np.concatenate([drv[EXPRESSION], drv[JAW_POSE], drv[EYE_POSE]])
+    else:
+        src_mot, drv_mot = record.motions[f0, v0], record.motions[f1, v1]
+    def chw(x: np.ndarray) -> np.ndarray:  # always a copy: a one-channel map would stay a view of the LMDB page
+        return np.array(x.transpose(2, 0, 1), order="C")
+
+    return {
+        "source_image": chw(record.image(f0, v0)),
+        "driving_image": chw(record.image(f1, v1)),
+        "target_image": chw(record.image(f1, v2)),
+        "target_seg": chw(record.seg(f1, v2)),
+        "seg_render": chw(record.seg_render(f1, v2)),
+        "depth": chw(record.depths[f1, v2]),
+        "feature": chw(record.features[f1, v2]),
+        "feature_bg": chw(record.background),
+        "triplane": np.array(record.triplane(f1, triplane_channels)),
+        "c": np.array(tgt[CAMERA]),
+        "shape": np.array(src[SHAPE]),
+        "exp": np.array(drv[EXPRESSION]),
+        "pose": np.array(drv[POSE]),
+        "eye": np.array(drv[EYE_POSE]),
+        "source_motion": np.array(src_mot, dtype=np.float32),
+        "driving_motion": np.array(drv_mot, dtype=np.float32),
+        "frames": np.array([f0, f1], dtype=np.int64),
+        "views": np.array([v0, v1, v2], dtype=np.int64),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------
 # map-style datasets
 
@@ -172,9 +256,12 @@ class ClipPairDataset(torch.utils.data.Dataset):
     def __init__(self, source: TrainDataSource | str | Path, seed: int = 0, rectify_pose: bool = True,
                  flame_motion: bool = False) -> None:
         self.source = open_train_data(source) if isinstance(source, str | Path) else source
+        if is_genhead4d(self.source):
+            raise InputError(f"{_name(self.source)} holds GenHead renders (Datum_new), not clips; use "
+                             "GenHeadTripleDataset for it")
         if not _is_clips(self.source):
-            raise InputError(f"{getattr(self.source, 'path', None) or getattr(self.source, 'root', self.source)} holds "
-                             "single images (FFHQ / GenHead data), not clips; use ImageDataset for it")
+            raise InputError(f"{_name(self.source)} holds single images (FFHQ / GenHead data), not clips; use "
+                             "ImageDataset for it")
         if seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {seed}")
         self.seed, self.rectify_pose, self.flame_motion = int(seed), rectify_pose, flame_motion
@@ -220,6 +307,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self.source = open_train_data(source) if isinstance(source, str | Path) else source
         if _is_clips(self.source):
             raise InputError("this data holds clips; use ClipPairDataset for it")
+        if is_genhead4d(self.source):
+            raise InputError("this data holds GenHead renders (Datum_new); use GenHeadTripleDataset for it")
 
     def __len__(self) -> int:
         return len(self.source)
@@ -245,6 +334,76 @@ class ImageDataset(torch.utils.data.Dataset):
         return {"image": _chw(record.decode_image()), "seg": _chw(record.decode_seg()),
                 "c": label[CAMERA].copy(), "shape": label[SHAPE].copy(), "exp": label[EXPRESSION].copy(),
                 "pose": label[POSE].copy(), "eye": label[EYE_POSE].copy(), "index": np.int64(index)}
+
+
+class GenHeadTripleDataset(torch.utils.data.Dataset):
+    """Portrait4D-v1's offline GenHead data (a ``Datum_new`` LMDB): one item per subject, see :func:`triple_item`.
+
+    Provenance: the official ``GenHeadReconSegLmdbFolderDatasetV2New`` (``training/dataloader/dataset_recon.py``,
+    the default dataset class of ``train_recon_v1.py``; the official v1 loop itself renders GenHead online and
+    leaves it unused). Its item, with the draws of :func:`frame_view_draw`; what differs: the draws are
+    reproducible (module docstring) instead of the worker's global ``np.random``, and the depth, feature,
+    background and triplane maps stay float16 (``prepare`` makes them float32 on the device).
+
+    Args:
+        source: an :class:`~train.data.OfficialLmdb` of kind ``'genhead4d'``, or its path.
+        seed: seed of the draws.
+        static: upstream's ``static`` (the static recipe's data): the driving frame is the source frame.
+        flame_motion: upstream's ``use_flame_mot`` (off in every released config).
+        triplane_channels: plane features per triplane point (32 upstream: rows of 35); a reconstructor with
+            other plane channels (the tiny test networks) needs data rendered for it.
+
+    Keys as :class:`ClipPairDataset`: ``dataset[(i, position)]`` (what the trainer passes) draws with the key
+    ``position``, ``dataset[i]`` with ``(epoch, i)``.
+    """
+
+    takes_positions = True
+
+    def __init__(self, source: TrainDataSource | str | Path, seed: int = 0, static: bool = False,
+                 flame_motion: bool = False, triplane_channels: int = TRIPLANE_CHANNELS) -> None:
+        self.source = open_train_data(source) if isinstance(source, str | Path) else source
+        if not is_genhead4d(self.source):
+            raise InputError(f"{_name(self.source)} is not a GenHead render LMDB (official Datum_new records); its "
+                             f"kind is {getattr(self.source, 'kind', None)!r}")
+        if seed < 0:
+            raise InputError(f"seed must be a non-negative integer, got {seed}")
+        self.seed, self.static, self.flame_motion = int(seed), bool(static), flame_motion
+        self.triplane_channels = int(triplane_channels)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """As :meth:`ClipPairDataset.set_epoch`."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def motion_dim(self) -> int:
+        """Width of the items' motions (read from record 0's motions, without drawing)."""
+        return 109 if self.flame_motion else int(self._record(0).motions.shape[-1])
+
+    def _record(self, index: int) -> GenHead4DRecord:
+        record = self.source.read(int(index), copy=False)
+        assert isinstance(record, GenHead4DRecord)
+        return record
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(key, tuple | list):
+            index, position = (int(k) for k in key)
+            draw_key = (_KEY_POSITION, position, index)
+        else:
+            index, position = int(key), None
+            draw_key = (_KEY_EPOCH, self.epoch, index)
+        if index < 0:
+            index += len(self)
+        record = self._record(index)
+        frames, views = frame_view_draw(record.num_frames, self.seed, *draw_key, static=self.static)
+        item: dict[str, Any] = triple_item(record, frames, views, self.flame_motion, self.triplane_channels)
+        item["index"] = np.int64(index)
+        if position is not None:
+            item["position"] = np.int64(position)
+        return item
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """A minimal proto2 wire-format codec, enough for the official Portrait4D LMDB records.
 
-The official records (``training/dataloader/protocols/datum_genhead_pb2.py`` and ``datum_portrait_vfhq_pb2.py``
-in YuDeng/Portrait-4D) are flat proto2 messages of optional ``int32`` and ``bytes`` fields: no nesting, no
-repeated or packed fields. On the wire each field is a varint key ``number << 3 | wire_type`` followed by a
-varint (wire type 0, ``int32``) or a varint length and that many bytes (wire type 2, ``bytes``).
+The official records (``training/dataloader/protocols/datum_genhead_pb2.py``, ``datum_portrait_vfhq_pb2.py`` and
+``datum_portrait_genhead_new_pb2.py`` in YuDeng/Portrait-4D) are flat proto2 messages of optional ``int32`` and
+``bytes`` fields: no nesting, no repeated or packed fields. On the wire each field is a varint key ``number << 3 |
+wire_type`` followed by a varint (wire type 0, ``int32``) or a varint length and that many bytes (wire type 2,
+``bytes``).
 
 Why this and not message classes built at run time from ``google.protobuf.descriptor_pb2``: the codec is about
 eighty lines with no dependency (``protobuf`` would become a training dependency, and the ``mediapipe`` wheel
@@ -19,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["DATUM_GENHEAD", "DATUM_VFHQ", "MessageSchema", "WireError", "decode_fields", "decode_message",
-           "encode_message"]
+__all__ = ["DATUM_GENHEAD", "DATUM_NEW", "DATUM_VFHQ", "MessageSchema", "WireError", "decode_fields",
+           "decode_message", "encode_message"]
 
 VARINT, I64, LEN, I32 = 0, 1, 2, 5
 _WIRE_NAMES = {0: "varint", 1: "64-bit", 2: "length-delimited", 3: "start-group", 4: "end-group", 5: "32-bit"}
@@ -54,6 +55,18 @@ DATUM_GENHEAD = MessageSchema("Datum_genhead", {
 })
 """``datum_genhead.proto``: one FFHQ image, ``image`` and ``seg`` as encoded PNG/JPEG files, ``labels`` float32
 x 437, ``mots`` float32 x 548."""
+
+DATUM_NEW = MessageSchema("Datum_new", {
+    "channels": (1, "int32"), "height": (2, "int32"), "width": (3, "int32"), "num": (4, "int32"),
+    "images": (5, "bytes"), "segs": (6, "bytes"), "segs_render": (7, "bytes"), "features": (8, "bytes"),
+    "depths": (9, "bytes"), "triplanes": (10, "bytes"), "labels": (11, "bytes"), "mots": (12, "bytes"),
+    "bgs": (13, "bytes"),
+})
+"""``datum_portrait_genhead_new.proto``: GenHead renders of one subject, ``num`` = frames x 5 views, stored raw:
+``images`` uint8 num x H x W x C, ``segs`` uint8 num x H x W [x C], ``segs_render`` uint8 num x 64 x 64 [x C],
+``features`` and ``depths`` float16 num x 64 x 64 x C, ``triplanes`` float16 per frame (points x 35: xyz + 32),
+``labels`` float32 num x 437, ``mots`` float32 num x 548, ``bgs`` float16 64 x 64 x C (one per record). Field
+numbers from the serialised descriptor of ``datum_portrait_genhead_new_pb2.py`` (every field optional)."""
 
 
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""In-memory records shared by every on-disk format: a clip of video frames, one image; the label layout; codecs.
+"""In-memory records shared by every on-disk format: a clip of video frames, one image, the GenHead renders of one
+subject (frames x views, official offline v1 data); the label layout; codecs.
 
 A record keeps its frames as they are stored (raw ``uint8`` arrays for the official VFHQ LMDB, encoded PNG/JPEG
 bytes for the FFHQ LMDB and for our Parquet shards) and decodes one frame when asked, so that a dataset that needs
@@ -21,7 +22,8 @@ from train.data.errors import TrainDataError
 
 __all__ = [
     "CAMERA", "EXPRESSION", "EYE_POSE", "HEAD_ROTATION", "IMAGE_FORMATS", "JAW_POSE", "LABEL_DIM", "MOTION_DIM",
-    "POSE", "SHAPE", "ClipRecord", "ImageRecord", "decode_image", "decode_seg", "encode_image", "encode_seg",
+    "POSE", "RENDER_SIZE", "SHAPE", "TRIPLANE_CHANNELS", "VIEWS_PER_FRAME", "ClipRecord", "GenHead4DRecord",
+    "ImageRecord", "decode_image", "decode_seg", "encode_image", "encode_seg",
 ]
 
 LABEL_DIM = 437
@@ -33,6 +35,13 @@ POSE = slice(425, 431)
 HEAD_ROTATION = slice(425, 428)
 JAW_POSE = slice(428, 431)
 EYE_POSE = slice(431, 437)
+
+VIEWS_PER_FRAME = 5
+"""Views (cameras) GenHead renders per frame (expression) in the official offline v1 data: ``num // 5`` frames."""
+RENDER_SIZE = 64
+"""Side of the official GenHead depth, feature, rendered-seg and background maps (GenHead's raw 64 x 64 render)."""
+TRIPLANE_CHANNELS = 32
+"""Features per sampled point of the official triplane targets: rows of 3 + 32 = 35 float16 (xyz, features)."""
 
 IMAGE_FORMATS = ("png", "jpeg")
 """How frames are encoded in our Parquet shards (``png``: lossless, the default)."""
@@ -200,3 +209,63 @@ class ImageRecord:
         if self.height and self.width and image.shape[:2] != (self.height, self.width):
             raise TrainDataError(f"{self.where}: the {what} is {image.shape[1]}x{image.shape[0]} but the record says "
                                  f"{self.width}x{self.height}", self.path, self.key)
+
+
+@dataclass
+class GenHead4DRecord:
+    """GenHead's renders of one subject: ``num_frames`` frames (expressions) x :data:`VIEWS_PER_FRAME` views
+    (cameras) with v1's distillation targets (the official ``Datum_new``, read by
+    ``GenHeadReconSegLmdbFolderDatasetV2New``). Arrays are as stored (views into the LMDB map or copies).
+
+    Attributes:
+        images: ``(F, 5, H, W, 3)`` uint8 RGB.
+        segs: ``(F, 5, H, W, C)`` uint8 mattes (C 1 or 3).
+        segs_render: ``(F, 5, 64, 64, C)`` uint8: GenHead's own matte at its raw resolution (C 1 or 3).
+        depths: ``(F, 5, 64, 64, C)`` float16 raw depth; ``features``: ``(F, 5, 64, 64, C)`` float16 feature
+            images before the super-resolution (32 channels upstream).
+        triplanes: ``(F, P)`` float16: per frame, the sampled points' rows of xyz + plane features, flattened
+            (:meth:`triplane` reshapes them).
+        labels: ``(F, 5, 437)`` float32 (layout in the module docstring); ``motions``: ``(F, 5, D)`` float32.
+        background: ``(64, 64, C)`` float16, GenHead's background feature image (one per subject).
+        height, width: image size; ``where``, ``path``, ``key``: the record, for :class:`TrainDataError`.
+    """
+
+    images: np.ndarray
+    segs: np.ndarray
+    segs_render: np.ndarray
+    depths: np.ndarray
+    features: np.ndarray
+    triplanes: np.ndarray
+    labels: np.ndarray
+    motions: np.ndarray
+    background: np.ndarray
+    height: int
+    width: int
+    where: str = "record"
+    path: str | None = None
+    key: str | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.labels.shape[0])
+
+    def image(self, frame: int, view: int) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB (a view: copy before changing it)."""
+        return self.images[frame, view]
+
+    def seg(self, frame: int, view: int) -> np.ndarray:
+        """``(H, W, 3)`` uint8 (one channel tiled to three, as upstream)."""
+        return _tile3(self.segs[frame, view])
+
+    def seg_render(self, frame: int, view: int) -> np.ndarray:
+        """``(64, 64, 3)`` uint8 (one channel tiled to three, as upstream)."""
+        return _tile3(self.segs_render[frame, view])
+
+    def triplane(self, frame: int, channels: int = TRIPLANE_CHANNELS) -> np.ndarray:
+        """The triplane targets of ``frame``: ``(N, 3 + channels)`` float16 rows (upstream ``reshape(-1, 35)``)."""
+        flat = self.triplanes[frame]
+        width = 3 + int(channels)
+        if flat.size % width:
+            raise TrainDataError(f"{self.where}: 'triplanes' holds {flat.size} float16 per frame, not a whole number "
+                                 f"of rows of {width} (xyz + {channels} plane features)", self.path, self.key)
+        return flat.reshape(-1, width)

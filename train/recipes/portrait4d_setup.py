@@ -96,6 +96,20 @@ def _flame(G: Portrait4D, flame: Literal["official", "synthetic"], seed: int, lo
     return FlameCorrespondenceRenderer.from_deformer(G.deformer.flame_deform, masks)
 
 
+def discriminator_source(init: str | None, init_discriminator: str | None) -> str | None:
+    """Where D starts: ``init_discriminator`` as given (``"fresh"``: a new D); by default the discriminator of the
+    same released snapshot when ``init`` is a released model id (``portrait4d-static`` ->
+    ``portrait4d-static-D``, as the official v2 run resumes G and D from the static pickle), else a new D."""
+    from avatar.hub import registry
+
+    if init_discriminator == "fresh":
+        return None
+    if init_discriminator is None and init is not None and f"{init}-D" in registry.MODELS:
+        logger.info("D starts from %s-D, the discriminator of the same released snapshot", init)
+        return f"{init}-D"
+    return init_discriminator
+
+
 def build_networks(*, recipe_name: str, init: str | None, init_discriminator: str | None, g_fix: str | None,
                    size: Literal["full", "tiny"], motion_dim: int, loss_networks: Literal["pretrained", "random"],
                    flame: Literal["official", "synthetic"], device: torch.device, seed: int = 0,
@@ -108,6 +122,7 @@ def build_networks(*, recipe_name: str, init: str | None, init_discriminator: st
 
     G = _generator(init, size, motion_dim, seed, local_dir)
     renderer = _flame(G, flame, seed, local_dir)
+    init_discriminator = discriminator_source(init, init_discriminator)
     if init_discriminator is not None:
         D = DualDiscriminator.from_pretrained(init_discriminator, local_dir=local_dir)
     else:
