@@ -45,3 +45,18 @@ def test_matches_the_official_losses() -> None:
     args = ["--official", os.environ["PORTRAIT4D_OFFICIAL"], "--extra-path", os.environ["PORTRAIT4D_OFFICIAL_DEPS"],
             "--cases", "v2", "v1", "v1-early"]
     assert _script().main(args) == 0
+
+
+def test_plot_draws_both_sides_of_a_curves_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--plot JSON PNG`` (no checkout needed): one panel per logged term, official and ours."""
+    import json
+
+    from PIL import Image
+
+    rows = [{"step": s, "Loss/G/loss": 1.0 / (s + 1), "Loss/D/loss": 1.4 - 0.01 * s} for s in range(5)]
+    meta = {"case": "v2", "steps": 5, "batch": 4, "nr": 64, "g_size": "tiny", "device_name": "CPU"}
+    (tmp_path / "c.json").write_text(json.dumps({"meta": meta, "official": rows, "ours": rows}))
+    assert _script().main(["--plot", str(tmp_path / "c.json"), str(tmp_path / "c.png")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.width > 2 * im.height  # two panels side by side

@@ -402,3 +402,47 @@ def test_fp16_sr_on_cuda_close_to_fp32() -> None:
         full = sr(x[:, :3], x, ws, force_fp32=True)
     assert half.dtype == torch.float32 and half.shape == (2, 3, 512, 512)
     assert (half - full).abs().max() < 0.05 * full.abs().max()
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_depthwise_fir_matches_its_reference_to_the_second_derivative(separable: bool) -> None:
+    """The FIR fast path (own backward, any order) against grouped convolutions differentiated by autograd:
+    values, gradients and gradients of gradients (float64), and torch's gradcheck / gradgradcheck."""
+    from avatar.nn.upfirdn import depthwise_fir, depthwise_fir_reference
+
+    gen = torch.Generator().manual_seed(0)
+    f = torch.rand(4, generator=gen, dtype=torch.float64) if separable else \
+        torch.rand(4, 3, generator=gen, dtype=torch.float64)
+    x0 = torch.randn(2, 3, 9, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(3, 3, 1, 1, generator=gen, dtype=torch.float64)
+    results = []
+    for fir in (depthwise_fir, depthwise_fir_reference):
+        x = x0.clone().requires_grad_(True)
+        ww = w.clone().requires_grad_(True)
+        y = fir(torch.nn.functional.conv2d(x, ww), f)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(g.square().sum(), ww)  # R1-style: d/dweights of |dy/dx|^2
+        results.append((y.detach(), g.detach(), gw))
+    for ours, ref in zip(*results, strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    x = x0[:1, :2, :6, :6].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: depthwise_fir(t, f), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: depthwise_fir(t, f), (x,))
+
+
+def test_depthwise_fir_double_backward_does_not_loop_over_channels() -> None:
+    """PyTorch's double backward of a grouped convolution runs one convolution per group; the fast path's
+    second derivative is a couple of filterings whatever the channel count (the discriminator's R1 pass)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from avatar.nn.upfirdn import depthwise_fir
+
+    f = setup_filter([1, 3, 3, 1])
+    x = torch.randn(1, 64, 12, 12, requires_grad=True)
+    w = torch.randn(64, 64, 1, 1, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = depthwise_fir(torch.nn.functional.conv2d(x, w), f)
+        (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+        g.square().sum().backward()
+    calls = sum(e.count for e in prof.key_averages() if e.key == "aten::convolution")
+    assert calls < 20, calls  # the grouped-convolution double backward: > 64

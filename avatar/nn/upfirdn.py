@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ __all__ = [
     "Activation",
     "bias_act",
     "conv2d_resample",
+    "depthwise_fir",
+    "depthwise_fir_reference",
     "downsample2d",
     "filter2d",
     "setup_filter",
@@ -135,13 +138,49 @@ def _pad_or_crop(x: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tens
     return x[:, :, max(-y0, 0) : h - max(-y1, 0), max(-x0, 0) : w - max(-x1, 0)]
 
 
-def _depthwise_fir(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """'valid' depthwise correlation of every channel with ``f`` (``[fh, fw]`` or separable ``[n]``)."""
+def depthwise_fir_reference(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """'valid' depthwise correlation of every channel with ``f`` (``[fh, fw]`` or separable ``[n]``), as grouped
+    convolutions differentiated by autograd (upstream's reference maths; :func:`depthwise_fir` is the fast path)."""
     c = x.shape[1]
     if f.ndim == 2:
         return F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
     x = F.conv2d(x, f[None, None, None, :].repeat(c, 1, 1, 1), groups=c)
     return F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)
+
+
+class _DepthwiseFIR(torch.autograd.Function):
+    """:func:`depthwise_fir_reference` with its own backward: the adjoint of a 'valid' correlation is a 'full'
+    correlation with the flipped filter, i.e. this same function on the padded gradient. The backward is built
+    from differentiable calls (itself and ``F.pad``), so gradients of any order cost one more filtering each.
+
+    Why: PyTorch's double backward of a grouped convolution loops over the groups (one small convolution per
+    channel), which made the discriminator's R1 pass (``Dreg``: gradients of gradients through every FIR filter
+    of every block) launch thousands of tiny kernels. Upstream's CUDA ``upfirdn2d`` is built the same way. The
+    filter is a constant (no gradient flows into it, as upstream).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(f)
+        return depthwise_fir_reference(x, f)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (f,) = ctx.saved_tensors
+        fh, fw = (f.shape[0], f.shape[-1]) if f.ndim == 2 else (f.shape[0], f.shape[0])
+        padded = F.pad(grad, [fw - 1, fw - 1, fh - 1, fh - 1])
+        return _DepthwiseFIR.apply(padded, f.flip(list(range(f.ndim)))), None
+
+
+def depthwise_fir(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """'valid' depthwise correlation of every channel of ``x`` ``[N, C, H, W]`` with the constant filter ``f``
+    (``[fh, fw]``, or separable ``[n]`` applied along W then H): ``[N, C, H - fh + 1, W - fw + 1]``. Equal to
+    :func:`depthwise_fir_reference` (tests: values, gradients and gradients of gradients), with a backward of
+    any order that is one filtering (:class:`_DepthwiseFIR`)."""
+    if f.requires_grad:  # a learned filter: autograd's own path (none of upstream's filters is learned)
+        return depthwise_fir_reference(x, f)
+    return _DepthwiseFIR.apply(x, f)
+
 
 
 def upfirdn2d(
@@ -185,7 +224,7 @@ def upfirdn2d(
     f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
-    x = _depthwise_fir(x, f)
+    x = depthwise_fir(x, f)
     return x[:, :, ::downy, ::downx]
 
 
