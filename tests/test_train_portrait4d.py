@@ -246,6 +246,45 @@ def test_script_trains_exports_and_resumes_exactly(toy_data: Path, tmp_path: Pat
     assert "model-index" in card and "psnr" in card and "random weights in this run" in card
 
 
+def test_eval_benchmark_runs_eval_run_on_each_export(toy_data: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--eval-benchmark``: python -m eval.run on the exported G_ema (driven by ``--eval-pipeline``'s
+    preprocessing), its report beside the run and its metrics in the model card's model-index; bad eval.run
+    arguments fail before any training."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from avatar.pipelines.portrait4d import Portrait4DPipeline
+    from train.portrait4d import main
+
+    data = tmp_path / "bench"  # eval.prepare's layout: DATA/<video>/<frame>.png, aligned 512 crops
+    (data / "vid0").mkdir(parents=True)
+    yy, xx = np.mgrid[0:512, 0:512] / 512
+    for f in range(3):
+        frame = np.stack([np.sin(6 * xx + f), np.cos(5 * yy), xx * yy], -1) % 1 * 255
+        Image.fromarray(frame.astype(np.uint8)).save(data / "vid0" / f"{f:06d}.png")
+    pipe = Portrait4DPipeline.tiny().save_pretrained(tmp_path / "pipe")
+    bench = f"--eval-benchmark=--benchmark hdtf --protocol same-identity --data {data} --metrics psnr,l1 --no-plots"
+    out = tmp_path / "run"
+    assert main(_args(toy_data, out, "--max-steps", "1", bench, "--eval-pipeline", str(pipe))) == 0
+    report = json.loads((out / "eval" / "step-00000001" / "metrics.json").read_text())
+    assert report["benchmark"] == "hdtf" and report["metrics"]["psnr"]["count"] == 2
+    assert not report["comparable"]  # random loss networks: a smoke run, stamped as such
+    card = (out / "export" / "step-00000001" / "README.md").read_text()
+    assert "hdtf same-identity: psnr (NOT COMPARABLE" in card and "(same-identity, eval.run)" in card
+    assert f"{report['metrics']['psnr']['value']:.4f}" in card
+    assert f"from_pretrained(\"{out / 'export' / 'step-00000001'}\")" in card and ".partial" not in card
+
+    assert main(_args(toy_data, tmp_path / "bad", "--max-steps", "1", "--eval-benchmark=--benchmark nope")) == 1
+    assert "--eval-benchmark --benchmark nope: not valid eval.run arguments" in capsys.readouterr().err
+    assert main(_args(toy_data, tmp_path / "bad", "--max-steps", "1",
+                      f"--eval-benchmark=--benchmark hdtf --protocol same-identity --data {data} --out x")) == 1
+    assert "remove --out" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
 def test_push_to_hub_fails_at_start_offline_and_uploads_in_the_background(toy_data: Path, tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:

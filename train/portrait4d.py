@@ -99,6 +99,14 @@ class Portrait4DTrainConfig(TrainConfig):
     """Number of held-out clips (the last ones of --data, or the first ones of --eval-data)."""
     eval_pairs_per_clip: int = 1
     """(source, driving) frame pairs drawn from each held-out clip (the held-out batch is clips x pairs)."""
+    eval_benchmark: tuple[str, ...] = ()
+    """python -m eval.run arguments run on every export of G_ema, in one value after '=', e.g.
+    --eval-benchmark='--benchmark hdtf --protocol same-identity --data DIR --limit 8' (the run sets --model and
+    --out: OUT/eval/step-N); the report's metrics go into the model card's model-index. Training waits while it
+    runs."""
+    eval_pipeline: str | None = None
+    """Pipeline whose face preprocessing and motion encoder drive the trained G_ema in --eval-benchmark: a model
+    id (default portrait4d-v2: the official preprocessing, from the cache) or a pipeline folder."""
     deterministic_render: bool = False
     """Deterministic ray sampling in the losses (the official samples at random)."""
     gradient_checkpointing: bool = False
@@ -218,6 +226,13 @@ def open_dataset(path: str, r: Any, seed: int, revision: str | None = None, log:
     return ClipPairDataset(source, seed=seed)
 
 
+def _split_args(values: tuple[str, ...]) -> list[str]:
+    """``--eval-benchmark`` values: each may hold several shell-quoted arguments."""
+    import shlex
+
+    return [part for value in values for part in shlex.split(value)]
+
+
 class _HeldOut(torch.utils.data.Dataset):
     """The clips of ``dataset`` except the last ``n`` (kept for evaluation); keys as the dataset's."""
 
@@ -238,7 +253,14 @@ def run(config: Portrait4DTrainConfig) -> int:
     from torch.utils.data import default_collate
 
     from train.data import GenHeadTripleDataset
-    from train.recipes.portrait4d_hooks import grid_images, heldout_metrics, model_card_values, write_export
+    from train.recipes.portrait4d_hooks import (
+        check_benchmark_args,
+        grid_images,
+        heldout_metrics,
+        model_card_values,
+        run_benchmark,
+        write_export,
+    )
     from train.recipes.portrait4d_loss import Portrait4DLoss
     from train.recipes.portrait4d_setup import build_networks, is_cross_attention
 
@@ -246,6 +268,7 @@ def run(config: Portrait4DTrainConfig) -> int:
         raise ConfigError("--data is required: a prepared dataset folder, an official LMDB or a Hub dataset repo")
     if config.push_to_hub:
         check_hub_access(config.push_to_hub, config.hub_private)
+    benchmark_args = check_benchmark_args(_split_args(config.eval_benchmark)) if config.eval_benchmark else []
     r = recipe(config.recipe, **recipe_overrides(config.recipe, config.set)).with_batch(config.batch_size)
     if config.kimg is None and config.max_steps is None:
         config = replace(config, kimg=float(r.kimg - r.resume_kimg))
@@ -300,6 +323,11 @@ def run(config: Portrait4DTrainConfig) -> int:
         heldout = loss.prepare({k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in
                                 default_collate(pairs).items()})
     last_metrics: dict[str, float] = {}
+    eval_pipeline = None
+    if benchmark_args and trainer.is_main_process:  # loaded now: missing weights fail at start, not at an export
+        from avatar.pipelines.auto import load_pipeline
+
+        eval_pipeline = load_pipeline(config.eval_pipeline or "portrait4d-v2", device=trainer.device)
 
     def on_step_start(state: LoopState) -> None:
         nets.G.neural_rendering_resolution = r.neural_rendering_resolution(state.cur_nimg)  # type: ignore[attr-defined]
@@ -319,9 +347,28 @@ def run(config: Portrait4DTrainConfig) -> int:
 
     def export(module: torch.nn.Module, directory: Path) -> None:
         state = current["state"]
-        values = model_card_values(repo_id=config.push_to_hub or str(directory), recipe=r.to_dict(),
+        # trained weights are not random ones, unless the loss networks were (a smoke run: benchmarks refuse it)
+        module.is_random_init = nets.random_loss_networks  # type: ignore[assignment]
+        report = None
+        if eval_pipeline is not None:
+            try:
+                report = run_benchmark(module, directory, Path(config.out_dir) / "eval" / f"step-{state.step:08d}",  # type: ignore[arg-type]
+                                       [*benchmark_args, "--method-name", f"step-{state.step:08d}"], eval_pipeline,
+                                       trainer.device)
+            except AvatarError as exc:  # the benchmark's data or networks: say so, keep training
+                logger.error("benchmark at step %d failed, training goes on: %s", state.step, exc)
+        if report is not None:
+            values = {f"Benchmark/{k}": v["value"] for k, v in report.get("metrics", {}).items()
+                      if isinstance(v, dict) and v.get("value") is not None}
+            trainer.accelerator.log(values, step=state.step)
+            logger.info("benchmark at step %d (%s %s%s): %s", state.step, report.get("benchmark"),
+                        report.get("protocol"), "" if report.get("comparable") else ", NOT COMPARABLE",
+                        "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()))
+        final = directory.parent / f"step-{state.step:08d}"  # `directory` is the export's staging folder
+        values = model_card_values(repo_id=config.push_to_hub or str(final), recipe=r.to_dict(),
                                    config=asdict(config), step=state.step, kimg=state.kimg,
-                                   metrics=dict(last_metrics) or None, random_loss_networks=nets.random_loss_networks)
+                                   metrics=dict(last_metrics) or None, random_loss_networks=nets.random_loss_networks,
+                                   benchmark=report)
         write_export(module, directory, values)  # type: ignore[arg-type]
 
     current: dict[str, LoopState] = {"state": LoopState()}
