@@ -85,7 +85,16 @@ device synchronised, optimizer steps excluded on both sides, nothing recorded (o
 case: median milliseconds per phase, the full step (all four phases) and the amortised step (Greg and Dreg
 divided by their lazy intervals), ours, official and ours / official; on CUDA also whether upstream's CUDA
 extensions built (otherwise it ran its slower reference ops). Upstream's Dreg includes its motion augmentation
-(a G_fix render and PD-FGC, unused there), which ours skips.
+(a G_fix render and PD-FGC, unused there), which ours skips. Upstream's CUDA extensions are built and loaded
+(:func:`official_cuda_ops`; where one fails upstream runs its reference op, and the output says so).
+``--our-bf16`` times our side under bf16 autocast (``--mixed-precision bf16``) against upstream's fp32.
+
+Curves mode (``--curve-steps N --curve-out FILE``, first case only): both sides *train* N steps from the same
+weights (:func:`run_curves`): a new batch per step, the phases at their lazy intervals with the same seeds on both
+sides, each followed by its Adam step (the official optimizer settings: lazy-regularisation correction, ``bn``
+names left out, the ``G_cross`` group). Every logged term per step and side goes to the JSON (written as it goes);
+the table printed at the end gives the relative differences per term and of the final weights.
+``--plot FILE PNG`` draws such a file (no checkout needed).
 """
 
 from __future__ import annotations
@@ -659,8 +668,12 @@ class _Accelerator:
     def backward(self, loss: Tensor) -> None:
         loss.backward()
 
+    autocast_dtype: torch.dtype | None = None  # timing mode's --our-bf16 (our --mixed-precision bf16)
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
 def our_call(loss: Any, phase: str, rb: Any, gain: int, cur_nimg: float, device: torch.device,
@@ -957,9 +970,43 @@ def time_side(label: str, nets: Networks, calls: dict[str, Callable], gains: dic
     return med
 
 
+def official_cuda_ops(device: torch.device) -> dict[str, bool]:
+    """Build upstream's CUDA extensions (``bias_act``, ``upfirdn2d``; compile log printed in full); where one
+    does not build, upstream's own fallback (its reference PyTorch op) is used instead of crashing. Returns which
+    built."""
+    import torch_utils.custom_ops as custom_ops
+    import torch_utils.ops.bias_act as bias_act
+    import torch_utils.ops.upfirdn2d as upfirdn2d
+
+    custom_ops.verbosity = "full"
+    # upstream imports the built extension by name after `cpp_extension.load`; PyTorch 2's `load` no longer
+    # leaves it in sys.modules, so the import fails although the build succeeded: register it
+    load = torch.utils.cpp_extension.load
+
+    def load_and_register(*a: Any, **k: Any) -> Any:
+        module = load(*a, **k)
+        sys.modules.setdefault(k.get("name", a[0] if a else ""), module)
+        return module
+
+    torch.utils.cpp_extension.load = load_and_register
+    built = {}
+    for name, module in (("bias_act", bias_act), ("upfirdn2d", upfirdn2d)):
+        try:
+            ok = bool(module._init()) if device.type == "cuda" else False
+        except Exception as exc:  # noqa: BLE001 - the build's own error is printed above by custom_ops
+            print(f"upstream's {name} CUDA extension did not build ({type(exc).__name__}: {exc}); upstream runs its "
+                  "reference op", flush=True)
+            ok = False
+        if not ok:
+            module._init = lambda: False  # upstream's dispatch: `impl == 'cuda' and ... and _init()`
+        built[name] = ok
+    return built
+
+
 def run_timing(off: types.SimpleNamespace, official: Networks, ours: Networks, renderer: nn.Module,
                args: argparse.Namespace, device: torch.device) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    built = official_cuda_ops(device)
     # the official loops turn TF32 off (so do our recipes: `tf32=False`)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     print(f"\ntiming on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -994,10 +1041,6 @@ def run_timing(off: types.SimpleNamespace, official: Networks, ours: Networks, r
         print(f"  {'amortised step':14s} {1e3 * amort[0]:10.1f} {1e3 * amort[1]:12.1f} {amort[0] / amort[1]:14.3f}"
               f"   ({lazy or 'no lazy phase'})")
     if device.type == "cuda":
-        import torch_utils.ops.bias_act as bias_act
-        import torch_utils.ops.upfirdn2d as upfirdn2d
-
-        built = {m.__name__.rsplit(".", 1)[-1]: m._plugin is not None for m in (bias_act, upfirdn2d)}
         print(f"official CUDA extensions built: {built} (a False means upstream ran its slower reference ops)")
     return 0
 
@@ -1063,6 +1106,7 @@ def run_curves(off: types.SimpleNamespace, official: Networks, ours: Networks, r
     intervals = {"Gmain": 1, "Greg": recipe.g_reg_interval, "Dmain": 1, "Dreg": D_REG_INTERVAL}
     module = off.loss[recipe_name]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"official CUDA extensions built: {official_cuda_ops(device)}", flush=True)
     log: dict[str, list[dict[str, Any]]] = {"official": [], "ours": []}
     seconds = {"official": 0.0, "ours": 0.0}
     meta = {"case": case, "steps": args.curve_steps, "batch": args.batch, "nr": nr, "device": str(device),
@@ -1200,6 +1244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-grads", type=int, default=0, metavar="N", help="list the N worst tensors per group")
     parser.add_argument("--time-steps", type=int, default=0, help="timing mode: rounds of the four phases per side")
     parser.add_argument("--device", default="cpu", help="device of the timing mode (the comparison runs on CPU)")
+    parser.add_argument("--our-bf16", action="store_true",
+                        help="timing mode: our side under bf16 autocast (train/portrait4d.py --mixed-precision bf16); "
+                             "the official side stays in its fp32")
     parser.add_argument("--curve-steps", type=int, default=0,
                         help="curves mode: train each side this many steps from the same weights (first case only)")
     parser.add_argument("--curve-out", type=Path, default=None, help="curves mode: write the logged terms (JSON)")
@@ -1240,6 +1287,9 @@ def main(argv: list[str] | None = None) -> int:
         official, ours = to_device(official, device), to_device(ours, device)
         return run_curves(off, official, ours, renderer.to(device), args, device)
     if args.time_steps:
+        if args.our_bf16:
+            _Accelerator.autocast_dtype = torch.bfloat16
+            print("our side under bf16 autocast; the official side in fp32")
         device = torch.device(args.device)
         official, ours = to_device(official, device), to_device(ours, device)
         return run_timing(off, official, ours, renderer.to(device), args, device)
