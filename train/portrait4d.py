@@ -14,7 +14,8 @@ path is not implemented here. One log line says which data a run reads.
 Every run can be stopped (Ctrl-C, SIGTERM) and continued exactly with ``--resume latest``. The EMA generator is
 exported in the ``save_pretrained`` format with a model card (``OUT/export/step-*``; ``Portrait4D.from_pretrained``,
 ``avatar reenact --model`` and ``eval.run --model`` take it) and, with ``--push-to-hub REPO``, uploaded in the
-background. ``--eval-every N`` measures held-out PSNR / L1 / LPIPS every N steps.
+background. ``--eval-every N`` measures held-out PSNR / L1 / LPIPS every N steps; ``--eval-benchmark='ARGS'``
+runs ``python -m eval.run ARGS`` on every export (its metrics go into the model card's ``model-index``).
 
 Examples::
 
