@@ -425,6 +425,7 @@ def test_depthwise_fir_matches_its_reference_to_the_second_derivative(separable:
         results.append((y.detach(), g.detach(), gw))
     for ours, ref in zip(*results, strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])  # bit for bit
     x = x0[:1, :2, :6, :6].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: depthwise_fir(t, f), (x,))
     assert torch.autograd.gradgradcheck(lambda t: depthwise_fir(t, f), (x,))
