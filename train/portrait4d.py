@@ -277,10 +277,10 @@ def run(config: Portrait4DTrainConfig) -> int:
     genhead = [dataset] if isinstance(dataset, GenHeadTripleDataset) else []  # items wait for G's plane channels
     motion_dim = dataset.motion_dim if genhead else int(dataset[0]["source_motion"].shape[-1])
     eval_dataset = None
-    if config.eval_every and (config.eval_clips < 1 or config.eval_pairs_per_clip < 1):
-        raise ConfigError(f"--eval-clips and --eval-pairs-per-clip must be at least 1, got {config.eval_clips} and "
-                          f"{config.eval_pairs_per_clip}")
     if config.eval_every:
+        if config.eval_clips < 1 or config.eval_pairs_per_clip < 1:
+            raise ConfigError(f"--eval-clips and --eval-pairs-per-clip must be at least 1, got {config.eval_clips} "
+                              f"and {config.eval_pairs_per_clip}")
         if config.eval_data:
             eval_dataset = open_dataset(config.eval_data, r, config.seed, log=False)
             genhead += [eval_dataset] if isinstance(eval_dataset, GenHeadTripleDataset) else []
@@ -350,12 +350,13 @@ def run(config: Portrait4DTrainConfig) -> int:
         state = current["state"]
         # trained weights are not random ones, unless the loss networks were (a smoke run: benchmarks refuse it)
         module.is_random_init = nets.random_loss_networks  # type: ignore[assignment]
+        name = f"step-{state.step:08d}"
+        final = directory.parent / name  # `directory` is the export's staging folder, moved there when written
         report = None
         if eval_pipeline is not None:
             try:
-                report = run_benchmark(module, directory, Path(config.out_dir) / "eval" / f"step-{state.step:08d}",  # type: ignore[arg-type]
-                                       [*benchmark_args, "--method-name", f"step-{state.step:08d}"], eval_pipeline,
-                                       trainer.device)
+                report = run_benchmark(module, final, Path(config.out_dir) / "eval" / name,  # type: ignore[arg-type]
+                                       [*benchmark_args, "--method-name", name], eval_pipeline, trainer.device)
             except AvatarError as exc:  # the benchmark's data or networks: say so, keep training
                 logger.error("benchmark at step %d failed, training goes on: %s", state.step, exc)
         if report is not None:
@@ -365,7 +366,6 @@ def run(config: Portrait4DTrainConfig) -> int:
             logger.info("benchmark at step %d (%s %s%s): %s", state.step, report.get("benchmark"),
                         report.get("protocol"), "" if report.get("comparable") else ", NOT COMPARABLE",
                         "  ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in values.items()))
-        final = directory.parent / f"step-{state.step:08d}"  # `directory` is the export's staging folder
         values = model_card_values(repo_id=config.push_to_hub or str(final), recipe=r.to_dict(),
                                    config=asdict(config), step=state.step, kimg=state.kimg,
                                    metrics=dict(last_metrics) or None, random_loss_networks=nets.random_loss_networks,

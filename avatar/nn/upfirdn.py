@@ -164,7 +164,8 @@ class _GroupedFIR(torch.autograd.Function):
 
     Why: PyTorch's double backward of a grouped convolution runs one small convolution per group, which made the
     discriminator's R1 pass (``Dreg``: gradients of gradients through every FIR filter of every block) launch
-    thousands of tiny kernels (7 s per Dreg at batch 4 on an H100, 0.2 s with this). The first-order numbers are
+    thousands of tiny kernels (7 s per Dreg of the official v2 at batch 4 on an H200; 0.2 s on an H100 with
+    the first version of this fix). The first-order numbers are
     autograd's own (the same ``convolution_backward`` call); upstream's CUDA ``upfirdn2d`` is built the same way.
     """
 
@@ -207,7 +208,6 @@ def depthwise_fir(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         return _GroupedFIR.apply(x, f[None, None].repeat(c, 1, 1, 1))
     x = _GroupedFIR.apply(x, f[None, None, None, :].repeat(c, 1, 1, 1))
     return _GroupedFIR.apply(x, f[None, None, :, None].repeat(c, 1, 1, 1))
-
 
 
 def upfirdn2d(

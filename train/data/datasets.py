@@ -148,6 +148,27 @@ def _chw(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
+def _resolve_key(key: int | tuple[int, int], epoch: int, length: int) -> tuple[int, int | None, tuple[int, ...]]:
+    """A map-style dataset key -> ``(record index, stream position or None, draw key)``: ``(index, position)``
+    from the sampler draws by position, a plain index by epoch (module docstring); negative indices count from
+    the end."""
+    if isinstance(key, tuple | list):
+        index, position = (int(k) for k in key)
+        draw_key: tuple[int, ...] = (_KEY_POSITION, position, index)
+    else:
+        index, position = int(key), None
+        draw_key = (_KEY_EPOCH, epoch, index)
+    return (index + length if index < 0 else index), position, draw_key
+
+
+def _tagged(item: dict[str, Any], index: int, position: int | None) -> dict[str, Any]:
+    """``item`` with its record ``index`` (and stream ``position``) added, as the loop's bookkeeping reads them."""
+    item["index"] = np.int64(index)
+    if position is not None:
+        item["position"] = np.int64(position)
+    return item
+
+
 def pair_item(record: ClipRecord, frames: np.ndarray, rectify_pose: bool = True,
               flame_motion: bool = False) -> dict[str, np.ndarray]:
     """The training item of a clip and its ``[source, driving]`` frames (the official ``__getitem__``).
@@ -281,21 +302,11 @@ class ClipPairDataset(torch.utils.data.Dataset):
         return record
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        if isinstance(key, tuple | list):
-            index, position = (int(k) for k in key)
-            draw_key = (_KEY_POSITION, position, index)
-        else:
-            index, position = int(key), None
-            draw_key = (_KEY_EPOCH, self.epoch, index)
-        if index < 0:
-            index += len(self)
+        index, position, draw_key = _resolve_key(key, self.epoch, len(self))
         record = self._record(index)
-        item: dict[str, Any] = pair_item(record, frame_pair(record.num_frames, self.seed, *draw_key),
-                                         self.rectify_pose, self.flame_motion)
-        item["index"] = np.int64(index)
-        if position is not None:
-            item["position"] = np.int64(position)
-        return item
+        item = pair_item(record, frame_pair(record.num_frames, self.seed, *draw_key), self.rectify_pose,
+                         self.flame_motion)
+        return _tagged(item, index, position)
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -389,21 +400,11 @@ class GenHeadTripleDataset(torch.utils.data.Dataset):
         return record
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        if isinstance(key, tuple | list):
-            index, position = (int(k) for k in key)
-            draw_key = (_KEY_POSITION, position, index)
-        else:
-            index, position = int(key), None
-            draw_key = (_KEY_EPOCH, self.epoch, index)
-        if index < 0:
-            index += len(self)
+        index, position, draw_key = _resolve_key(key, self.epoch, len(self))
         record = self._record(index)
         frames, views = frame_view_draw(record.num_frames, self.seed, *draw_key, static=self.static)
-        item: dict[str, Any] = triple_item(record, frames, views, self.flame_motion, self.triplane_channels)
-        item["index"] = np.int64(index)
-        if position is not None:
-            item["position"] = np.int64(position)
-        return item
+        return _tagged(triple_item(record, frames, views, self.flame_motion, self.triplane_channels), index,
+                       position)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def check_benchmark_args(args: tuple[str, ...] | list[str]) -> list[str]:
 def run_benchmark(model: Portrait4D, export_dir: Path, out: Path, args: list[str], pipeline: Any,
                   device: torch.device) -> dict[str, Any]:
     """``python -m eval.run ARGS --model EXPORT --out OUT`` with ``model`` (the exported G_ema) in ``pipeline``'s
-    place of the reconstructor: the pipeline's face preprocessing and motion encoder, our trained network. Returns
+    place of the reconstructor: the pipeline's face preprocessing and motion encoder, our trained network
+    (``export_dir`` names the model in the report; nothing is read from it). Returns
     the report (``metrics.json``: ``metrics``, ``comparable``, ``benchmark``, ``protocol``, ...). The training
     run waits for it (keep ``--limit`` small)."""
     from eval.run import run as eval_run
