@@ -9,7 +9,7 @@ simplified mesh that Portrait4D's head-pose field uses, so a benchmark does the 
 
 from __future__ import annotations
 
-__all__ = ["icosphere", "synthetic_flame_assets"]
+__all__ = ["icosphere", "synthetic_flame_assets", "synthetic_genhead_assets"]
 
 import numpy as np
 import torch
@@ -96,6 +96,80 @@ def synthetic_flame_assets(seed: int = 0, neck_correctives: bool = False, subdiv
         "dynamic_lmk_faces_idx": torch.as_tensor(rng.integers(0, len(faces), (79, 17))),
         "dynamic_lmk_bary_coords": torch.as_tensor(rng.random((79, 17, 3)), dtype=torch.float32),
         "full_lmk_faces_idx": rng.integers(0, len(faces), (1, num_landmarks)),
+        "full_lmk_bary_coords": rng.random((1, num_landmarks, 3)),
+    }
+    return {"generic_model": model, "simplify": simplify, "masks": masks, "addition": addition,
+            "landmarks": landmarks}
+
+
+def synthetic_genhead_assets(seed: int = 0, head_subdivisions: int = 3, eye_subdivisions: int = 1,
+                             num_landmarks: int = 70) -> dict:
+    """FLAME-like assets with GenHead's parts: a sphere head with two eyeballs and a mouth, FLAME's vertex layout.
+
+    Vertices are ordered as FLAME's: the head (``face_idxs``, 0..H-1) first, then the right and the left eyeball
+    (``eye_idxs``, contiguous, each half one eye). The eyeballs (radius 0.012) sit in front of the head sphere
+    (radius 0.05), half sunk into it, and are skinned to FLAME's eye joints (3, 4) whose regressor rows are the
+    eyeball centres, so the eye pose rolls them in place; the lower front of the head (the chin and the ``lips``) is
+    skinned to the jaw joint (2), hinged at the back of the head, the rest to the neck (1). ``noinmouth`` leaves out a cap at the lips, so the mouth mask is a
+    visible hole; the head has holes where the eyeballs show (as FLAME's eye openings); the simplified mesh is the
+    full mesh (barycentrics ``[1, 0, 0]``). ``vertices_region_idxs`` holds
+    each vertex's 10 nearest vertices of its own part. Nothing comes from the FLAME model; for tests and the
+    side-by-side comparison with the official GenHead.
+    """
+    rng = np.random.default_rng(seed)
+    head_unit, head_faces = icosphere(head_subdivisions)
+    eye_unit, eye_faces = icosphere(eye_subdivisions)
+    nh, ne = len(head_unit), len(eye_unit)
+    centre = np.array([0.0, 0.02, 0.0])
+    head = head_unit * 0.05 + centre
+    eye_centres = [centre + np.array([-0.018, 0.012, 0.045]), centre + np.array([0.018, 0.012, 0.045])]
+    eyes = [eye_unit * 0.012 + c for c in eye_centres]
+    socket = np.min([np.linalg.norm(head[head_faces].mean(1) - c, axis=-1) for c in eye_centres], axis=0)
+    head_faces = head_faces[socket > 0.011]  # eye sockets: holes the eyeballs show through, as in FLAME
+    verts = np.concatenate([head, *eyes])
+    faces = np.concatenate([head_faces, eye_faces + nh, eye_faces + nh + ne])
+    nv = len(verts)
+    lips = np.nonzero((head_unit[:, 2] > 0.75) & (head_unit[:, 1] < -0.2) & (head_unit[:, 1] > -0.55))[0]
+    chin = np.nonzero((head_unit[:, 2] > 0.3) & (head_unit[:, 1] < -0.2))[0]  # lips and below: on the jaw
+    back = np.nonzero(head_unit[:, 2] < -0.9)[0]
+    j_reg = np.zeros((5, nv))
+    j_reg[0, :nh] = j_reg[1, :nh] = 1.0 / nh
+    j_reg[2, back] = 1.0 / len(back)  # the jaw hinges at the back, so opening it drops the chin and the lips
+    j_reg[3, nh:nh + ne] = j_reg[4, nh + ne:] = 1.0 / ne
+    weights = np.zeros((nv, 5))
+    weights[:nh, 1] = 1.0
+    weights[chin] = 0.0
+    weights[chin, 2] = 1.0
+    weights[nh:nh + ne, 3] = weights[nh + ne:, 4] = 1.0
+    model = {
+        "f": faces.astype(np.uint32), "v_template": verts, "shapedirs": rng.normal(size=(nv, 3, 400)) * 1e-4,
+        "posedirs": np.zeros((nv, 3, 36)), "J_regressor": j_reg,
+        "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64), "weights": weights,
+    }
+    model["shapedirs"][nh:] = 0.0  # rigid eyeballs
+
+    def regions(idx: np.ndarray) -> np.ndarray:
+        d = ((verts[idx, None] - verts[None, idx]) ** 2).sum(-1)
+        return idx[np.argsort(d, axis=1, kind="stable")[:, :10]]
+
+    region = np.full((nv, 10), nv, dtype=np.int64)
+    for part in (np.arange(nh), np.arange(nh, nh + ne), np.arange(nh + ne, nv)):
+        region[part, : min(10, len(part))] = regions(part)[:, :10]
+    eye_idx = np.arange(nh, nv)
+    masks = {"face": np.arange(nh), "right_eyeball": np.arange(nh, nh + ne), "left_eyeball": np.arange(nh + ne, nv),
+             "lips": lips, "noinmouth": np.setdiff1d(np.arange(nh), lips)}
+    simplify = {"idxs": np.stack([np.arange(nv)] * 3, 1).astype(np.int64),
+                "baris": np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (nv, 1)),
+                "faces": faces.astype(np.int64),
+                "coarse_face_region_idxs": rng.integers(0, nv + 1, size=(len(faces), 50)).astype(np.int64)}
+    addition = {"dynamic_idxs": lips, "eye_idxs": eye_idx, "eyelids_idxs": np.arange(0, 20),
+                "smallface_idxs": np.arange(nh), "face_idxs": np.arange(nh),
+                "eye_mask": (np.arange(nv) >= nh).astype(np.float32), "vertices_region_idxs": region}
+    landmarks = {
+        "static_lmk_faces_idx": rng.integers(0, len(head_faces), 51), "static_lmk_bary_coords": rng.random((51, 3)),
+        "dynamic_lmk_faces_idx": rng.integers(0, len(head_faces), (79, 17)),
+        "dynamic_lmk_bary_coords": rng.random((79, 17, 3)).astype(np.float32),
+        "full_lmk_faces_idx": rng.integers(0, len(head_faces), (1, num_landmarks)),
         "full_lmk_bary_coords": rng.random((1, num_landmarks, 3)),
     }
     return {"generic_model": model, "simplify": simplify, "masks": masks, "addition": addition,

@@ -146,6 +146,9 @@ _FILE_LIST: list[UpstreamFile] = [
     _hub("portrait4d-genhead512-D", "portrait4d-genhead512.pkl", "persistence-pickle", int(1.99 * _GB),
          LICENCE_PORTRAIT4D, "Portrait4D (v1)'s dual discriminator (D of the same snapshot).", sha256="f5a9a094",
          network="D"),
+    _hub("genhead-ffhq512-D", "genhead-ffhq512.pkl", "persistence-pickle", None, LICENCE_PORTRAIT4D,
+         "GenHead's dual discriminator (image, raw image, uv, seg): resume or fine-tune GenHead training.",
+         network="D"),
     _hub("portrait4d-static-genhead512-D", "portrait4d-static-genhead512.pkl", "persistence-pickle",
          int(1.99 * _GB), LICENCE_PORTRAIT4D,
          "Static Portrait4D's dual discriminator: where v2's training starts D (D of the same snapshot).",
@@ -278,6 +281,8 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("portrait4d-static", "Static Portrait4D: one-shot 3D head reconstruction (no reenactment).",
               "portrait4d", _P4D, "portrait4d-static-genhead512", (*_FLAME, *_PREPROCESSING),
               options=(("static", True),), pipeline_class=_P4D_PIPE),
+    ModelSpec("genhead-ffhq512", "GenHead (Portrait4D, CVPR 2024): part-wise animatable 3D head generator (FFHQ).",
+              "genhead", "avatar.models.genhead:GenHead", "genhead-ffhq512", _FLAME),
     # --- networks used inside pipelines and the benchmark -----------------------------------------------
     ModelSpec("retinaface-r50", "RetinaFace ResNet-50 face detector (official preprocessing).", "face",
               "avatar.face.retinaface:RetinaFace", "retinaface-r50"),
@@ -310,6 +315,8 @@ _SPECS += (
               "portrait4d-genhead512-D"),
     ModelSpec("portrait4d-static-D", "Static Portrait4D's dual discriminator: v2's training starts from it.",
               "discriminator", _D, "portrait4d-static-genhead512-D"),
+    ModelSpec("genhead-ffhq512-D", "GenHead's dual discriminator (train/genhead.py --init-discriminator).",
+              "discriminator", _D, "genhead-ffhq512-D"),
     ModelSpec("fid-inception", "FID Inception v3 (pytorch-fid): the FID metric's 2048-d features.", "perceptual",
               "avatar.losses.inception:FIDInception", "fid-inception"),
 )

@@ -57,6 +57,7 @@ INERT_CLASS_PREFIXES: tuple[str, ...] = (
     "dnnlib.",
     "chumpy.",
     "scipy.sparse.",
+    "pytorch3d.",  # the FLAME deformer's mesh renderer holds a pytorch3d MeshRasterizer (no tensors)
     "_imported_module_",  # classes defined inside persistence-exec'd modules
     "__torch__.",  # TorchScript archives
 )

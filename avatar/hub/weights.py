@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ..errors import ModelNotFoundError, StateDictMismatchError
 
 __all__ = [
     "StateDictMismatchError",
+    "find_official_weights",
     "load_state_dict_strict",
     "read_converted_weights",
     "read_weights",
@@ -110,3 +112,25 @@ def read_converted_weights(key: str, local_dir: str | Path | None = None) -> dic
     from avatar.hub.download import ensure_file
 
     return read_weights(ensure_file(key, local_dir=local_dir))
+
+
+_OUR_METADATA_FILES = ("config.json", "manifest.json")
+
+
+def find_official_weights(folder: Path) -> tuple[Path, dict[str, Any]]:
+    """The ``<name>.safetensors`` in ``folder`` whose JSON sidecar (``avatar convert`` output) holds official
+    ``init_kwargs``, and that metadata."""
+    for meta_path in sorted(folder.glob("*.json")):
+        if meta_path.name in _OUR_METADATA_FILES:
+            continue
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        weights = meta_path.with_suffix(".safetensors")
+        if isinstance(meta, dict) and "init_kwargs" in meta and weights.is_file():
+            return weights, meta
+    raise ModelNotFoundError(
+        f"{folder} holds neither config.json + model.safetensors (from save_pretrained) nor a converted official "
+        "checkpoint (<name>.safetensors + <name>.json from `avatar convert`)"
+    )

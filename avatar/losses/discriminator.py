@@ -62,6 +62,8 @@ from torch import Tensor, nn
 from avatar.configuration import Config
 from avatar.errors import ConfigError, ModelNotFoundError
 from avatar.modeling import ModelMixin
+from avatar.nn.mapping import MappingNetwork, normalize_2nd_moment
+from avatar.nn.mapping import fp32_or_f64 as _fp32
 from avatar.nn.stylegan2 import FullyConnectedLayer
 from avatar.nn.upfirdn import ACTIVATIONS, bias_act, conv2d_resample, downsample2d, setup_filter, upsample2d
 
@@ -88,11 +90,6 @@ OFFICIAL_CLASS = "DualDiscriminatorDeform"
 
 # ----------------------------------------------------------------------------------------------------------
 # Functional pieces.
-
-
-def normalize_2nd_moment(x: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """``x / sqrt(mean(x^2 along dim) + eps)`` (official ``networks_stylegan2.normalize_2nd_moment``)."""
-    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
 
 
 def filtered_resizing(
@@ -375,99 +372,6 @@ class Conv2dLayer(nn.Module):
         )
 
 
-class MappingNetwork(nn.Module):
-    """StyleGAN2 mapping network (official ``networks_stylegan2.MappingNetwork``); the discriminator uses its
-    conditioning-only form (``z_dim=0``, ``num_ws=None``, ``w_avg_beta=None``): ``embed`` FC
-    ``c_dim -> w_dim``, second-moment normalisation, ``fc0`` ... ``fc{num_layers-1}`` with leaky ReLU and
-    ``lr_multiplier``.
-
-    Parameters: ``embed.*`` (when ``c_dim > 0``), ``fc{i}.weight``, ``fc{i}.bias``; buffer ``w_avg``
-    ``[w_dim]`` only when ``num_ws`` and ``w_avg_beta`` are both set.
-    ``(z [N, z_dim] | None, c [N, c_dim]) -> [N, w_dim]`` (``[N, num_ws, w_dim]`` when ``num_ws`` is set).
-    """
-
-    def __init__(
-        self,
-        z_dim: int,
-        c_dim: int,
-        w_dim: int,
-        num_ws: int | None,
-        num_layers: int = 8,
-        embed_features: int | None = None,
-        layer_features: int | None = None,
-        activation: str = "lrelu",
-        lr_multiplier: float = 0.01,
-        w_avg_beta: float | None = 0.998,
-        normalize: bool = True,
-    ) -> None:
-        super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
-        self.normalize = normalize
-        embed_features = (w_dim if embed_features is None else embed_features) if c_dim > 0 else 0
-        layer_features = w_dim if layer_features is None else layer_features
-        features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
-        if c_dim > 0:
-            self.embed = FullyConnectedLayer(c_dim, embed_features)
-        for idx in range(num_layers):
-            layer = FullyConnectedLayer(
-                features[idx], features[idx + 1], activation=activation, lr_multiplier=lr_multiplier
-            )
-            setattr(self, f"fc{idx}", layer)
-        if num_ws is not None and w_avg_beta is not None:
-            self.register_buffer("w_avg", torch.zeros([w_dim]))
-
-    def forward(
-        self,
-        z: Tensor | None,
-        c: Tensor | None,
-        truncation_psi: float = 1,
-        truncation_cutoff: int | None = None,
-        update_emas: bool = False,
-    ) -> Tensor:
-        x = None
-        if self.z_dim > 0:
-            if z is None or z.ndim != 2 or z.shape[1] != self.z_dim:
-                raise ValueError(
-                    f"expected z of shape [N, {self.z_dim}], got {None if z is None else tuple(z.shape)}"
-                )
-            x = normalize_2nd_moment(
-                z.to(_fp32(z.dtype))
-            )  # (upstream normalises z whatever `normalize` says)
-        if self.c_dim > 0:
-            if c is None or c.ndim != 2 or c.shape[1] != self.c_dim:
-                raise ValueError(
-                    f"expected c of shape [N, {self.c_dim}], got {None if c is None else tuple(c.shape)}"
-                )
-            y = self.embed(c.to(_fp32(c.dtype)))
-            y = normalize_2nd_moment(y) if self.normalize else y
-            x = torch.cat([x, y], dim=1) if x is not None else y
-        if x is None:
-            raise ValueError("a mapping network with z_dim = c_dim = 0 has no input")
-        for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
-        if update_emas and self.w_avg_beta is not None and hasattr(self, "w_avg"):
-            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
-        if self.num_ws is not None:
-            x = x.unsqueeze(1).repeat([1, self.num_ws, 1])
-        if truncation_psi != 1:
-            if not hasattr(self, "w_avg"):
-                raise ValueError("truncation needs the w_avg buffer (num_ws and w_avg_beta set)")
-            if self.num_ws is None or truncation_cutoff is None:
-                x = self.w_avg.lerp(x, truncation_psi)
-            else:
-                x = x.clone()
-                x[:, :truncation_cutoff] = self.w_avg.lerp(x[:, :truncation_cutoff], truncation_psi)
-        return x
-
-    def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, c_dim={self.c_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}"
-
-
 class MinibatchStdLayer(nn.Module):
     """Append the minibatch standard deviation as ``num_channels`` extra feature maps (official
     ``networks_stylegan2.MinibatchStdLayer``).
@@ -500,11 +404,6 @@ class MinibatchStdLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, num_channels={self.num_channels}"
-
-
-def _fp32(dtype: torch.dtype) -> torch.dtype:
-    """float32, or float64 for float64 inputs (upstream casts to float32; float64 serves gradient checks)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _block_dtype(use_fp16: bool, ref: Tensor, force_fp32: bool) -> torch.dtype:

@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from avatar.errors import CheckpointMismatchError, ModelNotFoundError
-from avatar.hub.weights import read_weights
+from avatar.hub.weights import find_official_weights, read_weights
 from avatar.models.portrait4d.configuration import Portrait4DConfig
 
 __all__ = [
@@ -36,7 +36,6 @@ OFFICIAL_CLASS = "TriPlaneReconstructorNeutralize"
 OFFICIAL_PREFIXES = ("encoder_global.", "encoder_detail.", "encoder_canonical.", "generator_triplane.",
                      "background.", "decoder.", "superresolution.", "deformer.flame_deform.")
 OFFICIAL_TOP_LEVEL = ("w_avg",)
-_OUR_FILES = ("config.json", "manifest.json")
 
 
 def official_to_model_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -52,24 +51,6 @@ def official_to_model_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             + ", ".join(foreign[:8]) + (" ..." if len(foreign) > 8 else "")
         )
     return dict(state)
-
-
-def _find_official_weights(folder: Path) -> tuple[Path, dict[str, Any]]:
-    """The ``<name>.safetensors`` whose JSON sidecar holds official ``init_kwargs``."""
-    for meta_path in sorted(folder.glob("*.json")):
-        if meta_path.name in _OUR_FILES:
-            continue
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        weights = meta_path.with_suffix(".safetensors")
-        if isinstance(meta, dict) and "init_kwargs" in meta and weights.is_file():
-            return weights, meta
-    raise ModelNotFoundError(
-        f"{folder} holds neither config.json + model.safetensors (from save_pretrained) nor a converted official "
-        "checkpoint (<name>.safetensors + <name>.json from `avatar convert`)"
-    )
 
 
 def _is_static(meta: Mapping[str, Any]) -> bool:
@@ -106,7 +87,7 @@ def read_official(folder_or_file: str | Path, static: bool | None = None,
             raise ModelNotFoundError(f"{meta_path} (the metadata written by `avatar convert`) is missing")
         weights, meta = path, json.loads(meta_path.read_text())
     else:
-        weights, meta = _find_official_weights(path)
+        weights, meta = find_official_weights(path)
     cls_name = str(meta.get("class_name", ""))
     if cls_name and not cls_name.endswith(OFFICIAL_CLASS):
         raise CheckpointMismatchError(f"{weights} holds a {cls_name}, not a Portrait4D reconstructor "
