@@ -591,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help=export_command.HELP, description=export_command.DESCRIPTION)
     export_command.add_arguments(p)
     p.set_defaults(func=export_command.run)
+    from . import genhead_command
+
+    p = sub.add_parser("genhead", help=genhead_command.HELP, description=genhead_command.DESCRIPTION)
+    genhead_command.add_arguments(p)
+    p.set_defaults(func=genhead_command.run)
 
     for name, spec in FORWARDED.items():  # every later argument, --help included, goes to spec.target
         sub.add_parser(name, help=f"{spec.help} (= `{spec.same_as}`; `avatar {name} --help` for its options)",

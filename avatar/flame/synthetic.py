@@ -111,8 +111,9 @@ def synthetic_genhead_assets(seed: int = 0, head_subdivisions: int = 3, eye_subd
     (radius 0.05), half sunk into it, and are skinned to FLAME's eye joints (3, 4) whose regressor rows are the
     eyeball centres, so the eye pose rolls them in place; the lower front of the head (the chin and the ``lips``) is
     skinned to the jaw joint (2), hinged at the back of the head, the rest to the neck (1). ``noinmouth`` leaves out a cap at the lips, so the mouth mask is a
-    visible hole; the head has holes where the eyeballs show (as FLAME's eye openings); the simplified mesh is the
-    full mesh (barycentrics ``[1, 0, 0]``). ``vertices_region_idxs`` holds
+    visible hole; the head has holes where the eyeballs show (as FLAME's eye openings); the simplified mesh (the
+    head-pose field's and the head mask's) is the level-1 icosphere of the head (42 vertices, 80 triangles;
+    barycentrics ``[1, 0, 0]`` on its own vertices). ``vertices_region_idxs`` holds
     each vertex's 10 nearest vertices of its own part. Nothing comes from the FLAME model; for tests and the
     side-by-side comparison with the official GenHead.
     """
@@ -158,10 +159,12 @@ def synthetic_genhead_assets(seed: int = 0, head_subdivisions: int = 3, eye_subd
     eye_idx = np.arange(nh, nv)
     masks = {"face": np.arange(nh), "right_eyeball": np.arange(nh, nh + ne), "left_eyeball": np.arange(nh + ne, nv),
              "lips": lips, "noinmouth": np.setdiff1d(np.arange(nh), lips)}
-    simplify = {"idxs": np.stack([np.arange(nv)] * 3, 1).astype(np.int64),
-                "baris": np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (nv, 1)),
-                "faces": faces.astype(np.int64),
-                "coarse_face_region_idxs": rng.integers(0, nv + 1, size=(len(faces), 50)).astype(np.int64)}
+    coarse_unit, coarse_faces = icosphere(1)  # its vertices are the first ones of every finer icosphere
+    ns = len(coarse_unit)
+    simplify = {"idxs": np.stack([np.arange(ns)] * 3, 1).astype(np.int64),
+                "baris": np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (ns, 1)),
+                "faces": coarse_faces.astype(np.int64),
+                "coarse_face_region_idxs": rng.integers(0, nv + 1, size=(len(coarse_faces), 50)).astype(np.int64)}
     addition = {"dynamic_idxs": lips, "eye_idxs": eye_idx, "eyelids_idxs": np.arange(0, 20),
                 "smallface_idxs": np.arange(nh), "face_idxs": np.arange(nh),
                 "eye_mask": (np.arange(nv) >= nh).astype(np.float32), "vertices_region_idxs": region}

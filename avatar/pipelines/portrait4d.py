@@ -57,7 +57,7 @@ from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, Portrait
 from avatar.motion.pdfgc import PDFGCEncoder
 from avatar.pipelines.base import AvatarPipeline, HeadPoseMode, PhotoLike, VideoLike
 from avatar.pipelines.frames import side_by_side, to_uint8
-from avatar.pipelines.prefetch import batched_frames, in_background
+from avatar.pipelines.prefetch import in_background
 from avatar.pipelines.preprocess import (
     ALIGNED_FACE_BOX,
     CropSmoother,
@@ -319,17 +319,10 @@ class Portrait4DPipeline(AvatarPipeline):
         if path.is_dir() and (path / PIPELINE_FILE).is_file():
             pipe = cls._load_folder(path, preprocess)
         else:
-            mediapipe = cls.check_preprocess(preprocess) == "mediapipe"
             reconstructor = Portrait4D.from_pretrained(model_id_or_dir, local_dir=local_dir)
-            motion = None if reconstructor.config.is_static else PDFGCEncoder.from_pretrained(local_dir=local_dir)
-            pre = FacePreprocessor(
-                MediaPipeFaceBackend() if mediapipe else RetinaFace.from_pretrained(local_dir=local_dir),
-                None if mediapipe else H3RLandmarker(H3R.from_pretrained(local_dir=local_dir)),
-                FAN3DLandmarker.from_pretrained(local_dir=local_dir),
-                Deep3DReconNet.from_pretrained(local_dir=local_dir),
-                BFM2FLAMEMapper.from_pretrained(local_dir=local_dir),
-                motion,
-            )
+            pre = FacePreprocessor.from_pretrained(cls.check_preprocess(preprocess),
+                                                   motion=not reconstructor.config.is_static,
+                                                   local_dir=local_dir)
             pipe = cls(reconstructor, pre)
         pipe.to(device)
         if dtype is not None and dtype != torch.float32:
@@ -607,11 +600,7 @@ class Portrait4DPipeline(AvatarPipeline):
                             crop_smoother: CropSmoother | None,
                             ) -> Iterator[tuple[list[np.ndarray], list[int], list[FaceAnalysis], Tensor | None]]:
         """Driving frames in batches -> ``(frames, indices with a usable face, their analyses, their motions)``."""
-        for chunk in batched_frames(frames, batch_size, max_frames):
-            faces = self.preprocessor.detect(chunk)
-            good = [i for i, f in enumerate(faces) if f and f[0].size >= self.preprocessor.min_face_size]
-            analyses = self.preprocessor.analyze([chunk[i] for i in good], [faces[i][0] for i in good],
-                                                 crop_smoother)
+        for chunk, good, analyses in self.preprocessor.analyze_batches(frames, batch_size, max_frames, crop_smoother):
             motions = self._motion_or_zeros(analyses).cpu() if analyses else None
             yield chunk, good, analyses, motions
 

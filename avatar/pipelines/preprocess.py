@@ -20,7 +20,9 @@ Two backends find the face and its five alignment points (:data:`PREPROCESS_BACK
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from avatar.face.geometry import (
     transform_landmarks,
     warp_to_aligned,
 )
-from avatar.face.h3r import H3RLandmarker
+from avatar.face.h3r import H3R, H3RLandmarker
 from avatar.face.mediapipe_face import MediaPipeFaceBackend
 from avatar.face.retinaface import DetectedFace, RetinaFace
 from avatar.face.smoothing import CROP_SCALE_FILTER, CROP_TRANSLATION_FILTER, OneEuroFilter
@@ -140,6 +142,28 @@ class FacePreprocessor:
             if module is not None:
                 module.eval()
 
+    @classmethod
+    def from_pretrained(cls, preprocess: str = "official", motion: bool = True,
+                        local_dir: str | Path | None = None) -> FacePreprocessor:
+        """The official preprocessing networks from the asset cache (``avatar download`` fetches them).
+
+        Args:
+            preprocess: ``'official'`` (RetinaFace + H3R) or ``'mediapipe'`` (MediaPipe's detector and mesh).
+            motion: load PD-FGC too (the static model and GenHead need no motion).
+            local_dir: take the upstream files from this folder instead of the network.
+        """
+        if preprocess not in PREPROCESS_BACKENDS:
+            raise InputError(f"preprocess must be one of {', '.join(PREPROCESS_BACKENDS)}, got {preprocess!r}")
+        mediapipe = preprocess == "mediapipe"
+        return cls(
+            MediaPipeFaceBackend() if mediapipe else RetinaFace.from_pretrained(local_dir=local_dir),
+            None if mediapipe else H3RLandmarker(H3R.from_pretrained(local_dir=local_dir)),
+            FAN3DLandmarker.from_pretrained(local_dir=local_dir),
+            Deep3DReconNet.from_pretrained(local_dir=local_dir),
+            BFM2FLAMEMapper.from_pretrained(local_dir=local_dir),
+            PDFGCEncoder.from_pretrained(local_dir=local_dir) if motion else None,
+        )
+
     @property
     def backend(self) -> str:
         """``'official'`` or ``'mediapipe'``: what finds the faces and their alignment points."""
@@ -211,6 +235,19 @@ class FacePreprocessor:
             out.append(FaceAnalysis(np.asarray(crop), params, boxes[i], np.asarray(lm_crop, dtype=np.float32),
                                     np.asarray(l68c, dtype=np.float32), labels[i]))
         return out
+
+    def analyze_batches(self, frames: Iterable[np.ndarray], batch_size: int, max_frames: int | None = None,
+                        smoother: CropSmoother | None = None,
+                        ) -> Iterator[tuple[list[np.ndarray], list[int], list[FaceAnalysis]]]:
+        """Video frames in batches -> ``(frames, indices of the frames with a usable face, their analyses)``: the
+        largest face of each frame, refused below ``min_face_size``; crops smoothed across frames with
+        ``smoother``."""
+        from avatar.pipelines.prefetch import batched_frames
+
+        for chunk in batched_frames(frames, batch_size, max_frames):
+            faces = self.detect(chunk)
+            good = [i for i, f in enumerate(faces) if f and f[0].size >= self.min_face_size]
+            yield chunk, good, self.analyze([chunk[i] for i in good], [faces[i][0] for i in good], smoother)
 
     @torch.no_grad()
     def motion(self, analyses: list[FaceAnalysis]) -> Tensor | None:
