@@ -52,6 +52,50 @@ def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: in
     return statistics.median(times)
 
 
+def bench_row(name: str, batch: int, official: torch.nn.Module, ours: torch.nn.Module, device: torch.device,
+              iters: int, bf16: bool) -> list[dict]:
+    """Time one row: the official generator, ours in fp32 (and under bf16 autocast), same inputs."""
+    import compare_official_genhead as cmp
+
+    x = {k: v.to(device) for k, v in cmp.make_inputs(batch, 1).items()}
+    flame = (x["shape"], x["exp"], x["pose"], x["eye"])
+    c_cond = torch.cat([x["camera"], x["shape"]], dim=-1)
+    with_uv = batch > 1
+
+    @torch.no_grad()
+    def run_official() -> None:
+        ws = official.mapping(x["z"], c_cond, truncation_psi=0.95, truncation_cutoff=14)
+        official.synthesis(ws, x["z"], x["camera"], official._deformer(*flame), neural_rendering_resolution=64,
+                           noise_mode="const", smpl_param=flame)
+        if with_uv:
+            official.deformer.renderer(*flame, x["camera"], half_size=256)
+
+    @torch.no_grad()
+    def run_ours() -> None:
+        ours.sample(x["z"], *flame, x["camera"], truncation_psi=0.95, truncation_cutoff=14)
+        if with_uv:
+            ours.uv_map(x["camera"], *flame)
+
+    def run_ours_bf16() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            run_ours()
+
+    variants = [("official fp32", run_official), ("ours fp32", run_ours)]
+    if bf16:
+        variants.append(("ours bf16 autocast", run_ours_bf16))
+    rows, base = [], None
+    for label, fn in variants:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sec = _time(fn, device, iters)
+        mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        base = sec if base is None else base
+        rows.append({"row": name, "variant": label, "ms": 1e3 * sec, "images_per_s": batch / sec,
+                     "triples_per_s": batch / 3 / sec if batch > 1 else None, "speedup": base / sec,
+                     "peak_gib": mem})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     import compare_official_genhead as cmp
 
@@ -95,42 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name, batch in (("sample 512, batch 1", 1), ("v1 data step, 12 images", 12)):
-        x = {k: v.to(device) for k, v in cmp.make_inputs(batch, 1).items()}
-        flame = (x["shape"], x["exp"], x["pose"], x["eye"])
-        c_cond = torch.cat([x["camera"], x["shape"]], dim=-1)
-        with_uv = batch > 1
-
-        @torch.no_grad()
-        def run_official() -> None:
-            ws = official.mapping(x["z"], c_cond, truncation_psi=0.95, truncation_cutoff=14)
-            official.synthesis(ws, x["z"], x["camera"], official._deformer(*flame), neural_rendering_resolution=64,
-                               noise_mode="const", smpl_param=flame)
-            if with_uv:
-                official.deformer.renderer(*flame, x["camera"], half_size=256)
-
-        @torch.no_grad()
-        def run_ours() -> None:
-            ours.sample(x["z"], *flame, x["camera"], truncation_psi=0.95, truncation_cutoff=14)
-            if with_uv:
-                ours.uv_map(x["camera"], *flame)
-
-        def run_ours_bf16() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                run_ours()
-
-        variants = [("official fp32", run_official), ("ours fp32", run_ours)]
-        if args.bf16:
-            variants.append(("ours bf16 autocast", run_ours_bf16))
-        base = None
-        for label, fn in variants:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            sec = _time(fn, device, args.iters)
-            mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-            base = sec if base is None else base
-            rows.append({"row": name, "variant": label, "ms": 1e3 * sec, "images_per_s": batch / sec,
-                         "triples_per_s": batch / 3 / sec if batch > 1 else None, "speedup": base / sec,
-                         "peak_gib": mem})
+        rows += bench_row(name, batch, official, ours, device, args.iters, args.bf16)
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"GenHead on {gpu}; pytorch3d on the official side: {'its own kernels' if real_p3d else 'Python stand-ins'}"

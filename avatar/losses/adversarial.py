@@ -20,8 +20,11 @@ the same code at the lines given in brackets). ``D(x)`` is the logit ``[N, 1]`` 
   where ``|.|^2`` sums the squares over channels and pixels (``:476-488``, v2 ``:472-484``, GenHead
   ``:432-444``); the loss is the batch mean of ``R1_n`` (``:493``). The gradients are taken with respect to
   the discriminator's *inputs as given*: ``image_sr`` and ``uv`` at 512, the raw ``image`` and ``seg`` at the
-  neural rendering resolution (before the discriminator's own resizing), and through the blur when there is
-  one (``run_D`` blurs inside). Defaults ``gamma = 1``, ``gamma_uv = 10``, ``gamma_seg = 1``
+  neural rendering resolution (before the discriminator's own resizing); with a blur, ``image_sr``'s gradient is
+  taken with respect to the *blurred* image, not through the blur (upstream's ``run_D`` stores its blurred copy in
+  the caller's dict, whose entries R1 then differentiates, as in EG3D): blur the R1 leaf first and call
+  :func:`run_discriminator` without blur, as GenHead's Dreg does (``train/recipes/genhead_loss.py``; Portrait4D
+  has no blur). Defaults ``gamma = 1``, ``gamma_uv = 10``, ``gamma_seg = 1``
   (``configs/default.yaml``: ``gamma``, ``gamma_uv``, ``gamma_seg``): :func:`r1_penalty`.
 * Blur (``run_D``, ``:200-212``; GenHead ``:109-121``): ``image_sr`` is filtered with the separable kernel
   ``f_k = 2^(-(k / sigma)^2)``, ``k = -floor(3 sigma) .. floor(3 sigma)``, normalised to sum 1 (upfirdn
@@ -114,8 +117,8 @@ def run_discriminator(
 ) -> Tensor:
     """``D(img, c)`` after blurring ``img['image_sr']`` with ``blur_sigma`` (official ``run_D``,
     ``loss_recon_v1.py:200-212``, for a generator with super-resolution, as in every Portrait4D and GenHead
-    config). ``img`` is not modified (upstream replaces the entry of the caller's dict); gradients flow
-    through the blur. Returns the logits ``[N, 1]``.
+    config). ``img`` is not modified (upstream replaces the entry of the caller's dict, which matters for R1:
+    see the module docstring); gradients flow through the blur. Returns the logits ``[N, 1]``.
 
     (Upstream's branch for a generator without super-resolution blurs ``img['image']``, which its
     discriminator then does not read: it reads ``image_sr`` in both modes. That branch is dead in every

@@ -3,7 +3,8 @@
 Modules (one job each):
 
 * :mod:`~train.core.config`: :class:`TrainConfig` and its sections (checkpoint, log, export, ema, data).
-* :mod:`~train.core.cli`: :func:`parse_config`: command-line flags from the config dataclasses.
+* :mod:`~train.core.cli`: :func:`parse_config`: command-line flags from the config dataclasses;
+  :func:`apply_overrides`: ``--set KEY=VALUE`` changes of a recipe dataclass.
 * :mod:`~train.core.optim`: Adam with the lazy-regularisation correction and per-group lr scales.
 * :mod:`~train.core.phases`: :class:`Phase`, :func:`lazy_phases`, one optimizer step of a phase (no DDP).
 * :mod:`~train.core.ema`: :class:`EMA` with the official ramp-up.
@@ -18,7 +19,7 @@ Modules (one job each):
 """
 
 from train.core.checkpoint import CheckpointManager
-from train.core.cli import parse_config
+from train.core.cli import apply_overrides, parse_config
 from train.core.config import CheckpointConfig, DataConfig, ExportConfig, LogConfig, TrainConfig
 from train.core.ema import EMA, EmaConfig, ema_beta
 from train.core.export import BackgroundPusher, Exporter, hub_push
@@ -36,7 +37,8 @@ __all__ = [
     "EMA", "AdamConfig", "BackgroundPusher", "CheckpointConfig", "CheckpointManager", "DataConfig", "EmaConfig",
     "ExportConfig", "Exporter", "FitResult", "GracefulStop", "Hooks", "InfiniteSampler", "JSONLTracker",
     "LogConfig", "LoopState", "ParamGroupRule", "Phase", "PhaseContext", "SeededSamples", "TickStats",
-    "TrainConfig", "Trainer", "build_adam", "capture_rng_state", "ema_beta", "hub_push", "image_grid", "isolated_rng",
-    "lazy_phases", "lazy_ratio", "lazy_regularized", "make_loader", "parse_config", "reduce_gradients",
+    "TrainConfig", "Trainer", "apply_overrides", "build_adam", "capture_rng_state", "ema_beta", "hub_push",
+    "image_grid", "isolated_rng", "lazy_phases", "lazy_ratio", "lazy_regularized", "make_loader", "parse_config",
+    "reduce_gradients",
     "restore_rng_state", "run_phase", "save_image_grid", "seed_everything",
 ]

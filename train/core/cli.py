@@ -23,7 +23,7 @@ import json
 import textwrap
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from avatar.cli import ArgumentParser
 from avatar.configuration import config_from_dict
 from avatar.errors import ConfigError
 
-__all__ = ["build_parser", "field_docs", "parse_config"]
+__all__ = ["apply_overrides", "build_parser", "field_docs", "parse_config"]
 
 T = TypeVar("T")
 _NONE = ("none", "None", "null")
@@ -171,3 +171,68 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, prog: str |
     for dotted, value in namespace.items():
         _set(base, dotted, value)
     return config_from_dict(cls, base)
+
+
+def _leaf_fields(cls: type, prefix: str = "") -> dict[str, Any]:
+    """``{dotted name: type hint}`` of every non-dataclass field of the dataclass ``cls`` (nested ones dotted)."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        hint = hints[field.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            out.update(_leaf_fields(hint, f"{prefix}{field.name}."))
+        else:
+            out[f"{prefix}{field.name}"] = hint
+    return out
+
+
+def _override_value(hint: Any, text: str) -> Any:
+    inner, optional = _strip_optional(hint)
+    if optional and text in _NONE:
+        return None
+    origin = typing.get_origin(inner)
+    if origin is typing.Literal:
+        return _literal_parser(list(typing.get_args(inner)))(text)
+    if origin is tuple:
+        args = typing.get_args(inner)
+        item = args[0] if args else str
+        values = [_scalar_parser(item, False)(v.strip()) for v in text.split(",")]
+        if args and args[-1] is not Ellipsis and len(values) != len(args):
+            raise argparse.ArgumentTypeError(f"expected {len(args)} comma-separated values")
+        return tuple(values)
+    if inner in (int, float, str, bool):
+        return _scalar_parser(inner, optional)(text)
+    raise argparse.ArgumentTypeError(f"{hint} cannot be set from the command line")
+
+
+def apply_overrides(base: T, items: Sequence[str], *, flag: str = "--set", exclude: Collection[str] = ()) -> T:
+    """``base`` (a frozen dataclass, e.g. an official recipe) with ``KEY=VALUE`` overrides applied.
+
+    Each value is parsed as the type of its field (``int``, ``float``, ``str``, ``bool``, ``Literal``, ``X | None``
+    with ``none``, tuples as comma-separated values); nested dataclass fields are named with dots
+    (``parts.eye_t=0``). Names in ``exclude`` cannot be set. A bad item raises :class:`ConfigError` naming ``flag``.
+    """
+    leaves = {k: v for k, v in _leaf_fields(type(base)).items() if k not in exclude and k.split(".")[0] not in exclude}
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in leaves:
+            raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(leaves))}")
+        try:
+            changes[key] = _override_value(leaves[key], text.strip())
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"{flag} {item!r}: {text!r} is not a valid value for {key} ({exc})") from exc
+
+    def rebuild(obj: Any, prefix: str) -> Any:
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(obj):
+            name = f"{prefix}{field.name}"
+            current = getattr(obj, field.name)
+            if dataclasses.is_dataclass(current) and any(k.startswith(name + ".") for k in changes):
+                values[field.name] = rebuild(current, name + ".")
+            elif name in changes:
+                values[field.name] = changes[name]
+        return dataclasses.replace(obj, **values) if values else obj
+
+    return rebuild(base, "")
