@@ -8,8 +8,14 @@ Data (``--data``): an official ``Datum_vfhq`` LMDB folder, a Parquet dataset fol
 (``python -m train.data.convert``), or the output of ``python -m train.prepare VIDEOS --out DATA`` (video clips,
 :class:`~train.data.ClipPairDataset`); or an official offline GenHead-render LMDB (``Datum_new`` records, v1's
 format: :class:`~train.data.GenHeadTripleDataset`, after the official ``GenHeadReconSegLmdbFolderDatasetV2New``;
-``static`` draws the driving view from the source frame). The official v1 renders GenHead online instead; that
-path is not implemented here. One log line says which data a run reads.
+``static`` draws the driving view from the source frame); or ``--data genhead`` (recipes v1 and static): the
+official online path, GenHead renders drawn at every step from the FLAME parameter pools
+(:mod:`train.recipes.genhead_data`, ``training_loop_recon_v1.fetch_random_params`` + ``gen_data_by_G_syn``),
+with ``--genhead`` (the generator: ``genhead-ffhq512`` by default, a folder, or ``tiny``) and ``--pools`` (the
+official pools through the asset cache, ``registry``, the default; a folder holding the four ``.npy`` files; or
+``synthetic``); ``--flame synthetic`` defaults both to the tiny / synthetic stand-ins (smoke runs). Each step's
+batch depends on the run's seed and the step's position only, so ``--resume`` continues the same stream. One log
+line says which data a run reads.
 
 Every run can be stopped (Ctrl-C, SIGTERM) and continued exactly with ``--resume latest``. The EMA generator is
 exported in the ``save_pretrained`` format with a model card (``OUT/export/step-*``; ``Portrait4D.from_pretrained``,
@@ -23,11 +29,16 @@ Examples::
         --init portrait4d-static --batch-size 8 --kimg 100    # G, G_fix and D from the released static snapshot
     python train/portrait4d.py --recipe v2 --data prepared/ --size tiny --flame synthetic \\
         --loss-networks random --max-steps 20 --cpu --out-dir /tmp/smoke
+    accelerate launch train/portrait4d.py --recipe v1 --data genhead --init portrait4d-v1 \\
+        --out-dir runs/v1    # v1's data: genhead-ffhq512 online, the official pools from the Hub
+    python train/portrait4d.py --recipe v1 --data genhead --size tiny --flame synthetic \\
+        --loss-networks random --max-steps 2 --cpu --out-dir /tmp/smoke-v1    # tiny GenHead, synthetic pools
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -57,7 +68,8 @@ from train.core import (
 from train.core.state import LoopState
 from train.recipes.portrait4d import RECIPES, recipe
 
-__all__ = ["Portrait4DTrainConfig", "check_hub_access", "default_config", "main", "open_dataset"]
+__all__ = ["GENHEAD_DATA", "Portrait4DTrainConfig", "check_hub_access", "default_config", "engine_pdfgc", "main",
+           "open_dataset", "open_genhead_engine"]
 
 logger = logging.getLogger("train.portrait4d")
 
@@ -69,7 +81,16 @@ class Portrait4DTrainConfig(TrainConfig):
     recipe: Literal["v1", "static", "v2"] = "v2"
     """Official recipe whose values are the defaults: v2 (video clips + G_fix), static or v1."""
     data_path: str | None = field(default=None, metadata={"aliases": ("--data",)})
-    """Training data: official LMDB folder, Parquet dataset folder, Hub dataset repo or train.prepare output."""
+    """Training data: official LMDB folder, Parquet dataset folder, Hub dataset repo or train.prepare output; or
+    'genhead' (v1, static): GenHead renders drawn online at every step, as the official v1 (--genhead, --pools)."""
+    genhead: str | None = None
+    """With --data genhead: the generator rendering the data: a model id (genhead-ffhq512), a save_pretrained or
+    'avatar convert' folder, or 'tiny' (a random tiny GenHead; smoke runs). Default: genhead-ffhq512 (tiny with
+    --flame synthetic)."""
+    pools: str | None = None
+    """With --data genhead: the FLAME parameter pools: 'registry' (the four official .npy files of the Hub repo
+    through the asset cache or --local-dir), a folder holding them, or 'synthetic' (random values, not data; smoke
+    runs). Default: registry (synthetic with --flame synthetic)."""
     data_revision: str | None = None
     """Revision of a Hub dataset repo."""
     init: str | None = None
@@ -227,6 +248,65 @@ def open_dataset(path: str, r: Any, seed: int, revision: str | None = None, log:
     return ClipPairDataset(source, seed=seed)
 
 
+GENHEAD_DATA = "genhead"
+"""The ``--data`` value of v1's online GenHead data."""
+
+
+def engine_pdfgc(config: Portrait4DTrainConfig) -> Any:
+    """The PD-FGC encoder of ``--data genhead`` (its width is the motion width of the reconstructor): the official
+    weights, or (``--loss-networks random``) a random one seeded by ``--seed`` (tiny with ``--size tiny``)."""
+    from avatar.motion.pdfgc import PDFGCConfig, PDFGCEncoder
+    from train.core.rng import isolated_rng
+
+    if config.loss_networks == "random":
+        with isolated_rng(config.seed):
+            return PDFGCEncoder(PDFGCConfig.tiny() if config.size == "tiny" else PDFGCConfig())
+    return PDFGCEncoder.from_pretrained("pdfgc-motion", local_dir=config.local_dir)
+
+
+def open_genhead_engine(config: Portrait4DTrainConfig, r: Any, G: Any, pdfgc: Any, device: torch.device,
+                        log: bool = True) -> Any:
+    """``--data genhead``: GenHead (``--genhead``), the pools (``--pools``) and PD-FGC as a
+    :class:`~train.recipes.genhead_data.GenHeadDataEngine` for recipe ``r`` (static: one motion per subject;
+    v1: the static second half), rendering at the recipe's initial resolution (official 64) on ``device``."""
+    from avatar.models.genhead import GenHead
+    from avatar.models.genhead.pools import FlameParameterPools
+    from train.core.rng import isolated_rng
+    from train.recipes.genhead_data import GenHeadDataEngine, check_render_resolution
+
+    synthetic = config.flame == "synthetic"
+    name = config.genhead or ("tiny" if synthetic else "genhead-ffhq512")
+    which = config.pools or ("synthetic" if synthetic else "registry")
+    check_render_resolution(r, r.nr_initial)
+    with isolated_rng(config.seed):  # building draws nothing from the run's stream
+        if name == "tiny":
+            genhead = GenHead.tiny(seed=None, plane_features=int(G.config.encoders.plane_channels))
+        else:
+            genhead = GenHead.from_pretrained(name, local_dir=config.local_dir)
+    widths = (int(genhead.config.feature_channels), int(genhead.config.plane_features))
+    wanted = (int(G.config.feature_channels), int(G.config.encoders.plane_channels))
+    if widths != wanted:
+        raise ConfigError(f"GenHead {name} renders {widths[0]}-channel feature images and {widths[1]}-channel "
+                          f"triplane features, the reconstructor learns {wanted[0]} and {wanted[1]}")
+    if which == "synthetic":
+        pools = FlameParameterPools.synthetic(config.seed)
+    elif which == "registry":
+        pools = FlameParameterPools.from_registry(local_dir=config.local_dir)
+    else:
+        pools = FlameParameterPools.from_folder(which)
+    engine = GenHeadDataEngine(genhead.to(device), pools, pdfgc.to(device), static_dataset=r.static,
+                               half_static=r.name == "v1" and not r.static, truncation_psi=r.truncation_psi,
+                               neural_rendering_resolution=r.nr_initial)
+    if log:
+        logger.info("training data: GenHead online (%s, pools %s: %r; official fetch_random_params + "
+                    "gen_data_by_G_syn%s): source, driving and target views rendered at %d every step, with the "
+                    "distillation targets until %g kimg", name, which, pools,
+                    ", static" if r.static else ", half static", engine.resolution, r.distill_end_kimg)
+        if which == "synthetic" and not synthetic:
+            logger.warning("--pools synthetic: random FLAME parameters and cameras, not data")
+    return engine
+
+
 def _split_args(values: tuple[str, ...]) -> list[str]:
     """``--eval-benchmark`` values: each may hold several shell-quoted arguments."""
     import shlex
@@ -253,7 +333,9 @@ def run(config: Portrait4DTrainConfig) -> int:
     """Train with ``config``; returns the process exit status (0 done, 128 + signal when stopped)."""
     from torch.utils.data import default_collate
 
+    from train.core.rng import split_seed
     from train.data import GenHeadTripleDataset
+    from train.recipes.genhead_data import prepare_genhead_batch
     from train.recipes.portrait4d_hooks import (
         check_benchmark_args,
         grid_images,
@@ -266,16 +348,31 @@ def run(config: Portrait4DTrainConfig) -> int:
     from train.recipes.portrait4d_setup import build_networks, is_cross_attention
 
     if config.data_path is None:
-        raise ConfigError("--data is required: a prepared dataset folder, an official LMDB or a Hub dataset repo")
+        raise ConfigError("--data is required: a prepared dataset folder, an official LMDB, a Hub dataset repo, or "
+                          "genhead (v1, static: GenHead renders drawn online)")
     if config.push_to_hub:
         check_hub_access(config.push_to_hub, config.hub_private)
     benchmark_args = check_benchmark_args(_split_args(config.eval_benchmark)) if config.eval_benchmark else []
     r = recipe(config.recipe, **recipe_overrides(config.recipe, config.set)).with_batch(config.batch_size)
     if config.kimg is None and config.max_steps is None:
         config = replace(config, kimg=float(r.kimg - r.resume_kimg))
-    dataset = open_dataset(config.data_path, r, config.seed, config.data_revision)
-    genhead = [dataset] if isinstance(dataset, GenHeadTripleDataset) else []  # items wait for G's plane channels
-    motion_dim = dataset.motion_dim if genhead else int(dataset[0]["source_motion"].shape[-1])
+    online = config.data_path == GENHEAD_DATA
+    if not online and (config.genhead or config.pools):
+        raise ConfigError("--genhead and --pools choose the generator and the pools of --data genhead; drop them or "
+                          "pass --data genhead")
+    dataset: Any = None
+    pdfgc: Any = None
+    if online:
+        if r.name == "v2":
+            raise ConfigError("--data genhead is the data of recipes v1 and static (GenHead renders); v2 trains on "
+                              "video clips")
+        pdfgc = engine_pdfgc(config)  # the motion width of the data is PD-FGC's
+        genhead: list[Any] = []
+        motion_dim = int(pdfgc.config.motion_dim)
+    else:
+        dataset = open_dataset(config.data_path, r, config.seed, config.data_revision)
+        genhead = [dataset] if isinstance(dataset, GenHeadTripleDataset) else []  # items wait for G's plane channels
+        motion_dim = dataset.motion_dim if genhead else int(dataset[0]["source_motion"].shape[-1])
     eval_dataset = None
     if config.eval_every:
         if config.eval_clips < 1 or config.eval_pairs_per_clip < 1:
@@ -284,6 +381,9 @@ def run(config: Portrait4DTrainConfig) -> int:
         if config.eval_data:
             eval_dataset = open_dataset(config.eval_data, r, config.seed, log=False)
             genhead += [eval_dataset] if isinstance(eval_dataset, GenHeadTripleDataset) else []
+        elif online:
+            raise ConfigError("--eval-every with --data genhead needs --eval-data (held-out clips or GenHead "
+                              "renders): online data has no held-out part")
         else:
             if len(dataset) <= config.eval_clips:
                 raise ConfigError(f"--eval-every needs held-out clips: {config.data_path} has {len(dataset)} clips, "
@@ -314,8 +414,18 @@ def run(config: Portrait4DTrainConfig) -> int:
     ]
     ema = EMA(nets.G, config.ema)
 
-    fixed = loss.prepare({k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in default_collate(
-        [dataset[i] for i in range(min(4, len(dataset)))]).items()})
+    engine = open_genhead_engine(config, r, nets.G, pdfgc, trainer.device, trainer.is_main_process) if online \
+        else None
+    prepare = loss.prepare if engine is None else functools.partial(prepare_genhead_batch, loss)
+    if engine is not None:  # the grid's subjects: a stream of their own
+        grid_draws = torch.Generator().manual_seed(split_seed(config.seed, 0x6D1D)[0])
+        fixed = prepare(engine.batch(min(4, trainer.batch_per_process), grid_draws))
+        source: Any = engine.batches(config.seed, trainer.batch_per_process, trainer.process_index,
+                                     config.batch_size)
+    else:
+        fixed = prepare({k: v.to(trainer.device) if isinstance(v, torch.Tensor) else v for k, v in default_collate(
+            [dataset[i] for i in range(min(4, len(dataset)))]).items()})
+        source = dataset
     heldout = None
     if eval_dataset is not None:
         n = min(config.eval_clips, len(eval_dataset))
@@ -376,10 +486,10 @@ def run(config: Portrait4DTrainConfig) -> int:
 
     def prepare_batch(batch: Any, state: LoopState) -> Any:
         current["state"] = state
-        return loss.prepare(batch)
+        return prepare(batch)
 
     push = hub_push(config.push_to_hub, private=config.hub_private) if config.push_to_hub else None
-    result = trainer.fit(phases, data=dataset, ema=ema,
+    result = trainer.fit(phases, data=source, ema=ema,
                          hooks=Hooks(on_step_start=on_step_start, prepare_batch=prepare_batch, images=images,
                                      export=export, push=push))
     if heldout is not None and trainer.is_main_process:

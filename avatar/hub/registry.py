@@ -203,6 +203,16 @@ _FILE_LIST: list[UpstreamFile] = [
     _gh("bfm2flame-mapper", "data_preprocess/assets/bfm2flame_mapper/model-iter200000.pth", "torch", 1125471,
         "730c2d2289bb5b1d1c2c351b0de8cc5c3a55c008bfcac2fb45130808635fd91c", LICENCE_MIT_UPSTREAM,
         "BFM -> FLAME mapper MLP (144 -> 403)."),
+    # --- Portrait4D v1's FLAME parameter pools (data/ on the Hub; training_loop_recon_v1 draws GenHead's inputs
+    # from them: avatar.models.genhead.pools). Plain float32 .npy arrays; sizes are the Hub page's figures.
+    _hub("pools-ffhq-shape-n-c", "data/ffhq_all_shape_n_c_params.npy", "npy", int(182 * _MB), LICENCE_PORTRAIT4D,
+         "FFHQ camera labels + FLAME shapes, rows of 25 + 300 (Portrait4D v1's online GenHead data)."),
+    _hub("pools-vfhq-shape-n-c", "data/vfhq_all_shape_n_c_params.npy", "npy", int(14.1 * _MB), LICENCE_PORTRAIT4D,
+         "VFHQ camera labels + FLAME shapes, rows of 25 + 300 (Portrait4D v1's online GenHead data)."),
+    _hub("pools-ffhq-motion", "data/ffhq_all_motion_params.npy", "npy", int(62.7 * _MB), LICENCE_PORTRAIT4D,
+         "FFHQ FLAME expression 100 + pose 6 + eye poses 6 (v1's static motions)."),
+    _hub("pools-vfhq-motion", "data/vfhq_all_motion_params.npy", "npy", int(235 * _MB), LICENCE_PORTRAIT4D,
+         "VFHQ FLAME expression 100 + pose 6 + eye poses 6 per frame, (clips, frames, 112) (v1's dynamic motions)."),
     # --- evaluation only: FID's Inception (a release asset of pytorch-fid; the name carries its SHA-256 prefix)
     UpstreamFile(key="fid-inception", path="pt_inception-2015-12-05-6726825d.pth", fmt="torch", size=None,
                  licence="Apache-2.0 (pytorch-fid; weights ported from TensorFlow's FID Inception).",
