@@ -193,3 +193,19 @@ def test_bad_inputs_are_named(model: GenHead) -> None:
         model.sample(z, shape, exp, pose, eye, inference_label(1), neural_rendering_resolution=256)
     with pytest.raises(InputError, match="FLAME"):
         GenHead(GenHeadConfig.tiny()).render_masks(inference_label(1), shape, exp, pose, eye)
+
+
+def test_zero_neck_skips_the_head_pose_field_within_rounding(model: GenHead) -> None:
+    """With the neck at zero the field is the identity up to rounding, so skipping it changes nothing measurable."""
+    deform = model.deformer.flame_deform
+    shape, exp, pose, eye = _flame(4, 1)
+    pose[:, :3] = 0
+    points = 0.2 * torch.randn(1, 500, 3, generator=torch.Generator().manual_seed(1))
+    field = deform.precompute(shape, exp, pose, eye)
+    assert field is not None
+    warped = deform.warp(field, points)
+    assert (warped - points).abs().max() < 1e-6
+    skipped = model.part_deformation(shape, exp, pose, eye)(points)
+    exact = deform.parts_from_meshes(warped, deform.part_meshes(shape, exp, pose, eye))
+    for a, b in zip(skipped, exact, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)

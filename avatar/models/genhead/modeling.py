@@ -286,10 +286,15 @@ class GenHead(ModelMixin):
                          ) -> Callable[[Tensor], PartDeformation]:
         """The per-point part deformation for one set of FLAME parameters, ``points (B, M, 3) -> PartDeformation``
         (official ``FlameDeformationModule.forward(part=True)``). The head-pose grids and the FLAME meshes are
-        computed once here; upstream recomputes them for the coarse and again for the fine samples (same values)."""
+        computed once here; upstream recomputes them for the coarse and again for the fine samples (same values).
+
+        When every neck rotation is exactly zero (GenHead's training data, Portrait4D v1's engine) the head-pose
+        field is skipped: its target and canonical meshes are then the same mesh and the GNARF field maps every
+        point to itself up to float rounding (measured below 1e-6 in ``tests/test_genhead.py``), while its grid
+        search is the costliest step of a render on a CPU."""
         deform = self._require_flame()
         with torch.no_grad():
-            field = deform.precompute(shape, expression, pose, eye_pose)
+            field = None if not bool(pose[:, :3].any()) else deform.precompute(shape, expression, pose, eye_pose)
             no_neck = torch.cat([torch.zeros_like(pose[..., :3]), pose[..., 3:]], dim=-1)
             meshes = deform.part_meshes(shape, expression, no_neck, eye_pose)
 
