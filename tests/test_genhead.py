@@ -209,3 +209,16 @@ def test_zero_neck_skips_the_head_pose_field_within_rounding(model: GenHead) -> 
     exact = deform.parts_from_meshes(warped, deform.part_meshes(shape, exp, pose, eye))
     for a, b in zip(skipped, exact, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_sample_matches_cpu(model: GenHead, sampled) -> None:
+    """The same tiny model and inputs on CUDA (float32; the background's fp16 blocks run in fp16 there, as
+    upstream) give the CPU result within half-precision rounding."""
+    z, out = sampled
+    gpu = GenHead.tiny(seed=0).cuda()
+    with torch.no_grad():
+        got = gpu.sample(z.cuda(), *(t.cuda() for t in _flame()), inference_label(B).cuda())
+    torch.testing.assert_close(got.masks.mouth.cpu(), out.masks.mouth, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got.depth.cpu(), out.depth, rtol=0, atol=2e-3)
+    torch.testing.assert_close(got.image.cpu(), out.image, rtol=0, atol=2e-2)

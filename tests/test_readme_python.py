@@ -33,6 +33,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("readme")
     Portrait4DPipeline.tiny(seed=0).save_pretrained(root / "tiny")
+    from avatar.models.genhead import GenHead
+
+    GenHead.tiny(seed=0).save_pretrained(root / "genhead")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(root / "photo.jpg")
     with VideoWriter(root / "driving.mp4", 25) as writer:
@@ -60,6 +63,7 @@ def test_readme_python_block_runs(index: int, workspace: Path, monkeypatch: pyte
     for old, new in (
         ('load_pipeline("portrait4d-v2"', f'load_pipeline({str(tiny)!r}'),
         ('Portrait4D.from_pretrained("portrait4d-v2")', f'Portrait4D.from_pretrained({str(tiny / "reconstructor")!r})'),
+        ('GenHead.from_pretrained("genhead-ffhq512")', f'GenHead.from_pretrained({str(workspace / "genhead")!r})'),
         ('device="cuda"', 'device="cpu"'),
     ):
         code = code.replace(old, new)
