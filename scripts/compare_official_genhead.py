@@ -1,9 +1,10 @@
 """Side-by-side check of our GenHead port against the official ``PartTriPlaneGeneratorDeform``, CPU, random weights.
 
-    python scripts/compare_official_genhead.py --official /path/to/Portrait-4D --extra-path DEPS [--batch 2]
+    python scripts/compare_official_genhead.py --official /path/to/Portrait-4D --extra-path DEPS [--batch 2] \
+        [--pytorch3d-src SRC [--pytorch3d-build DIR]]
 
 ``DEPS``: a ``pip install --target DEPS omegaconf`` folder (the official FLAME deformer reads its asset paths with
-omegaconf).
+omegaconf). ``SRC``: a pytorch3d source checkout (see step 2).
 
 What it does:
 
@@ -13,14 +14,23 @@ What it does:
    the addition info, ``ca_*.txt``) is written to a temporary folder with a ``cfg.yaml`` pointing at it. The
    official deformer reads those files; ours reads the buffers the official module computed from them (they
    travel inside the converted checkpoint) and the same masks file.
-2. **pytorch3d.** Not installable here (no wheel for current PyTorch). Its four entry points the official GenHead
-   calls are replaced by stand-ins written for this script: ``knn_points`` / ``knn_gather`` by brute force over all
-   vertex pairs (an independent exact reference for our chunked :func:`avatar.flame.parts.nearest_vertex`);
-   ``_C.point_face_dist_forward`` by :func:`avatar.flame.geometry.closest_triangles` and ``MeshRasterizer`` +
-   ``FoVPerspectiveCameras`` + ``interpolate_face_attributes`` by :mod:`avatar.render.rasterize` (both checked
-   against pytorch3d's own kernels by the tests that ship with them). So the surface field and the rasterisation
-   are the same code on both sides, and everything GenHead builds on them (the mesh selections, the camera
-   transforms, the mask post-processing, the part deformation, the part compositing) is compared.
+2. **pytorch3d.** Not installable here (no wheel for current PyTorch). With ``--pytorch3d-src SRC`` the official
+   side runs pytorch3d's *own* kernels: ``scripts/pytorch3d_kernels/p3d_shim.py`` compiles ``knn_points_idx``,
+   ``point_face_dist_forward``, ``rasterize_meshes`` (+ coarse) and ``interp_face_attrs`` from the unmodified
+   sources in ``SRC`` (JIT, into ``--pytorch3d-build`` or torch's extension cache; CPU, plus CUDA when available)
+   and registers ``pytorch3d`` modules with pytorch3d's Python glue re-created around them (cameras, ``Meshes``,
+   ``MeshRasterizer``, clipping by ``SRC``'s own ``clip.py``), so nothing of ours runs on the official side; the
+   outputs then differ by float rounding only (the kernel's point-face squared distances and the rasteriser's
+   depths / barycentrics differ from ours in the last bits: about 2e-5 on the outputs, the masks identical).
+   Without it (the default) the four entry points the official GenHead calls are replaced by stand-ins written
+   for this script: ``knn_points`` / ``knn_gather`` by brute force over all vertex pairs (an independent exact
+   reference for our chunked :func:`avatar.flame.parts.nearest_vertex`); ``_C.point_face_dist_forward`` by
+   :func:`avatar.flame.geometry.closest_triangles` and ``MeshRasterizer`` + ``FoVPerspectiveCameras`` +
+   ``interpolate_face_attributes`` by :mod:`avatar.render.rasterize` (both checked against pytorch3d's own kernels
+   by the tests that ship with them and by ``scripts/pytorch3d_kernels/check_shim.py``). Then the surface field
+   and the rasterisation are the same code on both sides, and everything GenHead builds on them (the mesh
+   selections, the camera transforms, the mask post-processing, the part deformation, the part compositing) is
+   compared.
 3. **Networks.** The official generator is built with the released ``init_kwargs`` (``genhead-ffhq512.yaml``;
    ``--small`` shrinks the triplane and channel widths for a quick run), every parameter is perturbed (so no
    zero-initialised layer hides a mistake), pickled as ``{'G_ema': G}`` exactly as EG3D's training loop does,
@@ -195,6 +205,19 @@ def interpolate_face_attributes(pix_to_face: Tensor, bary_coords: Tensor, attrib
     return out.unsqueeze(-2)
 
 
+def install_pytorch3d_kernels(source: Path, build: Path | None = None) -> None:
+    """pytorch3d's own kernels, compiled from the source folder ``source`` (``scripts/pytorch3d_kernels``)."""
+    scripts = str(Path(__file__).resolve().parent)
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)
+    from pytorch3d_kernels import p3d_shim
+
+    t = time.perf_counter()
+    ext = p3d_shim.install(sys.modules, source=source, build=build)["pytorch3d._C"]
+    print(f"pytorch3d {p3d_shim.VERSION} kernels from {source} ({ext.__name__}, CUDA kernels: {ext.WITH_CUDA}) "
+          f"built/loaded in {time.perf_counter() - t:.1f} s")
+
+
 def install_pytorch3d_stand_ins() -> None:
     def module(name: str, **attrs: object) -> types.ModuleType:
         m = types.ModuleType(name)
@@ -249,7 +272,8 @@ def official_init_kwargs(cfg_path: Path, small: bool) -> dict:
     }
 
 
-def import_official(checkout: Path) -> type:
+def import_official(checkout: Path, stand_ins: bool = True) -> type:
+    """The official generator class; ``stand_ins=False``: pytorch3d is already registered (the kernels)."""
     code = checkout / "portrait4d"
     if not (code / "training" / "generator" / "triplane.py").is_file():
         raise SystemExit(f"{checkout} is not a Portrait-4D checkout (portrait4d/training/generator missing)")
@@ -259,7 +283,8 @@ def import_official(checkout: Path) -> type:
             import requests  # noqa: F401
         except ImportError:
             sys.modules["requests"] = types.ModuleType("requests")
-    install_pytorch3d_stand_ins()
+    if stand_ins:
+        install_pytorch3d_stand_ins()
     try:
         from training.generator.triplane import PartTriPlaneGeneratorDeform
     except ImportError as exc:
@@ -334,13 +359,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="narrow networks, 64^2 triplanes (quick run)")
     parser.add_argument("--truncation-psi", type=float, default=0.7)
     parser.add_argument("--tol", type=float, default=1e-4)
+    parser.add_argument("--pytorch3d-src", type=Path, default=None,
+                        help="pytorch3d source folder: run its own kernels on the official side (else stand-ins)")
+    parser.add_argument("--pytorch3d-build", type=Path, default=None,
+                        help="build folder for those kernels (default: torch's extension cache)")
     args = parser.parse_args(argv)
     if args.official is None:
         print("no official checkout given (--official PATH): comparison skipped")
         return 2
     for p in args.extra_path:
         sys.path.insert(0, p)
-    official_cls = import_official(args.official.resolve())
+    if args.pytorch3d_src is not None:
+        install_pytorch3d_kernels(args.pytorch3d_src, args.pytorch3d_build)
+    official_cls = import_official(args.official.resolve(), stand_ins=args.pytorch3d_src is None)
 
     from avatar.flame.synthetic import synthetic_genhead_assets
     from avatar.hub.convert import convert_file
