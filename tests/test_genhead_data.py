@@ -379,3 +379,25 @@ def test_online_data_options_fail_in_one_sentence(tmp_path: Path, capsys: pytest
     argv[argv.index("genhead")] = str(tmp_path)
     assert main(argv) == 1
     assert "--genhead and --pools choose the generator and the pools of --data genhead" in capsys.readouterr().err
+
+
+def test_fresh_reconstructor_takes_genheads_flame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--data genhead with --flame official and no --init: the fresh reconstructor's FLAME deformer is built from
+    GenHead's buffers (the same official FLAME files) instead of failing."""
+    import avatar.hub.weights as weights
+    from avatar.flame.synthetic import synthetic_genhead_assets
+    from avatar.models.genhead import GenHead
+    from avatar.models.portrait4d import Portrait4D
+    from train.recipes import portrait4d_setup
+
+    masks = synthetic_genhead_assets(0)["masks"]
+    monkeypatch.setattr(weights, "read_converted_weights", lambda key, local_dir=None: masks)
+    G = Portrait4D.tiny(seed=0)
+    G.deformer.flame_deform = None
+    with pytest.raises(Exception, match="no FLAME deformer buffers"):
+        portrait4d_setup._flame(G, "official", 0, None)
+    donor = GenHead.tiny(seed=0).deformer.flame_deform.state_dict()
+    renderer = portrait4d_setup._flame(G, "official", 0, None, donor)
+    assert G.deformer.available and renderer is not None
+    for k, v in G.deformer.flame_deform.state_dict().items():
+        assert torch.equal(v, donor[k]), k

@@ -264,6 +264,17 @@ def engine_pdfgc(config: Portrait4DTrainConfig) -> Any:
     return PDFGCEncoder.from_pretrained("pdfgc-motion", local_dir=config.local_dir)
 
 
+def genhead_flame_buffers(config: Portrait4DTrainConfig) -> dict[str, Any]:
+    """The official FLAME deformer buffers of ``--genhead`` (for a fresh reconstructor: the official FLAME files
+    processed exactly as the reconstructor's deformer processes them)."""
+    from avatar.models.genhead import GenHead
+
+    genhead = GenHead.from_pretrained(config.genhead or "genhead-ffhq512", local_dir=config.local_dir)
+    if genhead.deformer.flame_deform is None:
+        raise ConfigError(f"--genhead {config.genhead} has no FLAME buffers; pass --init portrait4d-v1")
+    return dict(genhead.deformer.flame_deform.state_dict())
+
+
 def open_genhead_engine(config: Portrait4DTrainConfig, r: Any, G: Any, pdfgc: Any, device: torch.device,
                         log: bool = True) -> Any:
     """``--data genhead``: GenHead (``--genhead``), the pools (``--pools``) and PD-FGC as a
@@ -392,10 +403,13 @@ def run(config: Portrait4DTrainConfig) -> int:
             dataset = _HeldOut(dataset, config.eval_clips)  # type: ignore[assignment]
 
     trainer = Trainer(config)
+    flame_buffers = None
+    if online and config.init is None and config.flame == "official":  # a fresh generator: GenHead's FLAME
+        flame_buffers = genhead_flame_buffers(config)
     nets = build_networks(recipe_name=r.name, init=config.init, init_discriminator=config.init_discriminator,
                           g_fix=config.g_fix, size=config.size, motion_dim=motion_dim,
                           loss_networks=config.loss_networks, flame=config.flame, device=trainer.device,
-                          seed=config.seed, local_dir=config.local_dir)
+                          seed=config.seed, local_dir=config.local_dir, flame_buffers=flame_buffers)
     for data in genhead:  # triplane rows of xyz + G's plane features (3 + 32 = 35 upstream)
         data.triplane_channels = int(nets.G.config.encoders.plane_channels)
     if nets.random_loss_networks and trainer.is_main_process:

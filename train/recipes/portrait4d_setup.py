@@ -77,8 +77,8 @@ def _generator(init: str | None, size: Literal["full", "tiny"], motion_dim: int,
     return Portrait4D.tiny(seed, encoders=config.encoders) if size == "tiny" else Portrait4D(config)
 
 
-def _flame(G: Portrait4D, flame: Literal["official", "synthetic"], seed: int, local_dir: str | None
-           ) -> FlameCorrespondenceRenderer:
+def _flame(G: Portrait4D, flame: Literal["official", "synthetic"], seed: int, local_dir: str | None,
+           flame_buffers: Any = None) -> FlameCorrespondenceRenderer:
     if flame == "synthetic":
         from avatar.flame.synthetic import synthetic_flame_assets
 
@@ -89,6 +89,8 @@ def _flame(G: Portrait4D, flame: Literal["official", "synthetic"], seed: int, lo
     from avatar.hub.weights import read_converted_weights
 
     masks = read_converted_weights("flame-masks", local_dir=local_dir)
+    if not G.deformer.available and flame_buffers is not None:
+        G.set_deformer_buffers(flame_buffers)  # the same official FLAME files, e.g. from GenHead's deformer
     if not G.deformer.available:
         raise ConfigError("the generator has no FLAME deformer buffers: start from an official checkpoint "
                           "(--init portrait4d-static-genhead512) or use --flame synthetic for a smoke run")
@@ -113,15 +115,17 @@ def discriminator_source(init: str | None, init_discriminator: str | None) -> st
 def build_networks(*, recipe_name: str, init: str | None, init_discriminator: str | None, g_fix: str | None,
                    size: Literal["full", "tiny"], motion_dim: int, loss_networks: Literal["pretrained", "random"],
                    flame: Literal["official", "synthetic"], device: torch.device, seed: int = 0,
-                   local_dir: str | None = None) -> Portrait4DNetworks:
-    """Build (or load) every network of a run on ``device`` (see the module docstring)."""
+                   local_dir: str | None = None, flame_buffers: Any = None) -> Portrait4DNetworks:
+    """Build (or load) every network of a run on ``device`` (see the module docstring). ``flame_buffers``: official
+    FLAME deformer buffers for a fresh generator (``--init`` not given) with ``--flame official``; GenHead's
+    (``--data genhead``) are those of the same FLAME files."""
     from avatar.losses.arcface import ArcFaceConfig, IResNet
     from avatar.losses.discriminator import DiscriminatorConfig, DualDiscriminator
     from avatar.losses.lpips import LPIPSConfig, LPIPSNet
     from avatar.motion.pdfgc import PDFGCConfig, PDFGCEncoder
 
     G = _generator(init, size, motion_dim, seed, local_dir)
-    renderer = _flame(G, flame, seed, local_dir)
+    renderer = _flame(G, flame, seed, local_dir, flame_buffers)
     init_discriminator = discriminator_source(init, init_discriminator)
     if init_discriminator is not None:
         D = DualDiscriminator.from_pretrained(init_discriminator, local_dir=local_dir)
