@@ -266,7 +266,7 @@ def shard_path(out: Path, clip_id: str) -> Path:
     return out / DATA_DIR / f"train-{clip_id}.parquet"
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = create_partial(path)
     try:
         tmp.write_text(json.dumps(data, indent=1))
@@ -383,7 +383,7 @@ def prepare(videos_dir: str | Path, out: str | Path, *, model: str = "portrait4d
             bar.close()
     report.seconds = round(time.perf_counter() - t0, 2)
     report.settings = settings
-    _write_json(out / REPORT_FILE, asdict(report))
+    write_json(out / REPORT_FILE, asdict(report))
     if report.written or report.skipped:
         dim = motion_dim if motion_dim is not None else _any_motion_dim(out)
         write_dataset_card(out, "clips", dim, {k: v for k, v in settings.items() if k != "videos_dir"},

@@ -75,7 +75,7 @@ from train.data.parquet_format import (
     write_dataset_card,
 )
 from train.data.records import IMAGE_FORMATS, LABEL_DIM
-from train.prepare import _write_json, shard_path
+from train.prepare import shard_path, write_json
 from train.recipes.genhead_data import JAW_MAX, JAW_PROBABILITY, render_cameras
 
 __all__ = ["MOTIONS", "REPORT_FILE", "IdentityDraw", "SynthesizeReport", "clip_id_of", "draw_identity",
@@ -434,7 +434,7 @@ def synthesize(out: str | Path, n: int, *, model: str = "genhead-ffhq512", pools
                         quality=quality, show_progress=show_progress)
     report.seconds = round(time.perf_counter() - t0, 2)
     report.settings = settings
-    _write_json(out / REPORT_FILE, asdict(report))
+    write_json(out / REPORT_FILE, asdict(report))
     card = settings if pending else _card_settings(out, report.skipped)
     if card is not None and (report.written or not (out / "README.md").is_file()):
         write_dataset_card(out, "clips", int(card["motion_dim"]), card, extra=dataset_card_text(card))

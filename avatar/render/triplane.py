@@ -529,7 +529,8 @@ class ImportanceRenderer(nn.Module):
         self.merge_fn = torch.compile(merge_samples, mode=mode, dynamic=False)
         return self
 
-    def _is_deterministic(self, deterministic: bool | None) -> bool:
+    def is_deterministic(self, deterministic: bool | None) -> bool:
+        """The sampling mode of a call: ``deterministic`` when given, else ``not self.training``."""
         return (not self.training) if deterministic is None else deterministic
 
     def coarse_depths(
@@ -603,7 +604,7 @@ class ImportanceRenderer(nn.Module):
             box_warp_scale: float or ``(B, 1, 1)``.
             deterministic: no jitter / ``det`` importance sampling; ``None`` means ``not self.training``.
         """
-        det = self._is_deterministic(deterministic)
+        det = self.is_deterministic(deterministic)
         opt = self.options
         depths = self.coarse_depths(origins, directions, cam_z, box_warp_scale, det)
         colors, densities = self._evaluate(field, origins, directions, depths, det)

@@ -135,7 +135,7 @@ def render_parts(
     opt = renderer.options
     if opt.depth_resolution_importance not in (0, opt.depth_resolution):
         raise ValueError("part rendering needs depth_resolution_importance == depth_resolution (as upstream) or 0")
-    det = renderer._is_deterministic(deterministic)
+    det = renderer.is_deterministic(deterministic)
     part_planes, face_planes = planes[:, 0:3], planes[:, 3:6]
     depths = renderer.coarse_depths(origins, directions, cam_z, 1.0, det)
     b, r, s, _ = depths.shape
