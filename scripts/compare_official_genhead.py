@@ -49,7 +49,6 @@ Exit status 0 when every difference is below ``--tol`` (1e-4), 1 otherwise, 2 wh
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import pickle
 import sys
@@ -57,16 +56,17 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _path in (REPO_ROOT, REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from compare_official_portrait4d import deterministic_official_renderer  # noqa: E402  (the same patch)
 
 # ----------------------------------------------------------------------------------------------------------
 # FLAME stand-in files
@@ -307,25 +307,6 @@ def randomize(model: nn.Module, seed: int) -> None:
     for name, buf in model.named_buffers():
         if name.endswith("w_avg"):
             buf.copy_(torch.randn(buf.shape, generator=gen) * 0.3)
-
-
-@contextlib.contextmanager
-def deterministic_official_renderer(renderer: nn.Module):
-    """No stratified jitter and ``det=True`` importance sampling."""
-    stratified, pdf = renderer.sample_stratified, renderer.sample_pdf
-
-    def sample_stratified(*args, **kwargs):
-        with mock.patch.object(torch, "rand_like", torch.zeros_like):
-            return stratified(*args, **kwargs)
-
-    def sample_pdf(bins, weights, n, det=False, eps=1e-5):
-        return pdf(bins, weights, n, det=True, eps=eps)
-
-    renderer.sample_stratified, renderer.sample_pdf = sample_stratified, sample_pdf
-    try:
-        yield
-    finally:
-        del renderer.sample_stratified, renderer.sample_pdf
 
 
 def make_inputs(batch: int, seed: int) -> dict[str, Tensor]:

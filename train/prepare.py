@@ -276,16 +276,18 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def _done_info(path: Path) -> dict[str, Any] | None:
-    """The facts of a finished shard (``None``: absent or unreadable, so the video is done again)."""
+def finished_shard_info(path: Path, key: str = "clip", redo: str = "preparing its video again"
+                        ) -> dict[str, Any] | None:
+    """The facts (metadata entry ``key``) of a finished shard; ``None`` when it is absent or unreadable, so its
+    work is done again (``redo`` says what, in the warning)."""
     if not path.is_file():
         return None
     try:
         meta, _ = read_shard_meta(path)
     except TrainDataError as exc:
-        logger.warning("%s; preparing its video again", exc)
+        logger.warning("%s; %s", exc, redo)
         return None
-    return meta.get("clip")
+    return meta.get(key)
 
 
 def prepare(videos_dir: str | Path, out: str | Path, *, model: str = "portrait4d-v2", preprocess: str | None = None,
@@ -316,7 +318,7 @@ def prepare(videos_dir: str | Path, out: str | Path, *, model: str = "portrait4d
     report = PrepareReport(out=str(out), videos=len(videos))
     pending = []
     for clip_id, path in videos:
-        info = None if overwrite else _done_info(shard_path(out, clip_id))
+        info = None if overwrite else finished_shard_info(shard_path(out, clip_id))
         if info is None:
             pending.append((clip_id, path))
             continue

@@ -75,7 +75,7 @@ from train.data.parquet_format import (
     write_dataset_card,
 )
 from train.data.records import IMAGE_FORMATS, LABEL_DIM
-from train.prepare import shard_path, write_json
+from train.prepare import finished_shard_info, shard_path, write_json
 from train.recipes.genhead_data import JAW_MAX, JAW_PROBABILITY, render_cameras
 
 __all__ = ["MOTIONS", "REPORT_FILE", "IdentityDraw", "SynthesizeReport", "clip_id_of", "draw_identity",
@@ -306,18 +306,6 @@ class SynthesizeReport:
         self.frames_written += int(info["frames"])
 
 
-def _done_info(path: Path) -> dict[str, Any] | None:
-    """The facts of a finished shard (``None``: absent or unreadable, so the identity is rendered again)."""
-    if not path.is_file():
-        return None
-    try:
-        meta, _ = read_shard_meta(path)
-    except TrainDataError as exc:
-        logger.warning("%s; rendering its identity again", exc)
-        return None
-    return meta.get("identity")
-
-
 def check_options(n: int, expressions: int, views: int, seed: int, truncation: float, image_format: str,
                   motion: str, batch_size: int, quality: int) -> None:
     """One-sentence :class:`~avatar.errors.InputError` for an option that cannot be used (before any work)."""
@@ -409,7 +397,8 @@ def synthesize(out: str | Path, n: int, *, model: str = "genhead-ffhq512", pools
     report = SynthesizeReport(out=str(out), identities=n)
     pending = []
     for s in range(seed, seed + n):
-        info = None if overwrite else _done_info(shard_path(out, clip_id_of(s)))
+        info = None if overwrite else finished_shard_info(shard_path(out, clip_id_of(s)), "identity",
+                                                              "rendering its identity again")
         if info is None:
             pending.append(s)
             continue

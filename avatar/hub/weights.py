@@ -23,6 +23,7 @@ from ..errors import ModelNotFoundError, StateDictMismatchError
 __all__ = [
     "StateDictMismatchError",
     "find_official_weights",
+    "read_official_metadata",
     "load_state_dict_strict",
     "read_converted_weights",
     "read_weights",
@@ -134,3 +135,23 @@ def find_official_weights(folder: Path) -> tuple[Path, dict[str, Any]]:
         f"{folder} holds neither config.json + model.safetensors (from save_pretrained) nor a converted official "
         "checkpoint (<name>.safetensors + <name>.json from `avatar convert`)"
     )
+
+
+def read_official_metadata(folder_or_file: str | Path, official_class: str, what: str) -> tuple[Path, dict[str, Any]]:
+    """The ``.safetensors`` of a converted official checkpoint (the folder of ``avatar convert`` output, or the file)
+    and its metadata; :class:`~avatar.errors.CheckpointMismatchError` when it holds another class than
+    ``official_class`` (``what`` names the expected network in that message)."""
+    from ..errors import CheckpointMismatchError
+
+    path = Path(folder_or_file)
+    if path.is_file():
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise ModelNotFoundError(f"{meta_path} (the metadata written by `avatar convert`) is missing")
+        weights, meta = path, json.loads(meta_path.read_text())
+    else:
+        weights, meta = find_official_weights(path)
+    cls_name = str(meta.get("class_name", ""))
+    if cls_name and not cls_name.endswith(official_class):
+        raise CheckpointMismatchError(f"{weights} holds a {cls_name}, not {what} ({official_class})")
+    return weights, meta

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from train.core.ema import ema_beta
+
 __all__ = ["GENHEAD_RECIPE", "GenHeadRecipe", "PartRegularizerWeights", "recipe"]
 
 
@@ -158,11 +160,7 @@ class GenHeadRecipe:
 
     def ema_beta(self, cur_nimg: float, batch: int | None = None) -> float:
         """EMA decay per step at ``cur_nimg`` images: ``0.5 ** (batch / ema_nimg)`` with the ramp-up."""
-        batch = batch or self.batch
-        ema_nimg = self.ema_kimg * 1000
-        if self.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, cur_nimg * self.ema_rampup)
-        return 0.5 ** (batch / max(ema_nimg, 1e-8))
+        return ema_beta(batch or self.batch, cur_nimg, self.ema_kimg, self.ema_rampup)
 
     def snapshot_steps(self, ticks: int | None = None) -> int:
         """Steps between snapshots of ``ticks`` ticks (default ``snap_ticks``): 6,250 at batch 32."""

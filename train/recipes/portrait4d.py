@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
+from train.core.ema import ema_beta
+
 __all__ = ["RECIPES", "LossWeights", "Portrait4DRecipe", "RecipeName", "recipe"]
 
 RecipeName = Literal["v1", "static", "v2"]
@@ -122,11 +124,7 @@ class Portrait4DRecipe:
 
     def ema_beta(self, cur_nimg: float, batch: int | None = None) -> float:
         """EMA decay per step at ``cur_nimg`` images: ``0.5 ** (batch / ema_nimg)`` with the ramp-up."""
-        batch = batch or self.batch
-        ema_nimg = self.ema_kimg * 1000
-        if self.ema_rampup is not None:
-            ema_nimg = min(ema_nimg, cur_nimg * self.ema_rampup)
-        return 0.5 ** (batch / max(ema_nimg, 1e-8))
+        return ema_beta(batch or self.batch, cur_nimg, self.ema_kimg, self.ema_rampup)
 
     def with_batch(self, batch: int) -> Portrait4DRecipe:
         """The recipe at another global batch: ``ema_kimg`` follows the official ``batch * 10 / 32``."""

@@ -8,7 +8,6 @@ the official ``init_kwargs``; :func:`read_official` reads those. This module imp
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from avatar.errors import CheckpointMismatchError, ModelNotFoundError
-from avatar.hub.weights import find_official_weights, read_weights
+from avatar.errors import CheckpointMismatchError
+from avatar.hub.weights import read_official_metadata, read_weights
 from avatar.models.genhead.configuration import GenHeadConfig
 
 __all__ = ["OFFICIAL_CLASS", "OFFICIAL_PREFIXES", "OfficialCheckpoint", "official_to_model_state", "read_official"]
@@ -49,17 +48,7 @@ class OfficialCheckpoint:
 
 def read_official(folder_or_file: str | Path, config: GenHeadConfig | None = None) -> OfficialCheckpoint:
     """Read a converted official GenHead checkpoint (the folder of ``avatar convert`` output or its ``.safetensors``)."""
-    path = Path(folder_or_file)
-    if path.is_file():
-        meta_path = path.with_suffix(".json")
-        if not meta_path.is_file():
-            raise ModelNotFoundError(f"{meta_path} (the metadata written by `avatar convert`) is missing")
-        weights, meta = path, json.loads(meta_path.read_text())
-    else:
-        weights, meta = find_official_weights(path)
-    cls_name = str(meta.get("class_name", ""))
-    if cls_name and not cls_name.endswith(OFFICIAL_CLASS):
-        raise CheckpointMismatchError(f"{weights} holds a {cls_name}, not a GenHead generator ({OFFICIAL_CLASS})")
+    weights, meta = read_official_metadata(folder_or_file, OFFICIAL_CLASS, "a GenHead generator")
     if config is None:
         config = GenHeadConfig.from_official(meta.get("init_kwargs") or {})
     return OfficialCheckpoint(weights, meta, config, official_to_model_state(read_weights(weights)))

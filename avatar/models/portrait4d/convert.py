@@ -13,7 +13,6 @@ The upstream files are read here, never a pickle at run time: a folder written b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ from typing import Any
 
 from torch import Tensor
 
-from avatar.errors import CheckpointMismatchError, ModelNotFoundError
-from avatar.hub.weights import find_official_weights, read_weights
+from avatar.errors import CheckpointMismatchError
+from avatar.hub.weights import read_official_metadata, read_weights
 from avatar.models.portrait4d.configuration import Portrait4DConfig
 
 __all__ = [
@@ -80,18 +79,7 @@ def read_official(folder_or_file: str | Path, static: bool | None = None,
         static: force the static mode (motion scale 0); ``None`` detects it from the metadata.
         config: use this config instead of the one derived from the checkpoint's ``init_kwargs``.
     """
-    path = Path(folder_or_file)
-    if path.is_file():
-        meta_path = path.with_suffix(".json")
-        if not meta_path.is_file():
-            raise ModelNotFoundError(f"{meta_path} (the metadata written by `avatar convert`) is missing")
-        weights, meta = path, json.loads(meta_path.read_text())
-    else:
-        weights, meta = find_official_weights(path)
-    cls_name = str(meta.get("class_name", ""))
-    if cls_name and not cls_name.endswith(OFFICIAL_CLASS):
-        raise CheckpointMismatchError(f"{weights} holds a {cls_name}, not a Portrait4D reconstructor "
-                                      f"({OFFICIAL_CLASS})")
+    weights, meta = read_official_metadata(folder_or_file, OFFICIAL_CLASS, "a Portrait4D reconstructor")
     static = _is_static(meta) if static is None else static
     if config is None:
         config = Portrait4DConfig.from_official(meta.get("init_kwargs") or {}, static=static)
