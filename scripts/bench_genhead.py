@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             pickle.dump({"G_ema": official, "training_set_kwargs": {}}, f)
         ours = GenHead.from_official(convert_file(pkl, Path(tmp) / "c").weights, flame_masks=assets["masks"])
     official, ours = official.to(device), ours.to(device).eval()
+    import compare_official_portrait4d
+
+    cuda_ops = compare_official_portrait4d.official_cuda_ops(device)  # upstream's bias_act/upfirdn2d, or its ref ops
 
     rows = []
     for name, batch in (("sample 512, batch 1", 1), ("v1 data step, 12 images", 12)):
@@ -144,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"GenHead on {gpu}; pytorch3d on the official side: {'its own kernels' if real_p3d else 'Python stand-ins'}"
           f"; networks {'--small' if args.small else 'official size'}; synthetic FLAME stand-in "
-          f"({len(assets['generic_model']['v_template'])} vertices)\n")
+          f"({len(assets['generic_model']['v_template'])} vertices); upstream's CUDA extensions built: {cuda_ops}\n")
     print(f"{'row':26s} {'variant':20s} {'ms':>9s} {'images/s':>9s} {'triples/s':>10s} {'x official':>10s} {'GiB':>6s}")
     for r in rows:
         tri = f"{r['triples_per_s']:10.1f}" if r["triples_per_s"] else f"{'':10s}"
         print(f"{r['row']:26s} {r['variant']:20s} {r['ms']:9.1f} {r['images_per_s']:9.1f} {tri} "
               f"{r['speedup']:10.2f} {r['peak_gib']:6.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"gpu": gpu, "real_pytorch3d": real_p3d, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"gpu": gpu, "real_pytorch3d": real_p3d, "official_cuda_ops": cuda_ops, "rows": rows}, indent=1))
     return 0
 
 

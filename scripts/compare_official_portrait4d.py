@@ -164,6 +164,41 @@ def deterministic_official_renderer(renderer: nn.Module):
         del renderer.sample_stratified, renderer.sample_pdf
 
 
+def official_cuda_ops(device: torch.device) -> dict[str, bool]:
+    """Build upstream's CUDA extensions (``bias_act``, ``upfirdn2d``; compile log printed in full); where one
+    does not build, upstream's own fallback (its reference PyTorch op) is used instead of crashing. Returns which
+    built."""
+    import torch.utils.cpp_extension
+    import torch_utils.custom_ops as custom_ops
+    import torch_utils.ops.bias_act as bias_act
+    import torch_utils.ops.upfirdn2d as upfirdn2d
+
+    custom_ops.verbosity = "full"
+    # upstream imports the built extension by name after `cpp_extension.load`; PyTorch 2's `load` no longer
+    # leaves it in sys.modules, so the import fails although the build succeeded: register it
+    load = torch.utils.cpp_extension.load
+
+    def load_and_register(*a: object, **k: object) -> object:
+        module = load(*a, **k)
+        sys.modules.setdefault(k.get("name", a[0] if a else ""), module)
+        return module
+
+    torch.utils.cpp_extension.load = load_and_register
+    built = {}
+    for name, module in (("bias_act", bias_act), ("upfirdn2d", upfirdn2d)):
+        try:
+            ok = bool(module._init()) if device.type == "cuda" else False
+        except Exception as exc:  # noqa: BLE001 - the build's own error is printed above by custom_ops
+            cause = exc.__cause__ or exc.__context__
+            why = f"{type(exc).__name__}: {exc}" + (f"; caused by {type(cause).__name__}: {cause}" if cause else "")
+            print(f"upstream's {name} CUDA extension did not build ({why}); upstream runs its reference op", flush=True)
+            ok = False
+        if not ok:
+            module._init = lambda: False  # upstream's dispatch: `impl == 'cuda' and ... and _init()`
+        built[name] = ok
+    return built
+
+
 def make_inputs(batch: int, size: int, seed: int) -> dict[str, torch.Tensor]:
     from avatar.render.camera import focal_from_fov, lookat_cam2world, make_intrinsics, make_label
 

@@ -86,7 +86,7 @@ case: median milliseconds per phase, the full step (all four phases) and the amo
 divided by their lazy intervals), ours, official and ours / official; on CUDA also whether upstream's CUDA
 extensions built (otherwise it ran its slower reference ops). Upstream's Dreg includes its motion augmentation
 (a G_fix render and PD-FGC, unused there), which ours skips. Upstream's CUDA extensions are built and loaded
-(:func:`official_cuda_ops`; where one fails upstream runs its reference op, and the output says so).
+(``compare_official_portrait4d.official_cuda_ops``; where one fails upstream runs its reference op, and the output says so).
 ``--our-bf16`` times our side under bf16 autocast (``--mixed-precision bf16``) against upstream's fp32.
 
 Curves mode (``--curve-steps N --curve-out FILE``, first case only): both sides *train* N steps from the same
@@ -970,43 +970,10 @@ def time_side(label: str, nets: Networks, calls: dict[str, Callable], gains: dic
     return med
 
 
-def official_cuda_ops(device: torch.device) -> dict[str, bool]:
-    """Build upstream's CUDA extensions (``bias_act``, ``upfirdn2d``; compile log printed in full); where one
-    does not build, upstream's own fallback (its reference PyTorch op) is used instead of crashing. Returns which
-    built."""
-    import torch_utils.custom_ops as custom_ops
-    import torch_utils.ops.bias_act as bias_act
-    import torch_utils.ops.upfirdn2d as upfirdn2d
-
-    custom_ops.verbosity = "full"
-    # upstream imports the built extension by name after `cpp_extension.load`; PyTorch 2's `load` no longer
-    # leaves it in sys.modules, so the import fails although the build succeeded: register it
-    load = torch.utils.cpp_extension.load
-
-    def load_and_register(*a: Any, **k: Any) -> Any:
-        module = load(*a, **k)
-        sys.modules.setdefault(k.get("name", a[0] if a else ""), module)
-        return module
-
-    torch.utils.cpp_extension.load = load_and_register
-    built = {}
-    for name, module in (("bias_act", bias_act), ("upfirdn2d", upfirdn2d)):
-        try:
-            ok = bool(module._init()) if device.type == "cuda" else False
-        except Exception as exc:  # noqa: BLE001 - the build's own error is printed above by custom_ops
-            print(f"upstream's {name} CUDA extension did not build ({type(exc).__name__}: {exc}); upstream runs its "
-                  "reference op", flush=True)
-            ok = False
-        if not ok:
-            module._init = lambda: False  # upstream's dispatch: `impl == 'cuda' and ... and _init()`
-        built[name] = ok
-    return built
-
-
 def run_timing(off: types.SimpleNamespace, official: Networks, ours: Networks, renderer: nn.Module,
                args: argparse.Namespace, device: torch.device) -> int:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    built = official_cuda_ops(device)
+    built = base.official_cuda_ops(device)
     # the official loops turn TF32 off (so do our recipes: `tf32=False`)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     print(f"\ntiming on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
@@ -1106,7 +1073,7 @@ def run_curves(off: types.SimpleNamespace, official: Networks, ours: Networks, r
     intervals = {"Gmain": 1, "Greg": recipe.g_reg_interval, "Dmain": 1, "Dreg": D_REG_INTERVAL}
     module = off.loss[recipe_name]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(f"official CUDA extensions built: {official_cuda_ops(device)}", flush=True)
+    print(f"official CUDA extensions built: {base.official_cuda_ops(device)}", flush=True)
     log: dict[str, list[dict[str, Any]]] = {"official": [], "ours": []}
     seconds = {"official": 0.0, "ours": 0.0}
     meta = {"case": case, "steps": args.curve_steps, "batch": args.batch, "nr": nr, "device": str(device),

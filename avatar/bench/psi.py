@@ -1,13 +1,20 @@
-"""Speed of the Portrait4D reconstructor Psi: reference path vs fast path.
+"""Speed of the Portrait4D reconstructor Psi: the official code, our reference path and our fast path.
 
-    python -m avatar.bench psi [--device cuda] [--frames 200] [--batch-sizes 1 8] [--compile] [--model ID_OR_DIR]
+    python -m avatar.bench psi [--device cuda] [--frames 200] [--batch-sizes 1 8] [--renderers torch ieee tf32]
+        [--official PORTRAIT4D_CHECKOUT --extra-path DEPS] [--cuda-graph] [--compile] [--model ID_OR_DIR]
 
 Rows:
 
+* ``official fp32`` (with ``--official``): the official ``TriPlaneReconstructorNeutralize.synthesis()`` built
+  from a YuDeng/Portrait-4D checkout with random weights (as ``scripts/compare_official_portrait4d.py`` builds
+  it: FLAME deformation off, its sampling made deterministic); our model then loads the same weights through
+  the checkpoint converter, so every row's difference is measured against the official output;
 * ``reference fp32``: :meth:`Portrait4D.reference_forward` for every frame - every encoder recomputed from the
   source image, float32, as the official ``synthesis()`` does (deformation off);
-* ``fast bf16``: the source encoded once (:meth:`Portrait4D.encode`), then :meth:`Portrait4D.render` per batch of
-  driving frames with bf16 autocast and fused attention (optionally ``torch.compile``).
+* ``fast bf16 [renderer]``: the source encoded once (:meth:`Portrait4D.encode`), then :meth:`Portrait4D.render`
+  per batch of driving frames with bf16 autocast and fused attention; the volume renderer is PyTorch's ops
+  (``torch``) or the fused Triton kernels (``ieee``: float32 decoder products, ``tf32``); ``--cuda-graph`` adds
+  the same path replayed from a CUDA graph, ``--compile`` uses ``torch.compile``.
 
 Per-frame time is the median over timed iterations of (iteration time / batch size). FLOPs per frame are
 counted with :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions, attention) on one batch;
@@ -101,9 +108,85 @@ def build_model(model: str | None, device: torch.device, tiny: bool) -> Portrait
     return net.to(device).eval()
 
 
+@dataclass
+class Official:
+    """The official reconstructor and the call that renders one batch with it."""
+
+    model: torch.nn.Module
+    render: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], dict]
+    cuda_ops: dict[str, bool]
+    """Which of upstream's CUDA extensions built (where one did not, upstream runs its reference op)."""
+
+
+def build_official(checkout: Path, extra_paths: list[str], device: torch.device) -> tuple[Official, Portrait4D]:
+    """The official reconstructor with random weights, and our model loaded from the same weights through the
+    converter (needs the repository's ``scripts/`` folder and the official code's dependencies)."""
+    import pickle
+    import sys
+    import tempfile
+    from unittest import mock
+
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    if not (scripts / "compare_official_portrait4d.py").is_file():
+        raise InputError(f"--official needs this repository's scripts/ folder ({scripts} not found)")
+    for p in [str(scripts), *extra_paths]:
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    import compare_official_portrait4d as cmp
+
+    from avatar.hub.convert import convert_file
+
+    official_cls = cmp.import_official(checkout.resolve())
+    with mock.patch("torch.utils.model_zoo.load_url", lambda *a, **k: {}):
+        official = official_cls(**cmp.official_init_kwargs(512)).eval().requires_grad_(False)
+    cmp.randomize(official, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        pkl = Path(tmp) / "portrait4d-random.pkl"
+        with open(pkl, "wb") as f:
+            pickle.dump({"G_ema": official, "training_set_kwargs": {"static": False}}, f)
+        ours = Portrait4D.from_official(convert_file(pkl, Path(tmp) / "converted").weights)
+    official = official.to(device)
+    cuda_ops = cmp.official_cuda_ops(device)
+    identity = cmp._IdentityDeformer()
+
+    def render(image: torch.Tensor, motion_app: torch.Tensor, motion: torch.Tensor, camera: torch.Tensor) -> dict:
+        with torch.no_grad(), cmp.deterministic_official_renderer(official.renderer):
+            out = official.synthesis(image, image, motion_app, motion, camera, _deformer=identity,
+                                     neural_rendering_resolution=128, motion_scale=1.0)
+        return {"image": out["image_sr"]}
+
+    return Official(official, render, cuda_ops), ours.to(device).eval()
+
+
+class GraphedRender:
+    """:meth:`Portrait4D.render` of a fixed batch replayed from a CUDA graph (static input buffers)."""
+
+    def __init__(self, model: Portrait4D, state: AvatarState, motions: torch.Tensor, cameras: torch.Tensor) -> None:
+        self.motions, self.cameras = motions.clone(), cameras.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the graph (Triton compiles, cuBLAS picks kernels)
+                model.render(state, self.motions, self.cameras)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = model.render(state, self.motions, self.cameras)
+
+    def __call__(self, motions: torch.Tensor, cameras: torch.Tensor) -> dict:
+        self.motions.copy_(motions)
+        self.cameras.copy_(cameras)
+        self.graph.replay()
+        return self.out
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
-    model = build_model(args.model, device, args.tiny)
+    official = None
+    if args.official is not None:
+        official, model = build_official(args.official, args.extra_path, device)
+    else:
+        model = build_model(args.model, device, args.tiny)
     cfg = model.config
     size, dim = cfg.img_resolution, cfg.encoders.motion_dim
     gen = torch.Generator().manual_seed(1)
@@ -136,19 +219,37 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     print(header(), flush=True)
     iters_ref = max(3, args.frames // 8) if device.type == "cuda" else max(1, args.frames // 100)
-    ref = record("reference fp32", 1, lambda: model.reference_forward(image, motion_app, motions[:1], cameras[:1]),
-                 iters_ref, None)
+    ref = None
+    if official is not None:
+        missing = [name for name, ok in official.cuda_ops.items() if not ok]
+        label = "official fp32" + (f" (upstream's reference {'/'.join(missing)})" if missing else "")
+        ref = record(label, 1, lambda: official.render(image, motion_app, motions[:1], cameras[:1]), iters_ref, None)
+        official.model.cpu()
+    ours_ref = record("reference fp32", 1,
+                      lambda: model.reference_forward(image, motion_app, motions[:1], cameras[:1]), iters_ref, ref)
+    ref = ref or ours_ref
 
-    model.enable_fast_inference(torch.bfloat16 if args.dtype == "bf16" else None,
-                                channels_last=not args.no_channels_last,
-                                sr_fused_modconv=False if args.sr_unfused else None)
-    if args.compile:
-        model.compile_fast_path(mode=args.compile_mode)
-    state: AvatarState = model.encode(image, motion_app)
-    for b in args.batch_sizes:
-        iters = max(3, args.frames // b) if device.type == "cuda" else max(1, args.frames // (100 * b))
-        label = f"fast {args.dtype}" + (f" + compile({args.compile_mode})" if args.compile else "")
-        record(label, b, lambda b=b: model.render(state, motions[:b], cameras[:b]), iters, ref)
+    label = args.dtype + (f" + compile({args.compile_mode})" if args.compile else "")
+    for renderer in args.renderers:
+        model.enable_fast_inference(torch.bfloat16 if args.dtype == "bf16" else None,
+                                    channels_last=not args.no_channels_last,
+                                    sr_fused_modconv=False if args.sr_unfused else None,
+                                    fused_rendering=None if renderer == "torch" else renderer)
+        if args.compile and not model.compiled:
+            model.compile_fast_path(mode=args.compile_mode)
+        state: AvatarState = model.encode(image, motion_app)
+        for b in args.batch_sizes:
+            iters = max(3, args.frames // b) if device.type == "cuda" else max(1, args.frames // (100 * b))
+            record(f"fast {label} [{renderer}]", b, lambda b=b, st=state: model.render(st, motions[:b], cameras[:b]), iters, ref)
+            if args.cuda_graph and device.type == "cuda":
+                try:
+                    graphed = GraphedRender(model, state, motions[:b], cameras[:b])
+                except RuntimeError as exc:
+                    print(f"| fast {label} [{renderer}] + CUDA graph | {b} | capture failed: {exc} |", flush=True)
+                    continue
+                record(f"fast {label} [{renderer}] + CUDA graph", b,
+                       lambda b=b, g=graphed: g(motions[:b], cameras[:b]), iters, ref)
+                del graphed
     if args.breakdown:
         breakdown(model, state, motions, cameras, max(args.batch_sizes), device, args.frames)
     if args.profile and device.type == "cuda":
@@ -158,7 +259,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             model.render(state, motions[:b], cameras[:b])
             _sync(device)
-        print(f"\nfast path, batch {b}, top CUDA kernels:")
+        print(f"\nfast path ({args.renderers[-1]} renderer), batch {b}, top CUDA kernels:")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.profile))
     t = time.perf_counter()
     for _ in range(3):
@@ -174,7 +275,7 @@ def breakdown(model: Portrait4D, state: AvatarState, motions: torch.Tensor, came
     """Median ms per frame of the fast path's stages: motion blocks + triplane decoder, volume rendering
     (rays, two passes, compositing), super-resolution."""
     st = state.expand(batch)
-    planes = model._planes(st, motions[:batch])
+    planes = model._planes(st, motions[:batch], model.fast)
     sr = model.superresolution
     r = model.config.neural_rendering_resolution
     feats = torch.rand(batch, model.config.feature_channels, r, r, device=device) * 2 - 1
@@ -184,17 +285,19 @@ def breakdown(model: Portrait4D, state: AvatarState, motions: torch.Tensor, came
     def render_only() -> None:
         model.superresolution = None
         try:
-            model._render_planes(planes, st.background, cameras[:batch], None, None, True, None)
+            model._render_planes(planes, st.background, cameras[:batch], None, None, True, None, model.fast,
+                                 reference=False)
         finally:
             model.superresolution = sr
 
     stages = {
-        "motion blocks + triplane decoder": lambda: model._planes(st, motions[:batch]),
+        "motion blocks + triplane decoder": lambda: model._planes(st, motions[:batch], model.fast),
         "volume rendering + compositing": render_only,
     }
     if sr is not None:
-        stages["super-resolution"] = lambda: sr(feats[:, :3], feats, ws, fused_modconv=model.sr_fused_modconv)
-    print(f"\nstage breakdown (fast path, batch {batch}):\n| stage | ms / frame |\n|---|---|")
+        stages["super-resolution"] = lambda: sr(feats[:, :3], feats, ws, fused_modconv=model.fast.sr_fused_modconv)
+    renderer = model.fast.fused_rendering or "torch"
+    print(f"\nstage breakdown (fast path, {renderer} renderer, batch {batch}):\n| stage | ms / frame |\n|---|---|")
     for name, fn in stages.items():
         ms = statistics.median(_time(fn, device, iters, 2)) / batch * 1e3
         print(f"| {name} | {ms:.2f} |", flush=True)
@@ -225,6 +328,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=3)
     parser.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[1, 8])
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--renderers", nargs="+", choices=["torch", "ieee", "tf32"], default=["torch", "ieee"],
+                        help="volume renderers of the fast rows: PyTorch ops, or the fused Triton kernels with float32 "
+                             "(ieee) or TF32 decoder products")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time each fast row replayed from a CUDA graph")
+    parser.add_argument("--official", type=Path, metavar="CHECKOUT",
+                        help="a YuDeng/Portrait-4D checkout: time the official code in the same run (same weights)")
+    parser.add_argument("--extra-path", action="append", default=[],
+                        help="sys.path entry for the official code's dependencies (segmentation-models-pytorch...)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the per-frame networks")
     parser.add_argument("--compile-mode", default="max-autotune-no-cudagraphs",
                         help="torch.compile mode ('reduce-overhead' adds CUDA graphs)")
@@ -242,13 +353,16 @@ def main(args: argparse.Namespace) -> int:
         raise InputError(f"--device {args.device} asked for, but no CUDA device is available; use --device cpu")
     torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default, stated for the reference row
     rows = run(args)
-    if args.device.startswith("cuda"):
-        print(f"\nGPU: {torch.cuda.get_device_name()}; official code on one H200 (issue figure): "
-              f"{OFFICIAL_H200_MS} ms/frame")
-        best = min(rows[1:], key=lambda r: r.ms_per_frame, default=None)
-        if best is not None:
-            print(f"fastest row: {best.fps:.0f} frames/s = {rows[0].ms_per_frame / best.ms_per_frame:.1f}x our reference "
-                  f"path, {OFFICIAL_H200_MS / best.ms_per_frame:.1f}x the official figure")
+    base = rows[0]  # the official row when timed, else our reference path
+    fast = [r for r in rows if r.path.startswith("fast")]
+    if fast:
+        best = min(fast, key=lambda r: r.ms_per_frame)
+        gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+        print(f"\n{gpu}: fastest row '{best.path}' at batch {best.batch}: {best.fps:.1f} frames/s = "
+              f"{base.ms_per_frame / best.ms_per_frame:.1f}x the '{base.path}' row of this run")
+        if not base.path.startswith("official"):
+            print(f"(the official code was not timed: --official CHECKOUT; the issue's figure for it on one H200 is "
+                  f"{OFFICIAL_H200_MS} ms/frame)")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0

@@ -84,10 +84,9 @@ def project_onto_planes(coordinates: Tensor) -> Tensor:
         ``(N * 3, M, 2)``, plane-major within each batch element.
     """
     n, m, _ = coordinates.shape
-    xy = coordinates[..., [0, 1]]
-    yz = coordinates[..., [1, 2]]
-    zx = coordinates[..., [2, 0]]
-    return torch.stack([xy, yz, zx], dim=1).reshape(n * 3, m, 2)
+    x, y, z = coordinates.unbind(-1)  # (no list indexing: its CPU index tensor would break CUDA graph capture)
+    planes = torch.stack([torch.stack(pair, dim=-1) for pair in ((x, y), (y, z), (z, x))], dim=1)
+    return planes.reshape(n * 3, m, 2)
 
 
 def sample_from_planes(
@@ -627,6 +626,7 @@ class ImportanceRenderer(nn.Module):
         box_warp_scale: float | Tensor = 1.0,
         deterministic: bool | None = None,
         chunk: int | None = None,
+        fused: str | None = None,
     ) -> RenderOutput:
         """Render triplanes (upstream ``DeformImportanceRendererNew.forward``).
 
@@ -638,14 +638,26 @@ class ImportanceRenderer(nn.Module):
             deformer: observed -> canonical point map applied before plane sampling.
             chunk: render at most this many rays per call (like upstream's ``chunk``; in stochastic
                 ``'auto-plane'`` mode each chunk draws its own depth jitter, as upstream).
+            fused: ``None`` renders with the PyTorch ops above (the reference); ``'ieee'`` or ``'tf32'`` with
+                the Triton kernels of :mod:`avatar.render.fused` (float32 or TF32 decoder products; raises
+                :class:`avatar.render.fused.FusedRenderingUnsupportedError` for what they do not cover).
         """
-        field = triplane_field(planes, decoder, self.options.box_warp, box_warp_scale, deformer)
+        render: Callable[[Tensor, Tensor], RenderOutput]
+        if fused is not None:
+            from avatar.render.fused import render_triplanes_fused
+
+            def render(o: Tensor, d: Tensor) -> RenderOutput:
+                return render_triplanes_fused(self, planes, decoder, o, d, cam_z, deformer,  # type: ignore[arg-type]
+                                              box_warp_scale, deterministic, fused)  # type: ignore[arg-type]
+        else:
+            field = triplane_field(planes, decoder, self.options.box_warp, box_warp_scale, deformer)
+
+            def render(o: Tensor, d: Tensor) -> RenderOutput:
+                return self.render_field(field, o, d, cam_z, box_warp_scale, deterministic)
+
         if chunk is None or chunk >= origins.shape[1]:
-            return self.render_field(field, origins, directions, cam_z, box_warp_scale, deterministic)
-        parts = [
-            self.render_field(field, o, d, cam_z, box_warp_scale, deterministic)
-            for o, d in zip(origins.split(chunk, dim=1), directions.split(chunk, dim=1), strict=True)
-        ]
+            return render(origins, directions)
+        parts = [render(o, d) for o, d in zip(origins.split(chunk, dim=1), directions.split(chunk, dim=1), strict=True)]
         return RenderOutput(
             *(torch.cat([getattr(p, f.name) for p in parts], 1) for f in fields(RenderOutput))
         )

@@ -41,6 +41,7 @@ from avatar.models.portrait4d.convert import official_to_model_state, read_offic
 from avatar.models.portrait4d.encoders import Portrait4DEncoders
 from avatar.nn.stylegan2 import constant_ws
 from avatar.render.camera import camera_z, split_label
+from avatar.render.fused import fused_available
 from avatar.render.rays import sample_rays
 from avatar.render.triplane import ImportanceRenderer, TriplaneNeRFDecoder, rays_to_image
 
@@ -186,10 +187,13 @@ class FastInference:
         dtype: ``torch.autocast`` dtype of the encoders and the triplane decoder (``None``: float32).
         sr_fused_modconv: the super-resolution's modulated convolutions as one grouped convolution (``True``),
             as a batched convolution with the styles on the activations (``False``), or upstream's choice.
+        fused_rendering: volume rendering with the Triton kernels of :mod:`avatar.render.fused` where they run
+            (CUDA): ``'ieee'`` (float32 decoder products), ``'tf32'``, or ``None`` (the PyTorch renderer).
     """
 
     dtype: torch.dtype | None = None
     sr_fused_modconv: bool | None = None
+    fused_rendering: str | None = None
 
 
 REFERENCE = FastInference()
@@ -310,7 +314,8 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
     # fast-path switches
 
     def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16, sdpa: bool = True,
-                              channels_last: bool = True, sr_fused_modconv: bool | None = None) -> Portrait4D:
+                              channels_last: bool = True, sr_fused_modconv: bool | None = None,
+                              fused_rendering: str | None = "ieee") -> Portrait4D:
         """Switch to the fast inference path (same outputs within bf16 tolerance).
 
         Args:
@@ -321,7 +326,12 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
             sr_fused_modconv: the super-resolution's modulated convolutions as one grouped convolution
                 (``True``, upstream's inference choice) or as a plain batched convolution with the styles
                 applied to the activations (``False``, faster for several frames); ``None`` keeps upstream's.
+            fused_rendering: ``'ieee'`` (default) or ``'tf32'``: volume rendering with the fused Triton kernels
+                (:mod:`avatar.render.fused`) on CUDA devices (elsewhere the PyTorch renderer runs); ``None``: always
+                the PyTorch renderer.
         """
+        if fused_rendering not in (None, "ieee", "tf32"):
+            raise InputError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
         from avatar.nn.attention import set_sdpa
 
         set_sdpa(self, sdpa)
@@ -329,7 +339,7 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.ndim == 4:
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-        self.fast = FastInference(dtype=dtype, sr_fused_modconv=sr_fused_modconv)
+        self.fast = FastInference(dtype=dtype, sr_fused_modconv=sr_fused_modconv, fused_rendering=fused_rendering)
         return self
 
     def compile_fast_path(self, mode: str | None = "max-autotune-no-cudagraphs") -> Portrait4D:
@@ -523,8 +533,11 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
             def deformer(points: Tensor) -> Tensor:
                 return FlameHeadPoseDeformer.warp(field, points)
         decoder = self.decoder if reference else self.compiled.get("decoder", self.decoder)
+        fused = None if reference or not fused_available(planes.device) else fast.fused_rendering
+        if fused is not None:
+            decoder = self.decoder  # the kernels read its weights
         out = self.renderer(planes, decoder, origins, directions, cam_z=camera_z(cam2world),
-                            deformer=deformer, deterministic=deterministic, chunk=chunk)
+                            deformer=deformer, deterministic=deterministic, chunk=chunk, fused=fused)
         # contiguous NCHW images (the ray-major reshape is a strided view, slow for the convolutions after it)
         features = rays_to_image(out.features, r, r).contiguous()
         depth = rays_to_image(out.depth, r, r).contiguous()
