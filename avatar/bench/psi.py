@@ -158,28 +158,6 @@ def build_official(checkout: Path, extra_paths: list[str], device: torch.device)
     return Official(official, render, cuda_ops), ours.to(device).eval()
 
 
-class GraphedRender:
-    """:meth:`Portrait4D.render` of a fixed batch replayed from a CUDA graph (static input buffers)."""
-
-    def __init__(self, model: Portrait4D, state: AvatarState, motions: torch.Tensor, cameras: torch.Tensor) -> None:
-        self.motions, self.cameras = motions.clone(), cameras.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph (Triton compiles, cuBLAS picks kernels)
-                model.render(state, self.motions, self.cameras)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = model.render(state, self.motions, self.cameras)
-
-    def __call__(self, motions: torch.Tensor, cameras: torch.Tensor) -> dict:
-        self.motions.copy_(motions)
-        self.cameras.copy_(cameras)
-        self.graph.replay()
-        return self.out
-
-
 def run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
     official = None
@@ -198,14 +176,15 @@ def run(args: argparse.Namespace) -> list[Row]:
     peak = bf16_peak(device, args.peak_tflops)
     rows: list[Row] = []
 
-    def record(path: str, batch: int, fn: Callable[[], dict], iters: int, ref: dict | None) -> dict:
+    def record(path: str, batch: int, fn: Callable[[], dict], iters: int, ref: dict | None,
+               flop_fn: Callable[[], object] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         out = fn()
         times = _time(fn, device, iters, args.warmup)
         mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        flops = count_flops(fn) / batch
+        flops = count_flops(flop_fn or fn) / batch  # (a graph replay shows no operators: count the eager call)
         ms = statistics.median(times) / batch * 1e3
         row = Row(path, batch, ms, 1e3 / ms, mem, flops / 1e9, (flops / (ms / 1e3) / peak) if peak else None,
                   iterations=iters)
@@ -230,26 +209,26 @@ def run(args: argparse.Namespace) -> list[Row]:
     ref = ref or ours_ref
 
     label = args.dtype + (f" + compile({args.compile_mode})" if args.compile else "")
+    graphs = [False, True] if args.cuda_graph and device.type == "cuda" else [False]
     for renderer in args.renderers:
-        model.enable_fast_inference(torch.bfloat16 if args.dtype == "bf16" else None,
-                                    channels_last=not args.no_channels_last,
-                                    sr_fused_modconv=False if args.sr_unfused else None,
-                                    fused_rendering=None if renderer == "torch" else renderer)
-        if args.compile and not model.compiled:
-            model.compile_fast_path(mode=args.compile_mode)
-        state: AvatarState = model.encode(image, motion_app)
-        for b in args.batch_sizes:
-            iters = max(3, args.frames // b) if device.type == "cuda" else max(1, args.frames // (100 * b))
-            record(f"fast {label} [{renderer}]", b, lambda b=b, st=state: model.render(st, motions[:b], cameras[:b]), iters, ref)
-            if args.cuda_graph and device.type == "cuda":
-                try:
-                    graphed = GraphedRender(model, state, motions[:b], cameras[:b])
-                except RuntimeError as exc:
-                    print(f"| fast {label} [{renderer}] + CUDA graph | {b} | capture failed: {exc} |", flush=True)
-                    continue
-                record(f"fast {label} [{renderer}] + CUDA graph", b,
-                       lambda b=b, g=graphed: g(motions[:b], cameras[:b]), iters, ref)
-                del graphed
+        for graphed in graphs:
+            model.enable_fast_inference(torch.bfloat16 if args.dtype == "bf16" else None,
+                                        channels_last=not args.no_channels_last,
+                                        sr_fused_modconv=False if args.sr_unfused else None,
+                                        fused_rendering=None if renderer == "torch" else renderer, cuda_graphs=graphed)
+            if args.compile and not model.compiled:
+                model.compile_fast_path(mode=args.compile_mode)
+            state: AvatarState = model.encode(image, motion_app)
+            for b in args.batch_sizes:
+                iters = max(3, args.frames // b) if device.type == "cuda" else max(1, args.frames // (100 * b))
+
+                def eager(b: int = b, st: AvatarState = state) -> dict:
+                    return model._render_frames(st, motions[:b], model._check_camera(cameras[:b], b), None, None,
+                                                True, None)
+
+                record(f"fast {label} [{renderer}]" + (" + CUDA graph" if graphed else ""), b,
+                       lambda b=b, st=state: model.render(st, motions[:b], cameras[:b]), iters, ref, flop_fn=eager)
+            model._graphs.clear()
     if args.breakdown:
         breakdown(model, state, motions, cameras, max(args.batch_sizes), device, args.frames)
     if args.profile and device.type == "cuda":

@@ -39,6 +39,7 @@ from avatar.modeling import ModelMixin
 from avatar.models.portrait4d.configuration import Portrait4DConfig
 from avatar.models.portrait4d.convert import official_to_model_state, read_official
 from avatar.models.portrait4d.encoders import Portrait4DEncoders
+from avatar.nn.cuda_graphs import GraphCache, tensor_addresses
 from avatar.nn.stylegan2 import constant_ws
 from avatar.render.camera import camera_z, split_label
 from avatar.render.fused import fused_available
@@ -189,11 +190,14 @@ class FastInference:
             as a batched convolution with the styles on the activations (``False``), or upstream's choice.
         fused_rendering: volume rendering with the Triton kernels of :mod:`avatar.render.fused` where they run
             (CUDA): ``'ieee'`` (float32 decoder products), ``'tf32'``, or ``None`` (the PyTorch renderer).
+        cuda_graphs: on CUDA, :meth:`Portrait4D.render` (deterministic) replays its per-frame work from a CUDA
+            graph captured per batch size and avatar shape (:mod:`avatar.nn.cuda_graphs`).
     """
 
     dtype: torch.dtype | None = None
     sr_fused_modconv: bool | None = None
     fused_rendering: str | None = None
+    cuda_graphs: bool = False
 
 
 REFERENCE = FastInference()
@@ -233,6 +237,7 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         # torch.compiled per-frame steps ("planes", "decoder", "superresolution") set by compile_fast_path; a
         # plain dict, so compiled modules are not registered as submodules and no method is patched
         self.compiled: dict[str, Callable[..., Any]] = {}
+        self._graphs = GraphCache(max_graphs=2)  # CUDA graphs of render() (FastInference.cuda_graphs)
         self.is_random_init = True
 
     def _init_tiny(self) -> None:
@@ -315,7 +320,7 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
 
     def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16, sdpa: bool = True,
                               channels_last: bool = True, sr_fused_modconv: bool | None = None,
-                              fused_rendering: str | None = "ieee") -> Portrait4D:
+                              fused_rendering: str | None = "ieee", cuda_graphs: bool = True) -> Portrait4D:
         """Switch to the fast inference path (same outputs within bf16 tolerance).
 
         Args:
@@ -329,6 +334,10 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
             fused_rendering: ``'ieee'`` (default) or ``'tf32'``: volume rendering with the fused Triton kernels
                 (:mod:`avatar.render.fused`) on CUDA devices (elsewhere the PyTorch renderer runs); ``None``: always
                 the PyTorch renderer.
+            cuda_graphs: on CUDA, replay :meth:`render`'s per-frame work from CUDA graphs (captured on the first
+                call of each batch size; at most two are kept, each with its own memory pool): launch overhead
+                goes, which halves the time of a single frame. Inputs and outputs are copied, so results are
+                never overwritten.
         """
         if fused_rendering not in (None, "ieee", "tf32"):
             raise InputError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
@@ -339,7 +348,9 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m.weight.ndim == 4:
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt)
-        self.fast = FastInference(dtype=dtype, sr_fused_modconv=sr_fused_modconv, fused_rendering=fused_rendering)
+        self._graphs.clear()
+        self.fast = FastInference(dtype=dtype, sr_fused_modconv=sr_fused_modconv, fused_rendering=fused_rendering,
+                                  cuda_graphs=cuda_graphs)
         return self
 
     def compile_fast_path(self, mode: str | None = "max-autotune-no-cudagraphs") -> Portrait4D:
@@ -348,6 +359,7 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         ``mode='reduce-overhead'`` also captures CUDA graphs. Shapes are static per batch size, so each new
         batch size compiles once.
         """
+        self._graphs.clear()
         self.compiled["planes"] = torch.compile(self._planes, mode=mode, dynamic=False)
         self.renderer.compile_steps(mode)
         self.compiled["decoder"] = torch.compile(self.decoder, mode=mode, dynamic=False)
@@ -510,12 +522,46 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
             driving_motion = self._check_motion(driving_motion, None, "driving_motion")
             n = driving_motion.shape[0]
         camera = self._check_camera(camera, n)
-        state = state.expand(n)
-        planes_fn = self.compiled.get("planes", self._planes)
-        planes = state.planes if state.planes is not None else planes_fn(state, driving_motion, self.fast)
+        state.expand(n)  # checks that the state broadcasts
         field = self.head_pose_field(head_pose, state.flame_shape, n)
-        return self._render_planes(planes, state.background, camera, field, neural_rendering_resolution,
-                                   deterministic, chunk, self.fast, reference=False)
+        if (self.fast.cuda_graphs and deterministic and camera.device.type == "cuda"
+                and not torch.cuda.is_current_stream_capturing()):
+            return self._render_graphed(state, driving_motion, camera, field, neural_rendering_resolution, chunk)
+        return self._render_frames(state, driving_motion, camera, field, neural_rendering_resolution, deterministic,
+                                   chunk)
+
+    def _render_frames(self, state: AvatarState, motion: Tensor | None, camera: Tensor, field: HeadPoseField | None,
+                       resolution: int | None, deterministic: bool, chunk: int | None) -> dict[str, Tensor]:
+        """The per-frame work of :meth:`render` (motion blocks, triplane decoder, rendering, super-resolution)."""
+        state = state.expand(camera.shape[0])
+        planes_fn = self.compiled.get("planes", self._planes)
+        planes = state.planes if state.planes is not None else planes_fn(state, motion, self.fast)
+        return self._render_planes(planes, state.background, camera, field, resolution, deterministic, chunk,
+                                   self.fast, reference=False)
+
+    def _render_graphed(self, state: AvatarState, motion: Tensor | None, camera: Tensor, field: HeadPoseField | None,
+                        resolution: int | None, chunk: int | None) -> dict[str, Tensor]:
+        """:meth:`_render_frames` replayed from a CUDA graph captured for these shapes, options and weights (the
+        head-pose field is computed eagerly before; its grids are graph inputs)."""
+        inputs: dict[str, Tensor] = {"camera": camera}
+        if state.planes is None:
+            assert motion is not None
+            inputs["motion"] = motion
+        inputs.update({f"state.{k}": v for k, v in state.tensors().items() if k != "flame_shape"})
+        if field is not None:
+            inputs.update({f"field.{f.name}": getattr(field, f.name) for f in fields(field)
+                           if getattr(field, f.name) is not None})
+        token_hw = state.token_hw
+
+        def per_frame(**x: Tensor) -> dict[str, Tensor]:
+            st = AvatarState(x["state.features_detail"], x["state.neutral_tokens"], token_hw,
+                             x.get("state.background"), None, x.get("state.planes"))
+            fld = None if field is None else HeadPoseField(**{k[6:]: v for k, v in x.items() if k.startswith("field.")})
+            return self._render_frames(st, x.get("motion"), x["camera"], fld, resolution, True, chunk)
+
+        key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), token_hw,
+               resolution, chunk, self.fast, tensor_addresses(self))
+        return self._graphs(key, per_frame, inputs)
 
     def _render_planes(self, planes: Tensor, background: Tensor | None, camera: Tensor, field: HeadPoseField | None,
                        resolution: int | None, deterministic: bool, chunk: int | None, fast: FastInference,
