@@ -41,3 +41,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+
+
+TRITON_KERNEL_MODULES = ("avatar.render.triton_kernels", "avatar.flame.triton_search")
+
+
+def _forget_triton_kernels() -> None:
+    import sys
+
+    for name in TRITON_KERNEL_MODULES:
+        sys.modules.pop(name, None)
+        parent, _, child = name.rpartition(".")
+        if parent in sys.modules and hasattr(sys.modules[parent], child):
+            delattr(sys.modules[parent], child)
+    from avatar.render import fused
+
+    fused._kernels.cache_clear()
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch: pytest.MonkeyPatch):
+    """The project's Triton kernels on CPU tensors through Triton's interpreter: the kernel modules are imported
+    afresh with ``TRITON_INTERPRET=1`` for the test and dropped afterwards, so no other test sees interpreted
+    kernels (and ``fused_available('cpu')`` is true only inside the test)."""
+    import torch
+
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _forget_triton_kernels()
+    yield torch.device("cpu")
+    _forget_triton_kernels()

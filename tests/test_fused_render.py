@@ -1,13 +1,10 @@
 """The fused Triton renderer (avatar.render.fused) against the PyTorch reference renderer.
 
-On CPU the kernels run under Triton's interpreter (the module is re-imported with ``TRITON_INTERPRET=1`` for
-each test and dropped afterwards, so no other test sees interpreted kernels); the ``gpu`` tests run the
-compiled kernels at the official sampling density.
+On CPU the kernels run under Triton's interpreter (the ``triton_interpreter`` fixture of conftest.py); the
+``gpu`` tests run the compiled kernels at the official sampling density.
 """
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 import torch
@@ -21,20 +18,6 @@ from avatar.render.rays import sample_rays  # noqa: E402
 from avatar.render.triplane import ImportanceRenderer, RenderingOptions, RenderOutput, TriplaneNeRFDecoder  # noqa: E402
 
 FIELDS = ("features", "depth", "all_depths", "weights", "t_bg")
-
-
-def _forget_kernels() -> None:
-    sys.modules.pop("avatar.render.triton_kernels", None)
-    fused._kernels.cache_clear()
-
-
-@pytest.fixture
-def interpreter(monkeypatch: pytest.MonkeyPatch):
-    """The Triton kernels on CPU tensors through Triton's interpreter."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    _forget_kernels()
-    yield torch.device("cpu")
-    _forget_kernels()
 
 
 def _decoder(c_in: int, c_out: int, seed: int = 0) -> TriplaneNeRFDecoder:
@@ -67,8 +50,8 @@ def _assert_close(out: RenderOutput, ref: RenderOutput, atol: float) -> None:
     [(32, 32, 10, 10, True), (4, 8, 9, 7, True), (32, 32, 12, 0, True), (8, 16, 8, 8, False)],
 )
 @torch.no_grad()
-def test_matches_reference(interpreter, channels, c_out, n_coarse, n_fine, deterministic):
-    planes, o, d, cam_z = _scene(2, 6, channels, 12, interpreter)
+def test_matches_reference(triton_interpreter, channels, c_out, n_coarse, n_fine, deterministic):
+    planes, o, d, cam_z = _scene(2, 6, channels, 12, triton_interpreter)
     dec = _decoder(channels, c_out)
     renderer = ImportanceRenderer(RenderingOptions(depth_resolution=n_coarse, depth_resolution_importance=n_fine))
     torch.manual_seed(5)  # the stochastic case draws the same jitter and importance samples on both sides
@@ -80,10 +63,10 @@ def test_matches_reference(interpreter, channels, c_out, n_coarse, n_fine, deter
 
 
 @torch.no_grad()
-def test_deformer_chunks_and_zero_padding(interpreter):
+def test_deformer_chunks_and_zero_padding(triton_interpreter):
     """A deformer that pushes points out of the box (zero padding) and chunked rays give the reference's
     result."""
-    planes, o, d, cam_z = _scene(2, 6, 32, 10, interpreter)
+    planes, o, d, cam_z = _scene(2, 6, 32, 10, triton_interpreter)
     dec = _decoder(32, 32, seed=2)
     renderer = ImportanceRenderer(RenderingOptions(depth_resolution=8, depth_resolution_importance=8))
 
@@ -96,8 +79,8 @@ def test_deformer_chunks_and_zero_padding(interpreter):
 
 
 @torch.no_grad()
-def test_unsupported_calls_say_why(interpreter):
-    planes, o, d, cam_z = _scene(1, 4, 16, 8, interpreter)
+def test_unsupported_calls_say_why(triton_interpreter):
+    planes, o, d, cam_z = _scene(1, 4, 16, 8, triton_interpreter)
     dec = _decoder(16, 16)
     renderer = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4))
     with pytest.raises(FusedRenderingUnsupportedError, match="one .* triplane tensor"):
@@ -117,7 +100,7 @@ def test_not_available_on_cpu_without_interpreter(monkeypatch: pytest.MonkeyPatc
 
 
 @torch.no_grad()
-def test_portrait4d_fast_path_uses_the_kernels(interpreter):
+def test_portrait4d_fast_path_uses_the_kernels(triton_interpreter):
     """Portrait4D's fast path renders through the kernels where they run and matches its reference path."""
     from avatar.models.portrait4d import Portrait4D, Portrait4DConfig
 
@@ -152,7 +135,6 @@ def test_portrait4d_fast_path_uses_the_kernels(interpreter):
 @torch.no_grad()
 def test_gpu_matches_reference_at_official_density():
     """Compiled kernels, 48 + 48 samples, 32 channels, 64x64 rays of 2 frames, 128^2 planes."""
-    _forget_kernels()
     dev = torch.device("cuda")
     planes, o, d, cam_z = _scene(2, 64, 32, 128, dev)
     dec = _decoder(32, 32).to(dev)

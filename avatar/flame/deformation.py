@@ -40,7 +40,13 @@ from torch import Tensor, nn
 from avatar.errors import StateDictMismatchError
 
 from .flame import Flame, flame_buffers_from_generic
-from .geometry import DEFAULT_MIN_TRIANGLE_AREA, face_normals, nearest_in_chunk, point_to_face_coord
+from .geometry import (
+    DEFAULT_MIN_TRIANGLE_AREA,
+    default_search,
+    face_normals,
+    nearest_in_chunk,
+    point_to_face_coord,
+)
 
 __all__ = [
     "DEFORMER_BUFFERS",
@@ -324,7 +330,8 @@ class FlameHeadPoseDeformer(nn.Module):
         self.box_warp = float(box_warp)
         self.min_triangle_area = float(min_triangle_area)
         self.max_pairs = max_pairs
-        self.search: Callable[..., tuple[Tensor, Tensor]] = nearest_in_chunk
+        # the closest-triangle search; None: by device (geometry.default_search: the Triton kernel on CUDA)
+        self.search: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     @classmethod
     def from_assets(cls, box_warp: float = DEFAULT_BOX_WARP, **assets: Any) -> FlameHeadPoseDeformer:
@@ -332,8 +339,9 @@ class FlameHeadPoseDeformer(nn.Module):
         return cls(build_deformer_buffers(**assets), box_warp=box_warp)
 
     def compile_search(self, mode: str | None = None) -> FlameHeadPoseDeformer:
-        """``torch.compile`` the closest-triangle search (one fused kernel per chunk instead of a chain of
-        element-wise ones); each new chunk shape compiles once."""
+        """``torch.compile`` the chunked PyTorch closest-triangle search (one fused kernel per chunk instead of a
+        chain of element-wise ones); each new chunk shape compiles once. Where Triton runs (CUDA) the default
+        search is already one fused kernel, without compilation."""
         self.search = torch.compile(nearest_in_chunk, mode=mode, dynamic=False)
         return self
 
@@ -360,8 +368,9 @@ class FlameHeadPoseDeformer(nn.Module):
         Returns offsets ``(B, P, 3)`` (canonical position minus ``points``) and squared distances ``(B, P)``.
         """
         faces = self.simplify_faces
+        search = self.search if self.search is not None else default_search(points.device)
         dists, idxs, bary = point_to_face_coord(points, target, faces, self.min_triangle_area, self.max_pairs,
-                                                self.search)
+                                                search)
         close_faces = faces[idxs]  # (B, P, 3)
         batch = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1)
         tris_t = target[batch, close_faces]  # (B, P, 3, 3)

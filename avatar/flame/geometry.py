@@ -30,7 +30,9 @@ __all__ = [
     "DEFAULT_MIN_TRIANGLE_AREA",
     "closest_point_barycentric",
     "closest_triangles",
+    "default_search",
     "face_normals",
+    "fused_closest_triangles",
     "plane_barycentric",
     "point_segment_sq_dist",
     "point_to_face_coord",
@@ -146,6 +148,34 @@ def nearest_in_chunk(p: Tensor, v0: Tensor, v1: Tensor, v2: Tensor, min_triangle
 
 
 @torch.no_grad()
+def fused_closest_triangles(points: Tensor, verts: Tensor, faces: Tensor,
+                            min_triangle_area: float = DEFAULT_MIN_TRIANGLE_AREA) -> tuple[Tensor, Tensor]:
+    """:func:`closest_triangles` by the Triton kernel of :mod:`avatar.flame.triton_search` (CUDA, or CPU under
+    Triton's interpreter): one pass over the triangles per block of points, nothing of size points x
+    triangles in memory. Same arguments (``faces`` ``(F, 3)`` or ``(B, F, 3)``) and results."""
+    from avatar.flame import triton_search
+
+    batch, num_points = points.shape[:2]
+    faces = _as_batched_faces(faces, batch)
+    tris = verts.float()[torch.arange(batch, device=verts.device)[:, None, None], faces].contiguous()  # (B, F, 3, 3)
+    dists = torch.empty(batch, num_points, device=points.device)
+    idxs = torch.empty(batch, num_points, dtype=torch.long, device=points.device)
+    block = 128
+    grid = (-(-num_points // block), batch)
+    triton_search.closest_triangle_kernel[grid](points.float().contiguous(), tris, dists, idxs, num_points,
+                                                faces.shape[1], float(min_triangle_area), BLOCK_P=block)
+    return dists, idxs
+
+
+def default_search(device: torch.device | str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """The closest-triangle search for ``device``: the Triton kernel where it runs (CUDA with Triton), else the
+    chunked PyTorch search :func:`nearest_in_chunk`."""
+    from avatar.render.fused import fused_available
+
+    return fused_closest_triangles if fused_available(device) else nearest_in_chunk
+
+
+@torch.no_grad()
 def closest_triangles(
     points: Tensor,
     verts: Tensor,
@@ -163,13 +193,16 @@ def closest_triangles(
         min_triangle_area: see module doc (Portrait4D: 5e-3).
         max_pairs: at most this many point-triangle pairs (over the whole batch) are evaluated at once (memory
             bound; about ``max_pairs * 100`` bytes of temporaries); ``None``: 2^22 on the CPU, 2^25 on a GPU.
-        search: the per-chunk search (:func:`nearest_in_chunk`, or a compiled version of it).
+        search: the per-chunk search (:func:`nearest_in_chunk`, or a compiled version of it), or
+            :func:`fused_closest_triangles` (the Triton kernel: no chunks; see :func:`default_search`).
 
     Returns:
         squared distances ``(B, P)`` and face indices ``(B, P)`` (int64, local to each mesh).
     """
     batch, num_points = points.shape[:2]
     faces = _as_batched_faces(faces, batch)
+    if search is fused_closest_triangles:
+        return fused_closest_triangles(points, verts, faces, min_triangle_area)
     if max_pairs is None:  # GPUs have room for larger chunks: fewer, longer kernels
         max_pairs = 1 << 25 if points.is_cuda else 1 << 22
     chunk = max(1, max_pairs // max(1, batch * faces.shape[1]))

@@ -365,8 +365,8 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         self.compiled["decoder"] = torch.compile(self.decoder, mode=mode, dynamic=False)
         if self.superresolution is not None:
             self.compiled["superresolution"] = torch.compile(self.superresolution, mode=mode, dynamic=False)
-        if self.deformer.flame_deform is not None:
-            self.deformer.flame_deform.compile_search(mode)
+        if self.deformer.flame_deform is not None and not fused_available(self.w_avg.device):
+            self.deformer.flame_deform.compile_search(mode)  # (on CUDA the Triton search is faster)
         return self
 
     @staticmethod
