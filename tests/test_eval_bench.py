@@ -75,7 +75,9 @@ def test_bench_runs_every_metric_and_writes_json(tmp_path, monkeypatch, capsys) 
     for key in ("face analysis (pred)", "ssim", "csim (align + ArcFace)", "lpips", "fid Inception (pred)", "total",
                 "total, target side cached"):
         assert key in stages
-    assert res.total_fps > 0 and res.total_fps_cached_target >= res.total_fps
+    # both totals are measured (one batch each here, so either may be the slower on a busy machine); a reference
+    # computed instead of read in the timed cached pass would raise
+    assert res.total_fps > 0 and res.total_fps_cached_target > 0
     table = bench.format_table(res)
     assert "| total " in table and "random" in table
     out = tmp_path / "b.json"

@@ -83,7 +83,9 @@ def _args(data: Path, pred: Path, out: Path, *extra: str) -> list[str]:
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     root = tmp_path_factory.mktemp("bench")
     data, pred = make_hdtf(root)
-    summary = run(_args(data, pred, root / "full", "--metrics", ALL9)[:-1], scorer_kwargs=_scorer_kwargs())
+    # module scope runs before the per-test throwaway $AVATAR_CACHE: keep the reference cache in tmp too
+    summary = run(_args(data, pred, root / "full", "--metrics", ALL9, "--reference-cache", str(root / "refs"))[:-1],
+                  scorer_kwargs=_scorer_kwargs())
     return data, pred, summary
 
 

@@ -447,3 +447,23 @@ def test_depthwise_fir_double_backward_does_not_loop_over_channels() -> None:
         g.square().sum().backward()
     calls = sum(e.count for e in prof.key_averages() if e.key == "aten::convolution")
     assert calls < 20, calls  # the grouped-convolution double backward: > 64
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("up", "demodulate"), [(1, True), (2, True), (1, False)])
+def test_modulated_conv_with_one_shared_style_matches_repeated_styles(fused, up, demodulate):
+    """Styles of batch 1 (Portrait4D's constant w_avg) give what the same style repeated per sample gives."""
+    from avatar.nn.stylegan2 import modulated_conv2d
+    from avatar.nn.upfirdn import setup_filter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 8, 8, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 5, 3, 3, generator=g, dtype=torch.float64)
+    style = torch.randn(1, 5, generator=g, dtype=torch.float64)
+    kwargs = dict(up=up, padding=1, resample_filter=setup_filter([1, 3, 3, 1]).double() if up > 1 else None,
+                  demodulate=demodulate, flip_weight=up == 1, fused_modconv=fused)
+    shared = modulated_conv2d(x, weight, style, **kwargs)
+    repeated = modulated_conv2d(x, weight, style.expand(3, -1), **kwargs)
+    torch.testing.assert_close(shared, repeated, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        modulated_conv2d(x, weight, style.expand(2, -1), **kwargs)

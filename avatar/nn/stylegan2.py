@@ -76,13 +76,12 @@ def _modconv_unfused(
     conv_kwargs: dict,
 ) -> torch.Tensor:
     """Modulate activations, convolve with the shared weight, then demodulate and add noise."""
-    n = x.shape[0]
-    x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+    x = x * styles.to(x.dtype).reshape(styles.shape[0], -1, 1, 1)  # (styles of batch 1 broadcast)
     x = conv2d_resample(x, weight.to(x.dtype), **conv_kwargs)
     if dcoefs is not None and noise is not None:
-        return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(n, -1, 1, 1))
+        return torch.addcmul(noise.to(x.dtype), x, dcoefs.to(x.dtype).reshape(dcoefs.shape[0], -1, 1, 1))
     if dcoefs is not None:
-        return x * dcoefs.to(x.dtype).reshape(n, -1, 1, 1)
+        return x * dcoefs.to(x.dtype).reshape(dcoefs.shape[0], -1, 1, 1)
     if noise is not None:
         return x + noise.to(x.dtype)
     return x
@@ -91,8 +90,12 @@ def _modconv_unfused(
 def _modconv_fused(
     x: torch.Tensor, w: torch.Tensor, noise: torch.Tensor | None, conv_kwargs: dict
 ) -> torch.Tensor:
-    """One grouped convolution with per-sample weights ``w`` ``[N, O, I, kh, kw]``."""
+    """One grouped convolution with per-sample weights ``w`` ``[N, O, I, kh, kw]``; with ``N = 1`` and a larger
+    batch of ``x``, one plain convolution of the whole batch with that weight (the same per-sample maths)."""
     n, _, i, kh, kw = w.shape
+    if n == 1 and x.shape[0] > 1:
+        x = conv2d_resample(x, w[0].to(x.dtype), **conv_kwargs)
+        return (x + noise).to(x.dtype) if noise is not None else x
     x = x.reshape(1, -1, *x.shape[2:])
     w = w.reshape(-1, i, kh, kw)
     x = conv2d_resample(x, w.to(x.dtype), groups=n, **conv_kwargs)
@@ -121,7 +124,8 @@ def modulated_conv2d(
     Args:
         x: ``[N, I, H, W]``.
         weight: ``[O, I, kh, kw]``.
-        styles: ``[N, I]``.
+        styles: ``[N, I]``, or ``[1, I]``: one style for every sample (Portrait4D's SR runs on the constant
+            ``w_avg``), which modulates the weight once and convolves the batch with it.
         noise: broadcastable to the output ``[N, O, H', W']`` (e.g. ``[N, 1, H', W']`` or ``[H', W']``).
         up: integer upsampling factor (FIR ``resample_filter`` after a transposed conv).
         down: integer downsampling factor.
@@ -136,7 +140,7 @@ def modulated_conv2d(
     """
     n = x.shape[0]
     o, i, kh, kw = weight.shape
-    if x.shape[1] != i or tuple(styles.shape) != (n, i):
+    if x.shape[1] != i or styles.ndim != 2 or styles.shape[1] != i or styles.shape[0] not in (1, n):
         raise ValueError(
             f"shape mismatch: x {tuple(x.shape)}, weight {tuple(weight.shape)}, styles {tuple(styles.shape)}"
         )
@@ -150,7 +154,7 @@ def modulated_conv2d(
         return _modconv_unfused(x, weight, styles, dcoefs, noise, conv_kwargs)
     assert w is not None
     if dcoefs is not None:
-        w = w * dcoefs.reshape(n, -1, 1, 1, 1)
+        w = w * dcoefs.reshape(w.shape[0], -1, 1, 1, 1)
     return _modconv_fused(x, w, noise, conv_kwargs)
 
 

@@ -192,12 +192,15 @@ class FastInference:
             (CUDA): ``'ieee'`` (float32 decoder products), ``'tf32'``, or ``None`` (the PyTorch renderer).
         cuda_graphs: on CUDA, :meth:`Portrait4D.render` (deterministic) replays its per-frame work from a CUDA
             graph captured per batch size and avatar shape (:mod:`avatar.nn.cuda_graphs`).
+        sr_shared_styles: the super-resolution's styles (the constant ``w_avg``) given once, not once per frame:
+            each modulated weight is computed once and the batch goes through plain convolutions.
     """
 
     dtype: torch.dtype | None = None
     sr_fused_modconv: bool | None = None
     fused_rendering: str | None = None
     cuda_graphs: bool = False
+    sr_shared_styles: bool = False
 
 
 REFERENCE = FastInference()
@@ -338,6 +341,8 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
                 call of each batch size; at most two are kept, each with its own memory pool): launch overhead
                 goes, which halves the time of a single frame. Inputs and outputs are copied, so results are
                 never overwritten.
+
+        The super-resolution then also takes its constant styles once (``FastInference.sr_shared_styles``).
         """
         if fused_rendering not in (None, "ieee", "tf32"):
             raise InputError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
@@ -350,7 +355,7 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
                 m.weight.data = m.weight.data.contiguous(memory_format=fmt)
         self._graphs.clear()
         self.fast = FastInference(dtype=dtype, sr_fused_modconv=sr_fused_modconv, fused_rendering=fused_rendering,
-                                  cuda_graphs=cuda_graphs)
+                                  cuda_graphs=cuda_graphs, sr_shared_styles=True)
         return self
 
     def compile_fast_path(self, mode: str | None = "max-autotune-no-cudagraphs") -> Portrait4D:
@@ -597,7 +602,9 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
         features = 2 * features - 1
         rgb = features[:, :3]
         if self.superresolution is not None:
-            ws = constant_ws(self.w_avg, n)
+            # the styles are the constant w_avg: the fast path passes them once (the SR modulates each weight once
+            # and convolves the whole batch with it) instead of n identical copies (n grouped-conv groups)
+            ws = constant_ws(self.w_avg, 1 if fast.sr_shared_styles and not reference else n)
             sr = self.superresolution if reference else self.compiled.get("superresolution", self.superresolution)
             image = sr(rgb, features, ws, noise_mode=self.config.superresolution_noise_mode,
                        fused_modconv=fast.sr_fused_modconv)
