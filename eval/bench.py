@@ -5,24 +5,31 @@
 
 One "frame" is one generated 512x512 frame scored against its ground-truth frame with every metric: both images
 go through the face analysis (RetinaFace -> FAN-68 -> Deep3DFaceRecon, :class:`avatar.face.analysis.FaceAnalyzer`,
-shared by CSIM/AKD/AED/APD), ArcFace (CSIM), LPIPS-Alex and the FID Inception (features of both sets). Rows:
-one per stage (the face-analysis stages for pred + target, then each metric's own work), ``total`` (median time of
-one whole batch) and ``total, target side cached`` (the same minus the ground-truth analysis and FID features:
-what scoring a method would cost if the references' analysis were computed once and reused for every method;
-``eval.run`` reuses only the references' FID features today, within one RESULTS folder, see ``eval/cache.py``). FID's Frechet distance
-(one 2048x2048 matrix square root per evaluation, not per frame) is timed once and reported apart.
+shared by CSIM/AKD/AED/APD through :class:`eval.face_networks.FaceNetworks` as in ``eval.run``), ArcFace (CSIM),
+LPIPS-Alex and the FID Inception (features of both sets). Rows: one per stage (the face-analysis stages for pred +
+target, then each metric's own work), ``total`` (median time of one whole batch with nothing cached) and ``total,
+target side cached`` (median time of the same batch scored the way ``eval.run`` scores it when the references are
+in its reference cache, :mod:`eval.reference_cache`: the reference PNG files are hashed, every cacheable metric's
+target rows are read from a cache folder on disk, filled by one untimed pass, and each metric scores the pair from
+them with ``update_with_target_features``, so the face analysis, ArcFace and Inception run on the predictions
+only; PSNR, SSIM, L1 and LPIPS run as in ``total``). The cached pass reads the same batch's entries every time, so
+from the page cache; neither total counts decoding PNG frames. FID's Frechet distance (one 2048x2048 matrix square
+root per evaluation, not per frame) is timed once and reported apart.
 
 Per-row time is the median over timed batches of (stage time / batch size); every stage is synchronised on the
-device. Inputs are synthetic (smooth random images and a noisy copy). Networks are the official architectures at
-full size with **random weights** (ArcFace iresnet-18, LPIPS-Alex, FID Inception v3, RetinaFace-R50, FAN 4-stack,
-Deep3DFaceRecon R50): speed does not depend on the weight values (the random detector is biased to report faces of
-a realistic size so that every stage runs); the reported metric values are meaningless. ``--dtype bf16`` runs the
-networks under autocast (changes reported values; fp32 is the default and the reference). On CUDA, PyTorch's
-default lets cuDNN convolutions use TF32.
+device. Inputs are synthetic (smooth random images at uint8 levels and a noisy copy). Networks are the official
+architectures at full size with **random weights** (ArcFace iresnet-18, LPIPS-Alex, FID Inception v3,
+RetinaFace-R50, FAN 4-stack, Deep3DFaceRecon R50): speed does not depend on the weight values (the random detector
+is biased to report faces of a realistic size so that every stage runs); the reported metric values are
+meaningless. ``--dtype bf16`` runs the networks under autocast (changes reported values; fp32 is the default and
+the reference). On CUDA, PyTorch's default lets cuDNN convolutions use TF32.
 
-Measured (one H200, ``--batch-size 128 --frames 1024``, frames/s full set / target side cached): fp32 183 / 322;
-fp32 ``--channels-last`` 205 / 361; bf16 ``--channels-last`` 281 / 475. The face analysis (RetinaFace-R50 at 640,
-FAN, Deep3D) of both images is ~78 % of the time, the detector alone ~43 %.
+Measured, full set: one H200, ``--batch-size 128 --frames 1024``: fp32 183 frames/s; fp32 ``--channels-last`` 205;
+bf16 ``--channels-last`` 281; the face analysis (RetinaFace-R50 at 640, FAN, Deep3D) of both images was ~78 % of
+the time, the detector alone ~43 %. (The "target side cached" figures of that run were then an estimate, the total
+minus the target-side stages; the cached row has not been timed on a GPU since it runs the real cached path.)
+With the cached path, on the development machine's CPU (2 threads, fp32, ``--device cpu --batch-size 4 --frames
+8``): 0.34 frames/s full set, 0.71 target side cached (2955 / 1407 ms per frame).
 
 ``--gpus N`` runs N processes, one per GPU, each on ``frames / N`` frames at the same time, and reports the summed
 throughput (``accelerate launch`` is not needed).
@@ -97,7 +104,9 @@ def synthetic_frames(n: int, size: int, device: torch.device, seed: int = 0) -> 
 
 
 def build_metrics(names: tuple[str, ...], device: torch.device, analyzer: Any) -> dict[str, Any]:
-    """The metrics with random-weight networks at official size (nothing is downloaded)."""
+    """The metrics with random-weight networks at official size (nothing is downloaded); ``analyzer``: anything
+    with ``landmarks`` and ``coefficients`` callables (a ``FaceAnalyzer``, or ``eval.face_networks.FaceNetworks``
+    sharing one analysis per image tensor, as ``eval.run`` does)."""
     import warnings
 
     from avatar.losses import IResNet, LPIPSConfig, LPIPSNet
@@ -120,7 +129,8 @@ def build_metrics(names: tuple[str, ...], device: torch.device, analyzer: Any) -
             elif n == "fid":
                 out[n] = FID(network=FIDInception(), device=device, batch_size=1 << 30)
             elif n == "csim":
-                out[n] = CSIM(embedder=IResNet().to(device), device=device, batch_size=1 << 30)
+                out[n] = CSIM(embedder=IResNet().to(device), landmarks=analyzer.landmarks, device=device,
+                              batch_size=1 << 30)
             elif n == "akd":
                 out[n] = AKD(landmarks=analyzer.landmarks)
             elif n == "aed":
@@ -144,11 +154,81 @@ def _autocast_module(module: torch.nn.Module, dtype: torch.dtype | None, device:
     module.forward = wrapped  # type: ignore[method-assign]
 
 
+def _timed(stage: str, fn: Callable[[], Any], rec: dict[str, float], dev: torch.device) -> Any:
+    """``fn()``, its synchronised wall time added to ``rec[stage]``."""
+    _sync(dev)
+    t = time.perf_counter()
+    out = fn()
+    _sync(dev)
+    rec[stage] = rec.get(stage, 0.0) + time.perf_counter() - t
+    return out
+
+
+def _full_pass(ms: dict[str, Any], face: Any, pred: torch.Tensor, target: torch.Tensor, timings: dict[str, float],
+               dev: torch.device) -> dict[str, float]:
+    """One batch with nothing cached, per stage: the face analysis of pred and target (shared by the face
+    metrics, as in ``eval.run``), then each metric's ``update`` (FID: the features of both sets)."""
+    rec: dict[str, float] = {}
+    timings.clear()
+    face.clear()
+    if any(n in ms for n in ("csim", "akd", "aed", "apd")):
+        _timed("face analysis (pred)", lambda: face.shared(pred), rec, dev)
+        _timed("face analysis (target)", lambda: face.shared(target), rec, dev)
+        for k, v in timings.items():
+            rec[f"  {k} (pred + target)"] = v
+    for n, m in ms.items():
+        if n == "fid":
+            fpred = _timed("fid Inception (pred)", lambda m=m: m.features(pred), rec, dev)
+            ftgt = _timed("fid Inception (target)", lambda m=m: m.features(target), rec, dev)
+            m.add_features(fpred, ftgt)
+        else:
+            _timed("csim (align + ArcFace)" if n == "csim" else n, lambda m=m: m.update(pred, target), rec, dev)
+    return rec
+
+
+def _cached_pass(ms: dict[str, Any], face: Any, pred: torch.Tensor, target: torch.Tensor, files: list[Any],
+                 cache: Any, dev: torch.device) -> None:
+    """One batch the way ``eval.run`` scores it when the references are in the reference cache: the reference
+    files are hashed, every cacheable metric's target rows are read from disk, and the pairs are scored from them
+    (networks run on ``pred`` only); the other metrics run ``update`` (they need the target pixels)."""
+    from eval.reference_cache import file_key
+
+    def never(idx: list[int]) -> torch.Tensor:
+        raise RuntimeError(f"reference cache miss for {len(idx)} image(s) in the timed cached pass")
+
+    face.clear()
+    cacheable = {n: m for n, m in ms.items() if cache.cacheable(m)}
+    rows = cache.features(cacheable, [file_key(f) for f in files], never) if cacheable else {}
+    for n, m in ms.items():
+        if n in rows:
+            m.update_with_target_features(pred, rows[n])
+        else:
+            m.update(pred, target)
+
+
+def _reference_files(target: torch.Tensor, folder: Any) -> list[Any]:
+    """``target`` (uint8 levels) written as PNG files ``folder/<i>.png``, as ``eval.run`` reads references."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    arrays = (target * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    paths = []
+    for i, a in enumerate(arrays):
+        paths.append(Path(folder) / f"{i:06d}.png")
+        Image.fromarray(a).save(paths[-1])
+    return paths
+
+
 def run_bench(device: str = "cpu", batch_size: int = 8, frames: int = 16, dtype: str = "fp32", warmup: int = 1,
               size: int = 512, metrics: tuple[str, ...] | None = None, fid_compute: bool = True,
               channels_last: bool = False, quiet: bool = False, analyzer: Any = None) -> BenchResult:
     """Time the metric set on ``frames`` synthetic frames in batches of ``batch_size`` (see the module docstring)."""
+    import tempfile
+
     from avatar.face.analysis import FaceAnalyzer
+    from eval.face_networks import FaceNetworks
+    from eval.reference_cache import ReferenceCache
 
     dev = torch.device(device)
     names = tuple(metrics or same_identity_metrics())
@@ -158,7 +238,8 @@ def run_bench(device: str = "cpu", batch_size: int = 8, frames: int = 16, dtype:
     analyzer.timings = timings
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     analyzer.autocast = amp
-    ms = build_metrics(names, dev, analyzer)
+    face = FaceNetworks.from_analyzer(analyzer)
+    ms = build_metrics(names, dev, face)
     for key in ("lpips", "fid"):
         if key in ms:
             _autocast_module(ms[key].network, amp, dev)
@@ -171,53 +252,40 @@ def run_bench(device: str = "cpu", batch_size: int = 8, frames: int = 16, dtype:
             if isinstance(mod, torch.nn.Module):
                 mod.to(memory_format=torch.channels_last)
     pred, target = synthetic_frames(batch_size, size, dev)
-    face = any(n in ms for n in ("csim", "akd", "aed", "apd"))
+    target = (target * 255).round() / 255  # uint8 levels: the PNG references hold exactly this tensor
     iters = max(1, math.ceil(frames / batch_size))
     per_iter: list[dict[str, float]] = []
+    cached: list[float] = []
 
-    def timed(stage: str, fn: Callable[[], Any], rec: dict[str, float]) -> Any:
-        _sync(dev)
-        t = time.perf_counter()
-        out = fn()
-        _sync(dev)
-        rec[stage] = rec.get(stage, 0.0) + time.perf_counter() - t
-        return out
+    def say(what: str, it: int, seconds: float) -> None:
+        if not quiet:
+            print(f"  {what} batch {it + 1}/{warmup + iters}{' (warm-up)' if it < warmup else ''}: {seconds:.3f} s",
+                  file=sys.stderr, flush=True)
 
     for it in range(warmup + iters):
-        rec: dict[str, float] = {}
-        timings.clear()
-        if face:
-            fp = timed("face analysis (pred)", lambda: analyzer(pred), rec)
-            ft = timed("face analysis (target)", lambda: analyzer(target), rec)
-            for k, v in timings.items():
-                rec[f"  {k} (pred + target)"] = v
-        for n, m in ms.items():
-            if n == "csim":
-                timed("csim (align + ArcFace)", lambda m=m, fp=fp, ft=ft: m.update(
-                    pred, target, pred_landmarks=fp.landmarks, target_landmarks=ft.landmarks), rec)
-            elif n == "akd":
-                timed("akd", lambda m=m, fp=fp, ft=ft: m.update_landmarks(fp.landmarks, ft.landmarks), rec)
-            elif n in ("aed", "apd"):
-                timed(n, lambda m=m, fp=fp, ft=ft: m.update_coeffs(fp.coefficients(), ft.coefficients()), rec)
-            elif n == "fid":
-                fpred = timed("fid Inception (pred)", lambda m=m: m.features(pred), rec)
-                ftgt = timed("fid Inception (target)", lambda m=m: m.features(target), rec)
-                m.add_features(fpred, ftgt)
-            else:
-                timed(n, lambda m=m: m.update(pred, target), rec)
+        rec = _full_pass(ms, face, pred, target, timings, dev)
         if it >= warmup:
             per_iter.append(rec)
-        if not quiet:
-            print(f"  batch {it + 1}/{warmup + iters}{' (warm-up)' if it < warmup else ''}: "
-                  f"{sum(v for k, v in rec.items() if not k.startswith(' ')):.3f} s", file=sys.stderr, flush=True)
+        say("full", it, sum(v for k, v in rec.items() if not k.startswith(" ")))
+    with tempfile.TemporaryDirectory(prefix="eval-bench-") as tmp:
+        files = _reference_files(target, tmp)
+        cache = ReferenceCache(f"{tmp}/cache", device_type=dev.type)
+        cacheable = {n: m for n, m in ms.items() if cache.cacheable(m)}
+        if cacheable:  # untimed: fill the cache, as a first eval.run on these references does
+            face.clear()
+            cache.features(cacheable, [cache.key_of(f) for f in files], lambda idx: target[torch.tensor(idx)])
+        for it in range(warmup + iters):
+            rec = {}
+            _timed("cached", lambda: _cached_pass(ms, face, pred, target, files, cache, dev), rec, dev)
+            if it >= warmup:
+                cached.append(rec["cached"])
+            say("target side cached", it, rec["cached"])
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     res = BenchResult(device=str(dev), device_name=name, batch_size=batch_size, frames=iters * batch_size,
                       dtype=dtype, metrics=list(names))
     stages = list(per_iter[0])
     totals = [sum(v for k, v in r.items() if not k.startswith(" ")) for r in per_iter]
-    target_side = ("face analysis (target)", "fid Inception (target)")
-    cached = [t - sum(r.get(k, 0.0) for k in target_side) for t, r in zip(totals, per_iter, strict=True)]
     total_ms = statistics.median(totals) / batch_size * 1e3
     for s in stages:
         v = statistics.median(r.get(s, 0.0) for r in per_iter) / batch_size * 1e3

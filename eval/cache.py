@@ -8,7 +8,8 @@ Files:
   most the batch in flight (a truncated last line is ignored when reading, and cut before appending). A batch is
   cached whole or not at all, so a resumed run scores the same batches as an uninterrupted one.
 * ``refs-r<rank>.jsonl``: FID features of reference images, ``{"ref": key, "f": ...}`` (one per image, shared by
-  every sample that uses it).
+  every sample that uses it), the ones this RESULTS folder's aggregation reads; they come from the reference cache
+  shared by all runs (:mod:`eval.reference_cache`) when it is on.
 
 Each process writes only its own files; :func:`load` merges all of them. A value is taken once per (sample,
 metric): the first record wins, later duplicates are counted and ignored, so nothing is counted twice.

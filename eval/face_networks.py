@@ -15,7 +15,9 @@ with the official RetinaFace, 3DFAN and Deep3DFaceRecon weights. Missing weights
 is then set to report 256-pixel faces, see :func:`avatar.face.retinaface.rig_for_random_weights`; everything is
 flagged not comparable). This is the same analysis ``python -m eval.bench`` times.
 
-Within a batch the same image tensor is analysed once: call :meth:`FaceNetworks.clear` between batches.
+Within a batch the same image tensor is analysed once: call :meth:`FaceNetworks.clear` between batches. Both
+callables carry ``cache_fingerprint`` (the analyzer's weights and settings), so the reference cache
+(:mod:`eval.reference_cache`) keeps the references' landmarks and coefficients between runs.
 """
 
 from __future__ import annotations
@@ -39,6 +41,15 @@ class _SharedAnalysis:
     def __init__(self, analyzer: FaceAnalyzer) -> None:
         self.analyzer = analyzer
         self._memo: dict[tuple, tuple[Tensor, FaceBatch]] = {}
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str | None:
+        """The analyzer's :func:`eval.reference_cache.fingerprint` (hashed once: its weights do not change)."""
+        if self._fingerprint is None:
+            from .reference_cache import fingerprint
+
+            self._fingerprint = fingerprint(self.analyzer)
+        return self._fingerprint
 
     def clear(self) -> None:
         self._memo.clear()
@@ -57,6 +68,10 @@ class _Landmarks:
         self.shared = shared
         self.name = f"RetinaFace + 3DFAN's FAN (x, y), {weights} weights"
 
+    def cache_fingerprint(self) -> str | None:
+        """The analyzer's networks and settings (:func:`eval.reference_cache.fingerprint`)."""
+        return self.shared.fingerprint()
+
     def __call__(self, images: Tensor) -> FaceLandmarks:
         lm = self.shared(images).landmarks
         return FaceLandmarks(lm.points.cpu(), lm.found.cpu())
@@ -72,9 +87,15 @@ class _Coefficients:
     def __call__(self, images: Tensor) -> dict[str, Tensor]:
         return {k: v.cpu() for k, v in self.shared(images).coefficients().items()}
 
+    def cache_fingerprint(self) -> str | None:
+        """The analyzer's networks and settings (:func:`eval.reference_cache.fingerprint`)."""
+        return self.shared.fingerprint()
+
 
 @dataclass
 class FaceNetworks:
+    """The two callables of one shared analysis (``shared``; call :meth:`clear` between batches)."""
+
     landmarks: Any
     coefficients: Any
     shared: _SharedAnalysis | None = None
@@ -82,6 +103,14 @@ class FaceNetworks:
     def clear(self) -> None:
         if self.shared is not None:
             self.shared.clear()
+
+    @classmethod
+    def from_analyzer(cls, analyzer: FaceAnalyzer, official: bool = False, weights: str = "random",
+                      coefficients: bool = True) -> FaceNetworks:
+        """``landmarks`` and ``coefficients`` callables sharing one analysis per image tensor of ``analyzer``;
+        ``official``: the coefficients are declared comparable; ``weights`` names the detector + FAN weights."""
+        shared = _SharedAnalysis(analyzer)
+        return cls(_Landmarks(shared, weights), _Coefficients(shared, official) if coefficients else None, shared)
 
 
 def _load(builder: Any, fallback: Any, allow_random_weights: bool, what: str) -> tuple[nn.Module, bool]:
@@ -114,7 +143,5 @@ def build_face_networks(device: torch.device | str = "cpu", allow_random_weights
                                 allow_random_weights, "Deep3DFaceRecon")
     official = det_ok and fan_ok and recon_ok
     analyzer = FaceAnalyzer(detector, fan.fan, recon, comparable=official).to(device)
-    shared = _SharedAnalysis(analyzer)
-    weights = "official" if det_ok and fan_ok else "random"
-    return FaceNetworks(_Landmarks(shared, weights), _Coefficients(shared, official) if need_coefficients else None,
-                        shared)
+    return FaceNetworks.from_analyzer(analyzer, official, "official" if det_ok and fan_ok else "random",
+                                      coefficients=need_coefficients)

@@ -6,9 +6,12 @@
     avatar eval ...                                            # the same command
 
 Every per-sample result is appended to ``RESULTS/cache/`` as it is computed; running the same command again
-resumes (only what is missing is computed). Each process scores every world_size-th batch of the protocol's fixed batches
-and writes its own cache shard; after a barrier the main process aggregates every cached value in the protocol's
-order, so 1 and N processes give the same numbers. See ``eval/README.md``.
+resumes (only what is missing is computed). Each process scores every world_size-th batch of the protocol's fixed
+batches and writes its own cache shard; after a barrier the main process aggregates every cached value in the
+protocol's order, so 1 and N processes give the same numbers. What the metrics compute from the reference images
+alone is kept in the reference cache (``--reference-cache DIR``, default ``~/.cache/avatar4d/eval-references``;
+``eval/reference_cache.py``) and reused by every later run on the same references, whatever method it scores.
+See ``eval/README.md``.
 
 A run first removes the previous run's report files from RESULTS (``report.md``, ``metrics.json``, the CSVs, the
 plots, ``prediction_errors.txt``), keeping ``cache/`` and ``predictions/`` (what resuming needs), so the folder
@@ -37,6 +40,7 @@ from . import cache as cache_mod
 from .data import check_predictions, load_batch
 from .protocols import BENCHMARKS, HDTF_CROSS_ID_DRIVER, get_protocol
 from .protocols.pairs import SampleSet, build_samples
+from .reference_cache import ReferenceCache, default_reference_cache_dir
 from .scoring import Scorer, aggregate, parse_metric_options
 
 __all__ = ["DistState", "build_parser", "check_args", "main", "run"]
@@ -99,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reenact-mode", default="auto", choices=("auto", "relative", "absolute"))
     p.add_argument("--allow-random-weights", action="store_true",
                    help="run networks whose weights are missing with random init: results stamped NOT COMPARABLE")
+    refc = p.add_mutually_exclusive_group()
+    refc.add_argument("--reference-cache", type=Path, metavar="DIR",
+                      help="keep what the metrics compute from the reference images alone here, for every later run "
+                           "on the same references (default: $AVATAR_CACHE/eval-references, i.e. "
+                           "~/.cache/avatar4d/eval-references)")
+    refc.add_argument("--no-reference-cache", action="store_true",
+                      help="compute the reference side every time (nothing read or written)")
     p.add_argument("--method-name", help="row label in the report (default: the model or predictions folder)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -135,6 +146,9 @@ def check_args(args: argparse.Namespace) -> None:
     for option, file in (("--video-list", args.video_list), ("--source-list", args.source_list)):
         if file is not None and not Path(file).is_file():
             raise InputError(f"{option} {file}: no such file")
+    if args.reference_cache is not None and Path(args.reference_cache).exists() \
+            and not Path(args.reference_cache).is_dir():
+        raise InputError(f"--reference-cache {args.reference_cache}: not a folder")
     if args.device:
         try:
             device = torch.device(args.device)
@@ -152,6 +166,27 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+
+def _reference_cache(args: argparse.Namespace, device: torch.device) -> ReferenceCache | None:
+    """The reference-side cache of ``--reference-cache`` (default folder unless ``--no-reference-cache``)."""
+    if args.no_reference_cache:
+        return None
+    root = args.reference_cache or default_reference_cache_dir()
+    try:
+        return ReferenceCache(root, device_type=device.type)
+    except OSError as exc:
+        raise InputError(f"--reference-cache {root}: cannot use it as a cache folder ({exc}); pass another "
+                         "--reference-cache DIR or --no-reference-cache") from None
+
+
+def _reference_cache_facts(cache: ReferenceCache | None) -> dict[str, Any] | None:
+    """This process's use of the reference cache, for ``metrics.json`` (``None``: no cache)."""
+    if cache is None:
+        return None
+    st = cache.stats
+    return {"dir": str(cache.root), "rows_read": st.hits, "rows_computed": st.computed,
+            "unreadable": st.unreadable, "not_cached": sorted(set(st.uncached_metrics))}
 
 
 def _samples(args: argparse.Namespace) -> SampleSet:
@@ -228,8 +263,9 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
     expected = [(s.id, s.target or s.source) for s in sset.samples]
     check_predictions(pred_root, expected, allowed=sset.all_ids, report_file=out / PREDICTION_ERRORS_FILE)
 
+    reference_cache = _reference_cache(args, device)
     scorer = Scorer(protocol, metrics, options, device=device, allow_random_weights=args.allow_random_weights,
-                    **(scorer_kwargs or {}))
+                    reference_cache=reference_cache, **(scorer_kwargs or {}))
     manifest = {"protocol": protocol.key, "source": str(args.model or Path(pred_root).resolve()),
                 "metrics": scorer.manifest_metrics()}
     if state.is_main:
@@ -262,6 +298,10 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
                 _after_batch(done)
         finally:
             bar.close()
+    if reference_cache is not None:
+        st = reference_cache.stats
+        logger.info("reference cache %s: %d reference feature rows read, %d computed%s", reference_cache.root,
+                    st.hits, st.computed, f", {st.unreadable} unreadable" if st.unreadable else "")
     state.barrier()
     if not (report and state.is_main):
         return None
@@ -278,7 +318,8 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
                         method=args.method_name or (args.model or Path(pred_root).name),
                         elapsed_s=time.time() - started, plots=not args.no_plots,
                         cache_stats={"duplicates_ignored": cached.duplicates,
-                                     "truncated_lines": cached.truncated_lines},
+                                     "truncated_lines": cached.truncated_lines,
+                                     "reference_cache": _reference_cache_facts(reference_cache)},
                         not_comparable=run_reasons)
 
 

@@ -5,6 +5,12 @@ per-sample values and exclusions become cache records (:mod:`eval.cache`). FID k
 features of the prediction and, once per reference image, of the reference; its pooled value is computed at the
 end from all cached features. Aggregation feeds the cached values to fresh metrics in the protocol's canonical
 sample order, so the result does not depend on how many processes scored which samples.
+
+With a :class:`~eval.reference_cache.ReferenceCache`, what a metric computes from the reference alone
+(``Metric.target_features``) is read from it, computed only for the images it lacks (each distinct image once per
+batch), and the metric scores the pair from those rows (``Metric.update_with_target_features``): the same code
+as ``Metric.update`` without a cache. Metrics without a target side (PSNR, SSIM, L1, LPIPS), or whose networks
+cannot be fingerprinted, run as without a cache.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from .data import load_batch
 from .metrics import METRICS, EmptyMetricError, Metric, MetricResult, build_metric
 from .protocols import Protocol
 from .protocols.pairs import Sample
+from .reference_cache import ReferenceCache
 
 __all__ = ["FACE_METRICS", "Scorer", "aggregate", "parse_metric_options", "reference_key"]
 
@@ -70,12 +77,15 @@ class Scorer:
         allow_random_weights: random init for missing weights (results NOT COMPARABLE).
         face: face networks (:func:`eval.face_networks.build_face_networks` by default, built lazily).
         extra_kwargs: per-metric constructor arguments (tests plug in tiny networks here).
+        reference_cache: where the reference side is kept between runs (``None``: computed every time).
     """
 
     def __init__(self, protocol: Protocol, metrics: Sequence[str], options: dict[str, dict[str, Any]] | None = None,
                  device: torch.device | str = "cpu", allow_random_weights: bool = False, face: Any = None,
-                 extra_kwargs: dict[str, dict[str, Any]] | None = None) -> None:
+                 extra_kwargs: dict[str, dict[str, Any]] | None = None,
+                 reference_cache: ReferenceCache | None = None) -> None:
         self.protocol = protocol
+        self.reference_cache = reference_cache
         self.metric_names = list(metrics)
         bad = [m for m in self.metric_names if m not in protocol.metrics]
         if bad:
@@ -119,6 +129,26 @@ class Scorer:
     def references_needed(self, names: Sequence[str]) -> list[str]:
         return list(dict.fromkeys(self.protocol.reference_of(n) for n in names))
 
+    def _cached(self, name: str) -> bool:
+        return self.reference_cache is not None and self.reference_cache.cacheable(self.metrics[name])
+
+    def _reference_features(self, samples: Sequence[Sample], names: Sequence[str], positions: Sequence[int],
+                            decoded: Tensor | None) -> dict[str, dict[str, Tensor]]:
+        """Target features ``{metric: {name: (len(positions), ...)}}`` of the references of ``samples[p]`` (one
+        kind for all ``names``) from the reference cache; ``decoded``: that kind's whole batch when it is
+        already decoded (else only the images the cache lacks are read)."""
+        assert self.reference_cache is not None
+        kind = self.protocol.reference_of(names[0])
+        paths = [samples[p].reference(kind) for p in positions]
+
+        def load(idx: list[int]) -> Tensor:
+            if decoded is not None:
+                return decoded[torch.tensor([positions[i] for i in idx], device=decoded.device)]
+            return load_batch([paths[i] for i in idx]).to(self.device)
+
+        keys = [self.reference_cache.key_of(p) for p in paths]
+        return self.reference_cache.features({n: self.metrics[n] for n in names}, keys, load)
+
     @torch.no_grad()
     def score(self, samples: Sequence[Sample], pred: Tensor, todo: dict[str, list[int]],
               cache: CachedResults) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -132,35 +162,37 @@ class Scorer:
         records: list[dict[str, Any]] = [{"id": s.id, "v": {}, "x": {}} for s in samples]
         new_refs: dict[str, np.ndarray] = {}
         pred = pred.to(self.device)
-        refs: dict[str, Tensor] = {}
-        for kind in self.references_needed([m for m, pos in todo.items() if pos and m != "fid"]):
+        active = {m: pos for m, pos in todo.items() if pos}
+        paired = [m for m in active if m != "fid"]
+        cached = [m for m in paired if self._cached(m)]
+        refs: dict[str, Tensor] = {}  # decoded reference batches, for the metrics that need the pixels
+        for kind in self.references_needed([m for m in paired if m not in cached]):
             refs[kind] = load_batch([s.reference(kind) for s in samples]).to(self.device)
-        for name, positions in todo.items():
-            if not positions:
-                continue
+        target_rows: dict[str, dict[str, Tensor]] = {}  # metric -> its features for every batch position
+        for kind in self.references_needed(cached):
+            names = [m for m in cached if self.protocol.reference_of(m) == kind]
+            positions = sorted({p for m in names for p in active[m]})
+            feats = self._reference_features(samples, names, positions, refs.get(kind))
+            row_of = {p: i for i, p in enumerate(positions)}
+            for m in names:
+                take = torch.tensor([row_of[p] for p in active[m]])
+                target_rows[m] = {k: v[take] for k, v in feats[m].items()}
+        for name, positions in active.items():
             metric = self.metrics[name]
             idx = torch.tensor(positions)
             if name == "fid":
-                feats = metric.features(pred[idx.to(pred.device)]).numpy()
-                for p, f in zip(positions, feats, strict=True):
-                    records[p]["f"] = encode_features(f)
-                kind = self.protocol.reference_of("fid")
-                missing = list(dict.fromkeys(
-                    reference_key(samples[p].reference(kind)) for p in positions
-                    if reference_key(samples[p].reference(kind)) not in cache.refs))
-                if missing:
-                    paths = {reference_key(samples[p].reference(kind)): samples[p].reference(kind) for p in positions}
-                    rf = metric.features(load_batch([paths[k] for k in missing]).to(self.device)).numpy()
-                    new_refs.update(zip(missing, rf, strict=True))
-                    cache.refs.update(new_refs)
+                new_refs.update(self._score_fid(samples, pred, positions, records, cache))
                 continue
             metric.reset()
             kind = self.protocol.reference_of(name)
+            whole = len(positions) == len(samples)
             sub = idx.to(pred.device)
             ids = [samples[p].id for p in positions]
-            ref = refs[kind]
-            metric.update(pred if len(positions) == len(samples) else pred[sub],
-                          ref if len(positions) == len(samples) else ref[sub], ids=ids)
+            pred_sub = pred if whole else pred[sub]
+            if name in target_rows:
+                metric.update_with_target_features(pred_sub, target_rows[name], ids=ids)
+            else:
+                metric.update(pred_sub, refs[kind] if whole else refs[kind][sub], ids=ids)
             # the metric keeps this batch's values and exclusions (reset above)
             values = dict(zip(metric._ids, metric._values_tensor().tolist(), strict=True))
             for p, sid in zip(positions, ids, strict=True):
@@ -173,6 +205,33 @@ class Scorer:
             if not r["x"]:
                 del r["x"]
         return records, new_refs
+
+    def _score_fid(self, samples: Sequence[Sample], pred: Tensor, positions: list[int],
+                   records: list[dict[str, Any]], cache: CachedResults) -> dict[str, np.ndarray]:
+        """FID features of the predictions at ``positions`` into ``records``; returns the reference features
+        that RESULTS lacks (key: :func:`reference_key`), from the reference cache when there is one."""
+        metric = self.metrics["fid"]
+        idx = torch.tensor(positions)
+        feats = metric.features(pred[idx.to(pred.device)]).numpy()
+        for p, f in zip(positions, feats, strict=True):
+            records[p]["f"] = encode_features(f)
+        kind = self.protocol.reference_of("fid")
+        missing = list(dict.fromkeys(
+            reference_key(samples[p].reference(kind)) for p in positions
+            if reference_key(samples[p].reference(kind)) not in cache.refs))
+        if not missing:
+            return {}
+        first: dict[str, int] = {}
+        for p in positions:
+            first.setdefault(reference_key(samples[p].reference(kind)), p)
+        if self._cached("fid"):
+            rf = self._reference_features(samples, ["fid"], [first[k] for k in missing], None)["fid"]["features"]
+        else:
+            images = load_batch([samples[first[k]].reference(kind) for k in missing]).to(self.device)
+            rf = metric.target_features(images)["features"]
+        new_refs = dict(zip(missing, rf.numpy(), strict=True))
+        cache.refs.update(new_refs)
+        return new_refs
 
 
 def aggregate(scorer: Scorer, samples: Sequence[Sample], cache: CachedResults) -> dict[str, MetricResult]:

@@ -11,6 +11,10 @@ with their ids), ``compute()`` returns a :class:`MetricResult` (value, mean, cou
 The networks of LPIPS and CSIM (LPIPS, ArcFace) are :mod:`avatar.losses`' (training's losses run the same ones);
 the batched face analysis of CSIM / AKD / AED / APD is :mod:`avatar.face.analysis`. Each module documents its
 formula, input range, crop and network; protocol variants are options whose defaults follow the papers (see ``../shared/design/eval-protocols.md``), listed by ``metric.options``.
+
+CSIM, AKD, AED, APD and FID split ``update`` into ``target_features(target)`` (what they compute from the reference
+alone) and ``update_with_target_features(pred, rows)``, so ``eval.run`` can keep the reference side on disk
+(:mod:`eval.reference_cache`); see :mod:`eval.metrics.base`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Input: ``(B, 3, H, W)`` in [0, 1] (or uint8), same size for pred and target, han
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .base import Metric, _check_choice, to_unit_images
-from .face import as_landmarks, declared_comparable, describe
+from .face import FaceLandmarks, as_landmarks, declared_comparable, describe
 
 __all__ = ["AKD", "AKDOptions"]
 
@@ -48,11 +48,14 @@ class AKDOptions:
 
 class AKD(Metric):
     """``update(pred, target, ids=None)`` runs ``landmarks`` on both images; ``update_landmarks(pred_lm,
-    target_lm, ids, image_size)`` takes landmarks computed elsewhere."""
+    target_lm, ids, image_size)`` takes landmarks computed elsewhere. Target side (:meth:`target_features`): the
+    target's landmarks ``points`` ``(B, 68, 2)`` float64, ``found`` ``(B,)`` and the image ``size`` ``(B, 2)``
+    (H, W)."""
 
     name: ClassVar[str] = "akd"
     higher_is_better: ClassVar[bool] = False
     Options: ClassVar[type] = AKDOptions
+    has_target_features: ClassVar[bool] = True
     opts: AKDOptions
 
     def __init__(self, *, landmarks: Callable[[Tensor], Any] | None = None, comparable: bool | None = None,
@@ -69,17 +72,44 @@ class AKD(Metric):
             else "pixels of the input images"
         return {"unit": unit, "num_points": 68, "landmarks": describe(self.landmark_fn)}
 
+    def _landmark_fn(self) -> Callable[[Tensor], Any]:
+        if self.landmark_fn is None:
+            raise ValueError("akd: no landmark callable; pass landmarks=... or use update_landmarks()")
+        return self.landmark_fn
+
+    def target_dependencies(self) -> dict[str, Any]:
+        return {"landmarks": self.landmark_fn}  # distance and reference_size act on the pair only
+
+    @torch.no_grad()
+    def target_features(self, target: Tensor) -> dict[str, Tensor]:
+        """``points`` ``(B, 68, 2)`` float64 (input pixels), ``found`` ``(B,)`` bool, ``size`` ``(B, 2)`` (H, W)."""
+        target = to_unit_images(target, "akd target")
+        lt = as_landmarks(self._landmark_fn()(target), target.shape[0])
+        size = torch.tensor([list(target.shape[-2:])] * target.shape[0], dtype=torch.int64)
+        return {"points": lt.points, "found": lt.found, "size": size}
+
+    @torch.no_grad()
+    def update_with_target_features(self, pred: Tensor, target_features: Mapping[str, Tensor],
+                                    ids: Sequence[Hashable] | None = None) -> Tensor:
+        """Add a batch from ``pred`` and its targets' rows of :meth:`target_features`; returns ``(B,)`` (NaN marks
+        excluded samples)."""
+        pred = to_unit_images(pred, "akd pred")
+        H, W = pred.shape[-2:]
+        sizes = target_features["size"].reshape(-1, 2).tolist()
+        if len(sizes) != pred.shape[0] or any(tuple(s) != (H, W) for s in sizes):
+            raise ValueError(f"akd: pred {tuple(pred.shape)} and target sizes {sizes[:3]} differ in shape")
+        target = FaceLandmarks(target_features["points"], target_features["found"])
+        return self.update_landmarks(self._landmark_fn()(pred), target, ids, (H, W))
+
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, ids: Sequence[Hashable] | None = None) -> Tensor:
         """Add a batch of images; returns the per-sample values ``(B,)`` (NaN marks excluded samples)."""
-        if self.landmark_fn is None:
-            raise ValueError("akd: no landmark callable; pass landmarks=... or use update_landmarks()")
+        self._landmark_fn()
         pred = to_unit_images(pred, "akd pred")
         target = to_unit_images(target, "akd target")
         if pred.shape != target.shape:
             raise ValueError(f"akd: pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
-        H, W = pred.shape[-2:]
-        return self.update_landmarks(self.landmark_fn(pred), self.landmark_fn(target), ids, (H, W))
+        return self.update_with_target_features(pred, self.target_features(target), ids)
 
     def update_landmarks(self, pred: Any, target: Any, ids: Sequence[Hashable] | None = None,
                          image_size: tuple[int, int] | None = None) -> Tensor:

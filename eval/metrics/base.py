@@ -13,13 +13,20 @@ per-sample values raise; an empty metric raises :class:`EmptyMetricError`.
 Images: float tensors ``(B, 3, H, W)`` in [0, 1] (uint8 ``[0, 255]`` is accepted and divided by 255), on any
 device. Values outside [0, 1] by more than 1e-3 raise (a [-1, 1] image is a common mistake); tinier excursions are
 clamped.
+
+Target side: a metric that computes something from the target image alone (a network's features, landmarks,
+coefficients) sets ``has_target_features`` and splits :meth:`Metric.update` into :meth:`Metric.target_features`
+(the target alone: one row per image, named tensors with a leading batch dimension) and
+:meth:`Metric.update_with_target_features` (the pair); ``update(pred, target)`` is exactly the two in a row, so the
+same code runs whether the rows were just computed or read from a cache (:mod:`eval.reference_cache`).
+:meth:`Metric.target_dependencies` names what the rows depend on besides the image (options, networks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,11 +42,15 @@ __all__ = [
     "Metric",
     "MetricResult",
     "NoOptions",
+    "TargetFeatures",
     "composite_background",
     "to_unit_images",
 ]
 
 RANGE_TOLERANCE = 1e-3
+TargetFeatures = dict[str, Tensor]
+"""What :meth:`Metric.target_features` returns: name -> tensor ``(B, ...)``, row ``i`` computed from target ``i``
+alone (so rows can be cached per image and stacked again in any order)."""
 BACKGROUNDS = {"black": 0.0, "white": 1.0}
 
 
@@ -145,6 +156,8 @@ class Metric:
     name: ClassVar[str] = "metric"
     higher_is_better: ClassVar[bool] = True
     Options: ClassVar[type] = NoOptions
+    has_target_features: ClassVar[bool] = False
+    """``True``: :meth:`target_features` / :meth:`update_with_target_features` split :meth:`update`."""
 
     def __init__(self, **options: Any) -> None:
         known = [f.name for f in dataclasses.fields(self.Options)]
@@ -185,6 +198,23 @@ class Metric:
 
     def update(self, pred: Tensor, target: Tensor, ids: Sequence[Hashable] | None = None) -> None:
         raise NotImplementedError
+
+    # ---- the target side (metrics with ``has_target_features``) -------------------------------------------
+    def target_features(self, target: Tensor) -> TargetFeatures:
+        """What the metric computes from ``target`` ``(B, 3, H, W)`` alone: name -> ``(B, ...)`` (see
+        :data:`TargetFeatures`). Accumulates nothing."""
+        raise NotImplementedError(f"{self.name} computes nothing from the target alone")
+
+    def update_with_target_features(self, pred: Tensor, target_features: Mapping[str, Tensor],
+                                    ids: Sequence[Hashable] | None = None) -> Tensor | None:
+        """Add a batch from ``pred`` ``(B, 3, H, W)`` and the rows :meth:`target_features` gave for its targets
+        (on any device); returns what :meth:`update` returns."""
+        raise NotImplementedError(f"{self.name} computes nothing from the target alone")
+
+    def target_dependencies(self) -> dict[str, Any]:
+        """Everything :meth:`target_features` depends on besides the image: option values (JSON-able) and the
+        networks it runs (modules or callables; a cache fingerprints them). Pair-only options are left out."""
+        return {}
 
     def _take_ids(self, ids: Sequence[Hashable] | None, n: int) -> list[Hashable]:
         if ids is None:

@@ -37,11 +37,13 @@ class CoefficientOptions:
 
 
 class CoefficientMetric(Metric):
-    """``update(pred, target, ids=None)`` runs the extractor on both; ``update_coeffs`` takes coefficients."""
+    """``update(pred, target, ids=None)`` runs the extractor on both; ``update_coeffs`` takes coefficients.
+    Target side (:meth:`target_features`): the target's coefficients and ``found``."""
 
     keys: ClassVar[tuple[str, ...]] = ()
     higher_is_better: ClassVar[bool] = False
     Options: ClassVar[type] = CoefficientOptions
+    has_target_features: ClassVar[bool] = True
 
     def __init__(self, *, extractor: Extractor | None = None, comparable: bool | None = None, **options: Any) -> None:
         super().__init__(**options)
@@ -65,16 +67,41 @@ class CoefficientMetric(Metric):
         d = (p - t).abs()
         return d.mean(1) if self.opts.reduction == "mean" else d.sum(1)
 
+    def _extractor(self) -> Extractor:
+        if self.extractor is None:
+            raise ValueError(f"{self.name}: no coefficient extractor; pass extractor=... or use update_coeffs()")
+        return self.extractor
+
+    def target_dependencies(self) -> dict[str, Any]:
+        return {"coefficients": list(self._keys()), "extractor": self.extractor}  # reduction: pair only
+
+    @torch.no_grad()
+    def target_features(self, target: Tensor) -> dict[str, Tensor]:
+        """The target's coefficients of :meth:`_keys` (``(B, D)`` float64) and ``found`` ``(B,)`` bool."""
+        target = to_unit_images(target, f"{self.name} target")
+        coeffs, found = as_coefficients(self._extractor()(target), target.shape[0], self._keys())
+        return {**coeffs, "found": found}
+
+    @torch.no_grad()
+    def update_with_target_features(self, pred: Tensor, target_features: Mapping[str, Tensor],
+                                    ids: Sequence[Hashable] | None = None) -> Tensor:
+        """Add a batch from ``pred`` and its targets' rows of :meth:`target_features`; returns ``(B,)`` (NaN marks
+        excluded samples)."""
+        pred = to_unit_images(pred, f"{self.name} pred")
+        n_target = target_features["found"].shape[0]
+        if pred.shape[0] != n_target:
+            raise ValueError(f"{self.name}: {pred.shape[0]} predictions but {n_target} targets")
+        return self.update_coeffs(self._extractor()(pred), target_features, ids)
+
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor, ids: Sequence[Hashable] | None = None) -> Tensor:
         """Add a batch of images; returns the per-sample values ``(B,)`` (NaN marks excluded samples)."""
-        if self.extractor is None:
-            raise ValueError(f"{self.name}: no coefficient extractor; pass extractor=... or use update_coeffs()")
+        self._extractor()
         pred = to_unit_images(pred, f"{self.name} pred")
         target = to_unit_images(target, f"{self.name} target")
         if pred.shape[0] != target.shape[0]:
             raise ValueError(f"{self.name}: {pred.shape[0]} predictions but {target.shape[0]} targets")
-        return self.update_coeffs(self.extractor(pred), self.extractor(target), ids)
+        return self.update_with_target_features(pred, self.target_features(target), ids)
 
     def update_coeffs(self, pred: Mapping[str, Any], target: Mapping[str, Any],
                       ids: Sequence[Hashable] | None = None) -> Tensor:

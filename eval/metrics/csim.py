@@ -19,7 +19,7 @@ ArcFace (ronghuaiyang ResNet-18, grayscale 128x128) and GAGAvatar MICA's IResNet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,12 +76,14 @@ class CSIM(Metric):
     Landmarks come from ``landmarks`` (a callable, see :mod:`eval.metrics.face`) unless given per batch.
     ``embedder=None`` loads the official ArcFace through the asset layer (random init with
     ``allow_random_weights=True`` when it is missing: ``comparable=False``). A user ``embedder`` counts as
-    comparable only if it has ``comparable = True`` (or ``comparable=True`` is passed).
+    comparable only if it has ``comparable = True`` (or ``comparable=True`` is passed). Target side
+    (:meth:`target_features`): the target's alignment and embedding.
     """
 
     name: ClassVar[str] = "csim"
     higher_is_better: ClassVar[bool] = True
     Options: ClassVar[type] = CSIMOptions
+    has_target_features: ClassVar[bool] = True
     opts: CSIMOptions
 
     def __init__(
@@ -115,6 +117,7 @@ class CSIM(Metric):
             embedder = embedder.to(self.device)
         self.embedder = embedder
         self.batch_size = batch_size
+        self._dim: int | None = None
 
     def _facts(self) -> dict[str, Any]:
         return {"input_range": "[0, 1] (mapped to [-1, 1] for the network)", "network": self.network_name,
@@ -138,6 +141,90 @@ class CSIM(Metric):
                for i in range(0, crops.shape[0], self.batch_size)]
         return torch.cat(out).double()
 
+    def _embedding_dim(self) -> int:
+        """``D`` of the embedder (from one black crop, once): the width of the rows of faceless targets."""
+        if self._dim is None:
+            S = self.opts.crop_size
+            device = self.device or torch.device("cpu")
+            self._dim = int(self._embed(torch.zeros(1, 3, S, S, device=device)).shape[1])
+        return self._dim
+
+    def target_dependencies(self) -> dict[str, Any]:
+        return {"align": self.opts.align, "crop_size": self.opts.crop_size, "embedder": self.embedder,
+                "landmarks": self.landmark_fn if self.opts.align != "none" else None}
+
+    @torch.no_grad()
+    def target_features(self, target: Tensor, landmarks: Any = None) -> dict[str, Tensor]:
+        """The target side: ``found`` ``(B,)`` (a face), ``aligned`` ``(B,)`` (a finite transform), ``transform``
+        ``(B, 2, 3)`` float64 (to the template; a placeholder where not aligned) and ``embedding`` ``(B, D)``
+        float64 (zeros where not found or not aligned). ``landmarks``: the target's, else ``self.landmark_fn``'s."""
+        target = to_unit_images(target, "csim target")
+        B, S = target.shape[0], self.opts.crop_size
+        if self.opts.align == "none":
+            if target.shape[-2:] != (S, S):
+                raise ValueError(f"csim align='none' needs {S}x{S} crops, got {tuple(target.shape[-2:])} (target)")
+            ones = torch.ones(B, dtype=torch.bool)
+            eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64).expand(B, 2, 3)
+            return {"found": ones, "aligned": ones, "transform": eye.clone(), "embedding": self._embed(target * 2 - 1)}
+        template = INSIGHTFACE_TEMPLATE_112.to(target.device) * (S / 112.0)
+        lt = self._landmarks(target, landmarks, "target")
+        m_t = _transforms(lt, template)
+        found = lt.found.cpu()
+        aligned = torch.isfinite(m_t).flatten(1).all(1).cpu()
+        ok = found & aligned
+        if ok.any():
+            eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64, device=target.device)
+            crops = warp_affine(target, torch.where(ok.to(target.device)[:, None, None], m_t, eye), (S, S))
+            idx = torch.nonzero(ok).flatten()
+            e_t = self._embed(crops[idx.to(target.device)] * 2 - 1).cpu()
+            self._dim = e_t.shape[1]
+            embedding = torch.zeros(B, e_t.shape[1], dtype=torch.float64)
+            embedding[idx] = e_t
+        else:
+            embedding = torch.zeros(B, self._embedding_dim(), dtype=torch.float64)
+        return {"found": found, "aligned": aligned, "transform": m_t.cpu(), "embedding": embedding}
+
+    @torch.no_grad()
+    def update_with_target_features(self, pred: Tensor, target_features: Mapping[str, Tensor],
+                                    ids: Sequence[Hashable] | None = None, pred_landmarks: Any = None) -> Tensor:
+        """Add a batch from ``pred`` and its targets' rows of :meth:`target_features`; returns the per-sample CSIM
+        ``(B,)`` (NaN marks the excluded samples of this batch)."""
+        pred = to_unit_images(pred, "csim pred")
+        B, S = pred.shape[0], self.opts.crop_size
+        found_t = target_features["found"].cpu().bool().reshape(-1)
+        if found_t.numel() != B:
+            raise ValueError(f"csim: {B} predictions but {found_t.numel()} targets")
+        aligned_t = target_features["aligned"].cpu().bool().reshape(-1)
+        if self.opts.align == "none":
+            if pred.shape[-2:] != (S, S):
+                raise ValueError(f"csim align='none' needs {S}x{S} crops, got {tuple(pred.shape[-2:])} (pred)")
+            found_p, m_p, crops_p = torch.ones(B, dtype=torch.bool), None, pred
+        else:
+            template = INSIGHTFACE_TEMPLATE_112.to(pred.device) * (S / 112.0)
+            if self.opts.align == "each":
+                lp = self._landmarks(pred, pred_landmarks, "pred")
+                found_p, m_p = lp.found.cpu(), _transforms(lp, template)
+            else:  # "target": the prediction is cropped with the target's transform
+                found_p, m_p = torch.ones(B, dtype=torch.bool), target_features["transform"].to(pred.device)
+        aligned_p = torch.ones(B, dtype=torch.bool) if m_p is None else torch.isfinite(m_p).flatten(1).all(1).cpu()
+        reasons: list[str | None] = [
+            "no face found in target" if not ft else "no face found in pred" if not fp else
+            "degenerate landmarks (no alignment)" if not (at and ap) else None
+            for ft, fp, at, ap in zip(found_t.tolist(), found_p.tolist(), aligned_t.tolist(), aligned_p.tolist(),
+                                      strict=True)]
+        keep = found_t & found_p & aligned_t & aligned_p
+        if m_p is not None:
+            eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64, device=pred.device)
+            crops_p = warp_affine(pred, torch.where(keep.to(pred.device)[:, None, None], m_p, eye), (S, S))
+        values = torch.full((B,), float("nan"), dtype=torch.float64)
+        if keep.any():
+            idx = torch.nonzero(keep).flatten()
+            e_p = self._embed(crops_p[idx.to(pred.device)] * 2 - 1)
+            e_t = target_features["embedding"][idx.to(target_features["embedding"].device)].to(e_p.device)
+            values[keep] = F.cosine_similarity(e_p, e_t.double(), dim=1, eps=1e-12).cpu()
+        self._record(torch.nan_to_num(values, nan=0.0), ids, keep, reasons)
+        return values
+
     @torch.no_grad()
     def update(
         self,
@@ -150,50 +237,10 @@ class CSIM(Metric):
         """Add a batch; returns the per-sample CSIM ``(B,)`` (NaN marks the excluded samples of this batch)."""
         pred = to_unit_images(pred, "csim pred")
         target = to_unit_images(target, "csim target").to(pred.device)
-        B = pred.shape[0]
-        if target.shape[0] != B:
-            raise ValueError(f"csim: {B} predictions but {target.shape[0]} targets")
-        S = self.opts.crop_size
-        keep = torch.ones(B, dtype=torch.bool)
-        reasons: list[str | None] = [None] * B
-        if self.opts.align == "none":
-            if pred.shape[-2:] != (S, S) or target.shape[-2:] != (S, S):
-                raise ValueError(f"csim align='none' needs {S}x{S} crops, got {tuple(pred.shape[-2:])} and "
-                                 f"{tuple(target.shape[-2:])}")
-            crops_p, crops_t = pred, target
-        else:
-            template = INSIGHTFACE_TEMPLATE_112.to(pred.device) * (S / 112.0)
-            lt = self._landmarks(target, target_landmarks, "target")
-            found_t = lt.found.cpu()
-            m_t = _transforms(lt, template)
-            if self.opts.align == "each":
-                lp = self._landmarks(pred, pred_landmarks, "pred")
-                found_p = lp.found.cpu()
-                m_p = _transforms(lp, template)
-            else:
-                found_p, m_p = torch.ones(B, dtype=torch.bool), m_t
-            ok_m = (torch.isfinite(m_p).flatten(1).all(1) & torch.isfinite(m_t).flatten(1).all(1)).cpu()
-            for i in range(B):
-                if not found_t[i]:
-                    reasons[i] = "no face found in target"
-                elif not found_p[i]:
-                    reasons[i] = "no face found in pred"
-                elif not ok_m[i]:
-                    reasons[i] = "degenerate landmarks (no alignment)"
-            keep = found_t & found_p & ok_m
-            eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64, device=pred.device)
-            k = keep.to(pred.device)[:, None, None]
-            m_p, m_t = torch.where(k, m_p, eye), torch.where(k, m_t, eye)  # placeholders for excluded samples
-            crops_p = warp_affine(pred, m_p, (S, S))
-            crops_t = warp_affine(target, m_t, (S, S))
-        values = torch.full((B,), float("nan"), dtype=torch.float64)
-        if keep.any():
-            idx = torch.nonzero(keep).flatten().to(pred.device)
-            e_p = self._embed(crops_p[idx] * 2 - 1)
-            e_t = self._embed(crops_t[idx] * 2 - 1)
-            values[keep] = F.cosine_similarity(e_p, e_t, dim=1, eps=1e-12).cpu()
-        self._record(torch.nan_to_num(values, nan=0.0), ids, keep, reasons)
-        return values
+        if target.shape[0] != pred.shape[0]:
+            raise ValueError(f"csim: {pred.shape[0]} predictions but {target.shape[0]} targets")
+        features = self.target_features(target, landmarks=target_landmarks)
+        return self.update_with_target_features(pred, features, ids, pred_landmarks=pred_landmarks)
 
 
 def _transforms(lm: FaceLandmarks, template: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ equal N.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -112,6 +112,7 @@ class FID(Metric):
     name: ClassVar[str] = "fid"
     higher_is_better: ClassVar[bool] = False
     Options: ClassVar[type] = FIDOptions
+    has_target_features: ClassVar[bool] = True
     opts: FIDOptions
 
     def __init__(
@@ -160,11 +161,25 @@ class FID(Metric):
                for i in range(0, images.shape[0], self.batch_size)]
         return torch.cat(out)
 
+    def target_dependencies(self) -> dict[str, Any]:
+        return {"network": self.network}  # sqrtm and min_samples act on the pooled sets only
+
+    def target_features(self, target: Tensor) -> dict[str, Tensor]:
+        """``features`` ``(B, 2048)`` float32 (CPU): the reference images' pool3 features (:meth:`features`)."""
+        return {"features": self.features(target)}
+
+    def update_with_target_features(self, pred: Tensor | None, target_features: Mapping[str, Tensor],
+                                    ids: Sequence[Hashable] | None = None) -> None:
+        """Add generated images ``pred`` (when given) and the reference rows of :meth:`target_features`."""
+        self.add_features(self.features(pred) if pred is not None else None, target_features["features"], ids)
+
     def update(self, pred: Tensor | None, target: Tensor | None = None,
                ids: Sequence[Hashable] | None = None) -> None:
         """Add generated images ``pred`` and/or reference images ``target`` (``ids`` label ``pred``)."""
-        self.add_features(self.features(pred) if pred is not None else None,
-                          self.features(target) if target is not None else None, ids)
+        if target is None:
+            self.add_features(self.features(pred) if pred is not None else None, None, ids)
+        else:
+            self.update_with_target_features(pred, self.target_features(target), ids)
 
     def add_features(self, pred: Tensor | None = None, target: Tensor | None = None,
                      ids: Sequence[Hashable] | None = None) -> None:

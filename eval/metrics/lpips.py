@@ -14,6 +14,10 @@ Crop: none, no resize (frames as given, 512x512 in the protocols). Network: ``ne
 ``"vgg"`` (VGG16). Weights: linear heads through the asset layer ``lpips-<net>`` (else the copy bundled with the
 ``lpips`` package); trunk: torchvision's ImageNet weights (``alexnet-owt-7be5be79.pth`` / ``vgg16-397923af.pth``)
 in the torch hub cache. Optional ``mask``: see ``ImageOptions``.
+
+No target side is split off for the reference cache (:mod:`eval.reference_cache`): the target's five normalised
+trunk activations at 512x512 are ~2.6 M floats (~10 MB per image in float32, AlexNet), far more to store and read
+than one AlexNet forward costs to recompute.
 """
 
 from __future__ import annotations
