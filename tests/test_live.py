@@ -48,6 +48,14 @@ def test_absolute_live_frames_equal_the_offline_stream(pipe: Portrait4DPipeline,
     assert answers[-1].fps == pytest.approx(25.0)  # from the frames' own timestamps
 
 
+def test_pipeline_stream_is_the_live_reenactor(pipe: Portrait4DPipeline, avatar, frames) -> None:  # noqa: ANN001
+    """``pipeline.stream(avatar)`` (the live-mode entry point) answers frame by frame like ``LiveReenactor``."""
+    with pipe.stream(avatar, relative=False) as live, LiveReenactor(pipe, avatar, relative=False) as direct:
+        assert isinstance(live, LiveReenactor)
+        for i, f in enumerate(frames[:3]):
+            np.testing.assert_array_equal(live.step(f, timestamp=i / 25).image, direct.step(f, timestamp=i / 25).image)
+
+
 def test_calibration_takes_the_last_still_frame_as_the_neutral_reference(pipe: Portrait4DPipeline, avatar,  # noqa: ANN001
                                                                          frames) -> None:
     live = LiveReenactor(pipe, avatar, relative=True, calibration_seconds=0.2)

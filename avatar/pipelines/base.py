@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from PIL import Image
 from torch import Tensor
 
 from avatar.pipelines.results import ReenactResult, ReenactStream
+
+if TYPE_CHECKING:
+    from avatar.pipelines.live import LiveReenactor
 
 __all__ = ["AvatarPipeline", "HeadPoseMode", "PhotoLike", "VideoLike"]
 
@@ -140,3 +143,12 @@ class AvatarPipeline(ABC):
         """All frames of :meth:`iter_reenact` at once (memory: all frames); same keyword arguments."""
         with self.iter_reenact(avatar, video, **kwargs) as stream:
             return stream.collect()
+
+    def stream(self, avatar: Any, **kwargs: Any) -> LiveReenactor:
+        """Live reenactment: a :class:`~avatar.pipelines.live.LiveReenactor` whose ``step(frame)`` takes one
+        driving frame (a webcam frame) and returns the reenacted frame at once (batch 1; causal smoothing; on
+        CUDA the per-frame rendering replays a CUDA graph). Keyword arguments: those of ``LiveReenactor``
+        (``relative``, ``head_pose``, ``smooth``, ``calibration_seconds``...)."""
+        from avatar.pipelines.live import LiveReenactor
+
+        return LiveReenactor(self, avatar, **kwargs)

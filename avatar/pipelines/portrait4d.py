@@ -227,14 +227,17 @@ class Portrait4DPipeline(AvatarPipeline):
         return self
 
     def compile_head_pose_field(self, mode: str | None = None) -> Portrait4DPipeline:
-        """``torch.compile`` the FLAME head-pose field's closest-triangle search (no-op without a deformer).
+        """``torch.compile`` the FLAME head-pose field's closest-triangle search where the Triton search does not
+        run (no-op without a deformer, and on CUDA, where the default search is already one Triton kernel).
 
-        Measured on an H200 at batch 32 (``python -m avatar.bench pipeline --compile-field``): the field takes
-        0.9 instead of 10 ms per frame (max difference 1.3e-5), after about 16 s of compilation; each new batch
-        shape compiles once.
+        Measured: on an H200 at batch 32 the compiled PyTorch search took the field from 10 to 0.9 ms per frame
+        after about 16 s of compilation; the Triton search (the default on CUDA since) takes 0.4 ms per frame at
+        batch 16 on an H100 with no compilation (``python -m avatar.bench pipeline``).
         """
+        from avatar.render.fused import fused_available
+
         deformer = self.reconstructor.deformer.flame_deform
-        if deformer is not None:
+        if deformer is not None and not fused_available(self.device):
             deformer.compile_search(mode)
         return self
 
