@@ -462,9 +462,15 @@ def draw_landmark_heatmaps(points: Tensor | np.ndarray, size: int = 256, sigma: 
 
 def draw_landmark_heatmaps_torch(points: Tensor, size: int = 256, sigma: int = 2) -> Tensor:
     """:func:`draw_landmark_heatmaps` for a batch, built on ``points``' device: ``(B, N, 2)`` -> ``(B, N, size,
-    size)`` float32 (the same values; no per-landmark Python loop and no copy of the maps to the device)."""
+    size)`` float32 (the same values; no per-landmark Python loop and no copy of the maps to the device).
+
+    Only the ``k x k`` window of each kernel (``k = 6 * sigma + 1``) is computed and scattered into zeroed maps
+    (a window never overlaps another in its own map, so ``scatter_add`` on zeros writes each value exactly;
+    clipped taps add 0), instead of gathering the kernel at every pixel of every map."""
     pts = points.float()
-    g = torch.from_numpy(gaussian_kernel(6 * sigma + 1)).to(pts.device)
+    b, n, _ = pts.shape
+    g = torch.from_numpy(gaussian_kernel(6 * sigma + 1)).to(pts.device).clamp(max=1.0)
+    k = g.shape[0]
     x, y = pts[..., 0], pts[..., 1]
     ul_x, ul_y = torch.floor(x - 3 * sigma).long(), torch.floor(y - 3 * sigma).long()
     br_x, br_y = torch.floor(x + 3 * sigma).long(), torch.floor(y + 3 * sigma).long()
@@ -472,15 +478,18 @@ def draw_landmark_heatmaps_torch(points: Tensor, size: int = 256, sigma: int = 2
     gx0, ix0 = torch.clamp(-ul_x, min=1), torch.clamp(ul_x, min=1)
     gy0, iy0 = torch.clamp(-ul_y, min=1), torch.clamp(ul_y, min=1)
     ix1, iy1 = torch.clamp(br_x, max=size), torch.clamp(br_y, max=size)
-    pix = torch.arange(size, device=pts.device)
-    # pixel p of the map takes kernel entry p - i0 + g0 (0-based) when i0 - 1 <= p < i1
-    kx = pix - ix0[..., None] + gx0[..., None]  # (B, N, size)
-    ky = pix - iy0[..., None] + gy0[..., None]
-    in_x = (pix >= ix0[..., None] - 1) & (pix < ix1[..., None]) & (kx >= 0) & (kx < g.shape[1])
-    in_y = (pix >= iy0[..., None] - 1) & (pix < iy1[..., None]) & (ky >= 0) & (ky < g.shape[0])
-    values = g[ky.clamp(0, g.shape[0] - 1)[..., :, None], kx.clamp(0, g.shape[1] - 1)[..., None, :]]
-    mask = in_y[..., :, None] & in_x[..., None, :] & drawn[..., None, None]
-    return torch.where(mask, values.clamp(max=1.0), torch.zeros((), device=pts.device))
+    taps = torch.arange(k, device=pts.device)
+    # kernel entry t lands on pixel p = t + i0 - g0 (0-based), kept when i0 - 1 <= p < i1 (and inside the map)
+    px = taps + (ix0 - gx0)[..., None]  # (B, N, k)
+    py = taps + (iy0 - gy0)[..., None]
+    in_x = (px >= ix0[..., None] - 1) & (px < ix1[..., None]) & (px >= 0) & (px < size)
+    in_y = (py >= iy0[..., None] - 1) & (py < iy1[..., None]) & (py >= 0) & (py < size)
+    keep = in_y[..., :, None] & in_x[..., None, :] & drawn[..., None, None]  # (B, N, k, k)
+    index = py.clamp(0, size - 1)[..., :, None] * size + px.clamp(0, size - 1)[..., None, :]
+    values = torch.where(keep, g.expand(b, n, k, k), torch.zeros((), device=pts.device))
+    maps = torch.zeros(b * n, size * size, device=pts.device)
+    maps.scatter_add_(1, index.reshape(b * n, k * k), values.reshape(b * n, k * k))
+    return maps.reshape(b, n, size, size)
 
 
 # --------------------------------------------------------------------------------------------------------
