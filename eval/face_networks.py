@@ -5,7 +5,10 @@ Deep3DFaceRecon on the official 224 crop fitted to five of those points, batched
 its networks from the cache (``avatar download``) and hands the metrics two callables that share one analysis per
 image tensor:
 
-* ``landmarks(images) -> FaceLandmarks`` (CSIM's alignment, AKD);
+* ``landmarks(images) -> FaceLandmarks`` (CSIM's alignment, AKD); it declares ``landmark_model =
+  "retinaface-3dfan"`` (AKD's option) and has ``landmarks.five_points(images)``: RetinaFace's own five keypoints of
+  the same largest face (CSIM's ``five_points="detector"``, the keypoints InsightFace ``norm_crop`` takes in
+  MICA / GAGAvatar, there from SCRFD);
 * ``coefficients(images) -> {"exp", "angle", "trans", "found"}`` (AED, APD).
 
 The FAN is 3DFAN's 2D part, not face_alignment's 2D-FAN with the SFD detector used by OTAvatar/GOHA for AKD, so
@@ -41,6 +44,7 @@ class _SharedAnalysis:
     def __init__(self, analyzer: FaceAnalyzer) -> None:
         self.analyzer = analyzer
         self._memo: dict[tuple, tuple[Tensor, FaceBatch]] = {}
+        self._kps_memo: dict[tuple, tuple[Tensor, FaceLandmarks]] = {}
         self._fingerprint: str | None = None
 
     def fingerprint(self) -> str | None:
@@ -53,6 +57,27 @@ class _SharedAnalysis:
 
     def clear(self) -> None:
         self._memo.clear()
+        self._kps_memo.clear()
+
+    @torch.no_grad()
+    def keypoints(self, images: Tensor) -> FaceLandmarks:
+        """The detector's five keypoints ``(B, 5, 2)`` float64 (input pixels; NaN where no face) of the largest
+        face, the face :class:`FaceAnalyzer` keeps (same detector input, post-processing and ``min_face_size``)."""
+        key = (id(images), images.data_ptr(), tuple(images.shape))
+        if key not in self._kps_memo:
+            a = self.analyzer
+            x, ratio = a.detector_input(images)
+            with a._autocast(x.device):
+                loc, scores, lms = a.detector(x)
+            faces = a.detector.postprocess_batch(loc, scores, lms, (x.shape[-2], x.shape[-1]), [ratio] * x.shape[0])
+            points = torch.full((images.shape[0], 5, 2), float("nan"), dtype=torch.float64)
+            found = torch.zeros(images.shape[0], dtype=torch.bool)
+            for i, image_faces in enumerate(faces):
+                if image_faces and image_faces[0].size >= a.min_face_size:
+                    points[i] = torch.as_tensor(image_faces[0].landmarks[:5], dtype=torch.float64)
+                    found[i] = True
+            self._kps_memo[key] = (images, FaceLandmarks(points, found))
+        return self._kps_memo[key][1]
 
     def __call__(self, images: Tensor) -> FaceBatch:
         key = (id(images), images.data_ptr(), tuple(images.shape))
@@ -63,6 +88,7 @@ class _SharedAnalysis:
 
 class _Landmarks:
     comparable = False  # 3DFAN's FAN, not face_alignment's 2D-FAN + SFD (see the module docstring)
+    landmark_model = "retinaface-3dfan"  # eval.metrics.face.LANDMARK_MODELS
 
     def __init__(self, shared: _SharedAnalysis, weights: str) -> None:
         self.shared = shared
@@ -75,6 +101,10 @@ class _Landmarks:
     def __call__(self, images: Tensor) -> FaceLandmarks:
         lm = self.shared(images).landmarks
         return FaceLandmarks(lm.points.cpu(), lm.found.cpu())
+
+    def five_points(self, images: Tensor) -> FaceLandmarks:
+        """RetinaFace's five keypoints ``(B, 5, 2)`` of the largest face (CSIM ``five_points="detector"``)."""
+        return self.shared.keypoints(images)
 
 
 class _Coefficients:

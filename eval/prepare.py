@@ -2,6 +2,8 @@
 
     python -m eval.prepare hdtf   --raw RAW --out DATA [--ids test|test20|all|FILE|ID,ID] [--crop aligned|tube]
     python -m eval.prepare celeba --raw RAW --out DATA [--split test|all|FILE]
+    python -m eval.prepare vfhq   RAW_CLIPS --out DATA [--ids test|all|FILE]
+    python -m eval.prepare recrop SRC --out DST                  # GAGAvatar's evaluation crop of any frame folder
     python -m eval.prepare hdtf   --list-sources [--ids ...]     # what to download and cut (nothing is fetched)
     avatar prepare ...                                           # the same command
 
@@ -45,6 +47,16 @@ Raw files expected (nothing is downloaded here; ``--list-sources`` prints the UR
   (HDTF's ``*_crop_wh.txt`` naming), or the full YouTube video ``RAW/EricCantor.mp4`` / ``RAW/WRA_EricCantor.mp4``,
   which is cut here to the clip's range of ``*_annotion_time.txt`` (range 0 for ``_000``, 1 for ``_001``...).
   Extensions ``.mp4 .mkv .webm .mov .avi`` are accepted.
+* VFHQ (``RAW`` may also be given as the positional argument after ``vfhq``): one entry per clip, either a folder of
+  frames (``RAW/<clip>/<anything with digits>.png|jpg``, the layout VFHQ distributes, e.g.
+  ``Clip+G0DGRma_p48+P0+C0+F11208-11345/00000000.png``; frames in natural order of their names) or a video
+  ``RAW/<clip>.mp4``. The id is the clip name. ``--ids test`` (default) takes every clip in RAW when RAW holds
+  exactly the 50 clips of VFHQ's official test download (GAGAvatar issue #47, LAM issue #7: the test split
+  GAGAvatar and LAM use); their names are in no repository, so any other RAW needs ``--ids FILE`` (the 50 clip
+  names, one per line) or ``--ids all``.
+* ``recrop``: ``SRC/<id>/<frame>.png|jpg`` (prepared ground truth or a method's frames) -> ``DST/<id>/<frame:06d>.png``
+  cut with GAGAvatar's evaluation crop (:mod:`eval.protocols.crop`: five keypoints of the largest face, square box
+  3x the keypoints' box, 512x512) and ``DST/recrop.json``; the GAGAvatar protocols of ``eval.run`` want it on both.
 * CelebA: the CelebA-HQ images ``RAW/<hq_index>.jpg|png`` (also under ``RAW/CelebA-HQ-img/``, CelebAMask-HQ's
   layout), or the original CelebA file the HQ image was made from (``RAW/img_celeba/119614.jpg`` or
   ``RAW/119614.jpg``, via ``CelebA-HQ-to-CelebA-mapping.txt``). The id of HQ image ``i`` is ``hq<i:05d>``.
@@ -311,6 +323,63 @@ def locate_celeba(raw: Path, hq_index: int, celeba_file: str) -> tuple[Path | No
         found = _find(raw, [orig], IMAGE_EXTENSIONS, ("", "img_celeba", "Img/img_celeba"))
     names = [f"{hq_index}.jpg", f"CelebA-HQ-img/{hq_index}.jpg", f"img_celeba/{celeba_file}", celeba_file]
     return found, names
+
+
+# ---------------------------------------------------------------------------------------------------------
+# VFHQ clips
+
+VFHQ_TEST_MESSAGE = (
+    "VFHQ: the test split GAGAvatar and LAM use is the 50 clips of VFHQ's official test download "
+    "(https://liangbinxie.github.io/projects/vfhq/; xg-chu/GAGAvatar issue #47, aigc3d/LAM issue #7); no repository "
+    "lists their names. {raw} holds {n} clip(s): point it at the VFHQ-Test clips, or pass --ids FILE with the 50 "
+    "clip names (one per line), or --ids all for every clip in it.")
+
+
+def _frame_images(folder: Path) -> list[Path]:
+    from .data import natural_key
+
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and any(ch.isdigit() for ch in p.stem)), key=lambda p: natural_key(p.name))
+
+
+def vfhq_clips(raw: Path) -> dict[str, Path]:
+    """Every clip in ``raw``: ``{clip name: folder of frames | video file}`` (natural order of the names)."""
+    from .data import natural_key
+
+    clips: dict[str, Path] = {}
+    for p in sorted(raw.iterdir(), key=lambda q: natural_key(q.name)):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir() and _frame_images(p):
+            clips[p.name] = p
+        elif p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS:
+            clips.setdefault(p.stem, p)
+    return clips
+
+
+def select_vfhq(raw: Path, ids: str = "test") -> tuple[dict[str, Path], dict[str, list[str]]]:
+    """``(found {clip: path}, missing {clip: names looked for})`` of a selection: ``test`` (every clip, when RAW
+    holds exactly the 50 of VFHQ-Test), ``all``, a file of clip names, or comma-separated names."""
+    from .protocols import VFHQ_TEST_CLIPS
+
+    clips = vfhq_clips(raw)
+    if ids == "all":
+        return clips, {}
+    if ids == "test":
+        if len(clips) != VFHQ_TEST_CLIPS:
+            raise InputError(VFHQ_TEST_MESSAGE.format(raw=raw, n=len(clips)))
+        return clips, {}
+    wanted = _read_id_list(Path(ids)) if Path(ids).is_file() else [s.strip() for s in ids.split(",") if s.strip()]
+    found = {c: clips[c] for c in wanted if c in clips}
+    missing = {c: [f"{c}/<frames>.png", f"{c}.mp4"] for c in wanted if c not in clips}
+    return found, missing
+
+
+def iter_frame_folder(folder: Path, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    for i, path in enumerate(_frame_images(folder)):
+        if max_frames is not None and i >= max_frames:
+            break
+        yield read_image(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -647,8 +716,8 @@ def prepare(
         raise InputError(f"background must be 'keep' or 'remove', got {background!r}")
     if background_color not in BACKGROUND_COLORS:
         raise InputError(f"background_color must be one of {BACKGROUND_COLORS}, got {background_color!r}")
-    if dataset not in ("hdtf", "celeba"):
-        raise InputError(f"dataset must be 'hdtf' or 'celeba', got {dataset!r}")
+    if dataset not in ("hdtf", "celeba", "vfhq"):
+        raise InputError(f"dataset must be 'hdtf', 'celeba' or 'vfhq', got {dataset!r}")
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise InputNotFoundError(f"raw folder {raw} does not exist")
@@ -665,6 +734,9 @@ def prepare(
                 hints[clip.id] = f"{clip.url or 'no url'} {clip.time_range}"
             else:
                 todo.append((clip.id, src, None))
+    elif dataset == "vfhq":
+        found, missing = select_vfhq(raw, ids)
+        todo += [(clip, path, None) for clip, path in found.items()]
     else:
         for item_id, hq, orig in celeba_sources(ids, lists):
             path, names = locate_celeba(raw, hq, orig)
@@ -674,7 +746,7 @@ def prepare(
                 todo.append((item_id, path, 1))
     result = PrepareResult(missing=list(missing))
     if missing and not skip_missing:
-        raise MissingRawFilesError(missing, raw, hints.get)
+        raise MissingRawFilesError(missing, raw, hints.get if hints else None)
     if missing:
         logger.warning("%d id(s) have no raw file and are skipped: %s", len(missing), ", ".join(list(missing)[:10]))
 
@@ -710,7 +782,8 @@ def prepare(
 
     from tqdm import tqdm
 
-    bar = tqdm(total=None if dataset == "hdtf" else len(pending), unit="frame" if dataset == "hdtf" else "image",
+    videos = dataset in ("hdtf", "vfhq")
+    bar = tqdm(total=None if videos else len(pending), unit="frame" if videos else "image",
                disable=not show_progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
@@ -719,6 +792,12 @@ def prepare(
             if dataset == "hdtf":
                 frames: Iterable[np.ndarray] = iter_video(src, fps=fps, max_frames=max_frames)
                 source_meta = {"source": str(src.path), "start": src.start, "end": src.end}
+            elif dataset == "vfhq" and Path(src).is_dir():
+                frames = iter_frame_folder(Path(src), max_frames=max_frames)
+                source_meta = {"source": str(src)}
+            elif dataset == "vfhq":
+                frames = iter_video(VideoSource(Path(src)), fps=fps, max_frames=max_frames)
+                source_meta = {"source": str(src)}
             else:
                 frames = [read_image(src)]
                 source_meta = {"source": str(src)}
@@ -743,6 +822,35 @@ def prepare(
     return result
 
 
+def recrop(src: Path, out: Path, *, preprocessor: Any = None, model: str | None = None, device: str = "cpu",
+           preprocess: str | None = None, batch_size: int = 16, show_progress: bool = True) -> Any:
+    """GAGAvatar's evaluation crop (:mod:`eval.protocols.crop`) of every frame in ``src/<id>/`` into ``out``, with
+    the detector of :func:`load_preprocessor` (or ``preprocessor``, anything with ``detect(images)``). Returns the
+    :class:`eval.protocols.crop.RecropResult`."""
+    from tqdm import tqdm
+
+    from .protocols.crop import KeypointRecropper, recrop_folder
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise InputNotFoundError(f"recrop: {src} is not a folder")
+    if src.resolve() == out.resolve():
+        raise InputError("recrop: --out must be another folder than the input")
+    if preprocessor is None:
+        preprocessor = load_preprocessor(model, device, preprocess)
+    name = f"{getattr(preprocessor, 'backend', None) or model or 'given'} detector, its five keypoints"
+    bar = tqdm(total=None, unit="frame", disable=not show_progress, dynamic_ncols=True, desc="recrop")
+    try:
+        result = recrop_folder(src, out, KeypointRecropper(preprocessor.detect), batch_size=batch_size,
+                               detector_name=name, progress=bar)
+    finally:
+        bar.close()
+    if result.fallback:
+        logger.warning("%d frame(s) without a detected face took a neighbour's box (listed in %s/recrop.json)",
+                       len(result.fallback), out)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CLI
 
@@ -754,12 +862,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m eval.prepare", description=__doc__.split("\n\n")[0],
         epilog="Raw files expected" + __doc__.split("Raw files expected", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dataset", choices=("hdtf", "celeba"))
+    p.add_argument("dataset", choices=("hdtf", "celeba", "vfhq", "recrop"),
+                   help="recrop: GAGAvatar's evaluation crop of a prepared or predicted frame folder")
+    p.add_argument("raw_positional", nargs="?", type=Path, metavar="RAW",
+                   help="the same as --raw (vfhq: the clips; recrop: the frame folder)")
     p.add_argument("--raw", type=Path, help="folder of downloaded clips / images (see below)")
     p.add_argument("--out", type=Path, help="output folder DATA (DATA/<id>/<frame:06d>.png)")
     p.add_argument("--ids", "--split", dest="ids", default="test",
                    help="hdtf: test (19, default) | test20 | all | FILE | ID,ID...; celeba: test (2,824 CelebA-HQ, "
-                        "default) | all (30,000) | FILE of HQ indices | i,j,...")
+                        "default) | all (30,000) | FILE of HQ indices | i,j,...; vfhq: test (RAW holds exactly "
+                        "the 50 VFHQ-Test clips, default) | all | FILE of clip names | NAME,NAME...")
     p.add_argument("--crop", choices=("aligned", "tube"), default="aligned",
                    help="aligned: Portrait4D's per-frame 512 crop (default); tube: OTAvatar's first-frame box")
     p.add_argument("--smooth", action="store_true", help="one-euro smoothing of the aligned crops (upstream use_smooth)")
@@ -804,6 +916,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verbosity = -1 if args.quiet else args.verbose
     setup_logging(verbosity)
+    if args.raw_positional is not None:
+        if args.raw is not None and args.raw != args.raw_positional:
+            parser.error("RAW given twice (positional and --raw) with different folders")
+        args.raw = args.raw_positional
     if not args.list_sources and (args.raw is None or args.out is None):
         parser.error("--raw and --out are needed (or --list-sources)")
 
@@ -812,7 +928,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    ("--fps", args.fps, 1e-6), ("--increase", args.increase, 0.0)):
             if value is not None and value < low:
                 raise InputError(f"{option} must be {'positive' if low == 1e-6 else f'at least {low:g}'}, got {value:g}")
+        if args.dataset == "recrop":
+            res = recrop(args.raw, args.out, model=args.model, device=args.device, preprocess=args.preprocess,
+                         batch_size=args.batch_size, show_progress=not args.no_progress)
+            print(json.dumps({"folders": res.folders, "frames": res.frames, "fallback": len(res.fallback)}, indent=1))
+            return 0
         if args.list_sources:
+            if args.dataset == "vfhq":
+                print("# " + VFHQ_TEST_MESSAGE.format(raw="RAW", n="?"))
+                return 0
             if args.dataset == "hdtf":
                 print(list_sources(hdtf_clips(args.ids, args.lists)))
             else:

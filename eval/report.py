@@ -246,11 +246,14 @@ def _plots(out: Path, sset: SampleSet, results: dict[str, MetricResult]) -> list
 def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResult], *,
                  run_options: dict[str, Any], notes: Sequence[str] = (), method: str = "ours",
                  elapsed_s: float | None = None, cache_stats: dict[str, Any] | None = None,
-                 plots: bool = True, not_comparable: Iterable[Reason | tuple[str, str]] = ()) -> dict[str, Any]:
+                 plots: bool = True, not_comparable: Iterable[Reason | tuple[str, str]] = (),
+                 predictions: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the report files into ``out`` and return the ``metrics.json`` content (plus file paths).
 
     ``not_comparable``: reasons of the run (``Reason`` or ``(reason, detail)``, e.g. ``("random weights", ...)``)
-    that make every number of it not comparable; :func:`verdict` adds those it can see itself.
+    that make every number of it not comparable; :func:`verdict` adds those it can see itself. ``predictions``:
+    what was taken from the predictions folder (:meth:`eval.data.PredictionFiles.facts`: files not scored and why,
+    renamed, resized, formats), written to ``metrics.json`` (``predictions``, ``scored.dropped``) and ``report.md``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +267,9 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
     rows = {n: _row_verdict(n, reasons) for n in results}
     scored = scored_summary(sset)
     exclusions = _exclusion_summary(results)
+    dropped = list((predictions or {}).get("dropped", []))
+    dropped_text = ("; not scored from the predictions folder: "
+                    + "; ".join(f"{_n(d['count'], 'file')}, {d['reason']}" for d in dropped)) if dropped else ""
     group_of = {s.id: s.group for s in sset.samples}
     per_video = {name: {str(g): v for g, v in r.breakdown(lambda sid: group_of[str(sid)]).items()}
                  for name, r in results.items() if r.aggregation == "mean"}
@@ -280,12 +286,15 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
                     "reasons": [r.to_dict() for r in reasons]},
         "scored": {"summary": scored, "samples": len(sset.samples), "groups": len(sset.groups),
                    "group_ids": list(sset.groups), "exclusions": exclusions,
+                   "dropped": [{"reason": d["reason"], "count": d["count"]} for d in dropped],
+                   "dropped_count": sum(d["count"] for d in dropped),
                    "published": f"{protocol.published_count:,} outputs ({table.note})"},
         "samples": len(sset.samples), "groups": len(sset.groups), "published_count": protocol.published_count,
         "metrics": metrics_json,
         "references": {n: protocol.reference_of(n) for n in results},
         "per_video": per_video, "options": run_options, "notes": all_notes,
         "published_table": protocol.table, "elapsed_s": elapsed_s, "cache": cache_stats or {},
+        "predictions": predictions,
     }
     (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=1, default=str))
 
@@ -320,7 +329,7 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
         lines += [f"> - **{r.label}**: {r.detail}" for r in reasons]
         lines += [""]
     lines += [f"Method: `{method}` · protocol `{protocol.key}` · scored {scored}; "
-              f"{exclusions} · published: {protocol.published_count:,} outputs ({table.note})", ""]
+              f"{exclusions}{dropped_text} · published: {protocol.published_count:,} outputs ({table.note})", ""]
     cols = [m for m in table.metrics if m in results] + [m for m in results if m not in table.metrics]
     header = "| Method | " + " | ".join(f"{m.upper()} {ARROW[results[m].higher_is_better]}" for m in cols) + " |"
     published_rows = [f"| {who} | " + " | ".join(format_value(m, vals.get(m)) for m in cols) + " |"
@@ -335,7 +344,7 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
                   "|" + "---|" * (len(cols) + 1), *published_rows, "",
                   f"Our row, {NOT_COMPARABLE} ({'; '.join(r.label for r in reasons)}):", "", header,
                   "|" + "---|" * (len(cols) + 1), f"| {method} ({NOT_COMPARABLE}) | {ours} |"]
-    lines += ["", f"Published rows: {CITATION}, {table.title} ({table.note}); transcribed in "
+    lines += ["", f"Published rows: {table.citation or CITATION}, {table.title} ({table.note}); transcribed in "
               "`../shared/design/eval-protocols.md` §A. Implementations differ (see that file, §4): compare with care.",
               "", "## Metrics", "", "| metric | value | mean | counted | excluded | compared with | comparable |",
               "|---|---|---|---|---|---|---|"]
@@ -354,6 +363,20 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
                                                    for m in vcols) + f" | {cnt} |")
     elif per_video:
         lines += ["", f"Per-group breakdown ({len(sset.groups)} groups): `per_video.csv`."]
+    if predictions:
+        lines += ["", "## Predictions folder", "", f"`{predictions.get('folder')}`: "
+                  f"{_n(predictions.get('scored_files', 0), 'file')} scored"]
+        for d in dropped:
+            shown = ", ".join(f"`{f}`" for f in d.get("files", [])[:5])
+            more = " ..." if d["count"] > 5 else ""
+            lines.append(f"- not scored: {_n(d['count'], 'file')}, {d['reason']}: {shown}{more}")
+        if predictions.get("renamed"):
+            lines.append(f"- {_n(predictions['renamed'], 'file')} not named `<frame:06d>.png`, matched to their "
+                         "frame by the number in their name")
+        if predictions.get("formats"):
+            lines.append("- formats: " + ", ".join(f"{ext} {n:,}" for ext, n in predictions["formats"].items()))
+        for change, n in (predictions.get("resized") or {}).items():
+            lines.append(f"- resized (--resize, bicubic): {_n(n, 'file')} {change}")
     if all_notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in all_notes]
     lines += ["", "## Options", "", "```json", json.dumps(_json_safe({"run": run_options, "metrics": {

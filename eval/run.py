@@ -2,6 +2,7 @@
 
     python -m eval.run --benchmark hdtf --protocol same-identity --data DATA --predictions DIR --out RESULTS
     python -m eval.run --benchmark celeba --protocol cross-identity --data DATA --model portrait4d-v2 --out RESULTS
+    python -m eval.run --list                                  # every benchmark/protocol: metrics, layout, tables
     accelerate launch --num_processes 4 -m eval.run ...        # split over processes / GPUs
     avatar eval ...                                            # the same command
 
@@ -15,7 +16,9 @@ See ``eval/README.md``.
 
 A run first removes the previous run's report files from RESULTS (``report.md``, ``metrics.json``, the CSVs, the
 plots, ``prediction_errors.txt``), keeping ``cache/`` and ``predictions/`` (what resuming needs), so the folder
-never mixes two runs. Random weights (a pipeline made by ``avatar tiny``: its ``pipeline.json`` says
+never mixes two runs. A method's folder is taken as it comes: frames named ``000123.png``, ``123.png`` or
+``frame_123.jpg`` (PNG/JPEG mixed) are matched by their number, the source frame a method wrote beside its outputs is
+dropped (and counted in the report), and other sizes are resized to the protocol's with ``--resize``. Random weights (a pipeline made by ``avatar tiny``: its ``pipeline.json`` says
 ``random_init``) stamp the report NOT COMPARABLE, like every other reason listed in the report's verdict.
 """
 
@@ -37,13 +40,14 @@ from avatar.cli import POSITIVE_INT, ArgumentParser
 from avatar.errors import InputError
 
 from . import cache as cache_mod
-from .data import check_predictions, load_batch
+from .data import PredictionFiles, check_predictions, load_batch, unscored_source_frames
+from .metrics import METRICS
 from .protocols import BENCHMARKS, HDTF_CROSS_ID_DRIVER, get_protocol
 from .protocols.pairs import SampleSet, build_samples
 from .reference_cache import ReferenceCache, default_reference_cache_dir
 from .scoring import Scorer, aggregate, parse_metric_options
 
-__all__ = ["DistState", "build_parser", "check_args", "main", "run"]
+__all__ = ["DistState", "build_parser", "check_args", "list_protocols", "main", "run"]
 
 logger = logging.getLogger("eval.run")
 
@@ -74,20 +78,107 @@ class DistState:
         return cls()
 
 
+def _layout(protocol: Any) -> str:
+    """The output layout of a protocol, from the registry (``layout`` when it declares one, else its pairing)."""
+    for attr in ("layout", "output_layout", "outputs"):
+        value = getattr(protocol, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    if protocol.has_ground_truth:
+        return (f"PREDICTIONS/<id>/<frame>.png, one per output, with the id and frame of its ground truth "
+                f"DATA/<id>/<frame:06d>.png (pairing: {protocol.pairing})")
+    return f"PREDICTIONS/<output id>/<frame>.png, one per output (pairing: {protocol.pairing})"
+
+
+def _tables_of(protocol: Any) -> list[str]:
+    tables = getattr(protocol, "tables", None) or (protocol.table,)
+    return [tables] if isinstance(tables, str) else list(tables)
+
+
+def list_protocols() -> str:
+    """What ``--list`` prints: per benchmark and protocol (all from the registry in :mod:`eval.protocols` and
+    :mod:`eval.protocols.published`), the metrics and their references, the expected layout, the frame counts and
+    the published tables it is compared with."""
+    from .protocols.published import TABLES
+
+    lines = ["Benchmarks and protocols of `python -m eval.run` (--benchmark B --protocol P).",
+             "Ground truth: DATA/<id>/<frame:06d>.png (python -m eval.prepare). Predictions: PREDICTIONS/<output id>/"
+             "<frame> as .png or .jpg, named 000123, 123 or frame_123 (matched by the number).", ""]
+    for benchmark in sorted(BENCHMARKS):
+        lines.append(f"{benchmark}")
+        for name in BENCHMARKS[benchmark]:
+            p = get_protocol(benchmark, name)
+            arrows = {m: ("↑" if METRICS[m].higher_is_better else "↓") if m in METRICS else "" for m in p.metrics}
+            lines.append(f"  --protocol {name}: {p.description or p.key}")
+            lines.append("    metrics:  " + ", ".join(f"{m} {arrows[m]} (vs {p.reference_of(m)})" for m in p.metrics))
+            lines.append(f"    layout:   {_layout(p)}")
+            crop = getattr(p, "crop", None)
+            if crop:
+                lines.append(f"    crop:     {crop} (ground truth and predictions; python -m eval.prepare)")
+            tables = [(key, TABLES.get(key)) for key in _tables_of(p)]
+            counted = "; ".join(t.note for _, t in tables if t is not None and t.note)
+            per_video = getattr(p, "frames_per_video", None)
+            lines.append(f"    frames:   {p.published_count:,} outputs in the published protocol"
+                         + (f" ({counted})" if counted else "")
+                         + (f"; {per_video} frames sampled per video" if per_video else "")
+                         + f"; a ground-truth frame per output: {'yes' if p.has_ground_truth else 'no'}")
+            option_args = p.metric_option_args() if hasattr(p, "metric_option_args") else []
+            if option_args:
+                lines.append("    published metric variants: " + " ".join(f"--metric-option {a}" for a in option_args))
+            for key, table in tables:
+                if table is None:
+                    lines.append(f"    compared with: {key} (not in eval/protocols/published.py)")
+                else:
+                    rows = ", ".join(who for who, _ in table.rows) or "no published rows transcribed yet"
+                    lines.append(f"    compared with: {table.title} [{key}]: {rows}")
+            for note in p.notes:
+                lines.append(f"    note:     {note}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+class _ListAction(argparse.Action):
+    """``--list``: print :func:`list_protocols` and exit 0 (no other option needed)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        sys.stdout.write(list_protocols())
+        parser.exit(0)
+
+
+def _help_epilog() -> str:
+    protocols = "; ".join(f"{b}: {', '.join(BENCHMARKS[b])}" for b in sorted(BENCHMARKS))
+    metrics = ", ".join(f"{n} {'↑' if cls.higher_is_better else '↓'}" for n, cls in METRICS.items())
+    return (f"Protocols (--benchmark: --protocol): {protocols}.\n"
+            f"Metrics (--metrics, a subset of the protocol's): {metrics}.\n"
+            "--list prints every protocol's metrics, layout, frame counts and published tables.\n\n"
+            "Exit status: 0 done; 1 the input cannot be used (one plain sentence on stderr; -v adds the traceback); "
+            "2 a bug (traceback printed); 130 interrupted.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0],
-                       epilog="Exit status: 0 done; 1 the input cannot be used (one plain sentence on stderr; -v adds "
-                              "the traceback); 2 a bug (traceback printed); 130 interrupted.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_help_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action=_ListAction,
+                   help="print every benchmark and protocol (metrics, layout, frame counts, published tables); exit")
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     p.add_argument("--protocol", required=True,
-                   help="celeba: reconstruction | cross-identity; hdtf: same-identity | cross-identity | to-celeba")
+                   help="; ".join(f"{b}: {' | '.join(BENCHMARKS[b])}" for b in sorted(BENCHMARKS)))
     p.add_argument("--data", required=True, type=Path, help="prepared ground truth: DATA/<id>/<frame:06d>.png")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="generate with our pipeline: a model id or a local folder (avatar tiny DIR)")
-    src.add_argument("--predictions", type=Path, help="score another method's frames: PREDICTIONS/<id>/<frame>.png")
+    src.add_argument("--predictions", type=Path,
+                     help="score another method's frames: PREDICTIONS/<id>/<frame>.png|.jpg (000123, 123, "
+                          "frame_123 ...: matched by the number; a source frame written with them is not scored)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize predictions of another size to the protocol's (the reference images') size, bicubic; "
+                        "without it they are an error")
     p.add_argument("--out", required=True, type=Path, help="RESULTS folder (cache, report, plots)")
-    p.add_argument("--metrics", help="comma-separated subset of the protocol's metrics (default: all of them)")
+    p.add_argument("--metrics", help="comma-separated subset of the protocol's metrics (default: all of them): "
+                                     + ", ".join(METRICS))
     p.add_argument("--metric-option", action="append", default=[], metavar="METRIC.OPTION=VALUE",
                    help="metric option, e.g. ssim.preset=wang2004 or apd.include_translation=false (repeatable)")
     p.add_argument("--limit", type=POSITIVE_INT, help="at most N frames per video (hdtf) or N samples (celeba)")
@@ -259,9 +350,22 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
                          if made.get("random_init") else None)
     if random_reason:
         run_reasons.append(("random weights", random_reason))
+    if protocol.crop is not None:  # the protocol's crop must be on the predictions too (DATA: see the sample notes)
+        from .protocols.crop import read_recrop_marker
+
+        marker = read_recrop_marker(pred_root)
+        if marker is None or marker.get("crop") != protocol.crop:
+            run_reasons.append(("predictions not re-cropped",
+                                f"{pred_root} has no recrop.json for {protocol.crop}: run python -m eval.prepare recrop "
+                                f"PREDICTIONS --out PREDICTIONS_RECROPPED and score that folder"))
 
     expected = [(s.id, s.target or s.source) for s in sset.samples]
-    check_predictions(pred_root, expected, allowed=sset.all_ids, report_file=out / PREDICTION_ERRORS_FILE)
+    preds: PredictionFiles = check_predictions(
+        pred_root, expected, allowed=sset.all_ids, report_file=out / PREDICTION_ERRORS_FILE,
+        ignored=unscored_source_frames(sset.samples, sset.all_ids), resize=args.resize)
+    notes += preds.notes()
+    if preds.dropped_count and state.is_main:
+        logger.info("%s: %d file(s) not scored (%s)", pred_root, preds.dropped_count, "; ".join(preds.dropped))
 
     reference_cache = _reference_cache(args, device)
     scorer = Scorer(protocol, metrics, options, device=device, allow_random_weights=args.allow_random_weights,
@@ -288,7 +392,7 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
         try:
             for batch in pending:
                 todo = {m: [i for i, s in enumerate(batch) if not cached.has(s.id, m)] for m in metrics}
-                pred = load_batch([Path(pred_root) / f"{s.id}.png" for s in batch])
+                pred = load_batch([preds.path(s.id) for s in batch], sizes=[preds.size(s.id) for s in batch])
                 records, refs = scorer.score(batch, pred, todo, cached)
                 writer.write(records, refs)
                 for r in records:
@@ -320,7 +424,7 @@ def run(argv: Sequence[str] | None = None, *, state: DistState | None = None, re
                         cache_stats={"duplicates_ignored": cached.duplicates,
                                      "truncated_lines": cached.truncated_lines,
                                      "reference_cache": _reference_cache_facts(reference_cache)},
-                        not_comparable=run_reasons)
+                        not_comparable=run_reasons, predictions=preds.facts())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,7 +57,8 @@ def test_options_are_json_dicts_with_documented_defaults() -> None:
     assert defaults["psnr"]["aggregation"] == "per_frame" and defaults["psnr"]["data_range"] == 1.0
     assert defaults["lpips"]["net"] == "alex" and defaults["lpips"]["feed_unit_range"] is False
     assert defaults["apd"]["include_translation"] is True
-    assert defaults["akd"] == {"distance": "l1", "reference_size": None}
+    assert defaults["akd"] == {"distance": "l1", "reference_size": None, "landmark_model": "retinaface-3dfan",
+                               "failed_face": "skip"}
     assert defaults["csim"]["align"] == "each"
     assert defaults["psnr"]["background"] == "black"
 

@@ -86,7 +86,9 @@ class UpstreamFile:
     sha256: str | None = None
     network: str | None = None
     release: tuple[str, str, str] | None = None
-    """For ``source='release'`` (a GitHub release asset of another project): ``(repo, tag, download URL)``."""
+    """For ``source='release'`` (a GitHub release asset of another project): ``(repo, tag, download URL)``; for
+    ``source='url'`` (a file another project's code downloads from a fixed address, fetched the same way; no digest
+    is pinned when none is published): ``(repo, commit where the address was read, URL)``."""
 
     @property
     def repo(self) -> str:
@@ -220,6 +222,16 @@ _FILE_LIST: list[UpstreamFile] = [
                  source="release", sha256="6726825d",
                  release=("mseitzer/pytorch-fid", "fid_weights", "https://github.com/mseitzer/pytorch-fid/releases/"
                           "download/fid_weights/pt_inception-2015-12-05-6726825d.pth")),
+    # --- evaluation only: MICA's ArcFace iresnet-100 (GAGAvatar's CSIM). MICA's install.sh fetches mica.tar from
+    # the MPI keeper share (no login); the ArcFace is its "arcface" entry (avatar.losses.arcface_mica).
+    UpstreamFile(key="mica-checkpoint", path="data/pretrained/mica.tar", fmt="torch", size=None,
+                 licence="MICA (Zielon/MICA) licence: non-commercial scientific research only; the ArcFace part is "
+                         "fine-tuned from InsightFace's Glint360K r100 (" + LICENCE_ARCFACE + ")",
+                 description="MICA checkpoint (torch dict: 'arcface' iresnet-100 + 'flameModel'): the ArcFace of "
+                             "GAGAvatar's CSIM (csim arcface='r100-mica').",
+                 source="url",
+                 release=("Zielon/MICA", "049c08bcadb90011dcdd48be2847cd3ccefe0735",
+                          "https://keeper.mpdl.mpg.de/f/db172dc4bd4f4c0f96de/?dl=1")),
     # --- evaluation only: background removal (GOHA / OTAvatar) ----------------------------------------
     # Google Drive only (MODNET_DRIVE_FOLDER): no pinned digest; about 26.3 MB (the size public mirrors show).
     UpstreamFile(key="modnet-photographic", path="pretrained/modnet_photographic_portrait_matting.ckpt",
@@ -311,6 +323,8 @@ _SPECS: tuple[ModelSpec, ...] = (
     # --- perceptual networks: training losses and evaluation metrics (avatar.losses) --------------------
     ModelSpec("arcface-r18", "ArcFace iresnet-18 (MS1MV3): identity loss and the CSIM metric.", "perceptual",
               "avatar.losses.arcface:IResNet", "arcface-r18"),
+    ModelSpec("arcface-r100-mica", "MICA's ArcFace iresnet-100 (Glint360K, fine-tuned in MICA): GAGAvatar's CSIM.",
+              "perceptual", "avatar.losses.arcface_mica:MICAArcFace", "mica-checkpoint"),
     ModelSpec("lpips-alex", "LPIPS v0.1, AlexNet trunk (trunk from the torch hub cache): the LPIPS metric.",
               "perceptual", "avatar.losses.lpips:LPIPSNet", "lpips-alex", options=(("net", "alex"),)),
     ModelSpec("lpips-vgg", "LPIPS v0.1, VGG16 trunk (trunk from the torch hub cache): the training loss.",

@@ -12,7 +12,13 @@ FOMM-style numbers. Reported value: mean over frames; frames where no face was f
 excluded and counted (OTAvatar's preprocessing instead reused the previous frame's landmarks).
 
 Input: ``(B, 3, H, W)`` in [0, 1] (or uint8), same size for pred and target, handed to the landmark callable
-(face_alignment's FAN 2D in OTAvatar/GOHA; see :mod:`eval.metrics.face` for its output contract).
+(see :mod:`eval.metrics.face` for its output contract). Which landmark network the protocol names is the option
+``landmark_model`` (:data:`~eval.metrics.face.LANDMARK_MODELS`): ``"retinaface-3dfan"`` (default: this toolkit's
+RetinaFace + 3DFAN's FAN), ``"face-alignment-2dfan"`` (OTAvatar / GOHA: face_alignment's 2D-FAN + SFD) or
+``"insightface-3d68"`` (GAGAvatar: InsightFace's 68 landmarks, issue #43). The metric does not build the network:
+it checks that the landmark callable declares the same ``landmark_model`` (a callable declaring none is taken at
+its word) and records the choice; only ``"retinaface-3dfan"`` ships with the toolkit. ``failed_face="zero"``
+scores a frame without a face 0 (GAGAvatar's script; never a default; see :mod:`eval.metrics.face`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,16 @@ import torch
 from torch import Tensor
 
 from .base import Metric, _check_choice, to_unit_images
-from .face import FaceLandmarks, as_landmarks, declared_comparable, describe
+from .face import (
+    FAILED_FACE_POLICIES,
+    LANDMARK_MODELS,
+    FaceLandmarks,
+    FailedFaceMixin,
+    as_landmarks,
+    check_landmark_model,
+    declared_comparable,
+    describe,
+)
 
 __all__ = ["AKD", "AKDOptions"]
 
@@ -35,18 +50,26 @@ class AKDOptions:
     """Attributes:
     distance: ``"l1"`` (default) or ``"l2"`` (see the module docstring).
     reference_size: rescale coordinates to this image side before measuring (``None``: pixels as given).
+    landmark_model: the 68-point landmark network (:data:`~eval.metrics.face.LANDMARK_MODELS`):
+        ``"retinaface-3dfan"`` (default, the toolkit's), ``"face-alignment-2dfan"`` (OTAvatar issue #27, GOHA) or
+        ``"insightface-3d68"`` (GAGAvatar issue #43).
+    failed_face: ``"skip"`` (default) or ``"zero"`` (GAGAvatar issue #43: a frame without a face counts as 0).
     """
 
     distance: str = "l1"
     reference_size: int | None = None
+    landmark_model: str = "retinaface-3dfan"
+    failed_face: str = "skip"
 
     def __post_init__(self) -> None:
         _check_choice("distance", self.distance, ("l1", "l2"))
+        _check_choice("landmark_model", self.landmark_model, LANDMARK_MODELS)
+        _check_choice("failed_face", self.failed_face, FAILED_FACE_POLICIES)
         if self.reference_size is not None and self.reference_size <= 0:
             raise ValueError("reference_size must be positive")
 
 
-class AKD(Metric):
+class AKD(FailedFaceMixin, Metric):
     """``update(pred, target, ids=None)`` runs ``landmarks`` on both images; ``update_landmarks(pred_lm,
     target_lm, ids, image_size)`` takes landmarks computed elsewhere. Target side (:meth:`target_features`): the
     target's landmarks ``points`` ``(B, 68, 2)`` float64, ``found`` ``(B,)`` and the image ``size`` ``(B, 2)``
@@ -61,6 +84,7 @@ class AKD(Metric):
     def __init__(self, *, landmarks: Callable[[Tensor], Any] | None = None, comparable: bool | None = None,
                  **options: Any) -> None:
         super().__init__(**options)
+        check_landmark_model(landmarks, self.opts.landmark_model, "akd")
         self.landmark_fn = landmarks
         ok = declared_comparable(landmarks) if comparable is None else comparable
         if not ok:
@@ -70,7 +94,8 @@ class AKD(Metric):
     def _facts(self) -> dict[str, Any]:
         unit = f"pixels at {self.opts.reference_size}x{self.opts.reference_size}" if self.opts.reference_size \
             else "pixels of the input images"
-        return {"unit": unit, "num_points": 68, "landmarks": describe(self.landmark_fn)}
+        return {"unit": unit, "num_points": 68, "landmarks": describe(self.landmark_fn),
+                "landmark_network": LANDMARK_MODELS[self.opts.landmark_model]}
 
     def _landmark_fn(self) -> Callable[[Tensor], Any]:
         if self.landmark_fn is None:
@@ -78,7 +103,8 @@ class AKD(Metric):
         return self.landmark_fn
 
     def target_dependencies(self) -> dict[str, Any]:
-        return {"landmarks": self.landmark_fn}  # distance and reference_size act on the pair only
+        # distance, reference_size and failed_face act on the pair only
+        return {"landmarks": self.landmark_fn, "landmark_model": self.opts.landmark_model}
 
     @torch.no_grad()
     def target_features(self, target: Tensor) -> dict[str, Tensor]:
@@ -130,6 +156,5 @@ class AKD(Metric):
         d = torch.where(keep.to(d.device), d, torch.zeros_like(d)).cpu()
         reasons = [None if k else ("no face found in target" if not ft else "no face found in pred")
                    for k, ft in zip(keep.tolist(), lt.found.cpu().tolist(), strict=True)]
-        self._record(d, ids, keep, reasons)
-        return torch.where(keep, d, torch.full_like(d, float("nan")))
+        return self._record_faces(d, ids, keep, reasons)
 

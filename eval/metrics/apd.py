@@ -23,7 +23,11 @@ __all__ = ["APD", "APDOptions"]
 @dataclass(frozen=True)
 class APDOptions(CoefficientOptions):
     """Attributes:
-    include_translation: compare angles + translation (default, OTAvatar) or angles only (GAGAvatar / LAM).
+    include_translation: compare angles + translation (default, OTAvatar: APD over ``coeff[224:227]`` and
+        ``coeff[254:257]``, OTAvatar issue #11 as quoted in aigc3d/LAM issue #11) or, with ``False``, the 3 rotation
+        angles only (GAGAvatar issue #36, ``F.l1_loss(pred['pose'][:3], tgt['pose'][:3])``; LAM issue #11: "APD
+        metric is only for angles"). This is the "angles-only APD" variant; ``failed_face``: see
+        :class:`~eval.metrics.coeffs.CoefficientOptions`.
     """
 
     include_translation: bool = True

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .base import Metric, _check_choice, to_unit_images
-from .face import as_coefficients, declared_comparable, describe
+from .face import FAILED_FACE_POLICIES, FailedFaceMixin, as_coefficients, declared_comparable, describe
 
 __all__ = ["CoefficientMetric", "CoefficientOptions"]
 
@@ -28,15 +28,20 @@ class CoefficientOptions:
     """Attributes:
     reduction: over the coefficient entries of one frame: ``"mean"`` (default; ``F.l1_loss``'s mean, as the
         OTAvatar/GAGAvatar authors describe) or ``"sum"``.
+    failed_face: ``"skip"`` (default: a frame without a face in either image is excluded and counted) or
+        ``"zero"`` (GAGAvatar's metric code, xg-chu/GAGAvatar issue #43, returns 0 for AED and APD then: the frame
+        counts as a perfect 0 distance; never a default, see :mod:`eval.metrics.face`).
     """
 
     reduction: str = "mean"
+    failed_face: str = "skip"
 
     def __post_init__(self) -> None:
         _check_choice("reduction", self.reduction, ("mean", "sum"))
+        _check_choice("failed_face", self.failed_face, FAILED_FACE_POLICIES)
 
 
-class CoefficientMetric(Metric):
+class CoefficientMetric(FailedFaceMixin, Metric):
     """``update(pred, target, ids=None)`` runs the extractor on both; ``update_coeffs`` takes coefficients.
     Target side (:meth:`target_features`): the target's coefficients and ``found``."""
 
@@ -73,7 +78,8 @@ class CoefficientMetric(Metric):
         return self.extractor
 
     def target_dependencies(self) -> dict[str, Any]:
-        return {"coefficients": list(self._keys()), "extractor": self.extractor}  # reduction: pair only
+        # reduction and failed_face: pair only
+        return {"coefficients": list(self._keys()), "extractor": self.extractor}
 
     @torch.no_grad()
     def target_features(self, target: Tensor) -> dict[str, Tensor]:
@@ -113,5 +119,4 @@ class CoefficientMetric(Metric):
         keep = found_p & found_t
         reasons = [None if k else ("no face found in target" if not ft else "no face found in pred")
                    for k, ft in zip(keep.tolist(), found_t.tolist(), strict=True)]
-        self._record(torch.where(keep, values, torch.zeros_like(values)), ids, keep, reasons)
-        return torch.where(keep, values, torch.full_like(values, float("nan")))
+        return self._record_faces(values, ids, keep, reasons)

@@ -8,7 +8,8 @@ Formula, per channel, with local statistics from a window ``w`` (weights sum to 
 
 ``S`` is averaged over the pixels whose whole window lies inside the image (a border of ``(win_size - 1) // 2``
 is left out, as in scikit-image), then over channels (``channels="rgb"``) or computed on the luma
-``0.2989 R + 0.587 G + 0.114 B`` (``channels="gray"``, GAGAvatar). Reported value: mean over frames. Computed in
+``0.2989 R + 0.587 G + 0.114 B`` (``channels="gray"``: GAGAvatar's ``core/libs/utils.py::calc_ssim`` converts with
+``torchvision.transforms.functional.rgb_to_grayscale``, whose weights these are, before torchmetrics' SSIM). Reported value: mean over frames. Computed in
 float64 with separable convolutions (batched, any device); equal to ``skimage.metrics.structural_similarity``
 with the matching settings.
 
@@ -20,6 +21,10 @@ covariance, ``data_range=1`` for images in [0, 1]. ``preset`` picks a published 
 * ``"nerface"``: the NeRFace ``metrics.py`` GOHA used (``compare_ssim(multichannel=True)`` on float [0, 1]
   images, which took the float dtype range, i.e. ``data_range=2``): 7x7 uniform, sample covariance,
   ``data_range=2``; inflates SSIM, reproduces GOHA's published numbers only.
+* ``"gagavatar"``: GAGAvatar's ``calc_ssim`` (xg-chu/GAGAvatar ``core/libs/utils.py``): grayscale
+  (``rgb_to_grayscale``) then torchmetrics ``structural_similarity_index_measure``, i.e. the Gaussian window of
+  ``"wang2004"`` (11 taps, sigma 1.5, population covariance, its reflect-padded border cropped away = the valid
+  region) on the luma, ``data_range=1`` (GAGAvatar's evaluation passes ``data_range=(0.0, 1.0)``, issue #43).
 
 Explicit options override the preset. Input: ``(B, 3, H, W)`` in [0, 1] (or uint8), same size, at least
 ``win_size`` pixels each side. Crop: none. Network: none. Optional ``mask``: see ``ImageOptions``.
@@ -46,6 +51,8 @@ SSIM_PRESETS: dict[str, dict[str, Any]] = {
                  "data_range": 1.0},
     "skimage": {"window": "uniform", "win_size": 7, "use_sample_covariance": True, "data_range": 1.0},
     "nerface": {"window": "uniform", "win_size": 7, "use_sample_covariance": True, "data_range": 2.0},
+    "gagavatar": {"window": "gaussian", "sigma": 1.5, "win_size": None, "use_sample_covariance": False,
+                  "data_range": 1.0, "channels": "gray"},
 }
 
 
@@ -120,13 +127,15 @@ def ssim(
 @dataclass(frozen=True)
 class SSIMOptions(ImageOptions):
     """Attributes (``None`` = from ``preset``):
-    preset: ``"wang2004"`` (default), ``"skimage"`` or ``"nerface"`` (see the module docstring).
+    preset: ``"wang2004"`` (default), ``"skimage"``, ``"nerface"`` or ``"gagavatar"`` (see the module docstring).
     window: ``"gaussian"`` or ``"uniform"``.
     win_size: window size (Gaussian: derived from ``sigma`` when ``None``; 11 for 1.5).
     sigma: Gaussian standard deviation.
     use_sample_covariance: ``N / (N - 1)`` normalisation of the local (co)variances.
     data_range: ``L`` in ``C1``, ``C2`` (1 for [0, 1] images; 2 reproduces the NeRFace/GOHA quirk).
-    channels: ``"rgb"`` (mean of per-channel SSIM) or ``"gray"`` (SSIM of the luma).
+    channels: ``"rgb"`` (mean of per-channel SSIM; every preset but ``"gagavatar"``) or ``"gray"`` (SSIM of the
+        luma ``0.2989 R + 0.587 G + 0.114 B``, torchvision's ``rgb_to_grayscale`` as GAGAvatar's ``calc_ssim`` uses
+        it): the grayscale-SSIM variant.
     """
 
     preset: str = "wang2004"
@@ -135,18 +144,19 @@ class SSIMOptions(ImageOptions):
     sigma: float | None = None
     use_sample_covariance: bool | None = None
     data_range: float | None = None
-    channels: str = "rgb"
+    channels: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_choice("preset", self.preset, SSIM_PRESETS)
-        _check_choice("channels", self.channels, ("rgb", "gray"))
+        if self.channels is not None:
+            _check_choice("channels", self.channels, ("rgb", "gray"))
         if self.window is not None:
             _check_choice("window", self.window, ("gaussian", "uniform"))
 
     def resolved(self) -> SSIMOptions:
         """The options with every ``None`` filled from the preset (and ``win_size`` made explicit)."""
-        values = {"window": "gaussian", "sigma": 1.5, **SSIM_PRESETS[self.preset]}
+        values = {"window": "gaussian", "sigma": 1.5, "channels": "rgb", **SSIM_PRESETS[self.preset]}
         for f in fields(self):
             v = getattr(self, f.name)
             if v is not None and f.name in values:
@@ -157,7 +167,7 @@ class SSIMOptions(ImageOptions):
             values["win_size"] = 7
         values["win_size"] = window_1d(values["window"], values.get("win_size"), values["sigma"]).numel()
         return replace(self, **{k: values[k] for k in ("window", "win_size", "sigma", "use_sample_covariance",
-                                                       "data_range")})
+                                                       "data_range", "channels")})
 
 
 class SSIM(ImageMetric):
@@ -178,7 +188,7 @@ class SSIM(ImageMetric):
         o = self.opts
         assert o.window is not None and o.sigma is not None and o.data_range is not None
         return ssim(pred, target, data_range=o.data_range, window=o.window, win_size=o.win_size, sigma=o.sigma,
-                    use_sample_covariance=bool(o.use_sample_covariance), channels=o.channels)
+                    use_sample_covariance=bool(o.use_sample_covariance), channels=o.channels or "rgb")
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Sample lists of the five protocols: which source, driver and ground truth make each output.
+"""Sample lists of the protocols: which source, driver and ground truth make each output.
 
 Output ids (the names under ``PREDICTIONS/``; ``<frame>`` is ``%06d``):
 
@@ -10,7 +10,34 @@ celeba/cross-identity      ``<image 2k>/000000``                image 2k / image
 hdtf/same-identity         ``<video>/<frame>`` (frame >= 1)     frame 0 / the frame / the frame
 hdtf/cross-identity        ``<video>/<driver frame>``           frame 0 of ``<video>`` / the driver frame / none
 hdtf/to-celeba             ``<celeba image>__<video>/<frame>``  the CelebA image / the HDTF frame / none
+hdtf/gagavatar-self        ``<video>/<frame>`` (sampled, not    first sampled frame / the frame / the frame
+vfhq/self-reenactment      the first sampled one)
+hdtf/gagavatar-cross       ``<video>/<driver frame>``           first sampled frame of ``<video>`` / a
+vfhq/cross-reenactment                                          sampled frame of the previous video in sorted
+                                                                order (``<video>``'s driver) / none
 =========================  ==================================  =========================================
+
+GAGAvatar's protocols (``hdtf/gagavatar-*``, ``vfhq/*``; Chu & Harada, NeurIPS 2024), rule by rule:
+
+* **Frames**: ``k = 100`` per video, "uniformly sampled" (xg-chu/GAGAvatar issue #40, for HDTF). The formula is
+  ours (no code or text gives one): of the ``n`` frames present in ``DATA/<video>/`` (sorted by number), the ones at
+  positions ``floor(i * n / k)``, ``i = 0 .. k-1`` (:func:`uniform_positions`): evenly spaced, starting with the
+  first frame; all ``n`` when ``n < k`` (noted). VFHQ: 100 per clip is our reading (see
+  :data:`eval.protocols.VFHQ_TEST_CLIPS`).
+* **Source**: the first sampled frame (GAGAvatar's ``TrackedData._choose_image`` takes a video's lowest-numbered
+  frame, ``core/data/loader_track.py`` @4eaeeb2; with our formula it is frame ``n``'s first). **Targets**: the
+  other ``k - 1`` sampled frames (the loader removes each video's first frame from the test frames).
+* **Cross-identity**: the videos in Python ``sorted()`` order (code-point order, as ``build_video_info`` does; not
+  natural order); the ``k - 1`` target frames of video ``i`` drive the source of video ``i + 1``, the last video's
+  drive the first's (:func:`next_in_sorted_order`). The output is filed under the *source* video (one avatar per
+  folder), named by the driver frame's number: ``<video i+1>/<frame of video i>``. LAM's released pairs go the
+  other way (aigc3d/LAM issue #7: "the current one as the source and the next ID as the target"); we follow
+  GAGAvatar's loader.
+* **Videos**: HDTF: the 19 of issue #40 (:data:`HDTF_TEST_19`). VFHQ: the 50 clips of VFHQ's official test set
+  (GAGAvatar issue #47, LAM issue #7), whose names are not published in any repository: ``--video-list FILE`` names
+  them, else every clip in DATA is used (a note says so; the count check of the report flags anything but 50).
+* **Crop**: every image re-cropped by :mod:`eval.protocols.crop` (``python -m eval.prepare recrop``); DATA without
+  its ``recrop.json`` gets a "not comparable" note.
 """
 
 from __future__ import annotations
@@ -30,10 +57,12 @@ from . import (
     HDTF_TO_CELEBA_SOURCES,
     SOURCE,
     TARGET,
+    VFHQ_TEST_CLIPS,
     Protocol,
 )
 
-__all__ = ["HDTF_TEST_19", "Sample", "SampleSet", "build_samples", "resolve_hdtf_videos"]
+__all__ = ["HDTF_TEST_19", "Sample", "SampleSet", "build_samples", "next_in_sorted_order", "resolve_hdtf_videos",
+           "resolve_vfhq_clips", "uniform_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +140,44 @@ def resolve_hdtf_videos(data: Path, video_list: str | Path | None = None) -> tup
                      "used: not comparable to the published split"]
 
 
+def resolve_vfhq_clips(data: Path, video_list: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """The VFHQ test clips: from ``video_list`` (one clip name per line) if given, else every clip in DATA.
+    VFHQ's official test split is 50 clips (GAGAvatar issue #47, LAM issue #7), distributed as a download; their
+    names are in no repository, so without a list nothing checks that DATA holds those 50. Returns
+    ``(clips, notes)``."""
+    present = list_ids(data)
+    if video_list is not None:
+        clips = [ln.strip() for ln in Path(video_list).read_text().splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")]
+        missing = [c for c in clips if c not in present]
+        if missing:
+            raise InputNotFoundError(f"{data}: {len(missing)} clip(s) of {video_list} are missing: "
+                                     + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        notes = [] if len(clips) == VFHQ_TEST_CLIPS else [
+            f"{len(clips)} clips from {video_list}; VFHQ's test split has {VFHQ_TEST_CLIPS}: not comparable"]
+        return clips, notes
+    notes = [f"no --video-list: every clip in DATA ({len(present)}) is scored; VFHQ's official test split is "
+             f"{VFHQ_TEST_CLIPS} clips (the VFHQ-Test download; no repository lists their names)"]
+    if len(present) != VFHQ_TEST_CLIPS:
+        notes[0] += ": not comparable"
+    return present, notes
+
+
+def uniform_positions(n: int, k: int) -> list[int]:
+    """Positions of ``k`` frames sampled uniformly from ``n``: ``floor(i * n / k)`` for ``i = 0 .. k-1`` (the
+    first is 0); every position when ``n <= k``. Our formula for GAGAvatar's "uniformly sample 100 frames"."""
+    if n <= k:
+        return list(range(n))
+    return [i * n // k for i in range(k)]
+
+
+def next_in_sorted_order(ids: Sequence[str]) -> dict[str, str]:
+    """``{id: the next id}`` in Python ``sorted()`` order, the last mapped to the first (GAGAvatar's
+    ``build_video_info(cross_video=True)``)."""
+    order = sorted(ids)
+    return {v: order[(i + 1) % len(order)] for i, v in enumerate(order)}
+
+
 def _frames(data: Path, item: str) -> list[int]:
     frames = list_frames(data, item)
     if not frames:
@@ -155,6 +222,13 @@ def build_samples(
             ps = data / src / frame_name(_frames(data, src)[0])
             pd = data / drv / frame_name(_frames(data, drv)[0])
             rows.append((f"{src}/{frame_name(0)[:-4]}", src, ps, pd, None))
+    elif protocol.frames_per_video is not None:  # GAGAvatar's protocols (module docstring)
+        if protocol.benchmark == "vfhq":
+            videos, vnotes = resolve_vfhq_clips(data, video_list)
+        else:
+            videos, vnotes = resolve_hdtf_videos(data, video_list)
+        notes += vnotes + _crop_notes(protocol, data)
+        rows += _gagavatar_rows(protocol, data, videos, notes)
     elif key.startswith("hdtf/"):
         videos, vnotes = resolve_hdtf_videos(data, video_list)
         notes += vnotes
@@ -205,17 +279,63 @@ def build_samples(
     if limit is not None:
         per: dict[str, int] = {}
         kept = []
+        per_video = protocol.benchmark in ("hdtf", "vfhq")
         for r in rows:
-            g = r[1] if key.startswith("hdtf/") else ""
+            g = r[1] if per_video else ""
             if per.get(g, 0) < limit:
                 kept.append(r)
                 per[g] = per.get(g, 0) + 1
         rows = kept
-        notes.append(f"--limit {limit}: " + ("at most that many frames per video" if key.startswith("hdtf/")
+        notes.append(f"--limit {limit}: " + ("at most that many frames per video" if per_video
                                              else "the first that many samples"))
     samples = [Sample(i, sid, g, s, d, t) for i, (sid, g, s, d, t) in enumerate(rows)]
     groups = list(dict.fromkeys(s.group for s in samples))
     return SampleSet(protocol, samples, all_ids, groups, notes)
+
+
+def _crop_notes(protocol: Protocol, data: Path) -> list[str]:
+    """A "not comparable" note when the protocol needs a re-crop that DATA does not have (``recrop.json``)."""
+    if protocol.crop is None:
+        return []
+    from .crop import read_recrop_marker
+
+    marker = read_recrop_marker(data)
+    how = "python -m eval.prepare recrop DATA --out DATA_RECROPPED (and the same for the predictions)"
+    if marker is None or marker.get("crop") != protocol.crop:
+        return [f"DATA is not re-cropped with {protocol.crop} (no {data.name}/recrop.json): run {how}; "
+                "not comparable"]
+    return [f"DATA re-cropped with {protocol.crop}; the predictions must be re-cropped the same way ({how})"]
+
+
+def _gagavatar_rows(protocol: Protocol, data: Path, videos: list[str],
+                    notes: list[str]) -> list[tuple[str, str, Path, Path, Path | None]]:
+    """(id, group, source, driver, target) of GAGAvatar's self / cross protocols (module docstring)."""
+    k = protocol.frames_per_video
+    assert k is not None
+    sampled: dict[str, list[int]] = {}
+    for v in videos:
+        frames = _frames(data, v)
+        if len(frames) < k:
+            notes.append(f"{v} has only {len(frames)} frames (< {k}): all of them are used")
+        sampled[v] = [frames[p] for p in uniform_positions(len(frames), k)]
+        if len(sampled[v]) < 2:
+            raise InputNotFoundError(f"{data / v}: {protocol.key} needs at least 2 frames (a source and a driver)")
+    rows: list[tuple[str, str, Path, Path, Path | None]] = []
+    if protocol.has_ground_truth:  # self-reenactment
+        for v in videos:
+            src = data / v / frame_name(sampled[v][0])
+            rows += [(f"{v}/{f:06d}", v, src, data / v / frame_name(f), data / v / frame_name(f))
+                     for f in sampled[v][1:]]
+        return rows
+    if len(videos) < 2:
+        raise InputError(f"{protocol.key} needs at least 2 videos (video i drives video i+1)")
+    nxt = next_in_sorted_order(videos)
+    for driver in sorted(videos):
+        target_video = nxt[driver]
+        src = data / target_video / frame_name(sampled[target_video][0])
+        rows += [(f"{target_video}/{f:06d}", target_video, src, data / driver / frame_name(f), None)
+                 for f in sampled[driver][1:]]
+    return rows
 
 
 def group_order(groups: Sequence[str]) -> list[str]:

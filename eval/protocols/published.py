@@ -1,15 +1,23 @@
 """Published numbers the report puts our row beside.
 
-Source: Li et al., "Generalizable One-shot Neural Head Avatar" (GOHA), NeurIPS 2023, Tables 1-3, as transcribed
+GOHA tables: Li et al., "Generalizable One-shot Neural Head Avatar" (GOHA), NeurIPS 2023, Tables 1-3, as transcribed
 in ``../shared/design/eval-protocols.md`` section A. Keys of :data:`TABLES` are :attr:`Protocol.table`.
-Metric names follow :data:`eval.metrics.METRICS`; every row holds the columns of its protocol.
+Metric names follow :data:`eval.metrics.METRICS`; every row holds the columns of its protocol (``None``: the
+source does not report that column).
+
+GAGAvatar-protocol tables (VFHQ and GAGAvatar's HDTF, :data:`eval.protocols.GAGAVATAR_PROTOCOLS`): a row goes in
+only with a number read in the paper, README or issue thread that publishes it, with that source in
+:attr:`PublishedTable.row_sources` and, where the row used another metric variant or split, a comparability note
+in :attr:`PublishedTable.row_notes`. None has been verified that way yet (the papers' tables were not reachable from
+here; numbers seen only in third-party summaries are not copied), so these tables are empty: the report shows the
+columns and says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CITATION", "PublishedTable", "TABLES"]
+__all__ = ["CITATION", "GAGAVATAR_CITATION", "PublishedTable", "TABLES"]
 
 CITATION = ("X. Li, S. De Mello, S. Liu, K. Nagano, U. Iqbal, J. Kautz, \"Generalizable One-shot Neural Head "
             "Avatar\", NeurIPS 2023")
@@ -17,18 +25,46 @@ CITATION = ("X. Li, S. De Mello, S. Liu, K. Nagano, U. Iqbal, J. Kautz, \"Genera
 
 @dataclass(frozen=True)
 class PublishedTable:
+    """One published table.
+
+    Attributes:
+        title: what the report calls it. metrics: its columns (our metric names). rows: ``(method, values)``.
+        note: the sample set it was computed on (the report repeats it).
+        citation: the paper the table is from (``""``: GOHA, :data:`CITATION`).
+        row_sources: method -> where its numbers were read (paper table, README, issue), for rows from
+            elsewhere than ``citation``.
+        row_notes: method -> comparability note (another metric variant, split or crop than the protocol's).
+    """
+
     title: str
     metrics: tuple[str, ...]
-    rows: tuple[tuple[str, tuple[float, ...]], ...]
+    rows: tuple[tuple[str, tuple[float | None, ...]], ...]
     note: str = ""
+    citation: str = ""
+    row_sources: tuple[tuple[str, str], ...] = ()
+    row_notes: tuple[tuple[str, str], ...] = ()
 
-    def as_dicts(self) -> list[tuple[str, dict[str, float]]]:
+    def as_dicts(self) -> list[tuple[str, dict[str, float | None]]]:
         return [(method, dict(zip(self.metrics, values, strict=True))) for method, values in self.rows]
+
+    def source_of(self, method: str) -> str:
+        return dict(self.row_sources).get(method, self.citation or CITATION)
+
+    def note_of(self, method: str) -> str:
+        return dict(self.row_notes).get(method, "")
 
 
 _REC = ("l1", "lpips", "psnr", "ssim", "fid")
 _CROSS = ("csim", "aed", "apd", "fid")
 _SAME = ("psnr", "ssim", "csim", "aed", "apd", "akd", "lpips", "l1", "fid")
+_GAGA_SELF = ("psnr", "ssim", "lpips", "csim", "aed", "apd", "akd")   # eval.protocols.GAGAVATAR_SELF_METRICS
+_GAGA_CROSS = ("csim", "aed", "apd")                                  # eval.protocols.GAGAVATAR_CROSS_METRICS
+
+GAGAVATAR_CITATION = ("X. Chu, T. Harada, \"Generalizable and Animatable Gaussian Head Avatar\" (GAGAvatar), "
+                      "NeurIPS 2024")
+_NO_ROWS = ("no published row verified yet: GAGAvatar, LAM (He et al. 2025), Portrait4D-v2, GPAvatar, FlexAvatar "
+            "and OMG-Avatar report this protocol, but only numbers read in their papers / READMEs / issues go here "
+            "(eval/protocols/published.py)")
 
 TABLES: dict[str, PublishedTable] = {
     "goha-table1-celeba-reconstruction": PublishedTable(
@@ -68,4 +104,17 @@ TABLES: dict[str, PublishedTable] = {
          ("Next3D-PTI", (0.483, 0.266, 0.042, 56.01)),
          ("GOHA", (0.551, 0.274, 0.017, 59.48))),
         note="114,000 images"),
+    # GAGAvatar's protocols (eval.protocols.GAGAVATAR_PROTOCOLS): empty until a row is read in its primary source
+    "gagavatar-vfhq-self": PublishedTable(
+        "VFHQ self-reenactment (GAGAvatar protocol)", _GAGA_SELF, (),
+        note="50 VFHQ test clips x 99 driving frames; " + _NO_ROWS, citation=GAGAVATAR_CITATION),
+    "gagavatar-vfhq-cross": PublishedTable(
+        "VFHQ cross-reenactment (GAGAvatar protocol)", _GAGA_CROSS, (),
+        note="50 VFHQ test clips x 99 driving frames; " + _NO_ROWS, citation=GAGAVATAR_CITATION),
+    "gagavatar-hdtf-self": PublishedTable(
+        "HDTF self-reenactment (GAGAvatar protocol)", _GAGA_SELF, (),
+        note="19 HDTF test videos x 99 driving frames; " + _NO_ROWS, citation=GAGAVATAR_CITATION),
+    "gagavatar-hdtf-cross": PublishedTable(
+        "HDTF cross-reenactment (GAGAvatar protocol)", _GAGA_CROSS, (),
+        note="19 HDTF test videos x 99 driving frames; " + _NO_ROWS, citation=GAGAVATAR_CITATION),
 }
