@@ -87,3 +87,25 @@ def test_gpu_graphed_render_matches_eager_with_head_pose_field():
     model.to("cpu").to(dev)  # moved weights: the old graphs are never replayed
     again = model.render(state, *calls[0])
     torch.testing.assert_close(again["image"], eager[0]["image"], atol=1e-4, rtol=0)
+
+
+def test_a_failed_capture_is_remembered_and_reported(monkeypatch):
+    """A capture that raises is not tried again for that key: the cache raises GraphCaptureError at once (the
+    model then renders eagerly)."""
+    from avatar.nn import cuda_graphs
+
+    attempts = []
+
+    class Failing:
+        def __init__(self, fn, inputs):
+            attempts.append(1)
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graphs, "GraphedFunction", Failing)
+    cache = GraphCache()
+    for _ in range(3):
+        with pytest.raises(cuda_graphs.GraphCaptureError, match="not permitted"):
+            cache("k", lambda: {}, {})
+    assert len(attempts) == 1 and "k" in cache.failed and len(cache) == 0
+    cache.clear()
+    assert not cache.failed

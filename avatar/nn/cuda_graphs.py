@@ -18,7 +18,11 @@ from collections.abc import Callable, Hashable, Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["GraphCache", "GraphedFunction", "tensor_addresses"]
+__all__ = ["GraphCache", "GraphCaptureError", "GraphedFunction", "tensor_addresses"]
+
+
+class GraphCaptureError(RuntimeError):
+    """A function could not be captured into a CUDA graph (the message says why); the caller runs it eagerly."""
 
 TensorFunction = Callable[..., Mapping[str, Tensor]]
 
@@ -61,25 +65,36 @@ class GraphCache:
     def __init__(self, max_graphs: int = 2) -> None:
         self.max_graphs = max_graphs
         self.graphs: OrderedDict[Hashable, GraphedFunction] = OrderedDict()
+        self.failed: dict[Hashable, str] = {}  # keys whose capture failed (not tried again), with the reason
 
     def __call__(self, key: Hashable, fn: TensorFunction, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Replay the graph of ``key`` (captured now if new). Raises :class:`GraphCaptureError` when the capture
+        fails, now or in an earlier call with this key."""
+        if key in self.failed:
+            raise GraphCaptureError(self.failed[key])
         graphed = self.graphs.get(key)
         if graphed is None:
             while len(self.graphs) >= self.max_graphs:
                 self.graphs.popitem(last=False)
-            graphed = self.graphs[key] = GraphedFunction(fn, inputs)
+            try:
+                graphed = GraphedFunction(fn, inputs)
+            except RuntimeError as exc:
+                self.failed[key] = f"{type(exc).__name__}: {exc}"
+                raise GraphCaptureError(self.failed[key]) from exc
+            self.graphs[key] = graphed
         else:
             self.graphs.move_to_end(key)
         return graphed(**inputs)
 
     def clear(self) -> None:
         self.graphs.clear()
+        self.failed.clear()
 
     def __deepcopy__(self, memo: dict) -> GraphCache:
         return GraphCache(self.max_graphs)  # graphs belong to one object's weights: a copy starts empty
 
     def __getstate__(self) -> dict:
-        return {"max_graphs": self.max_graphs, "graphs": OrderedDict()}
+        return {"max_graphs": self.max_graphs, "graphs": OrderedDict(), "failed": {}}
 
     def __len__(self) -> int:
         return len(self.graphs)
