@@ -1,0 +1,37 @@
+"""GOHA (Li et al., NeurIPS 2023): one-shot generalizable head avatars. The package is being ported (issue 17).
+
+Ported so far, each with the official state-dict names and checked side by side with the official code on random
+weights (``scripts/compare_official_goha_*.py``):
+
+* :mod:`avatar.models.goha.segformer` - the three MiT-b0 SegFormer branches (``template_net``, ``id_net`` with its
+  6-channel stem, ``expr_net``), on the Mix-Transformer blocks of :mod:`avatar.nn.attention`;
+* :mod:`avatar.models.goha.parsing` - BiSeNet face parsing (``face_parsing_net``) and GOHA's mask logic;
+* :mod:`avatar.models.goha.gfpgan` - the GFPGANv1Clean super-resolution (``neural_layers``);
+* :mod:`avatar.models.goha.planes` - Embed2Plane, IDUpsampler and the nearest-point appearance lifting (when
+  present).
+
+The top-level ``GOHA`` model (checkpoint loading, the 3DMM pseudo-render, the renderer settings, the pipeline) is
+not written yet.
+"""
+
+from avatar.models.goha.gfpgan import GOHASuperResolution, GOHASuperResolutionConfig
+from avatar.models.goha.parsing import BiSeNet, BiSeNetConfig, appearance_blend_mask, parsing_mask
+from avatar.models.goha.segformer import (
+    SegformerBranch,
+    SegformerBranchConfig,
+    native_to_official,
+    official_to_native,
+)
+
+__all__ = [
+    "BiSeNet",
+    "BiSeNetConfig",
+    "GOHASuperResolution",
+    "GOHASuperResolutionConfig",
+    "SegformerBranch",
+    "SegformerBranchConfig",
+    "appearance_blend_mask",
+    "native_to_official",
+    "official_to_native",
+    "parsing_mask",
+]
