@@ -7,8 +7,9 @@ weights (``scripts/compare_official_goha_*.py``):
   6-channel stem, ``expr_net``), on the Mix-Transformer blocks of :mod:`avatar.nn.attention`;
 * :mod:`avatar.models.goha.parsing` - BiSeNet face parsing (``face_parsing_net``) and GOHA's mask logic;
 * :mod:`avatar.models.goha.gfpgan` - the GFPGANv1Clean super-resolution (``neural_layers``);
-* :mod:`avatar.models.goha.planes` - Embed2Plane, IDUpsampler and the nearest-point appearance lifting (when
-  present).
+* :mod:`avatar.models.goha.planes` - Embed2Plane, IDUpsampler (with its ``up_xy`` quirk), the OSG decoder's key
+  conversion onto :class:`avatar.render.triplane.TriplaneNeRFDecoder`, and the nearest-point appearance lifting
+  (chunked ``cdist``, no 16k x 16k matrix).
 
 The top-level ``GOHA`` model (checkpoint loading, the 3DMM pseudo-render, the renderer settings, the pipeline) is
 not written yet.
@@ -16,6 +17,17 @@ not written yet.
 
 from avatar.models.goha.gfpgan import GOHASuperResolution, GOHASuperResolutionConfig
 from avatar.models.goha.parsing import BiSeNet, BiSeNetConfig, appearance_blend_mask, parsing_mask
+from avatar.models.goha.planes import (
+    Embed2Plane,
+    GOHAPlanesConfig,
+    IDUpsampler,
+    lift_features,
+    make_osg_decoder,
+    nearest_point_indices,
+    osg_decoder_state_from_official,
+    osg_decoder_state_to_official,
+    plane_modules,
+)
 from avatar.models.goha.segformer import (
     SegformerBranch,
     SegformerBranchConfig,
@@ -25,6 +37,15 @@ from avatar.models.goha.segformer import (
 
 __all__ = [
     "BiSeNet",
+    "Embed2Plane",
+    "GOHAPlanesConfig",
+    "IDUpsampler",
+    "lift_features",
+    "make_osg_decoder",
+    "nearest_point_indices",
+    "osg_decoder_state_from_official",
+    "osg_decoder_state_to_official",
+    "plane_modules",
     "BiSeNetConfig",
     "GOHASuperResolution",
     "GOHASuperResolutionConfig",
