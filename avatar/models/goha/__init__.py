@@ -9,10 +9,12 @@ weights (``scripts/compare_official_goha_*.py``):
 * :mod:`avatar.models.goha.gfpgan` - the GFPGANv1Clean super-resolution (``neural_layers``);
 * :mod:`avatar.models.goha.planes` - Embed2Plane, IDUpsampler (with its ``up_xy`` quirk), the OSG decoder's key
   conversion onto :class:`avatar.render.triplane.TriplaneNeRFDecoder`, and the nearest-point appearance lifting
-  (chunked ``cdist``, no 16k x 16k matrix).
+  (chunked ``cdist``, no 16k x 16k matrix);
+* :mod:`avatar.models.goha.pseudo_render` - the expression branch's 3DMM pseudo-render (``get_sudo``: Deep3D
+  coefficients mixed, the BFM face of :mod:`avatar.face.bfm` rasterised with nvdiffrast's conventions by the
+  plain-PyTorch rasteriser).
 
-The top-level ``GOHA`` model (checkpoint loading, the 3DMM pseudo-render, the renderer settings, the pipeline) is
-not written yet.
+The top-level ``GOHA`` model (checkpoint loading, the renderer settings, the pipeline) is not written yet.
 """
 
 from avatar.models.goha.gfpgan import GOHASuperResolution, GOHASuperResolutionConfig
@@ -28,6 +30,11 @@ from avatar.models.goha.planes import (
     osg_decoder_state_to_official,
     plane_modules,
 )
+from avatar.models.goha.pseudo_render import (
+    ExpressionPseudoRenderer,
+    mix_coefficients,
+    render_mesh_nvdiffrast,
+)
 from avatar.models.goha.segformer import (
     SegformerBranch,
     SegformerBranchConfig,
@@ -38,14 +45,17 @@ from avatar.models.goha.segformer import (
 __all__ = [
     "BiSeNet",
     "Embed2Plane",
+    "ExpressionPseudoRenderer",
     "GOHAPlanesConfig",
     "IDUpsampler",
     "lift_features",
     "make_osg_decoder",
+    "mix_coefficients",
     "nearest_point_indices",
     "osg_decoder_state_from_official",
     "osg_decoder_state_to_official",
     "plane_modules",
+    "render_mesh_nvdiffrast",
     "BiSeNetConfig",
     "GOHASuperResolution",
     "GOHASuperResolutionConfig",
