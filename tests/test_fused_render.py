@@ -92,6 +92,10 @@ def test_unsupported_calls_say_why(triton_interpreter):
     white = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4, white_back=True))
     with pytest.raises(FusedRenderingUnsupportedError, match="white_back"):
         render_triplanes_fused(white, planes, dec, o, d, cam_z)
+    eg3d = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4,
+                                               plane_axes="xy-xz-zy"))
+    with pytest.raises(FusedRenderingUnsupportedError, match="planes"):
+        render_triplanes_fused(eg3d, planes, dec, o, d, cam_z)
 
 
 def test_not_available_on_cpu_without_interpreter(monkeypatch: pytest.MonkeyPatch):

@@ -400,3 +400,40 @@ def test_reconstructor_pipeline_constant_density_and_modes() -> None:
     raw = decoder(torch.zeros(1, 3, 1, 32)).sigma.reshape(())
     alpha = 1 - torch.exp(-torch.nn.functional.softplus(raw - 1) * 1.3)
     assert torch.allclose(shifted.opacity, alpha.expand_as(shifted.opacity), atol=1e-5)
+
+
+def test_eg3d_plane_projection_matches_the_plane_matrices():
+    """``plane_axes='xy-xz-zy'`` is EG3D's projection: the points times the inverse of each plane's axis matrix
+    (``generate_planes``), first two components kept; the default stays Portrait4D's (x, y), (y, z), (z, x)."""
+    from avatar.render.triplane import project_onto_planes
+
+    planes = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                           [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
+                           [[0, 0, 1], [0, 1, 0], [1, 0, 0]]], dtype=torch.float32)
+    pts = torch.randn(2, 7, 3, generator=torch.Generator().manual_seed(0))
+    expected = torch.stack([(pts @ torch.linalg.inv(p))[..., :2] for p in planes], dim=1).reshape(6, 7, 2)
+    torch.testing.assert_close(project_onto_planes(pts, "xy-xz-zy"), expected)
+    x, y, z = pts.unbind(-1)
+    default = torch.stack([torch.stack(p, -1) for p in ((x, y), (y, z), (z, x))], dim=1).reshape(6, 7, 2)
+    assert torch.equal(project_onto_planes(pts), default)
+    with pytest.raises(ValueError, match="plane_axes"):
+        project_onto_planes(pts, "xyz")
+
+
+def test_renderer_option_selects_the_plane_projection():
+    """A plane whose features vary along one axis is read along the axis the convention names."""
+    from avatar.render.triplane import RenderingOptions, sample_from_planes
+
+    ramp = torch.linspace(-1, 1, 8)
+    planes = torch.zeros(1, 3, 1, 8, 8)
+    planes[0, 1, 0] = ramp[:, None].expand(8, 8)  # plane 1 varies along its height (grid y: 2nd coordinate)
+    pts = torch.tensor([[[0.0, 0.4, -0.4]]])  # y = 0.4, z = -0.4
+    yz = sample_from_planes(planes, pts, box_warp=2.0)[0, 1, 0, 0]  # Portrait4D: plane 1 = (y, z) -> reads z
+    xz = sample_from_planes(planes, pts, box_warp=2.0, plane_axes="xy-xz-zy")[0, 1, 0, 0]  # EG3D: (x, z) -> z
+    assert float(yz) < 0 and float(xz) < 0
+    planes[0, 1, 0] = ramp[None, :].expand(8, 8)  # now along its width (1st coordinate)
+    yz = sample_from_planes(planes, pts, box_warp=2.0)[0, 1, 0, 0]  # reads y = 0.4
+    xz = sample_from_planes(planes, pts, box_warp=2.0, plane_axes="xy-xz-zy")[0, 1, 0, 0]  # reads x = 0
+    assert float(yz) > 0.2 and abs(float(xz)) < 1e-6
+    assert RenderingOptions().plane_axes == "xy-yz-zx"
+    assert RenderingOptions.from_dict({**RenderingOptions().to_dict(), "plane_axes": "xy-xz-zy"}).plane_axes == "xy-xz-zy"

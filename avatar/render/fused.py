@@ -23,7 +23,7 @@ that a coarse and a fine sample at exactly equal depth are taken coarse first); 
 (the reference's ``cumprod``) and sums run in sample order. ``tests/test_fused_render.py`` checks the kernels
 against the reference under Triton's CPU interpreter, and on a GPU when there is one.
 
-Supported: a single ``(B, 3, C, H, W)`` triplane tensor, a :class:`TriplaneNeRFDecoder`, a float
+Supported: Portrait4D's plane projection (``plane_axes='xy-yz-zx'``), a single ``(B, 3, C, H, W)`` triplane tensor, a :class:`TriplaneNeRFDecoder`, a float
 ``box_warp_scale``, ``clamp_mode='softplus'``, ``white_back=False`` and no density noise; anything else raises
 :class:`FusedRenderingUnsupportedError` (the caller then renders with the reference).
 """
@@ -237,6 +237,9 @@ def render_triplanes_fused(
         raise FusedRenderingUnsupportedError("the fused renderer takes one (B, 3, C, H, W) triplane tensor")
     if isinstance(box_warp_scale, Tensor):
         raise FusedRenderingUnsupportedError("the fused renderer takes a float box_warp_scale")
+    if opt.plane_axes != "xy-yz-zx":
+        raise FusedRenderingUnsupportedError(f"the fused kernels project onto Portrait4D's planes (xy, yz, zx), "
+                                             f"not {opt.plane_axes!r}")
     if opt.clamp_mode != "softplus" or opt.white_back or (opt.density_noise > 0 and not det):
         raise FusedRenderingUnsupportedError("the fused renderer supports clamp_mode='softplus', no white_back, no density noise")
     if precision not in ("ieee", "tf32"):

@@ -40,6 +40,7 @@ __all__ = [
     "Field",
     "ImportanceRenderer",
     "MarchOutput",
+    "PLANE_AXES",
     "RenderOutput",
     "RenderingOptions",
     "TriplaneNeRFDecoder",
@@ -70,22 +71,35 @@ Deformer = Callable[[Tensor], Tensor]
 # Triplane sampling
 
 
-def project_onto_planes(coordinates: Tensor) -> Tensor:
+PLANE_AXES: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
+    "xy-yz-zx": ((0, 1), (1, 2), (2, 0)),
+    "xy-xz-zy": ((0, 1), (0, 2), (2, 1)),
+}
+"""The coordinate pairs each plane is indexed by, per convention: ``'xy-yz-zx'`` is Portrait4D's (and GenHead's)
+projection; ``'xy-xz-zy'`` is EG3D's ``generate_planes`` + ``project_onto_planes`` (the inverse plane matrices
+applied to the points, first two components kept), which GOHA uses."""
+
+
+def project_onto_planes(coordinates: Tensor, plane_axes: str = "xy-yz-zx") -> Tensor:
     """Project points onto the three planes.
 
     Upstream Portrait4D projects onto the ``(x, y)``, ``(y, z)`` and ``(z, x)`` planes, in that order (its
-    ``generate_planes`` axis matrices are passed in but not used by the projection). The first component
+    ``generate_planes`` axis matrices are passed in but not used by the projection); EG3D and GOHA onto
+    ``(x, y)``, ``(x, z)``, ``(z, y)`` (``plane_axes='xy-xz-zy'``, see :data:`PLANE_AXES`). The first component
     indexes the plane's width (grid ``x``), the second its height (grid ``y``).
 
     Args:
         coordinates: ``(N, M, 3)``.
+        plane_axes: a key of :data:`PLANE_AXES`.
 
     Returns:
         ``(N * 3, M, 2)``, plane-major within each batch element.
     """
+    if plane_axes not in PLANE_AXES:
+        raise ValueError(f"plane_axes must be one of {sorted(PLANE_AXES)}, got {plane_axes!r}")
     n, m, _ = coordinates.shape
-    x, y, z = coordinates.unbind(-1)  # (no list indexing: its CPU index tensor would break CUDA graph capture)
-    planes = torch.stack([torch.stack(pair, dim=-1) for pair in ((x, y), (y, z), (z, x))], dim=1)
+    axes = coordinates.unbind(-1)  # (no list indexing: its CPU index tensor would break CUDA graph capture)
+    planes = torch.stack([torch.stack((axes[a], axes[b]), dim=-1) for a, b in PLANE_AXES[plane_axes]], dim=1)
     return planes.reshape(n * 3, m, 2)
 
 
@@ -95,6 +109,7 @@ def sample_from_planes(
     box_warp: float,
     box_warp_scale: float | Tensor = 1.0,
     mode: str = "bilinear",
+    plane_axes: str = "xy-yz-zx",
 ) -> Tensor:
     """Bilinearly sample triplane features at world points.
 
@@ -107,6 +122,7 @@ def sample_from_planes(
         coordinates: ``(N, M, 3)`` world points.
         box_warp: side length of the cube spanned by the planes (1.3 for Portrait4D).
         box_warp_scale: float or ``(N, 1, 1)`` tensor.
+        plane_axes: the projection convention (:func:`project_onto_planes`).
 
     Returns:
         ``(N, 3, M, C)`` features per plane.
@@ -114,7 +130,7 @@ def sample_from_planes(
     plane_list = [planes] if isinstance(planes, Tensor) else list(planes)
     _, m, _ = coordinates.shape
     scaled = (2 / (box_warp_scale * box_warp)) * coordinates
-    grid = project_onto_planes(scaled).unsqueeze(1)  # (N*3, 1, M, 2)
+    grid = project_onto_planes(scaled, plane_axes).unsqueeze(1)  # (N*3, 1, M, 2)
     out: Tensor | None = None
     for p in plane_list:
         n, n_planes, c, h, w = p.shape
@@ -219,6 +235,7 @@ def triplane_field(
     box_warp: float,
     box_warp_scale: float | Tensor = 1.0,
     deformer: Deformer | None = None,
+    plane_axes: str = "xy-yz-zx",
 ) -> Field:
     """The radiance field of a triplane: optional deformation to canonical space, plane sampling, decoding.
 
@@ -229,7 +246,7 @@ def triplane_field(
 
     def field(points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
         canonical = deformer(points) if deformer is not None else points
-        feats = sample_from_planes(planes, canonical, box_warp, box_warp_scale)
+        feats = sample_from_planes(planes, canonical, box_warp, box_warp_scale, plane_axes=plane_axes)
         rgb, sigma = decoder(feats, directions)
         return rgb, sigma
 
@@ -262,6 +279,9 @@ class RenderingOptions(Config):
     """Add ``1 - opacity`` to the composited features."""
     density_noise: float = 0.0
     """Std of Gaussian noise added to raw densities (stochastic mode only)."""
+    plane_axes: str = "xy-yz-zx"
+    """How points project onto the three planes (:data:`PLANE_AXES`): Portrait4D's ``'xy-yz-zx'`` or EG3D's
+    ``'xy-xz-zy'`` (GOHA)."""
 
     @classmethod
     def from_official(cls, kwargs: Mapping[str, Any]) -> RenderingOptions:
@@ -650,7 +670,8 @@ class ImportanceRenderer(nn.Module):
                 return render_triplanes_fused(self, planes, decoder, o, d, cam_z, deformer,  # type: ignore[arg-type]
                                               box_warp_scale, deterministic, fused)  # type: ignore[arg-type]
         else:
-            field = triplane_field(planes, decoder, self.options.box_warp, box_warp_scale, deformer)
+            field = triplane_field(planes, decoder, self.options.box_warp, box_warp_scale, deformer,
+                                   self.options.plane_axes)
 
             def render(o: Tensor, d: Tensor) -> RenderOutput:
                 return self.render_field(field, o, d, cam_z, box_warp_scale, deterministic)
