@@ -29,6 +29,8 @@ from typing import Any
 from avatar.cli import ArgumentParser
 from avatar.errors import InputError, InputNotFoundError
 
+from .report import format_value, json_safe
+
 __all__ = ["MixedResultsError", "NotAResultsFolderError", "RunResult", "build_parser", "compare", "load_result",
            "main", "markdown", "plot"]
 
@@ -37,7 +39,6 @@ logger = logging.getLogger("eval.compare")
 METRICS_FILE = "metrics.json"
 _REQUIRED = ("benchmark", "protocol", "metrics")
 _MAX_GROUPS = 60  # more groups (CelebA images ...): the per-video tables and bars are left out (see per_video.csv)
-_DECIMALS = {"psnr": 2, "fid": 2, "akd": 3, "aed": 4, "apd": 4}
 
 
 class NotAResultsFolderError(InputNotFoundError):
@@ -172,14 +173,6 @@ def _best(results: Sequence[RunResult], metric: str, values: Sequence[float | No
     return max(finite) if higher else min(finite)
 
 
-def _fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{_DECIMALS.get(metric, 3)}f}"
-
-
 def _arrow(results: Sequence[RunResult], metric: str) -> str:
     higher = next(((r.metrics.get(metric) or {}).get("higher_is_better") for r in results
                    if metric in r.metrics), None)
@@ -224,7 +217,7 @@ def markdown(results: Sequence[RunResult], table: dict[str, Any]) -> str:
         cells = []
         for m in metrics:
             v = r.value(m)
-            text = _fmt(m, v)
+            text = format_value(m, v)
             cells.append(f"**{text}**" if v is not None and best[m] is not None and v == best[m] else text)
         verdict = "comparable" if r.comparable else (r.stamp or "NOT COMPARABLE") if r.comparable is False else "–"
         lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {r.scored} | {verdict} |")
@@ -240,7 +233,7 @@ def markdown(results: Sequence[RunResult], table: dict[str, Any]) -> str:
                 vals = [rows[g].get(r.label) for r in results]
                 b = _best(results, m, vals)
                 lines.append(f"| {g} | " + " | ".join(
-                    f"**{_fmt(m, v)}**" if v is not None and b is not None and v == b else _fmt(m, v)
+                    f"**{format_value(m, v)}**" if v is not None and b is not None and v == b else format_value(m, v)
                     for v in vals) + " |")
             lines.append("")
     elif table["per_video"]:
@@ -282,16 +275,6 @@ def plot(results: Sequence[RunResult], table: dict[str, Any], path: str | Path) 
     return path
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
-    return x
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n\n")[0],
                        epilog="Exit status: 0 done; 1 the input cannot be used; 2 a bug; 130 interrupted.",
@@ -318,7 +301,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare.md").write_text(md)
         (args.out / "compare.json").write_text(json.dumps(
-            _json_safe({k: v for k, v in table.items() if k != "markdown"}), indent=1, default=str))
+            json_safe({k: v for k, v in table.items() if k != "markdown"}), indent=1, default=str))
         table["markdown_path"] = str(args.out / "compare.md")
         table["plot_path"] = str(plot(results, table, args.out / "compare.png"))
     return table

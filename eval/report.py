@@ -26,8 +26,8 @@ from .protocols import HDTF_CROSS_ID_DRIVER
 from .protocols.pairs import HDTF_TEST_19, TO_CELEBA_SEPARATOR, SampleSet
 from .protocols.published import CITATION, TABLES
 
-__all__ = ["NOT_COMPARABLE", "REPORT_FILES", "Reason", "clear_report", "format_value", "scored_summary", "verdict",
-           "write_report"]
+__all__ = ["NOT_COMPARABLE", "REPORT_FILES", "Reason", "clear_report", "format_value", "json_safe", "scored_summary",
+           "verdict", "write_report"]
 
 NOT_COMPARABLE = "NOT COMPARABLE"
 ARROW = {True: "↑", False: "↓"}
@@ -182,13 +182,14 @@ def format_value(metric: str, value: float | None) -> str:
     return f"{value:.{_DECIMALS.get(metric, 4 if metric in ('aed', 'apd') else 3)}f}"
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """``x`` with non-finite floats as strings and tuples as lists, for ``json.dumps``."""
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
     if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_json_safe(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -296,7 +297,7 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
         "published_table": protocol.table, "elapsed_s": elapsed_s, "cache": cache_stats or {},
         "predictions": predictions,
     }
-    (out / "metrics.json").write_text(json.dumps(_json_safe(summary), indent=1, default=str))
+    (out / "metrics.json").write_text(json.dumps(json_safe(summary), indent=1, default=str))
 
     # per-sample and per-video CSVs
     names = list(results)
@@ -379,7 +380,7 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
             lines.append(f"- resized (--resize, bicubic): {_n(n, 'file')} {change}")
     if all_notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in all_notes]
-    lines += ["", "## Options", "", "```json", json.dumps(_json_safe({"run": run_options, "metrics": {
+    lines += ["", "## Options", "", "```json", json.dumps(json_safe({"run": run_options, "metrics": {
         n: r.options for n, r in results.items()}}), indent=1, default=str), "```"]
     if plot_files:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plot_files[:40]]

@@ -62,11 +62,7 @@ def _default_init_weights(module_list: object, scale: float = 1, bias_fill: floa
                     m.bias.data.fill_(bias_fill)
 
 
-def _stub(name: str, **attrs: object) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
-    return module
+from compare_official_portrait4d import _stub  # noqa: E402  (one module stub for every comparison script)
 
 
 def import_official(checkout: Path) -> types.ModuleType:

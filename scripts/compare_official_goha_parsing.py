@@ -38,6 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from compare_official_portrait4d import _stub  # noqa: E402  (one module stub for every comparison script)
+
 from avatar.models.goha.parsing import (  # noqa: E402
     BiSeNet,
     appearance_blend_mask,
@@ -46,13 +48,6 @@ from avatar.models.goha.parsing import (  # noqa: E402
     normalize_for_parsing,
     parsing_mask,
 )
-
-
-def _stub(name: str, **attrs: object) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
-    return module
 
 
 def import_official(checkout: Path) -> tuple[type, type]:

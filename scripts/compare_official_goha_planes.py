@@ -57,11 +57,7 @@ from avatar.models.goha.planes import (  # noqa: E402
 INTRINSICS = [[4.2647, 0.0, 0.5], [0.0, 4.2647, 0.5], [0.0, 0.0, 1.0]]
 
 
-def _stub(name: str, **attrs: object) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
-    return module
+from compare_official_portrait4d import _stub  # noqa: E402  (one module stub for every comparison script)
 
 
 def import_official(checkout: Path) -> tuple[Any, Any, Any]:

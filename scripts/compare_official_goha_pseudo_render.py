@@ -38,18 +38,12 @@ for extra in (REPO_ROOT, REPO_ROOT / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+from compare_official_portrait4d import _stub  # noqa: E402  (one module stub for every comparison script)
 from test_goha_pseudo_render import random_coeffs, synthetic_bfm  # noqa: E402
 
 from avatar.face.bfm import ParametricFaceModel  # noqa: E402
 from avatar.face.deep3d import Deep3DReconNet  # noqa: E402
 from avatar.models.goha.pseudo_render import ExpressionPseudoRenderer, render_mesh_nvdiffrast  # noqa: E402
-
-
-def _stub(name: str, **attrs: object) -> types.ModuleType:
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
-    return module
 
 
 def import_official(checkout: Path) -> tuple[Any, Any, Any]:

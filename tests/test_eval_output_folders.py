@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
+from eval_fakes import fake_scorer_kwargs
 from PIL import Image
 
 import eval.compare as compare_mod
@@ -23,7 +23,6 @@ from eval.data import (
     unscored_source_frames,
 )
 from eval.metrics import METRICS
-from eval.metrics.face import FaceLandmarks
 from eval.protocols import get_protocol, protocol_names
 from eval.protocols.published import TABLES
 from eval.run import run
@@ -58,32 +57,6 @@ def write_clean(folder: Path, preds: dict[str, np.ndarray]) -> Path:
         if not sid.endswith("/000000"):
             _save(folder / f"{sid}.png", arr)
     return folder
-
-
-class FakeFace:
-    """Deterministic stand-ins for the face networks (landmarks and coefficients from image statistics)."""
-
-    comparable = False
-
-    def __init__(self) -> None:
-        grid = torch.stack(torch.meshgrid(torch.linspace(10, 38, 17), torch.linspace(12, 36, 4), indexing="ij"), -1)
-        self.base = grid.reshape(68, 2).double()
-
-    def landmarks(self, images: torch.Tensor) -> FaceLandmarks:
-        shift = images.mean(dim=(1, 2, 3)).double()[:, None, None] * 4
-        return FaceLandmarks(self.base[None] + shift, images.mean(dim=(1, 2, 3)) > 0.05)
-
-    def coefficients(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        m = images.mean(dim=(2, 3)).double()
-        return {"exp": m.repeat(1, 22)[:, :64], "angle": m, "trans": m * 2, "found": torch.ones(len(images), dtype=bool)}
-
-
-def _scorer_kwargs() -> dict:
-    torch.manual_seed(0)
-    embedder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, 8), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 16))
-    fid_net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
-    return {"face": FakeFace(), "extra_kwargs": {"csim": {"embedder": embedder, "comparable": False},
-                                                 "fid": {"network": fid_net}}}
 
 
 def _args(data: Path, pred: Path, out: Path, refs: Path, *extra: str) -> list[str]:
@@ -133,8 +106,8 @@ def test_source_frame_and_odd_names_score_like_a_clean_folder(tmp_path: Path) ->
     clean = write_clean(tmp_path / "clean", decoded)
     refs = tmp_path / "refs"
 
-    a = run(_args(data, clean, tmp_path / "res_clean", refs, "--metrics", ALL9), scorer_kwargs=_scorer_kwargs())
-    b = run(_args(data, odd, tmp_path / "res_odd", refs, "--metrics", ALL9), scorer_kwargs=_scorer_kwargs())
+    a = run(_args(data, clean, tmp_path / "res_clean", refs, "--metrics", ALL9), scorer_kwargs=fake_scorer_kwargs())
+    b = run(_args(data, odd, tmp_path / "res_odd", refs, "--metrics", ALL9), scorer_kwargs=fake_scorer_kwargs())
 
     assert b["samples"] == a["samples"] == 6
     assert {n: m["value"] for n, m in b["metrics"].items()} == {n: m["value"] for n, m in a["metrics"].items()}
@@ -225,9 +198,9 @@ def two_results(tmp_path: Path) -> tuple[Path, Path]:
                                           for k, v in preds.items()})
     refs = tmp_path / "refs"
     run(_args(data, a, tmp_path / "res_a", refs, "--metrics", "psnr,l1,fid", "--method-name", "A"),
-        scorer_kwargs=_scorer_kwargs())
+        scorer_kwargs=fake_scorer_kwargs())
     run(_args(data, b, tmp_path / "res_b", refs, "--metrics", "psnr,l1,fid", "--method-name", "B"),
-        scorer_kwargs=_scorer_kwargs())
+        scorer_kwargs=fake_scorer_kwargs())
     return tmp_path / "res_a", tmp_path / "res_b"
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_fakes import fake_scorer_kwargs
 from PIL import Image
 
 import eval.run as run_mod
 from eval.data import PredictionCheckError
-from eval.metrics.face import FaceLandmarks
 from eval.run import DistState, run
 
 SIZE = 48
@@ -42,34 +42,6 @@ def make_hdtf(root: Path, videos: int = 3, frames: int = 5, seed: int = 0) -> tu
     return data, pred
 
 
-class FakeFace:
-    """Deterministic stand-ins for the face networks (landmarks and coefficients from image statistics)."""
-
-    comparable = False
-
-    def __init__(self) -> None:
-        grid = torch.stack(torch.meshgrid(torch.linspace(10, 38, 17), torch.linspace(12, 36, 4), indexing="ij"), -1)
-        self.base = grid.reshape(68, 2).double()
-
-    def landmarks(self, images: torch.Tensor) -> FaceLandmarks:
-        shift = images.mean(dim=(1, 2, 3)).double()[:, None, None] * 4
-        found = images.mean(dim=(1, 2, 3)) > 0.05
-        return FaceLandmarks(self.base[None] + shift, found)
-
-    def coefficients(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        m = images.mean(dim=(2, 3)).double()
-        return {"exp": m.repeat(1, 22)[:, :64], "angle": m, "trans": m * 2, "found": torch.ones(len(images), dtype=bool)}
-
-
-def _scorer_kwargs() -> dict:
-    face = FakeFace()
-    torch.manual_seed(0)
-    embedder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, 8), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 16))
-    fid_net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
-    return {"face": face, "extra_kwargs": {"csim": {"embedder": embedder, "comparable": False},
-                                           "fid": {"network": fid_net}}}
-
-
 ALL9 = "psnr,ssim,csim,aed,apd,akd,lpips,l1,fid"
 
 
@@ -85,7 +57,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     data, pred = make_hdtf(root)
     # module scope runs before the per-test throwaway $AVATAR_CACHE: keep the reference cache in tmp too
     summary = run(_args(data, pred, root / "full", "--metrics", ALL9, "--reference-cache", str(root / "refs"))[:-1],
-                  scorer_kwargs=_scorer_kwargs())
+                  scorer_kwargs=fake_scorer_kwargs())
     return data, pred, summary
 
 
@@ -122,7 +94,7 @@ def test_resume_after_crash_gives_the_same_numbers(bench: tuple[Path, Path, dict
 
     monkeypatch.setattr(run_mod, "_after_batch", crash)
     with pytest.raises(KeyboardInterrupt):
-        run(_args(data, pred, out, "--metrics", ALL9), scorer_kwargs=_scorer_kwargs())
+        run(_args(data, pred, out, "--metrics", ALL9), scorer_kwargs=fake_scorer_kwargs())
     lines = (out / "cache" / "samples-r0.jsonl").read_text().splitlines()
     assert len(lines) == 2  # two batches of 4
     # a half-written line from the kill is dropped, its batch recomputed
@@ -130,7 +102,7 @@ def test_resume_after_crash_gives_the_same_numbers(bench: tuple[Path, Path, dict
         f.write('{"id": "vid2/0000')
     computed: list[int] = []
     monkeypatch.setattr(run_mod, "_after_batch", computed.append)
-    summary = run(_args(data, pred, out, "--metrics", ALL9), scorer_kwargs=_scorer_kwargs())
+    summary = run(_args(data, pred, out, "--metrics", ALL9), scorer_kwargs=fake_scorer_kwargs())
     assert computed == [4]  # only the 4 remaining samples, in one batch
     lines = (out / "cache" / "samples-r0.jsonl").read_text().splitlines()
     ids = [r["id"] for x in lines for r in json.loads(x)["batch"]]
@@ -138,7 +110,7 @@ def test_resume_after_crash_gives_the_same_numbers(bench: tuple[Path, Path, dict
     assert _values(summary) == _values(full)
     # a rerun with everything cached computes nothing
     computed.clear()
-    again = run(_args(data, pred, out, "--metrics", ALL9), scorer_kwargs=_scorer_kwargs())
+    again = run(_args(data, pred, out, "--metrics", ALL9), scorer_kwargs=fake_scorer_kwargs())
     assert computed == [] and _values(again) == _values(full)
 
 
@@ -146,9 +118,9 @@ def test_two_ranks_give_the_same_numbers(bench: tuple[Path, Path, dict], tmp_pat
     data, pred, full = bench
     out = tmp_path / "sharded"
     assert run(_args(data, pred, out, "--metrics", ALL9), state=DistState(1, 2, torch.device("cpu")),
-               report=False, scorer_kwargs=_scorer_kwargs()) is None
+               report=False, scorer_kwargs=fake_scorer_kwargs()) is None
     summary = run(_args(data, pred, out, "--metrics", ALL9), state=DistState(0, 2, torch.device("cpu")),
-                  scorer_kwargs=_scorer_kwargs())
+                  scorer_kwargs=fake_scorer_kwargs())
     assert {p.name for p in (out / "cache").glob("samples-*")} == {"samples-r0.jsonl", "samples-r1.jsonl"}
     assert _values(summary) == _values(full)
     assert summary["options"]["processes"] == 2
@@ -231,7 +203,7 @@ def test_shared_portraits_as_celeba_cross_identity(shared_media: Path, tmp_path:
             _save(pred / f"img{i}" / "000000.png", arr)  # a perfect identity keeper
     summary = run(["--benchmark", "celeba", "--protocol", "cross-identity", "--data", str(data), "--predictions",
                    str(pred), "--out", str(tmp_path / "out"), "--metrics", "csim,aed,apd", "--device", "cpu",
-                   "--allow-random-weights", "--no-progress"], scorer_kwargs=_scorer_kwargs())
+                   "--allow-random-weights", "--no-progress"], scorer_kwargs=fake_scorer_kwargs())
     assert summary["samples"] == 2
     assert summary["metrics"]["csim"]["value"] == pytest.approx(1.0)  # compared with its own source
     assert summary["references"] == {"csim": "source", "aed": "driver", "apd": "driver"}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from avatar.errors import AssetNotFoundError
 from avatar.face.bfm import ParametricFaceModel, sh_basis
 from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet
+from avatar.flame.synthetic import icosphere
 from avatar.models.goha.pseudo_render import (
     PSEUDO_RENDER_FOV_DEG,
     ExpressionPseudoRenderer,
@@ -26,34 +27,6 @@ from avatar.models.goha.pseudo_render import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def icosphere(subdivisions: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Unit icosphere: vertices ``(N, 3)``, counter-clockwise (outward) faces ``(F, 3)`` 0-based."""
-    t = (1 + 5 ** 0.5) / 2
-    verts = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t), (0, -1, -t), (0, 1, -t),
-             (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
-    faces = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4), (11, 10, 2),
-             (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8), (3, 8, 9), (4, 9, 5), (2, 4, 11),
-             (6, 2, 10), (8, 6, 7), (9, 8, 1)]
-    v = [np.array(p, dtype=np.float64) / np.linalg.norm(p) for p in verts]
-    for _ in range(subdivisions):
-        cache: dict[tuple[int, int], int] = {}
-
-        def mid(a: int, b: int, cache: dict[tuple[int, int], int] = cache) -> int:
-            key = (min(a, b), max(a, b))
-            if key not in cache:
-                m = v[a] + v[b]
-                v.append(m / np.linalg.norm(m))
-                cache[key] = len(v) - 1
-            return cache[key]
-
-        new = []
-        for a, b, c in faces:
-            ab, bc, ca = mid(a, b), mid(b, c), mid(c, a)
-            new += [(a, ab, ca), (b, bc, ab), (c, ca, bc), (ab, bc, ca)]
-        faces = new
-    return np.stack(v), np.array(faces, dtype=np.int64)
 
 
 def synthetic_bfm(subdivisions: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
