@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from fake_upstream import synthetic_bfm
 
 from avatar.errors import AssetNotFoundError
 from avatar.face.bfm import ParametricFaceModel, sh_basis
 from avatar.face.deep3d import Deep3DConfig, Deep3DReconNet
-from avatar.flame.synthetic import icosphere
 from avatar.models.goha.pseudo_render import (
     PSEUDO_RENDER_FOV_DEG,
     ExpressionPseudoRenderer,
@@ -27,31 +27,6 @@ from avatar.models.goha.pseudo_render import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def synthetic_bfm(subdivisions: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """A BFM_model_front.mat-like dict (1-based indices) on an icosphere of radius 0.9 (a head at distance 10)."""
-    rng = np.random.default_rng(seed)
-    v, f = icosphere(subdivisions)
-    n = v.shape[0]
-    point_buf = np.full((n, 8), f.shape[0] + 1, dtype=np.int64)  # padding -> the extra zero normal
-    fill = np.zeros(n, dtype=np.int64)
-    for fi, tri in enumerate(f):
-        for k in tri:
-            if fill[k] < 8:
-                point_buf[k, fill[k]] = fi + 1
-                fill[k] += 1
-    shape = v * 0.9 + np.array([0.1, -0.2, 0.3])
-    return {
-        "meanshape": shape.reshape(1, -1).astype(np.float32),
-        "idBase": (rng.standard_normal((3 * n, 80)) * 0.01).astype(np.float32),
-        "exBase": (rng.standard_normal((3 * n, 64)) * 0.01).astype(np.float32),
-        "meantex": rng.uniform(60, 200, (1, 3 * n)).astype(np.float32),
-        "texBase": (rng.standard_normal((3 * n, 80)) * 2).astype(np.float32),
-        "point_buf": point_buf,
-        "tri": f + 1,
-        "keypoints": rng.choice(n, 68, replace=n < 68).reshape(1, 68) + 1,
-    }
 
 
 def random_coeffs(b: int, seed: int = 0) -> torch.Tensor:

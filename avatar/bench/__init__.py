@@ -3,6 +3,7 @@
     python -m avatar.bench psi ...        # the Portrait4D reconstructor: reference vs fast path (avatar.bench.psi)
     python -m avatar.bench pipeline ...   # photo -> avatar, driving video -> frames (avatar.bench.pipeline)
     python -m avatar.bench face ...       # the face backends per frame: MediaPipe vs official (avatar.bench.face)
+    python -m avatar.bench gaussians ...  # the Gaussian rasteriser: gsplat vs the PyTorch reference (avatar.bench.gaussians)
     python -m avatar.bench metrics ...    # eval's HDTF metric set (= python -m eval.bench ...)
 
 ``avatar bench ...`` is the same command.
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
-    from avatar.bench import face, pipeline, psi
+    from avatar.bench import face, gaussians, pipeline, psi
     from avatar.cli import ArgumentParser
 
     parser = ArgumentParser(prog="python -m avatar.bench", description=__doc__.split("\n\n")[0])
@@ -29,6 +30,8 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     psi.add_arguments(sub.add_parser("psi", help="the Portrait4D reconstructor: reference vs fast path"))
     pipeline.add_arguments(sub.add_parser("pipeline", help="photo -> avatar, driving video -> frames, end to end"))
     face.add_arguments(sub.add_parser("face", help="the face backends per frame: MediaPipe against the official"))
+    gaussians.add_arguments(sub.add_parser("gaussians", help="the Gaussian rasteriser: gsplat against the PyTorch "
+                                                             "reference"))
     sub.add_parser("metrics", add_help=False,  # every later argument, --help included, goes to eval.bench
                    help="the HDTF metric set in frames/s (= `python -m eval.bench`; `metrics --help` for options)")
     return parser
@@ -51,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from eval.bench import main as metrics_main
 
             return metrics_main([*(["-q"] if verbosity < 0 else ["-v"] * verbosity), *rest])
-        from avatar.bench import face, pipeline, psi
+        from avatar.bench import face, gaussians, pipeline, psi
 
-        return {"psi": psi.main, "pipeline": pipeline.main, "face": face.main}[args.benchmark](args)
+        mains = {"psi": psi.main, "pipeline": pipeline.main, "face": face.main, "gaussians": gaussians.main}
+        return mains[args.benchmark](args)
 
     return run_guarded(run, verbosity=verbosity, log=logger, command=f"bench {args.benchmark}")

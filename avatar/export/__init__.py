@@ -1,9 +1,11 @@
-"""Exports of an avatar to other tools: the head surface as a mesh (GLB, OBJ, PLY).
+"""Exports of an avatar to other tools: the head surface as a mesh (GLB, OBJ, PLY), Gaussians as a 3DGS PLY.
 
 * :mod:`.mesh` - density on a grid, marching cubes, vertex colours (:func:`avatar_mesh`, :func:`extract_mesh`)
 * :mod:`.formats` - the file writers (:func:`write_mesh`)
 * :mod:`.command` - ``avatar export AVATAR --mesh OUT``
 * :mod:`.defaults` - the default level, resolution and border
+* :mod:`.ply` - Gaussians as the standard 3D Gaussian Splatting PLY (:func:`write_gaussian_ply`,
+  :func:`read_gaussian_ply`)
 
 Example::
 
@@ -27,6 +29,7 @@ _NAMES = {
     "EmptySurfaceError": "mesh", "Mesh": "mesh", "avatar_field": "mesh", "avatar_mesh": "mesh",
     "density_grid": "mesh", "extract_mesh": "mesh", "field_colors": "mesh", "grid_axis": "mesh",
     "marching_cubes": "mesh",
+    "GaussianPly": "ply", "read_gaussian_ply": "ply", "write_gaussian_ply": "ply",
 }
 
 __all__ = sorted(_NAMES)

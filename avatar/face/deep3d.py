@@ -209,6 +209,8 @@ def align_image(
     landmarks: np.ndarray,
     target_size: int = DEEP3D_TARGET_SIZE,
     rescale_factor: float = DEEP3D_RESCALE_FACTOR,
+    resample: str = "bilinear",
+    template: np.ndarray | None = None,
 ) -> Deep3DAlignment:
     """The official Deep3D crop of ``image`` (PIL image or ``(H, W, 3)`` uint8 RGB).
 
@@ -216,6 +218,12 @@ def align_image(
     fitted to the plain BFM template (:data:`~avatar.face.geometry.BFM_FIVE_POINTS_3D`, no offset) by
     :func:`~avatar.face.geometry.estimate_align_params`; the image is resized by ``rescale_factor / fitted scale``
     (PIL bilinear, integer size) and cropped to ``target_size`` around the fitted centre (black outside).
+
+    ``resample``: the PIL filter of that resize (see :func:`~avatar.face.geometry.warp_to_aligned`):
+    ``'bilinear'`` as Portrait4D's ``facerecon/cropping.py``; ``'bicubic'`` as Deep3DFaceRecon_pytorch's own
+    ``util/preprocess.py`` (commit 6ba3d22, the one EG3D and GOHA use). ``template``: the ``(5, 3)`` 3D points of
+    the fit, default :data:`~avatar.face.geometry.BFM_FIVE_POINTS_3D` (Portrait4D's); Deep3DFaceRecon's own
+    ``load_lm3d`` gives other ones (:data:`avatar.models.goha.preprocess.DEEP3D_LM3D_FIVE_POINTS`).
     """
     from PIL import Image
 
@@ -223,8 +231,9 @@ def align_image(
     lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 2)
     five = {98: five_points_from_wflw98, 68: five_points_from_68}.get(lm.shape[0], lambda x: x)(lm)
     size = (img.shape[1], img.shape[0])
-    params = estimate_align_params(five, size, target_size, rescale_factor, template=BFM_FIVE_POINTS_3D)
-    crop = warp_to_aligned(np.ascontiguousarray(img), params, resample="bilinear", padding="zeros")
+    params = estimate_align_params(five, size, target_size, rescale_factor,
+                                   template=BFM_FIVE_POINTS_3D if template is None else template)
+    crop = warp_to_aligned(np.ascontiguousarray(img), params, resample=resample, padding="zeros")
     landmarks_crop = transform_landmarks(five, params, y_down=True)
     landmarks_crop[:, 1] = target_size - landmarks_crop[:, 1]  # y up, upstream's convention
     assert isinstance(crop, np.ndarray)

@@ -323,7 +323,7 @@ def _crop_indices(start: int, length: int, size: int) -> np.ndarray:
     return np.clip(np.arange(start, start + length), 0, size - 1)
 
 
-_RESAMPLE = {"lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR}
+_RESAMPLE = {"lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 def _warp_numpy(
@@ -413,7 +413,8 @@ def warp_to_aligned(
         params: one :class:`AlignParams`, or ``B`` of them for a batch tensor.
         max_full_resize_pixels: numpy path only; above this resized size only the visible region is
             resampled (at most one grey level from the full resize, on very few pixels).
-        resample: numpy path only: ``'lanczos'`` (the Portrait4D crop) or ``'bilinear'`` (Deep3DFaceRecon).
+        resample: numpy path only: ``'lanczos'`` (the Portrait4D crop), ``'bilinear'`` (Portrait4D's
+            Deep3DFaceRecon crop) or ``'bicubic'`` (Deep3DFaceRecon @ 6ba3d22 and EG3D's crop, used by GOHA).
         padding: numpy path only: ``'edge'`` (the Portrait4D crop) or ``'zeros'`` (Deep3DFaceRecon).
 
     Returns:

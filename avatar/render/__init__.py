@@ -3,6 +3,7 @@
 * :mod:`avatar.render.camera` - 25-number camera labels, FOV/focal, LookAt poses, the inference camera
 * :mod:`avatar.render.rays` - world-space rays through pixel centres
 * :mod:`avatar.render.rasterize` - batched triangle rasteriser (pytorch3d ``MeshRasterizer`` semantics)
+* :mod:`avatar.render.gaussians` - 3D Gaussian splatting of N-channel features (gsplat on CUDA, a PyTorch reference)
 * :mod:`avatar.render.triplane` - triplane sampling, the NeRF decoder, the importance renderer
 """
 
@@ -22,6 +23,12 @@ from avatar.render.camera import (
     orbit_labels,
     sample_lookat_cam2world,
     split_label,
+)
+from avatar.render.gaussians import (
+    GaussianRenderOutput,
+    gaussian_footprint,
+    gsplat_available,
+    rasterize_gaussians,
 )
 from avatar.render.rasterize import (
     Fragments,
@@ -48,6 +55,7 @@ __all__ = [
     "INFERENCE_TRANSLATION",
     "PORTRAIT4D_FOV_DEG",
     "Fragments",
+    "GaussianRenderOutput",
     "ImportanceRenderer",
     "MeshRenderOutput",
     "RenderOutput",
@@ -58,6 +66,8 @@ __all__ = [
     "composite_background",
     "focal_from_fov",
     "fov_from_focal",
+    "gaussian_footprint",
+    "gsplat_available",
     "inference_cam2world",
     "inference_label",
     "interpolate_face_attributes",
@@ -68,6 +78,7 @@ __all__ = [
     "make_label",
     "orbit_labels",
     "project_to_ndc",
+    "rasterize_gaussians",
     "rasterize_mesh",
     "rasterize_ndc",
     "rays_to_image",

@@ -1,7 +1,9 @@
-"""GOHA (Li et al., NeurIPS 2023): one-shot generalizable head avatars. The package is being ported (issue 17).
+"""GOHA (Li et al., NeurIPS 2023): one-shot generalizable head avatars, ported from NVlabs/GOHA.
 
-Ported so far, each with the official state-dict names and checked side by side with the official code on random
-weights (``scripts/compare_official_goha_*.py``):
+:class:`GOHA` (:mod:`avatar.models.goha.modeling`, config :class:`GOHAConfig`) is the official ``Model`` of
+``src/models/model_s2.py`` with its state-dict names: the official ``checkpoint825000.ckpt`` loads strictly
+(:mod:`avatar.models.goha.convert`) and gives the official outputs (``scripts/compare_official_goha.py``). Its
+parts, each checked side by side with the official code on random weights (``scripts/compare_official_goha_*.py``):
 
 * :mod:`avatar.models.goha.segformer` - the three MiT-b0 SegFormer branches (``template_net``, ``id_net`` with its
   6-channel stem, ``expr_net``), on the Mix-Transformer blocks of :mod:`avatar.nn.attention`;
@@ -13,11 +15,12 @@ weights (``scripts/compare_official_goha_*.py``):
 * :mod:`avatar.models.goha.pseudo_render` - the expression branch's 3DMM pseudo-render (``get_sudo``: Deep3D
   coefficients mixed, the BFM face of :mod:`avatar.face.bfm` rasterised with nvdiffrast's conventions by the
   plain-PyTorch rasteriser).
-
-The top-level ``GOHA`` model (checkpoint loading, the renderer settings, the pipeline) is not written yet.
 """
 
+from avatar.models.goha.configuration import GOHA_RENDERING, GOHAConfig
+from avatar.models.goha.convert import OfficialGOHAState, model_state_to_official, official_to_model_state
 from avatar.models.goha.gfpgan import GOHASuperResolution, GOHASuperResolutionConfig
+from avatar.models.goha.modeling import GOHA, GOHAOutput, GOHASource
 from avatar.models.goha.parsing import BiSeNet, BiSeNetConfig, appearance_blend_mask, parsing_mask
 from avatar.models.goha.planes import (
     Embed2Plane,
@@ -43,6 +46,14 @@ from avatar.models.goha.segformer import (
 )
 
 __all__ = [
+    "GOHA",
+    "GOHAConfig",
+    "GOHAOutput",
+    "GOHASource",
+    "GOHA_RENDERING",
+    "OfficialGOHAState",
+    "model_state_to_official",
+    "official_to_model_state",
     "BiSeNet",
     "Embed2Plane",
     "ExpressionPseudoRenderer",

@@ -49,6 +49,7 @@ __all__ = [
     "lifting_grid",
     "make_osg_decoder",
     "nearest_point_indices",
+    "opencv_rays",
     "osg_decoder_state_from_official",
     "osg_decoder_state_to_official",
     "plane_modules",
@@ -273,13 +274,23 @@ def lifting_grid(resolution: int = 128, device: torch.device | str | None = None
     return torch.stack((u, v), dim=-1).view(1, -1, 2)
 
 
-def depth_to_points(cam2world: Tensor, intrinsics: Tensor, depth: Tensor) -> Tensor:
-    """Back-project a depth image along the EG3D pixel-centre rays (official ``Model.depth2pcd``).
+def opencv_rays(cam2world: Tensor, intrinsics: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+    """EG3D's ``RaySampler`` for OpenCV cameras (x right, y down, looking down ``+z``; normalised intrinsics).
 
-    GOHA's cameras are EG3D's (OpenCV: x right, y down, camera looks down ``+z``; normalised intrinsics).
     :func:`avatar.render.rays.sample_rays` uses the other convention (looks down ``-z``, y up), so it is given
     ``cam2world @ diag(1, -1, -1, 1)``: every product and sum is then the same float operation as upstream's,
     only with signs flipped twice, so the rays are bit-identical.
+
+    Returns ``origins`` and unit ``directions``, both ``(B, R*R, 3)``, ray ``i R + j`` through pixel ``(i, j)``.
+    """
+    flip = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=cam2world.dtype, device=cam2world.device)
+    return sample_rays(cam2world * flip, intrinsics, resolution)
+
+
+def depth_to_points(cam2world: Tensor, intrinsics: Tensor, depth: Tensor) -> Tensor:
+    """Back-project a depth image along the EG3D pixel-centre rays (official ``Model.depth2pcd``).
+
+    GOHA's cameras are EG3D's (OpenCV, normalised intrinsics); the rays are :func:`opencv_rays`.
 
     Args:
         cam2world: ``(B, 4, 4)``.
@@ -290,8 +301,7 @@ def depth_to_points(cam2world: Tensor, intrinsics: Tensor, depth: Tensor) -> Ten
         ``(B, R*R, 3)`` world points.
     """
     b, resolution = depth.shape[0], depth.shape[-1]
-    flip = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=cam2world.dtype, device=cam2world.device)
-    origins, directions = sample_rays(cam2world * flip, intrinsics, resolution)
+    origins, directions = opencv_rays(cam2world, intrinsics, resolution)
     return (origins.unsqueeze(-2) + depth.reshape(b, -1, 1, 1) * directions.unsqueeze(-2)).reshape(b, -1, 3)
 
 

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from avatar.errors import AssetNotFoundError
 from avatar.face.bfm import DEEP3D_CENTER, DEEP3D_FOCAL, ParametricFaceModel
 from avatar.face.deep3d import Deep3DReconNet
 from avatar.render.rasterize import rasterize_ndc
@@ -136,12 +137,34 @@ class ExpressionPseudoRenderer(nn.Module):
 
     ``forward(img_src (B, 3, H, W), cano_exemplar (1 or B, 3, H', W'), img_drv (B, 3, H, W))``, all in [-1, 1]
     -> pseudo-render ``(B, 3, H, W)`` in [-1, 1] (background -1). State-dict keys: ``net_recon.*`` only.
+
+    The steps are also separate (:meth:`regress`, :func:`mix_coefficients`, :meth:`render`) so that a caller can
+    keep the coefficients of a source and of the exemplar and only regress the driving frames. ``facemodel`` may
+    be attached later (:meth:`set_face_model`): the BFM cannot be downloaded, so a model built from a config or a
+    saved folder has none until it is given.
     """
 
-    def __init__(self, net_recon: Deep3DReconNet, facemodel: ParametricFaceModel) -> None:
+    def __init__(self, net_recon: Deep3DReconNet, facemodel: ParametricFaceModel | None = None,
+                 size: int = PSEUDO_RENDER_SIZE) -> None:
         super().__init__()
         self.net_recon = net_recon
         self.facemodel = facemodel
+        self.size = size
+        """Side of the render (official: 224, Deep3D's crop; tiny test configs use less)."""
+
+    def set_face_model(self, facemodel: ParametricFaceModel) -> None:
+        """Attach the BFM (moved to this module's device)."""
+        device = next(self.net_recon.parameters()).device
+        self.facemodel = facemodel.to(device)
+
+    @property
+    def has_face_model(self) -> bool:
+        return self.facemodel is not None
+
+    @torch.no_grad()
+    def regress(self, img: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> Deep3D coefficients ``(B, 257)`` (``preprocess`` then ``net_recon``)."""
+        return self.net_recon(preprocess(img))
 
     @torch.no_grad()
     def coefficients(self, img_src: Tensor, cano_exemplar: Tensor, img_drv: Tensor,
@@ -152,12 +175,22 @@ class ExpressionPseudoRenderer(nn.Module):
         return mix_coefficients(coeffs[:b], coeffs[b:b + e], coeffs[b + e:], exp_transfer)
 
     @torch.no_grad()
+    def render(self, coefficients: Tensor) -> Tensor:
+        """Mixed ``(B, 257)`` coefficients -> ``(B, 3, size, size)`` in [-1, 1] (the official ``get_sudo`` output,
+        224 x 224)."""
+        if self.facemodel is None:
+            raise AssetNotFoundError(
+                "GOHA's expression branch needs the BFM face model (BFM_model_front.mat), which cannot be "
+                "downloaded: run `avatar download goha --from-dir DIR` with the file in DIR, or call "
+                "set_face_model(ParametricFaceModel.from_folder(DIR))")
+        vertex, _, color, _ = self.facemodel.compute_for_render(coefficients)
+        _, _, face = render_mesh_nvdiffrast(vertex, self.facemodel.face_buf, color, self.size)
+        return face * 2 - 1
+
+    @torch.no_grad()
     def get_sudo(self, img_src: Tensor, cano_exemplar: Tensor, img_drv: Tensor, exp_transfer: bool = True) -> Tensor:
         """``(B, 3, 224, 224)`` in [-1, 1]: the official ``get_sudo`` output."""
-        vertex, _, color, _ = self.facemodel.compute_for_render(
-            self.coefficients(img_src, cano_exemplar, img_drv, exp_transfer))
-        _, _, face = render_mesh_nvdiffrast(vertex, self.facemodel.face_buf, color)
-        return face * 2 - 1
+        return self.render(self.coefficients(img_src, cano_exemplar, img_drv, exp_transfer))
 
     def forward(self, img_src: Tensor, cano_exemplar: Tensor, img_drv: Tensor, exp_transfer: bool = True) -> Tensor:
         sudo = self.get_sudo(img_src, cano_exemplar, img_drv, exp_transfer)

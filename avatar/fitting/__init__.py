@@ -1,0 +1,28 @@
+"""Fitting a person-specific avatar to a monocular video (GPHM section 3.5).
+
+* :mod:`.video_data` - a talking-head video -> per-frame training data with the mediapipe backend: the fixed
+  head crop, matte, 478 mesh landmarks, head pose in an OpenCV camera with fixed intrinsics and the expression
+  input, stored in resumable chunks (:func:`prepare_video`, :class:`PreparedVideo`)
+
+Names are imported on first use (the video preparation imports torch, OpenCV and, when run, mediapipe).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {"PreparedVideo": "video_data", "prepare_video": "video_data"}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_NAMES))
