@@ -2,7 +2,7 @@
 
 Importing this module builds nothing; :func:`build_demo` builds the ``gr.Blocks`` and :func:`main` (``avatar app
 [--model ID] [--port N] [--share]``) launches it. The model also comes from the ``AVATAR_MODEL`` environment
-variable: ``portrait4d-v2`` (default), ``portrait4d-v1``, ``portrait4d-static``, a pipeline folder (``avatar tiny
+variable: ``portrait4d-v2`` (default), ``portrait4d-v1``, ``portrait4d-static``, ``goha``, a pipeline folder (``avatar tiny
 DIR``) or ``tiny`` (a tiny random pipeline built in memory, for development; its pictures are meaningless).
 
 Two tabs, each also an API endpoint that scripts can call with ``gradio_client``:
@@ -105,13 +105,14 @@ def _model_label(model: str) -> str:
         return "tiny random pipeline (development only)"
     if model in MODELS:
         return {"portrait4d-v2": "Portrait4D-v2", "portrait4d-v1": "Portrait4D (v1)",
-                "portrait4d-static": "Portrait4D static 3D"}.get(model, model)
+                "portrait4d-static": "Portrait4D static 3D",
+                "goha": "GOHA (NVIDIA, non-commercial weights)"}.get(model, model)
     return f"{Path(model).name} (folder)"
 
 
 def model_choices(selected: str, static: bool) -> list[tuple[str, str]]:
     """Dropdown choices ``(label, value)``: the official models, the tiny one, and ``selected`` if it is a folder."""
-    names = ["portrait4d-v2", "portrait4d-v1"] + (["portrait4d-static"] if static else []) + [TINY]
+    names = ["portrait4d-v2", "portrait4d-v1"] + (["portrait4d-static"] if static else []) + ["goha", TINY]
     if selected not in names and selected not in MODELS:
         names.insert(0, selected)
     return [(_model_label(n), n) for n in names]

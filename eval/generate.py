@@ -1,6 +1,7 @@
 """``--model``: generate a protocol's outputs with our pipeline into ``RESULTS/predictions/`` (resumable).
 
-One avatar per output folder (its source image, ``create_avatar(aligned=True)``: DATA frames are 512 crops),
+One avatar per output folder (its source image, ``create_avatar(aligned=True)``: DATA frames are Portrait4D's 512
+crops; a pipeline whose ``aligned_crop`` is another crop, GOHA's, gets ``aligned=False`` and crops them its way),
 driven by that folder's driving frames in order. A folder is done when all its frames exist; an unfinished
 folder is generated again from its first frame, because relative motion and smoothing depend on the frames
 before (so a resumed run writes exactly what an uninterrupted one would). Frames are written to a temporary name
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # the pipelines are imported by the caller (eval.run loads on
 __all__ = ["GENERATION_FILE", "generate", "pipeline_random_weights", "read_generation", "reenact_mode"]
 
 GENERATION_FILE = ".generation.json"
+DATA_CROP = "portrait4d"
+"""The crop of the benchmark frames ``eval.prepare`` writes (:attr:`avatar.pipelines.base.AvatarPipeline.aligned_crop`)."""
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +152,10 @@ def generate(
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
         source = group[0].source
         size = image_size(group[0].target or source)
-        avatar = pipeline.create_avatar(load_image(source), aligned=True)
+        # DATA frames are Portrait4D's 512 crops (eval.prepare): a family that crops its own way (GOHA's EG3D
+        # crop) crops them again, as it would a photo
+        aligned = getattr(pipeline, "aligned_crop", DATA_CROP) == DATA_CROP
+        avatar = pipeline.create_avatar(load_image(source), aligned=aligned)
         lead = mode == "relative" and all(s.driver != source for s in group)
         drivers = ([source] if lead else []) + [s.driver for s in group]
 

@@ -3,6 +3,7 @@
     python -m avatar.bench psi ...        # the Portrait4D reconstructor: reference vs fast path (avatar.bench.psi)
     python -m avatar.bench pipeline ...   # photo -> avatar, driving video -> frames (avatar.bench.pipeline)
     python -m avatar.bench face ...       # the face backends per frame: MediaPipe vs official (avatar.bench.face)
+    python -m avatar.bench goha ...       # GOHA reenactment: ours vs the official Model (avatar.bench.goha)
     python -m avatar.bench gaussians ...  # the Gaussian rasteriser: gsplat vs the PyTorch reference (avatar.bench.gaussians)
     python -m avatar.bench metrics ...    # eval's HDTF metric set (= python -m eval.bench ...)
 
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
-    from avatar.bench import face, gaussians, pipeline, psi
+    from avatar.bench import face, gaussians, goha, pipeline, psi
     from avatar.cli import ArgumentParser
 
     parser = ArgumentParser(prog="python -m avatar.bench", description=__doc__.split("\n\n")[0])
@@ -32,6 +33,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     face.add_arguments(sub.add_parser("face", help="the face backends per frame: MediaPipe against the official"))
     gaussians.add_arguments(sub.add_parser("gaussians", help="the Gaussian rasteriser: gsplat against the PyTorch "
                                                              "reference"))
+    goha.add_arguments(sub.add_parser("goha", help="GOHA reenactment: ours against the official Model"))
     sub.add_parser("metrics", add_help=False,  # every later argument, --help included, goes to eval.bench
                    help="the HDTF metric set in frames/s (= `python -m eval.bench`; `metrics --help` for options)")
     return parser
@@ -54,9 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from eval.bench import main as metrics_main
 
             return metrics_main([*(["-q"] if verbosity < 0 else ["-v"] * verbosity), *rest])
-        from avatar.bench import face, gaussians, pipeline, psi
+        from avatar.bench import face, gaussians, goha, pipeline, psi
 
-        mains = {"psi": psi.main, "pipeline": pipeline.main, "face": face.main, "gaussians": gaussians.main}
+        mains = {"psi": psi.main, "pipeline": pipeline.main, "face": face.main, "gaussians": gaussians.main,
+                 "goha": goha.main}
         return mains[args.benchmark](args)
 
     return run_guarded(run, verbosity=verbosity, log=logger, command=f"bench {args.benchmark}")

@@ -131,6 +131,18 @@ class ParametricFaceModel(nn.Module):
 
         return cls(loadmat(str(path)), **kwargs)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The model's arrays under the ``BFM_model_front.mat`` names (1-based indices, the mean shape as held:
+        recentred unless built with ``recenter=False``): ``ParametricFaceModel(m.to_arrays(), recenter=False)``
+        rebuilds it."""
+        def arr(t: Tensor) -> np.ndarray:
+            return t.detach().cpu().numpy()
+
+        return {"meanshape": arr(self.mean_shape).reshape(1, -1), "idBase": arr(self.id_base),
+                "exBase": arr(self.exp_base), "meantex": arr(self.mean_tex).reshape(1, -1),
+                "texBase": arr(self.tex_base), "point_buf": arr(self.point_buf) + 1, "tri": arr(self.face_buf) + 1,
+                "keypoints": arr(self.keypoints).reshape(1, -1) + 1}
+
     @property
     def num_vertices(self) -> int:
         return self.mean_shape.shape[0] // 3

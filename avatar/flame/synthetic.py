@@ -9,7 +9,7 @@ simplified mesh that Portrait4D's head-pose field uses, so a benchmark does the 
 
 from __future__ import annotations
 
-__all__ = ["icosphere", "synthetic_flame_assets", "synthetic_genhead_assets"]
+__all__ = ["icosphere", "synthetic_bfm_assets", "synthetic_flame_assets", "synthetic_genhead_assets"]
 
 import numpy as np
 import torch
@@ -177,3 +177,28 @@ def synthetic_genhead_assets(seed: int = 0, head_subdivisions: int = 3, eye_subd
     }
     return {"generic_model": model, "simplify": simplify, "masks": masks, "addition": addition,
             "landmarks": landmarks}
+
+
+def synthetic_bfm_assets(seed: int = 0, subdivisions: int = 1) -> dict[str, np.ndarray]:
+    """The arrays of a ``BFM_model_front.mat``-like face model (key names, shapes and 1-based indices of the
+    file; :class:`avatar.face.bfm.ParametricFaceModel` reads them) on an icosphere of radius 0.9: small random
+    identity, expression and texture bases, 68 keypoints picked among the vertices. No BFM licence is needed
+    (nothing comes from the Basel Face Model); for tests and tiny pipelines."""
+    rng = np.random.default_rng(seed)
+    verts, tris = icosphere(subdivisions)
+    n, f = verts.shape[0], tris.shape[0]
+    # each vertex's adjacent triangles, padded with the index one past the last triangle (Deep3D's convention)
+    adjacent = np.full((n, 8), f + 1, dtype=np.int64)
+    for vertex in range(n):
+        around = np.flatnonzero((tris == vertex).any(axis=1))[:8]
+        adjacent[vertex, :len(around)] = around + 1
+    return {
+        "meanshape": (verts * 0.9).reshape(1, -1).astype(np.float32),
+        "idBase": rng.normal(0, 0.01, (3 * n, 80)).astype(np.float32),
+        "exBase": rng.normal(0, 0.01, (3 * n, 64)).astype(np.float32),
+        "meantex": rng.uniform(80, 200, (1, 3 * n)).astype(np.float32),
+        "texBase": rng.normal(0, 2, (3 * n, 80)).astype(np.float32),
+        "point_buf": adjacent,
+        "tri": (tris + 1).astype(np.int64),
+        "keypoints": (rng.choice(n, 68, replace=n < 68) + 1).reshape(1, 68).astype(np.int64),
+    }

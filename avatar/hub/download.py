@@ -112,6 +112,9 @@ def find_in_local_dir(file: UpstreamFile, local_dir: Path) -> Path | None:
     ]
     if file.path.startswith("portrait4d/"):
         candidates.append(local_dir / file.path[len("portrait4d/"):])
+    # an official checkout's tail (GOHA's src/logs/s3/checkpoint825000.ckpt given as logs/s3/... or s3/...)
+    parts = Path(file.path).parts
+    candidates += [local_dir.joinpath(*parts[i:]) for i in range(1, len(parts) - 1)]
     return next((c for c in candidates if c.is_file()), None)
 
 

@@ -4,7 +4,8 @@ Facts come from the official Hub repo ``bEijuuu/Portrait4D`` (tagged MIT) and th
 ``YuDeng/Portrait-4D``. Sizes marked ``approx`` are the Hub page's rounded figures; exact sizes and SHA-256
 digests are given where they are known (GitHub-hosted files, read from the repository at the pinned commit).
 For Hub files the exact digest is taken from the Hub's own LFS metadata at download time. The MODNet matting
-checkpoint (evaluation only) is published on Google Drive by ``ZHKKKe/MODNet`` and is taken from a local folder.
+checkpoint (evaluation only) is published on Google Drive by ``ZHKKKe/MODNet`` and is taken from a local folder;
+so is GOHA's released checkpoint (``NVlabs/GOHA`` at ``102abbf``, model id ``goha``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ __all__ = [
     "MODNET_REPO",
     "MODNET_COMMIT",
     "MODNET_DRIVE_FOLDER",
+    "GOHA_REPO",
+    "GOHA_COMMIT",
+    "GOHA_CHECKPOINT_URL",
     "UpstreamFile",
     "ModelSpec",
     "FILES",
@@ -54,6 +58,17 @@ LICENCE_ARCFACE = "InsightFace/ArcFace model weights: non-commercial research us
 LICENCE_PDFGC = "PD-FGC (Dorniwang/PD-FGC-inference) weights: research use; see the upstream repository."
 LICENCE_MIT_UPSTREAM = "MIT (upstream project licence)."
 LICENCE_MODNET = "Apache-2.0 (ZHKKKe/MODNet: code, models and demos)."
+# GOHA (NVlabs/GOHA, NeurIPS 2023): code under the NVIDIA Source Code License (non-commercial; this toolkit never
+# runs nor ships it: its own port reads the weights), the released weights on Google Drive only, CC BY-NC-SA 4.0.
+GOHA_REPO = "NVlabs/GOHA"
+GOHA_COMMIT = "102abbf39cae76e0259b25412c1d2e8996e19192"  # "release", 2023-12-10 (HEAD seen)
+GOHA_CHECKPOINT_URL = "https://drive.google.com/file/d/1Fiz_AddgbAinh2ZsRn3MwAR0Qcl4o60V"
+LICENCE_GOHA = (
+    "Pre-trained GOHA model: CC BY-NC-SA 4.0 (non-commercial, share-alike; NVlabs/GOHA README). GOHA's source code is "
+    "under the NVIDIA Source Code License (non-commercial research or evaluation only); this toolkit never runs nor "
+    "redistributes it. The checkpoint embeds GFPGAN v1.3 (Apache-2.0, TencentARC) and face-parsing.PyTorch (MIT) "
+    "weights, fine-tuned."
+)
 
 
 @dataclass(frozen=True)
@@ -241,6 +256,19 @@ _FILE_LIST: list[UpstreamFile] = [
                              "folder, then `avatar download --file modnet-photographic --from-dir DIR`."),
 ]
 
+_FILE_LIST += [
+    # --- GOHA (NVlabs/GOHA): the released stage-3 checkpoint, Google Drive only (taken with --from-dir). It holds
+    # every GOHA network, face parsing (BiSeNet 79999_iter) and GFPGAN (fine-tuned from v1.3) included, and the
+    # cano_exemplar buffer; GOHA's Deep3DFaceRecon regressor and the BFM come from deep3d-recon and bfm-front.
+    UpstreamFile(key="goha-s3", path="src/logs/s3/checkpoint825000.ckpt", fmt="torch", size=None,
+                 licence=LICENCE_GOHA, source="gdrive",
+                 description="GOHA (NeurIPS 2023) released checkpoint (torch dict: iter, model_state_dict, "
+                             "discriminator_dict): all networks of GOHA's Model, face parsing and GFPGAN included. "
+                             "Download the folder s3/ from the official Google Drive link, then `avatar download goha "
+                             "--from-dir DIR`.",
+                 release=(GOHA_REPO, GOHA_COMMIT, GOHA_CHECKPOINT_URL)),
+]
+
 FILES: dict[str, UpstreamFile] = {f.key: f for f in _FILE_LIST}
 
 _PREPROCESSING = ("retinaface-r50", "h3r-hrnet-w18-wflw", "fan3d-landmarks", "fan3d-depth", "deep3d-recon",
@@ -303,6 +331,10 @@ _SPECS: tuple[ModelSpec, ...] = (
     ModelSpec("portrait4d-static", "Static Portrait4D: one-shot 3D head reconstruction (no reenactment).",
               "portrait4d", _P4D, "portrait4d-static-genhead512", (*_FLAME, *_PREPROCESSING),
               options=(("static", True),), pipeline_class=_P4D_PIPE),
+    ModelSpec("goha", "GOHA (NeurIPS 2023): NVIDIA's one-shot three-branch (canonical, expression, appearance) "
+              "tri-plane head avatar; non-commercial weights.", "goha", "avatar.models.goha:GOHA", "goha-s3",
+              ("deep3d-recon", "bfm-front", "retinaface-r50", "modnet-photographic"),
+              pipeline_class="avatar.pipelines.goha:GOHAPipeline"),
     ModelSpec("genhead-ffhq512", "GenHead (Portrait4D, CVPR 2024): part-wise animatable 3D head generator (FFHQ).",
               "genhead", "avatar.models.genhead:GenHead", "genhead-ffhq512", _FLAME),
     # --- networks used inside pipelines and the benchmark -----------------------------------------------

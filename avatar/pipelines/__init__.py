@@ -4,11 +4,12 @@
 * :mod:`.auto` - :func:`load_pipeline`: model id or folder -> the right pipeline
 * :mod:`.results` - per-call results (:class:`ReenactStream`, :class:`ReenactResult`, :class:`ReenactedFrame`)
 * :mod:`.portrait4d` - :class:`Portrait4DPipeline` and its :class:`Avatar`
+* :mod:`.goha` - ``GOHAPipeline`` and its ``GOHAAvatar`` (imported on use: ``load_pipeline("goha")``)
 * :mod:`.preprocess`, :mod:`.relative`, :mod:`.prefetch`, :mod:`.frames` - shared steps
 """
 
 from avatar.pipelines.auto import load_pipeline
-from avatar.pipelines.base import AvatarPipeline
+from avatar.pipelines.base import AvatarLike, AvatarPipeline
 from avatar.pipelines.frames import side_by_side, to_uint8
 from avatar.pipelines.portrait4d import Avatar, Portrait4DPipeline
 from avatar.pipelines.preprocess import FaceAnalysis, FacePreprocessor
@@ -16,6 +17,7 @@ from avatar.pipelines.results import ReenactedFrame, ReenactResult, ReenactStrea
 
 __all__ = [
     "Avatar",
+    "AvatarLike",
     "AvatarPipeline",
     "FaceAnalysis",
     "FacePreprocessor",

@@ -12,10 +12,14 @@ CLI, the app and ``eval`` use only this interface.
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,11 +31,80 @@ from avatar.pipelines.results import ReenactResult, ReenactStream
 if TYPE_CHECKING:
     from avatar.pipelines.live import LiveReenactor
 
-__all__ = ["AvatarPipeline", "HeadPoseMode", "PhotoLike", "VideoLike"]
+__all__ = ["AvatarLike", "AvatarPipeline", "HeadPoseMode", "PIPELINE_FILE", "PhotoLike", "VideoLike",
+           "save_tensors_atomically", "write_pipeline_folder"]
 
 HeadPoseMode = Literal["neck", "camera", "fixed"]
 PhotoLike = str | Path | np.ndarray | Image.Image
 VideoLike = str | Path | Iterable[np.ndarray]
+PIPELINE_FILE = "pipeline.json"
+"""The description every pipeline folder holds (its ``format`` and ``pipeline_class``)."""
+
+
+@runtime_checkable
+class AvatarLike(Protocol):
+    """What every family's avatar offers to the CLI, the app and ``eval`` (the family's own fields come on top).
+
+    Attributes:
+        state: the model's cached source encoding; ``state.to(device)`` moves it (the app keeps it on the CPU
+            between calls).
+        source_crop: ``(512, 512, 3)`` uint8 crop of the photo the model saw.
+        align: where that crop lies in the photo (:class:`~avatar.face.geometry.AlignParams`, for
+            :class:`~avatar.pipelines.paste_back.PasteBack`), or ``None`` when the photo was given aligned.
+    """
+
+    state: Any
+    source_crop: np.ndarray
+    align: Any
+
+    def save(self, path: str | Path) -> Path:
+        """Write the avatar into one file that the pipeline's ``load_avatar`` reads back."""
+        ...
+
+
+def save_tensors_atomically(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> Path:
+    """Write ``tensors`` into one ``.safetensors`` file with string ``metadata``, moved into place when complete
+    (a kill never leaves a half-written avatar); the file gets the permissions ``open()`` would give."""
+    from safetensors.torch import save_file
+
+    from avatar.io.files import apply_umask
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(dict(tensors), tmp, metadata=dict(metadata))
+        apply_umask(tmp)  # mkstemp's 0600 -> what open() would give
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def write_pipeline_folder(save_directory: str | Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
+    """Write a pipeline folder atomically: ``fill(tmp)`` writes the networks into the temporary folder and returns
+    the description, saved as :data:`PIPELINE_FILE`; the folder then replaces ``save_directory``."""
+    from avatar.io.files import apply_umask
+
+    out = Path(save_directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        meta = fill(tmp)
+        (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        apply_umask(tmp)  # mkdtemp's 0700 -> what mkdir would give
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def class_path(cls: type) -> str:
+    """``module:QualName`` of a class, as ``pipeline.json`` names it."""
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 class AvatarPipeline(ABC):
@@ -49,6 +122,10 @@ class AvatarPipeline(ABC):
     preprocess_backends: ClassVar[tuple[str, ...]] = ("official",)
     random_init: bool = False
     """The weights are random (tests, benchmarks): pictures are meaningless and no number is comparable."""
+    aligned_crop: ClassVar[str] = "portrait4d"
+    """The crop ``create_avatar(photo, aligned=True)`` takes as it is: ``'portrait4d'`` (the 512 crop of
+    :mod:`avatar.pipelines.preprocess`, what ``eval.prepare`` writes) or ``'eg3d'`` (GOHA's EG3D in-the-wild
+    crop). A caller holding crops of another kind passes ``aligned=False`` so that the family crops them its way."""
 
     # ---- construction, saving ---------------------------------------------------------------------------
     @classmethod
@@ -114,17 +191,34 @@ class AvatarPipeline(ABC):
 
     # ---- avatars ----------------------------------------------------------------------------------------
     @abstractmethod
-    def create_avatar(self, photo: PhotoLike, aligned: bool = False) -> Any:
+    def create_avatar(self, photo: PhotoLike, aligned: bool = False) -> AvatarLike:
         """Build an avatar from one photo; raises :class:`~avatar.errors.InputError` subclasses for bad photos."""
 
     @abstractmethod
-    def load_avatar(self, path: str | Path) -> Any:
+    def load_avatar(self, path: str | Path) -> AvatarLike:
         """An avatar written by ``avatar.save(path)``, on this pipeline's device."""
 
     # ---- rendering --------------------------------------------------------------------------------------
     @abstractmethod
     def render_views(self, avatar: Any, cameras: Tensor, batch_size: int = 8, progress: bool = False) -> np.ndarray:
-        """The avatar with its own expression seen from ``cameras`` ``(N, 25)`` -> ``(N, r, r, 3)`` uint8."""
+        """The avatar with its own expression seen from ``cameras`` ``(N, 25)`` -> ``(N, r, r, 3)`` uint8.
+
+        The cameras are the toolkit's labels (:mod:`avatar.render.camera`: :func:`~avatar.render.camera.view_label`,
+        :func:`~avatar.render.camera.orbit_labels`); a family whose model uses another camera convention maps them
+        onto its own (same viewing direction)."""
+
+    def render_angles(self, avatar: Any, angles: Sequence[tuple[float, float]], batch_size: int = 8,
+                      progress: bool = False) -> np.ndarray:
+        """The avatar seen from ``(yaw, pitch)`` pairs in degrees (:func:`avatar.render.camera.view_label`: yaw +
+        from the person's right, pitch + from above; ``(0, 0)`` is the frontal view) -> ``(N, r, r, 3)`` uint8."""
+        from avatar.errors import InputError
+        from avatar.render.camera import view_label
+
+        pairs = [tuple(a) for a in angles]
+        if not pairs or any(len(a) != 2 for a in pairs):
+            raise InputError(f"angles must be a non-empty list of (yaw, pitch) pairs in degrees, got {angles!r}")
+        cameras = torch.cat([view_label(float(y), float(p)) for y, p in pairs])
+        return self.render_views(avatar, cameras, batch_size, progress)
 
     def render_orbit(self, avatar: Any, num_frames: int = 60, batch_size: int = 8,
                      progress: bool = False) -> np.ndarray:

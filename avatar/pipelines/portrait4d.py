@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -49,13 +46,21 @@ from avatar.face.h3r import H3R, H3RLandmarker
 from avatar.face.mediapipe_face import MediaPipeFaceBackend
 from avatar.face.retinaface import DetectedFace, RetinaFace, rig_for_random_weights
 from avatar.face.smoothing import POSE_FILTER, OneEuroFilter
-from avatar.io.files import apply_umask
 from avatar.io.image import load_image
 from avatar.io.video import VideoReader
 from avatar.modeling import ModelMixin
 from avatar.models.portrait4d import AvatarState, HeadPose, Portrait4D, Portrait4DConfig
 from avatar.motion.pdfgc import PDFGCEncoder
-from avatar.pipelines.base import AvatarPipeline, HeadPoseMode, PhotoLike, VideoLike
+from avatar.pipelines.base import (
+    PIPELINE_FILE,
+    AvatarPipeline,
+    HeadPoseMode,
+    PhotoLike,
+    VideoLike,
+    class_path,
+    save_tensors_atomically,
+    write_pipeline_folder,
+)
 from avatar.pipelines.frames import side_by_side, to_uint8
 from avatar.pipelines.prefetch import in_background
 from avatar.pipelines.preprocess import (
@@ -74,7 +79,6 @@ __all__ = ["Avatar", "HeadPoseMode", "Portrait4DPipeline", "ReenactResult", "Ree
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "avatar4d-portrait4d-pipeline"
 AVATAR_FORMAT = "avatar4d-avatar"
 RANDOM_WEIGHTS_WARNING = ("this pipeline has random weights (made by `avatar tiny` for tests): its pictures are "
@@ -119,25 +123,13 @@ class Avatar:
 
     def save(self, path: str | Path) -> Path:
         """Write one ``.safetensors`` file (moved into place when complete)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
         tensors = {f"state.{k}": v.detach().cpu().clone() for k, v in self.state.tensors().items()}
         tensors["source_crop"] = torch.tensor(np.ascontiguousarray(self.source_crop, dtype=np.uint8)).contiguous()
         tensors["source_motion"] = self.source_motion.detach().float().cpu().clone()
         tensors["source_label"] = self.source_label.detach().float().cpu().clone()
         meta = {"format": AVATAR_FORMAT, "token_hw": json.dumps(list(self.state.token_hw)),
                 "align": json.dumps(self.align.to_array().tolist() if self.align else None)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            apply_umask(tmp)  # mkstemp's 0600 -> what open() would give
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return path
+        return save_tensors_atomically(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Avatar:
@@ -336,27 +328,18 @@ class Portrait4DPipeline(AvatarPipeline):
         """Write the whole pipeline into one folder (moved into place when complete) that
         :meth:`from_pretrained` loads back: ``pipeline.json`` and one folder per network (``reconstructor/``,
         ``detector/``, ...), each written by that network's ``save_pretrained``."""
-        out = Path(save_directory)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        try:
+        def fill(tmp: Path) -> dict[str, Any]:
             self.reconstructor.save_pretrained(tmp / "reconstructor")
             components = {"reconstructor": _class_path(type(self.reconstructor))}
             for name, module in self.preprocessor.modules().items():
                 if module is not None:
                     module.save_pretrained(tmp / name)
                     components[name] = _class_path(type(module))
-            meta = {"format": PIPELINE_FORMAT, "version": 2, "pipeline_class": _class_path(type(self)),
+            return {"format": PIPELINE_FORMAT, "version": 2, "pipeline_class": _class_path(type(self)),
                     "random_init": self.random_init, "components": components, "preprocess": self.preprocess,
                     "min_face_size": self.preprocessor.min_face_size}
-            (tmp / PIPELINE_FILE).write_text(json.dumps(meta, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            apply_umask(tmp)  # mkdtemp's 0700 -> what mkdir would give
-            tmp.rename(out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return out
+
+        return write_pipeline_folder(save_directory, fill)
 
     @classmethod
     def _load_folder(cls, folder: Path, preprocess: str | None = None) -> Portrait4DPipeline:
@@ -608,5 +591,4 @@ class Portrait4DPipeline(AvatarPipeline):
             yield chunk, good, analyses, motions
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
+_class_path = class_path

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -105,6 +105,26 @@ class GOHASource:
     @property
     def batch_size(self) -> int:
         return self.image.shape[0]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The fields that are set, by name (for saving)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GOHASource:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return GOHASource(**{k: None if v is None else v.to(device=device, dtype=dtype) for k, v in values.items()})
+
+    def expand(self, batch_size: int) -> GOHASource:
+        """One source (batch 1) as a batch of ``batch_size`` (views, not copies), to drive it with that many frames
+        at once; ``exemplar_coefficients`` stays one row."""
+        if self.batch_size != 1:
+            raise InputError(f"expand() takes a source of batch 1, got {self.batch_size}; index it first")
+
+        def grow(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.expand(batch_size, *t.shape[1:])
+
+        return GOHASource(grow(self.image), grow(self.camera), grow(self.keep_mask), grow(self.canonical_plane),
+                          grow(self.coefficients), self.exemplar_coefficients)
 
 
 @dataclass
@@ -215,8 +235,10 @@ class GOHA(ModelMixin):
         from avatar.hub.weights import read_converted_weights, read_weights
 
         state = source if isinstance(source, Mapping) else read_weights(source)
+        holds_deep3d = any(k.startswith(("exp_loss_fn.net_recon.", "model_state_dict.exp_loss_fn.net_recon."))
+                           for k in state)
         if deep3d is None:
-            deep3d_state = read_converted_weights("deep3d-recon")
+            deep3d_state = None if holds_deep3d else read_converted_weights("deep3d-recon")
         else:
             deep3d_state = deep3d if isinstance(deep3d, Mapping) else read_weights(deep3d)
         model = cls(config if config is not None else GOHAConfig())

@@ -1,0 +1,260 @@
+"""Speed and memory of GOHA's reenactment: the official ``Model`` against ours, same weights, same GPU, one run.
+
+    python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
+        [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+
+Rows:
+
+* ``official fp32`` (with ``--official``): the official ``Model.forward(data, mode='full_rec_tar')`` built from an
+  NVlabs/GOHA checkout with random weights, exactly as ``scripts/compare_official_goha.py`` builds it (its
+  stochastic sampling and GFPGAN noise fixed, the nvdiffrast pseudo-render replaced by one fixed render); batch 1
+  (the official ``get_sudo`` is only correct for batch 1). It recomputes the source's branches for every frame, as
+  the official demo and ``test_celeba_cross.py`` do. Our model loads the same weights from a file in the official
+  checkpoint format, so every row's difference is measured against the official output;
+* ``ours <dtype>, source cached``: :meth:`GOHA.encode_source` once, then :meth:`GOHA.reenact` per batch of driving
+  frames, given the same pseudo-render (the 3DMM pseudo-render - Deep3D + rasteriser - is left out of every row,
+  official included); ``bf16`` runs under CUDA bf16 autocast;
+* ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
+
+Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
+``torch.cuda.max_memory_allocated`` during that row (weights included). Differences are max abs over the SR image
+(``high_res``, 512) and the 224 render (``rgb_low_res``) against the official output of the same frame; the SR is
+also given relative to the official SR's max abs value, since random GFPGAN weights give outputs far above 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from avatar.errors import InputError
+
+FRONT = [1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 2.7, 0, 0, 0, 1, 4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1.0]
+
+
+@dataclass
+class Row:
+    path: str
+    batch: int
+    ms_per_frame: float
+    fps: float
+    peak_mem_gib: float | None
+    sr_max_abs_diff: float | None = None
+    sr_rel_diff: float | None = None
+    render_max_abs_diff: float | None = None
+    iterations: int = 0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def cameras(n: int, device: torch.device) -> torch.Tensor:
+    """``n`` EG3D cameras on a small orbit in front of the head (yaw up to +-0.3 rad)."""
+    out = torch.tensor([FRONT]).repeat(n, 1)
+    for i in range(n):
+        yaw = 0.3 * math.sin(2 * math.pi * i / max(n, 1))
+        c, s = math.cos(yaw), math.sin(yaw)
+        rot = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+        cam = torch.tensor(FRONT[:16]).view(4, 4)
+        cam[:3, :3] = rot @ cam[:3, :3]
+        cam[:3, 3] = rot @ cam[:3, 3]
+        out[i, :16] = cam.flatten()
+    return out.to(device)
+
+
+def smooth_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Smooth random images in [-1, 1] with the background at -1 outside an ellipse (a matted crop)."""
+    low = torch.rand(n, 3, 9, 9, generator=gen) * 2 - 1
+    img = F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    return img.masked_fill(((xx / 0.75) ** 2 + (yy / 0.9) ** 2 > 1).expand_as(img), -1.0)
+
+
+def build_models(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
+    """Our GOHA and (with ``--official``) the official Model with the same random weights."""
+    from avatar.models.goha import GOHA, GOHAConfig
+
+    if args.official is None:
+        model = GOHA.tiny() if args.tiny else GOHA(GOHAConfig())
+        return None, model.to(device).eval()
+    if args.tiny:
+        raise InputError("--official times the released size: drop --tiny")
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    if not (scripts / "compare_official_goha.py").is_file():
+        raise InputError(f"--official needs this repository's scripts/ folder ({scripts} not found)")
+    for extra in reversed(args.extra_path):
+        sys.path.insert(0, str(extra))
+    sys.path.insert(0, str(scripts))
+    import compare_official_goha as cmp
+
+    official = cmp.build_official(args.official.resolve(), torch.Generator().manual_seed(0))
+    cmp.make_deterministic(official)
+    deep3d = {f"net_recon.{k}": v for k, v in GOHA(GOHAConfig()).exp_loss_fn.net_recon.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "checkpoint825000.ckpt"
+        torch.save({"iter": cmp.ITERATION, "model_state_dict": official.state_dict()}, path)
+        ours = GOHA.from_official(path, deep3d=deep3d)
+    return (cmp, official.to(device).eval()), ours.to(device).eval()
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda but no CUDA device is visible; use --device cpu")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.set_grad_enabled(False)
+    official, model = build_models(args, device)
+    c = model.config
+    gen = torch.Generator().manual_seed(1)
+    s = c.image_size
+    src_img = smooth_images(1, s, gen).to(device)
+    drive_img = smooth_images(1, s, gen).to(device)
+    pseudo = smooth_images(1, s, gen).to(device)  # one pseudo-render for every frame (see the docstring)
+    cams = cameras(max(args.batch_sizes) * 2, device)
+    src_cam = torch.tensor([FRONT], device=device)
+    iters = args.frames if device.type == "cuda" else max(1, min(args.frames, 2))
+    rows: list[Row] = []
+
+    def peak_reset() -> None:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak() -> float | None:
+        return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+    ref_image = ref_raw = None
+    if official is not None:
+        cmp, off = official
+        cmp.FixedPseudoRender.sudo = F.interpolate(pseudo, size=(224, 224), mode="bilinear",
+                                                   align_corners=False)
+        data = {"img_src": src_img, "pose_src": src_cam, "img_target": drive_img, "pose_target": cams[:1]}
+
+        def official_frame() -> dict:
+            return off(data, mode="full_rec_tar", iteration=cmp.ITERATION, exp_transfer=True)
+
+        peak_reset()
+        times = _time(official_frame, device, max(1, iters // 4), args.warmup)
+        ms = statistics.median(times) * 1e3
+        rows.append(Row("official fp32, per frame (forward)", 1, ms, 1e3 / ms, peak(), iterations=len(times)))
+        ref = official_frame()
+        ref_image, ref_raw = ref["high_res"].float(), ref["rgb_low_res"].float()
+        off.cpu()
+        del off
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        # our model loads the official pseudo-render resized as the official get_expr_plane does
+        pseudo = F.interpolate(cmp.FixedPseudoRender.sudo, size=(s, s), mode="bilinear", align_corners=False)
+
+    def diffs(out: Any) -> tuple[float | None, float | None, float | None]:
+        if ref_image is None:
+            return None, None, None
+        sr = (out.image[:1].float() - ref_image).abs().max().item()
+        return sr, sr / max(ref_image.abs().max().item(), 1e-12), (out.image_raw[:1].float() - ref_raw).abs().max().item()
+
+    for dtype in args.dtypes:
+        source = model.encode_source(src_img, src_cam, with_coefficients=False)
+        for b in args.batch_sizes:
+            src_b = source.expand(b)
+            cam_b = cams[:b]
+            pseudo_b = pseudo.expand(b, -1, -1, -1)
+
+            def frame(src_b: Any = src_b, cam_b: torch.Tensor = cam_b, pseudo_b: torch.Tensor = pseudo_b,
+                      bf16: bool = dtype == "bf16") -> Any:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    return model.reenact(src_b, cam_b, pseudo_render=pseudo_b)
+
+            peak_reset()
+            times = _time(frame, device, max(1, iters // b), args.warmup)
+            ms = statistics.median(times) * 1e3 / b
+            sr, rel, raw = diffs(frame())
+            rows.append(Row(f"ours {dtype}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
+
+    def full_frame() -> Any:
+        src = model.encode_source(src_img, src_cam, with_coefficients=False)
+        return model.reenact(src, cams[:1], pseudo_render=pseudo)
+
+    peak_reset()
+    times = _time(full_frame, device, max(1, iters // 4), args.warmup)
+    ms = statistics.median(times) * 1e3
+    sr, rel, raw = diffs(full_frame())
+    rows.append(Row("ours fp32, encode + reenact per frame", 1, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
+    return rows
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| path | batch | ms / frame | frames/s | peak GPU mem (GiB) | SR max abs diff | SR rel diff "
+             "| 224 render max abs diff |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.path} | {r.batch} | {r.ms_per_frame:.2f} | {r.fps:.1f} | {_fmt(r.peak_mem_gib, '.2f')} "
+                     f"| {_fmt(r.sr_max_abs_diff, '.2e')} | {_fmt(r.sr_rel_diff, '.2e')} "
+                     f"| {_fmt(r.render_max_abs_diff, '.2e')} |")
+    base = next((r for r in rows if r.path.startswith("official")), None)
+    if base is not None:
+        lines.append("")
+        for r in rows[1:]:
+            mem = "" if not (r.peak_mem_gib and base.peak_mem_gib) else \
+                f", peak memory {r.peak_mem_gib / base.peak_mem_gib:.2f}x the official's"
+            lines.append(f"{r.path} (batch {r.batch}): {base.ms_per_frame / r.ms_per_frame:.2f}x the official "
+                         f"frames/s{mem}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avatar.cli import NON_NEGATIVE_INT, POSITIVE_INT
+
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny random config (smoke test, no --official)")
+    parser.add_argument("--frames", type=POSITIVE_INT, default=64, help="driving frames timed per row (GPU)")
+    parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=2)
+    parser.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[1, 8])
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
+    parser.add_argument("--official", type=Path, metavar="CHECKOUT",
+                        help="an NVlabs/GOHA checkout: time the official Model in the same run (same weights)")
+    parser.add_argument("--extra-path", action="append", default=[],
+                        help="sys.path entry for the official code's dependencies (transformers 4.x, kornia 0.5.5)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    rows = run(args)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"GOHA reenactment on {name} (torch {torch.__version__}, TF32 {'on' if args.tf32 else 'off'})")
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+    return 0
