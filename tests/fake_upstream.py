@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from avatar.flame.synthetic import icosphere
-
 # Source text that would create MARKER if anyone executed it (it must never be executed).
 EVIL_SOURCE_TEMPLATE = "import pathlib\npathlib.Path({marker!r}).write_text('executed')\nclass Net: pass\n"
 
@@ -222,25 +220,10 @@ class EvilReduce:
 
 
 def synthetic_bfm(subdivisions: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """A BFM_model_front.mat-like dict (1-based indices) on an icosphere of radius 0.9 (a head at distance 10)."""
-    rng = np.random.default_rng(seed)
-    v, f = icosphere(subdivisions)
-    n = v.shape[0]
-    point_buf = np.full((n, 8), f.shape[0] + 1, dtype=np.int64)  # padding -> the extra zero normal
-    fill = np.zeros(n, dtype=np.int64)
-    for fi, tri in enumerate(f):
-        for k in tri:
-            if fill[k] < 8:
-                point_buf[k, fill[k]] = fi + 1
-                fill[k] += 1
-    shape = v * 0.9 + np.array([0.1, -0.2, 0.3])
-    return {
-        "meanshape": shape.reshape(1, -1).astype(np.float32),
-        "idBase": (rng.standard_normal((3 * n, 80)) * 0.01).astype(np.float32),
-        "exBase": (rng.standard_normal((3 * n, 64)) * 0.01).astype(np.float32),
-        "meantex": rng.uniform(60, 200, (1, 3 * n)).astype(np.float32),
-        "texBase": (rng.standard_normal((3 * n, 80)) * 2).astype(np.float32),
-        "point_buf": point_buf,
-        "tri": f + 1,
-        "keypoints": rng.choice(n, 68, replace=n < 68).reshape(1, 68) + 1,
-    }
+    """:func:`avatar.flame.synthetic.synthetic_bfm_assets` with the mean shape moved off the origin (so that the
+    BFM's recentring is exercised): a BFM_model_front.mat-like dict, 1-based indices, icosphere of radius 0.9."""
+    from avatar.flame.synthetic import synthetic_bfm_assets
+
+    arrays = synthetic_bfm_assets(seed=seed, subdivisions=subdivisions)
+    shape = arrays["meanshape"].reshape(-1, 3) + np.array([0.1, -0.2, 0.3], dtype=np.float32)
+    return {**arrays, "meanshape": shape.reshape(1, -1).astype(np.float32)}
