@@ -6,6 +6,7 @@ Subcommands:
     convert     convert one upstream checkpoint file into safetensors + JSON, without running its code
     reconstruct photo -> 3D avatar rendered along a camera orbit (video)
     reenact     photo + driving video -> reenacted video (driving audio kept)
+    fit         talking-head video -> a person's GPHM Gaussian head avatar folder (resumable)
     tiny        write a complete pipeline of tiny random networks (tests, offline work)
     live        a camera (or a video played as one) drives the avatar in real time (window, virtual camera, file)
     export      saved avatar -> mesh of its head surface (.glb, .obj, .ply) by marching cubes
@@ -231,6 +232,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
                              f"({', '.join(FILES)})")
         for key in args.file:
             folder = ensure_file(get_file(key), local_dir=args.from_dir, force=args.force)
+            if key == "goha-s3":
+                _verify_goha_download(folder)
             logger.info("%s -> %s", key, folder)
         return EXIT_OK
 
@@ -238,6 +241,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
         logger.info("%-8s %s", status, file.path)
 
     result = download_model(args.model_id, local_dir=args.from_dir, force=args.force, on_file=report)
+    if "goha-s3" in result.fetched:
+        _verify_goha_download(result.folders["goha-s3"])
     if not result.fetched:
         logger.info("%s: all %d files were already in the cache %s", args.model_id, len(result.cached), cache_root())
     else:
@@ -246,6 +251,58 @@ def _cmd_download(args: argparse.Namespace) -> int:
     for file in (f for f in result.folders if f in result.fetched):
         logger.info("  %s", result.folders[file])
     return EXIT_OK
+
+
+def _verify_goha_download(folder: Path) -> None:
+    """GOHA's checkpoint has no published digest (Google Drive): check that the converted file holds every GOHA
+    tensor with its shape; a file that does not is removed from the cache, with the reason."""
+    import shutil
+
+    weights = sorted(folder.glob("*.safetensors"))
+    try:
+        if len(weights) != 1:
+            from .errors import CheckpointMismatchError
+
+            raise CheckpointMismatchError(f"{folder} holds {len(weights)} converted weight files, expected one")
+        logger.info("checked: %s", _check_goha_checkpoint(weights[0]))
+    except Exception:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _is_goha_checkpoint(weights: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return any(k.startswith(("model_state_dict.template_net.", "template_net.")) for k in f.keys())  # noqa: SIM118
+
+
+def _check_goha_checkpoint(weights: Path, config: object = None) -> str:
+    """Check a converted GOHA checkpoint against GOHA's own names and shapes (no tensor is loaded: shapes only,
+    the network built on the meta device); the Deep3D regressor is not in GOHA's checkpoint and is not checked.
+    Raises :class:`~avatar.errors.CheckpointMismatchError` naming the keys that do not fit."""
+    import torch
+    from safetensors import safe_open
+
+    from .errors import CheckpointMismatchError
+    from .models.goha import GOHA, GOHAConfig, official_to_model_state
+
+    with safe_open(str(weights), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 (not a dict)
+    with torch.device("meta"):
+        state = {k: torch.empty(shape) for k, shape in shapes.items()}
+        converted = official_to_model_state(state)
+        own = {k: tuple(v.shape) for k, v in GOHA(config or GOHAConfig()).state_dict().items()  # type: ignore[arg-type]
+               if not k.startswith("exp_loss_fn.")}
+    got = {k: tuple(v.shape) for k, v in converted.model_state.items() if not k.startswith("exp_loss_fn.")}
+    missing, extra = sorted(set(own) - set(got)), sorted(set(got) - set(own))
+    wrong = sorted(k for k in set(own) & set(got) if own[k] != got[k])
+    if missing or extra or wrong:
+        parts = [f"{name}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if keys]
+        raise CheckpointMismatchError(f"{weights} is not GOHA's released checkpoint (" + "; ".join(parts) + ")")
+    return (f"{weights.name} has every tensor of GOHA with its shape ({len(got)} tensors; discriminator: "
+            f"{len(converted.discriminator_state)} tensors, not used)")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -260,6 +317,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     target = result.weights or result.copy
     logger.info("wrote %s (%d tensors) and %s", target, result.num_tensors, result.metadata)
     meta = json.loads(result.metadata.read_text())
+    if result.weights and _is_goha_checkpoint(result.weights):
+        logger.info("checked: %s", _check_goha_checkpoint(result.weights))
     if str(meta.get("class_name", "")).endswith("TriPlaneReconstructorNeutralize") and result.weights:
         from .errors import AvatarError
         from .models.portrait4d import Portrait4D
@@ -414,22 +473,71 @@ def _cmd_reenact(args: argparse.Namespace) -> int:
 def _cmd_tiny(args: argparse.Namespace) -> int:
     from .hub.registry import DEFAULT_MODEL_ID, get_model, pipeline_class
 
-    cls = pipeline_class(get_model(DEFAULT_MODEL_ID))
+    cls = pipeline_class(get_model(args.model or DEFAULT_MODEL_ID))  # the family of that model id
     folder = cls.tiny(seed=args.seed, preprocess=args.preprocess).save_pretrained(args.directory)
-    logger.info("wrote a tiny random pipeline to %s (use it with --model %s; its pictures are meaningless)",
-                folder, folder)
+    logger.info("wrote a tiny random %s pipeline to %s (use it with --model %s; its pictures are meaningless)",
+                cls.family, folder, folder)
     return EXIT_OK
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .errors import InputError, InputNotFoundError
+
+    video, out = Path(args.video), Path(args.output)
+    if not video.is_file():
+        raise InputNotFoundError(f"{video} does not exist or is not a file; give a talking-head video of one person")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out} is a file; give a folder for the avatar")
+    if args.from_model is not None and not Path(args.from_model).exists():
+        raise InputNotFoundError(f"--from-model {args.from_model} does not exist; give a folder saved by "
+                                 "GPHM.save_pretrained (or leave it out to start from the template head)")
+    device = _device(args.device)
+    from .fitting.gphm_fit import FitConfig, fit_gphm_avatar
+    from .fitting.video_data import prepare_video
+
+    changes: dict[str, object] = {"time_budget_s": args.minutes * 60.0, "resolution": args.resolution,
+                                  "seed": args.seed}
+    if args.steps is not None:
+        changes.update(finetune_steps=args.steps, identity_steps=min(FitConfig.identity_steps, args.steps))
+    if args.batch_size is not None:
+        changes["batch_size"] = args.batch_size
+    if args.num_points is not None:
+        changes["num_points"] = args.num_points
+    config = FitConfig(**changes)  # type: ignore[arg-type]  # ConfigError (exit 1) on a bad combination
+    if args.resolution % 4:
+        raise InputError(f"--resolution must be a multiple of 4 (the refine network halves it twice), got "
+                         f"{args.resolution}")
+    model = None
+    if args.from_model is not None:
+        from .models.gphm import GPHM
+
+        model = GPHM.from_pretrained(args.from_model)
+    prepared = prepare_video(video, out / "prepared", resolution=args.resolution, max_frames=args.max_frames,
+                             progress=not args.quiet)
+    result = fit_gphm_avatar(prepared, out, config=config, model=model, device=device, progress=not args.quiet,
+                             resume=not args.restart)
+    how = {"steps": "step limit", "time": "time budget", "finished": "already finished"}[result.stopped_by]
+    logger.info("avatar in %s: %d + %d steps in %.0f s (%s)%s", out, result.identity_steps, result.finetune_steps,
+                result.fit_seconds, how, "; resumed" if result.resumed else "")
+    return EXIT_OK
+
+
+def _pipeline_ids() -> list[str]:
+    from .hub.registry import pipeline_model_ids
+
+    return pipeline_model_ids()
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="portrait4d-v2",
-                   help="model id (portrait4d-v2, portrait4d-v1, portrait4d-static) or a pipeline folder "
+                   help="model id (portrait4d-v2, portrait4d-v1, portrait4d-static, goha) or a pipeline folder "
                         "(e.g. from `avatar tiny DIR`)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],  # avatar.runtime.DTYPES
                    help="precision of the reconstructor's networks (preprocessing stays float32)")
     p.add_argument("--aligned", action="store_true",
-                   help="the photo is already a 512x512 Portrait4D crop: skip face detection and cropping")
+                   help="the photo is already the model's crop (512x512 Portrait4D crop; for goha a square EG3D "
+                        "crop): skip cropping")
     p.add_argument("--preprocess", choices=["official", "mediapipe"], default=None,
                    help="face backend: official (RetinaFace + H3R, the default for Portrait4D: its checkpoints were "
                         "trained on it) or mediapipe (MediaPipe's detector and mesh find the face and the crop; real "
@@ -508,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("model_id", nargs="?", default="portrait4d-v2",
-                   help="portrait4d-v2 (default), portrait4d-v1, portrait4d-static, or a network id (`avatar models`)")
+                   help="portrait4d-v2 (default), portrait4d-v1, portrait4d-static, goha (its checkpoint and the BFM "
+                        "with --from-dir), or a network id (`avatar models`)")
     p.add_argument("--from-dir", metavar="DIR", type=Path,
                    help="take the files from DIR (a copy of the Hub repo or an official checkout) instead of the network")
     p.add_argument("--file", action="append", metavar="KEY", help="fetch single files by registry key (see `avatar models`)")
@@ -576,11 +685,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a pipeline folder with tiny random weights, loadable wherever a model id is accepted "
                     "(--model DIR). Its pictures are meaningless; it exists for tests and offline trials.")
     p.add_argument("directory", help="output folder")
+    p.add_argument("--model", default=None, choices=_pipeline_ids(),
+                   help="the model family to imitate, by one of its model ids (default portrait4d-v2; goha: a tiny "
+                        "GOHA pipeline)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed of the weights (0 or more; default 0)")
     p.add_argument("--preprocess", choices=["official", "mediapipe"], default=None,
                    help="face backend saved with it: official (random detector that sees a face anywhere, default) "
                         "or mediapipe (real face detection and crops, the [face] extra)")
     p.set_defaults(func=_cmd_tiny)
+
+    p = sub.add_parser(
+        "fit", help="talking-head video -> a person's GPHM Gaussian head avatar (resumable)",
+        description="Prepare VIDEO with the mediapipe face backend (crop, matte, mesh, head pose; cached in "
+                    "AVATAR_DIR/prepared) and fit a GPHM Gaussian head avatar to it (paper section 3.5) within a "
+                    "time budget. Checkpoints go to AVATAR_DIR: running the same command again continues an "
+                    "interrupted fit. No pretrained GPHM exists yet, so the fit starts from a template head unless "
+                    "--from-model is given.")
+    p.add_argument("video", help="talking-head video of one person (about a minute is plenty)")
+    p.add_argument("-o", "--output", required=True, metavar="AVATAR_DIR", help="the avatar folder")
+    p.add_argument("--minutes", type=float_option(0, 24 * 60), default=5.0,
+                   help="wall-clock fitting budget in minutes (above 0, at most 1440; default 5)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=None, metavar="N",
+                   help="fine-tuning steps at most (default: until the budget is spent)")
+    p.add_argument("--resolution", type=int_option(16, 2048), default=512,
+                   help="crop and fitting resolution in pixels, a multiple of 4 (default 512)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-frames", type=POSITIVE_INT, default=None, metavar="N", help="use only the first N frames")
+    p.add_argument("--from-model", default=None, metavar="PATH",
+                   help="a pretrained GPHM folder (GPHM.save_pretrained) to start from")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=None, metavar="N", help="frames per step (default 1)")
+    p.add_argument("--num-points", type=int_option(16), default=None, metavar="N",
+                   help="Gaussians of the template head (default 100000)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    p.add_argument("--restart", action="store_true", help="ignore a checkpoint in AVATAR_DIR and fit again")
+    p.set_defaults(func=_cmd_fit)
 
     from . import live_command
     from .export import command as export_command  # light: torch is imported only when it runs

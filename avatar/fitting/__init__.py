@@ -3,6 +3,9 @@
 * :mod:`.video_data` - a talking-head video -> per-frame training data with the mediapipe backend: the fixed
   head crop, matte, 478 mesh landmarks, head pose in an OpenCV camera with fixed intrinsics and the expression
   input, stored in resumable chunks (:func:`prepare_video`, :class:`PreparedVideo`)
+* :mod:`.gphm_fit` - a person's GPHM Gaussian head avatar fitted to a prepared video, resumably, within a time
+  budget (:func:`fit_gphm_avatar`, :class:`FitConfig`, :class:`FitResult`), read back and rendered
+  (:func:`load_gphm_avatar`, :class:`FittedGPHMAvatar`, :func:`render_frames`)
 
 Names are imported on first use (the video preparation imports torch, OpenCV and, when run, mediapipe).
 """
@@ -12,7 +15,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_NAMES = {"PreparedVideo": "video_data", "prepare_video": "video_data"}
+_NAMES = {"PreparedVideo": "video_data", "prepare_video": "video_data", "FitConfig": "gphm_fit",
+          "FitResult": "gphm_fit", "FittedGPHMAvatar": "gphm_fit", "fit_gphm_avatar": "gphm_fit",
+          "load_gphm_avatar": "gphm_fit", "render_frames": "gphm_fit"}
 
 __all__ = sorted(_NAMES)
 

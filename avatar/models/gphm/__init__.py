@@ -27,6 +27,9 @@ The paper's section 3 and where each piece lives:
   tiny dynamic MLP ``F_dyn``) and :meth:`GPHMAvatar.finetune_parameters`; the recipe is in the :class:`GPHM`
   docstring. Reenactment: :class:`GPHMAvatar` driven by encoded face / non-face images.
 
+Monocular fitting without a pretrained GPHM (:mod:`avatar.fitting.gphm_fit`) drives the avatar with MediaPipe
+mesh landmarks and the head pose instead of images: :class:`DrivingSignalEncoder` (:mod:`.signals`).
+
 Helpers: head poses and quaternions (:mod:`.pose`), cameras from 25-number labels (:mod:`.cameras`,
 :func:`label_to_viewmat_K`) or a frontal camera (:func:`front_camera`), point sampling (:mod:`.sampling`).
 """
@@ -68,10 +71,13 @@ from avatar.models.gphm.modeling import (
     front_camera,
 )
 from avatar.models.gphm.refinement import RefineNet
+from avatar.models.gphm.signals import DrivingSignalConfig, DrivingSignalEncoder
 
 __all__ = [
     "GPHM",
     "DeformationFields",
+    "DrivingSignalConfig",
+    "DrivingSignalEncoder",
     "ExtractedMesh",
     "FieldsConfig",
     "FieldsOutput",
