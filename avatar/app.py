@@ -10,7 +10,9 @@ Two tabs, each also an API endpoint that scripts can call with ``gradio_client``
 * **Reconstruct** (``api_name="reconstruct"``): photo -> orbit video of the 3D avatar, the aligned crop, and a
   still from the yaw/pitch of the sliders (``api_name="view"`` re-renders only the still).
 * **Reenact** (``api_name="reenact"``): photo + driving video (upload or webcam) -> reenacted video with the
-  driving audio.
+  driving audio. With a fitted GPHM avatar folder as the model (``avatar app --model AVATAR_DIR``, from ``avatar
+  fit``) no photo is needed: the driving video's MediaPipe face mesh and head pose drive that avatar
+  (:func:`avatar.fitting.reenact.reenact_video`). Reconstruct and Live need a one-shot model and say so.
 
 The avatar of a photo is built once per browser session (and per model) and reused by every later call.
 The user's own problems (an :class:`~avatar.errors.AvatarError`: bad input, missing weights; or the GPU running
@@ -100,9 +102,18 @@ QUEUE_SIZE = 32
 # models: what is selectable, what is loaded
 
 
+def _is_gphm_avatar(model: str) -> bool:
+    """Whether the model is a fitted GPHM avatar folder (``avatar fit``) rather than a model id or pipeline."""
+    from avatar.fitting.gphm_fit import is_gphm_avatar_dir
+
+    return model != TINY and model not in MODELS and is_gphm_avatar_dir(model)
+
+
 def _model_label(model: str) -> str:
     if model == TINY:
         return "tiny random pipeline (development only)"
+    if _is_gphm_avatar(model):
+        return f"{Path(model).name} (fitted GPHM avatar)"
     if model in MODELS:
         return {"portrait4d-v2": "Portrait4D-v2", "portrait4d-v1": "Portrait4D (v1)",
                 "portrait4d-static": "Portrait4D static 3D",
@@ -125,6 +136,10 @@ def missing_files(model: str) -> list[str]:
 
 def model_status(model_id: str) -> str:
     """A Markdown report: the model, where its files come from, which are cached, what to run."""
+    if _is_gphm_avatar(model_id):
+        return (f"### Fitted GPHM avatar `{model_id}`\nA person's Gaussian head avatar fitted with `avatar fit`: pick "
+                "it in the **Reenact** tab and give a driving video (no photo needed). Reconstruct and Live need a "
+                "one-shot model.")
     if model_id == TINY:
         from avatar.face.mediapipe_face import mediapipe_available
 
@@ -274,6 +289,10 @@ def _file_digest(path: str) -> str:
 def _get_avatar(photo: str, model: str, cache: dict | None,
                 progress: gr.Progress) -> tuple[AvatarPipeline, Any, dict, bool]:
     """The session's avatar of ``photo`` for ``model`` (built once, then reused); returns it and the new cache."""
+    if _is_gphm_avatar(model):
+        raise InputError(f"{Path(model).name} is a fitted GPHM avatar: it is driven by a video in the Reenact tab "
+                         "(no photo needed). Reconstruct and Live build an avatar from a photo: pick a one-shot "
+                         "model (portrait4d-v2, ...) for them.")
     cache = OrderedDict(cache or {})
     key = f"{model}:{_file_digest(photo)}"
     progress(0.0, desc=f"loading {model}")
@@ -350,7 +369,10 @@ def reenact(photo: str | None, video: str | None, model: str, motion: str, smoot
             seconds: float, paste_back: bool, cache: dict | None,
             progress: gr.Progress = gr.Progress()) -> tuple[str, str, dict]:  # noqa: B008
     """Photo + driving video -> (reenacted video with the driving audio, info, session cache). ``paste_back``:
-    the result composited back into the full photo (:mod:`avatar.pipelines.paste_back`)."""
+    the result composited back into the full photo (:mod:`avatar.pipelines.paste_back`). When ``model`` is a
+    fitted GPHM avatar folder the photo is not used (:func:`_reenact_gphm`)."""
+    if _is_gphm_avatar(model):
+        return _reenact_gphm(video, model, motion, side, seconds, paste_back, cache, progress)
     photo = _need(photo, "Upload a portrait photo first (JPEG or PNG with one clearly visible face).")
     video = _need(video, "Upload or record a driving video first (MP4, MOV, MKV or WebM).")
     with _user_errors(photo, video):
@@ -388,6 +410,39 @@ def reenact(photo: str | None, video: str | None, model: str, motion: str, smoot
         text += f" · {missing} frames without a face held the last motion"
     if pipe.random_init:
         text += " · **tiny random pipeline: the pictures are meaningless**"
+    return str(path), text, cache
+
+
+def _reenact_gphm(video: str | None, avatar_dir: str, motion: str, side: bool, seconds: float, paste_back: bool,
+                  cache: dict | None, progress: Any) -> tuple[str, str, dict | None]:
+    """The Reenact tab with a fitted GPHM avatar folder as the model: the driving video's face mesh and head pose
+    drive it (:func:`avatar.fitting.reenact.reenact_video`), with the driving audio."""
+    from avatar.fitting.reenact import reenact_video
+
+    video = _need(video, "Upload or record a driving video first (MP4, MOV, MKV or WebM).")
+    with _user_errors(video):
+        if side or paste_back:
+            raise InputError("Side by side and paste-back show the photo: a fitted GPHM avatar has none; untick them.")
+        info = probe_video(video)
+        if info.duration > MAX_VIDEO_SECONDS + 0.05:
+            raise InputError(f"The driving video is {info.duration:.1f} s long; this app takes videos of at most "
+                             f"{MAX_VIDEO_SECONDS:.0f} s. Trim it first, or run `avatar reenact` on your own "
+                             "machine, which has no limit.")
+        use_seconds = min(float(seconds), MAX_VIDEO_SECONDS)
+        max_frames = max(1, math.ceil(use_seconds * float(info.fps)))
+        progress(0.0, desc="reading the driving face (MediaPipe) and rendering")
+        path = _output_path("reenacted.mp4")
+        result = reenact_video(avatar_dir, video, path, relative=motion != "absolute", batch_size=RENDER_BATCH,
+                               device=PIPELINES.device(), max_frames=max_frames, progress=False)
+    audio = {"copy": "driving audio kept", "aac": "driving audio kept (re-encoded to AAC)", None: "no audio"}[
+        result.audio_mode]
+    text = (f"{result.frames} frames at {float(result.fps):.2f} fps ({audio}) · rendered at {result.render_fps:.1f} "
+            f"frames/s on `{result.device}` (face mesh: {result.signal_seconds:.1f} s) · fitted GPHM avatar "
+            f"`{Path(avatar_dir).name}`")
+    if info.duration and info.duration > use_seconds + 0.05:
+        text += f" · used the first {use_seconds:.1f} s of {info.duration:.1f} s"
+    if result.frames_without_face:
+        text += f" · {len(result.frames_without_face)} frames without a face held the last motion"
     return str(path), text, cache
 
 

@@ -5,11 +5,12 @@ Subcommands:
     download    fetch, verify and convert what a model id needs (once; later calls do nothing)
     convert     convert one upstream checkpoint file into safetensors + JSON, without running its code
     reconstruct photo -> 3D avatar rendered along a camera orbit (video)
-    reenact     photo + driving video -> reenacted video (driving audio kept)
+    reenact     photo (or a fitted GPHM avatar folder) + driving video -> reenacted video (driving audio kept)
     fit         talking-head video -> a person's GPHM Gaussian head avatar folder (resumable)
     tiny        write a complete pipeline of tiny random networks (tests, offline work)
     live        a camera (or a video played as one) drives the avatar in real time (window, virtual camera, file)
-    export      saved avatar -> mesh of its head surface (.glb, .obj, .ply) by marching cubes
+    export      saved avatar -> mesh of its head surface (.glb, .obj, .ply) by marching cubes; fitted GPHM
+                avatar folder -> 3D Gaussian Splatting PLY (--ply)
     eval        = ``python -m eval.run``: score a benchmark protocol
     prepare     = ``python -m eval.prepare``: build a benchmark's ground-truth frames from raw clips/images
     bench       = ``python -m avatar.bench``: speed benchmarks
@@ -429,11 +430,53 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_GPHM_REENACT_UNUSED = {"pose": ("--pose", "neck"), "no_smooth": ("--no-smooth", False),
+                        "side_by_side": ("--side-by-side", False), "paste_back": ("--paste-back", False),
+                        "aligned": ("--aligned", False), "compile": ("--compile", False),
+                        "save_avatar": ("--save-avatar", None), "model": ("--model", "portrait4d-v2"),
+                        "dtype": ("--dtype", "float32")}
+"""``avatar reenact`` options of the one-shot models (with their defaults) that a GPHM avatar folder cannot use."""
+
+
+def _cmd_reenact_gphm(args: argparse.Namespace) -> int:
+    """``avatar reenact AVATAR_DIR DRIVING -o OUT``: a fitted GPHM avatar driven by a video
+    (:func:`avatar.fitting.reenact.reenact_video`)."""
+    from .errors import InputError
+
+    given = [flag for name, (flag, default) in _GPHM_REENACT_UNUSED.items() if getattr(args, name) != default]
+    if args.preprocess == "official":
+        given.append("--preprocess official")
+    if given:
+        raise InputError(f"{', '.join(given)}: not for a fitted GPHM avatar folder ({args.photo}), which is driven "
+                         "by MediaPipe's face mesh and head pose with its own renderer; leave "
+                         f"{'it' if len(given) == 1 else 'them'} out (usable: --relative/--absolute, --batch-size, "
+                         "--device, --max-frames, --no-audio)")
+    _check_output(Path(args.output))
+    device = _device(args.device)
+    from .fitting.reenact import reenact_video
+
+    result = reenact_video(args.photo, args.driving, args.output, relative=not args.absolute,
+                           batch_size=args.batch_size, device=device, max_frames=args.max_frames,
+                           audio=not args.no_audio, progress=not args.quiet)
+    audio = {"copy": "audio copied", "aac": "audio re-encoded to AAC", None: "no audio"}[result.audio_mode]
+    missing = len(result.frames_without_face)
+    logger.info("wrote %s: %d frames at %s fps (%s, %s); rendered at %.1f frames/s on %s%s", result.path,
+                result.frames, result.fps, result.codec, audio, result.render_fps, result.device,
+                f"; {missing} frames without a face held the last motion" if missing else "")
+    return EXIT_OK
+
+
 def _cmd_reenact(args: argparse.Namespace) -> int:
     from .errors import InputError
+    from .fitting.gphm_fit import is_gphm_avatar_dir
     from .io import VideoReader, VideoWriter
     from .pipelines import side_by_side
 
+    if is_gphm_avatar_dir(args.photo):
+        return _cmd_reenact_gphm(args)
+    if Path(args.photo).is_dir():
+        raise InputError(f"{args.photo} is a folder but not a fitted GPHM avatar (no avatar.json from `avatar fit`); "
+                         "give a portrait photo, a saved avatar (.safetensors) or an avatar folder from `avatar fit`")
     out = Path(args.output)
     _check_pipeline_options(args)
     if args.paste_back and (args.side_by_side or args.aligned or Path(args.photo).suffix == ".safetensors"):
@@ -658,8 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reenact", help="photo + driving video -> reenacted video",
         description="Animate the face of PHOTO with the expressions and head motion of DRIVING. The output keeps "
                     "the driving video's frame rate and audio. Frames of DRIVING without a face hold the last "
-                    "good motion. PHOTO may also be an avatar saved with --save-avatar.")
-    p.add_argument("photo", help="portrait photo or a saved avatar (.safetensors)")
+                    "good motion. PHOTO may also be an avatar saved with --save-avatar, or a fitted GPHM avatar "
+                    "folder (`avatar fit VIDEO -o AVATAR_DIR`): then DRIVING's MediaPipe face mesh and head pose "
+                    "drive it (relative: as changes from DRIVING's first frame applied to the avatar's neutral "
+                    "face and pose; absolute: as they are, for the fitted person), the video has the avatar's "
+                    "resolution, and only --relative/--absolute, --batch-size, --device, --max-frames and "
+                    "--no-audio apply.")
+    p.add_argument("photo", help="portrait photo, a saved avatar (.safetensors) or a fitted GPHM avatar folder")
     p.add_argument("driving", help="driving video")
     p.add_argument("-o", "--output", required=True, help="output video (.mp4)")
     motion = p.add_mutually_exclusive_group()

@@ -6,6 +6,8 @@
 * :mod:`.defaults` - the default level, resolution and border
 * :mod:`.ply` - Gaussians as the standard 3D Gaussian Splatting PLY (:func:`write_gaussian_ply`,
   :func:`read_gaussian_ply`)
+* :mod:`.gphm` - a fitted GPHM avatar's neutral Gaussians as that PLY (:func:`export_gphm_ply`,
+  ``avatar export AVATAR_DIR --ply OUT``)
 
 Example::
 
@@ -30,6 +32,7 @@ _NAMES = {
     "density_grid": "mesh", "extract_mesh": "mesh", "field_colors": "mesh", "grid_axis": "mesh",
     "marching_cubes": "mesh",
     "GaussianPly": "ply", "read_gaussian_ply": "ply", "write_gaussian_ply": "ply",
+    "export_gphm_ply": "gphm", "gphm_gaussians": "gphm",
 }
 
 __all__ = sorted(_NAMES)

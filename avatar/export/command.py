@@ -1,4 +1,6 @@
-"""``avatar export AVATAR --mesh OUT``: the head surface of a saved avatar as a GLB, OBJ or PLY mesh.
+"""``avatar export AVATAR --mesh OUT``: the head surface of a saved avatar as a GLB, OBJ or PLY mesh;
+``avatar export AVATAR_DIR --ply OUT``: a fitted GPHM avatar's Gaussians as a 3D Gaussian Splatting PLY
+(:mod:`avatar.export.gphm`).
 
 The CLI registers it with :data:`HELP`, :data:`DESCRIPTION`, :func:`add_arguments` and :func:`run`. Everything
 the user can get wrong (output suffix, options, the avatar file, scikit-image) is checked before the networks
@@ -18,21 +20,39 @@ __all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
 
 logger = logging.getLogger(__name__)
 
-HELP = "saved avatar -> mesh of its head surface (.glb, .obj, .ply) with vertex colours"
+HELP = ("saved avatar -> mesh of its head surface (.glb, .obj, .ply) with vertex colours; fitted GPHM avatar "
+        "folder -> 3D Gaussian Splatting PLY")
 DESCRIPTION = (
     "Extract the head surface of a saved avatar (from `avatar reconstruct PHOTO --save-avatar FILE` or "
     "Avatar.save) by marching cubes on its triplane density, in its source expression, with vertex colours, and "
     "write it as binary glTF (.glb), Wavefront OBJ (.obj) or binary PLY (.ply). Coordinates: the renderer's world "
     "frame (+Y up, the face towards +Z), in its units (FLAME x 3; --metres divides by 3). Needs scikit-image "
-    "(the [app] or [dev] extra)."
+    "(the [app] or [dev] extra). A fitted GPHM avatar folder (`avatar fit VIDEO -o AVATAR_DIR`) is exported with "
+    "--ply OUT.ply instead: its Gaussians at the neutral expression as the standard 3D Gaussian Splatting PLY "
+    "(SuperSplat and other 3DGS viewers open it), in metres in the avatar's world frame (MediaPipe's canonical "
+    "face: +Y up, the face towards +Z; --canonical keeps GPHM's canonical units), colours from the first 3 "
+    "feature channels as the renderer's raw image shows them (before the refine network)."
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``avatar export``."""
-    parser.add_argument("avatar", help="a saved avatar (.safetensors, from --save-avatar or Avatar.save)")
-    parser.add_argument("--mesh", required=True, metavar="OUT",
+    parser.add_argument("avatar", help="a saved avatar (.safetensors, from --save-avatar or Avatar.save), or a "
+                                       "fitted GPHM avatar folder (from `avatar fit`, with --ply)")
+    output = parser.add_mutually_exclusive_group(required=True)
+    output.add_argument("--mesh", metavar="OUT",
                         help="output mesh: .glb (binary glTF), .obj or .ply, chosen by the suffix")
+    output.add_argument("--ply", metavar="OUT",
+                        help="GPHM avatar folders: output 3D Gaussian Splatting PLY of its Gaussians at the "
+                             "neutral expression, in metres in the avatar's world frame (MediaPipe's canonical "
+                             "face: +Y up, the face towards +Z, origin inside the head)")
+    parser.add_argument("--canonical", action="store_true",
+                        help="with --ply: leave the Gaussians in GPHM's canonical units (the head about 1 unit "
+                             "long; 1 unit = 0.25 m) instead of the world frame in metres")
+    parser.add_argument("--extra-features", action="store_true",
+                        help="with --ply: also write the feature channels beyond RGB (29 of GPHM's 32) as "
+                             "f_extra_* properties (viewers that read by name skip them; the SIBR viewer "
+                             "cannot read them)")
     parser.add_argument("--model", default="portrait4d-v2",
                         help="the model id or pipeline folder that made the avatar (default portrait4d-v2)")
     parser.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION, metavar="N",
@@ -66,11 +86,62 @@ def _check_avatar_file(path: Path, option: str) -> None:
                                  "PHOTO -o orbit.mp4 --save-avatar me.avatar.safetensors`")
 
 
+_MESH_OPTIONS = {"model": ("--model", "portrait4d-v2"), "resolution": ("--resolution", DEFAULT_RESOLUTION),
+                 "level": ("--level", EG3D_LEVEL), "border": ("--border", DEFAULT_BORDER),
+                 "motion_from": ("--motion-from", None), "metres": ("--metres", False)}
+"""Options of the mesh export, with their defaults: given with --ply they are an error."""
+
+
+def _run_gphm(args: argparse.Namespace) -> int:
+    """``avatar export AVATAR_DIR --ply OUT``."""
+    from avatar.fitting.gphm_fit import is_gphm_avatar_dir
+
+    source = Path(args.avatar)
+    if not is_gphm_avatar_dir(source):
+        if source.suffix == ".safetensors" or source.is_file():
+            raise InputError(f"--ply writes the Gaussians of a fitted GPHM avatar folder; {source} is not one (a "
+                             "saved one-shot avatar is exported with --mesh OUT.glb)")
+        raise InputNotFoundError(f"{source} is not a fitted GPHM avatar folder (no avatar.json of `avatar fit`); "
+                                 "fit one with `avatar fit VIDEO -o AVATAR_DIR`")
+    given = [flag for name, (flag, default) in _MESH_OPTIONS.items() if getattr(args, name, default) != default]
+    if given:
+        raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --mesh exports of saved "
+                         "avatars, not to --ply of a GPHM avatar; leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
+    out = Path(args.ply)
+    if out.suffix.lower() != ".ply":
+        raise InputError(f"--ply {out}: the output must end in .ply")
+    if out.is_dir():
+        raise InputError(f"--ply {out} is a folder; give a file name such as {out / 'avatar.ply'}")
+    device = _device(args.device)
+
+    from avatar.export.gphm import export_gphm_ply
+    from avatar.export.ply import read_gaussian_ply
+
+    frame = "canonical" if args.canonical else "world"
+    path = export_gphm_ply(source, out, frame=frame, extra_features=args.extra_features, device=device)
+    n = read_gaussian_ply(path).num_gaussians
+    logger.info("wrote %s: %d Gaussians at the neutral expression (%s%s)", path, n,
+                "canonical units" if args.canonical else "metres, world frame",
+                ", with f_extra_* features" if args.extra_features else "")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """``avatar export``: returns the exit status (0)."""
+    if getattr(args, "ply", None) is not None:
+        return _run_gphm(args)
     from avatar.export.formats import check_mesh_path, write_mesh
     from avatar.export.mesh import check_marching_cubes
+    from avatar.fitting.gphm_fit import is_gphm_avatar_dir
 
+    if is_gphm_avatar_dir(args.avatar):
+        raise InputError(f"{args.avatar} is a fitted GPHM avatar (Gaussians, no density field for a mesh); export "
+                         "it with --ply OUT.ply")
+    wrong = [flag for flag in ("canonical", "extra_features") if getattr(args, flag, False)]
+    if wrong:
+        raise InputError(f"{', '.join('--' + w.replace('_', '-') for w in wrong)} appl"
+                         f"{'ies' if len(wrong) == 1 else 'y'} to --ply exports of GPHM avatar folders only")
     out = check_mesh_path(args.mesh)
     if args.resolution < 2 + 2 * max(args.border, 0) or args.border < 0:
         raise InputError(f"--resolution must leave samples inside the --border: use --resolution of at least "

@@ -5,7 +5,12 @@
   input, stored in resumable chunks (:func:`prepare_video`, :class:`PreparedVideo`)
 * :mod:`.gphm_fit` - a person's GPHM Gaussian head avatar fitted to a prepared video, resumably, within a time
   budget (:func:`fit_gphm_avatar`, :class:`FitConfig`, :class:`FitResult`), read back and rendered
-  (:func:`load_gphm_avatar`, :class:`FittedGPHMAvatar`, :func:`render_frames`)
+  (:func:`load_gphm_avatar`, :class:`FittedGPHMAvatar`, :func:`render_frames`); :func:`is_gphm_avatar_dir`
+  tells an avatar folder
+* :mod:`.driving` - a driving video -> per-frame expression input and head pose, without storing crops
+  (:func:`extract_driving_signals`, :class:`DrivingSignals`, :func:`map_to_avatar`)
+* :mod:`.reenact` - ``avatar reenact AVATAR_DIR DRIVING.mp4``: a fitted avatar driven by a video, with the
+  driving audio (:func:`reenact_video`)
 
 Names are imported on first use (the video preparation imports torch, OpenCV and, when run, mediapipe).
 """
@@ -17,7 +22,9 @@ from typing import Any
 
 _NAMES = {"PreparedVideo": "video_data", "prepare_video": "video_data", "FitConfig": "gphm_fit",
           "FitResult": "gphm_fit", "FittedGPHMAvatar": "gphm_fit", "fit_gphm_avatar": "gphm_fit",
-          "load_gphm_avatar": "gphm_fit", "render_frames": "gphm_fit"}
+          "load_gphm_avatar": "gphm_fit", "render_frames": "gphm_fit", "is_gphm_avatar_dir": "gphm_fit",
+          "DrivingSignals": "driving", "extract_driving_signals": "driving", "map_to_avatar": "driving",
+          "ReenactResult": "reenact", "reenact_video": "reenact"}
 
 __all__ = sorted(_NAMES)
 

@@ -99,6 +99,7 @@ __all__ = [
     "FittedGPHMAvatar",
     "fit_gphm_avatar",
     "head_template",
+    "is_gphm_avatar_dir",
     "load_gphm_avatar",
     "render_frames",
 ]
@@ -404,6 +405,29 @@ class FittedGPHMAvatar:
         out = self.render(expressions, world_to_camera, **kwargs)
         return ((out.image + 1.0) / 2.0).clamp(0.0, 1.0)
 
+    def reference_pose(self) -> Tensor:
+        """``(4, 4)`` world -> camera: the training frames' mean head pose (the signal encoder's reference)."""
+        pose = torch.eye(4, device=self.device)
+        pose[:3, :3] = self.signals.reference_rotation
+        pose[:3, 3] = self.signals.reference_translation
+        return pose
+
+    @torch.no_grad()
+    def neutral_gaussians(self) -> Any:
+        """The canonical Gaussians (:class:`~avatar.models.gphm.gaussians.GaussianSet`, batch 1) at the neutral
+        expression (the training frames' median expression input) and the reference head pose (the training
+        frames' mean pose, so the non-face code is the one of a zero pose change): the avatar as it looks on an
+        average training frame, before the head pose and the camera."""
+        z_exp = self.signals.encode_expression(self.signals.neutral[None])
+        z_nf = self.signals.encode_non_face(self.reference_pose()[None])
+        return self.avatar.gaussians(z_exp, z_nf)
+
+    @staticmethod
+    def canonical_to_world() -> Tensor:
+        """``(4, 4)`` the similarity canonical units -> world metres (:data:`CANONICAL_SCALE_M`,
+        :data:`CANONICAL_ORIGIN_M`; no rotation: the axes are MediaPipe's canonical face's)."""
+        return _similarity(None, 1, "cpu")[0]
+
     def save(self, out_dir: str | Path, fit: dict[str, Any] | None = None) -> Path:
         """Write the avatar folder (module docstring)."""
         out = Path(out_dir)
@@ -424,6 +448,16 @@ class FittedGPHMAvatar:
         _atomic_write(out / AVATAR_MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
         self.manifest = manifest
         return out
+
+
+def is_gphm_avatar_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a fitted GPHM avatar folder: a folder whose ``avatar.json`` is a manifest of this
+    format (what :func:`fit_gphm_avatar` writes). Reads only the manifest; never raises."""
+    manifest = Path(path) / AVATAR_MANIFEST
+    try:
+        return manifest.is_file() and json.loads(manifest.read_text()).get("format") == AVATAR_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_gphm_avatar(avatar_dir: str | Path, *, device: torch.device | str = "cpu") -> FittedGPHMAvatar:
