@@ -267,3 +267,16 @@ def test_eval_script_on_real_frames(tmp_path):
     assert rc == 0
     row = json.loads((out / "results.json").read_text())["videos"]["talk3"]
     assert row["train_frames"] == 8 and row["test_frames"] == 2 and math.isfinite(row["psnr"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_driving_signal_reference_on_cuda() -> None:
+    """set_reference on CUDA tensors (a device mismatch here stopped the first GPU fit)."""
+    from avatar.models.gphm.signals import DrivingSignalConfig, DrivingSignalEncoder
+
+    enc = DrivingSignalEncoder(DrivingSignalConfig.tiny()).cuda()
+    n = 5
+    poses = torch.eye(4, device="cuda").repeat(n, 1, 1)
+    enc.set_reference(torch.randn(n, enc.config.input_dim, device="cuda"), poses)
+    assert torch.allclose(enc.reference_rotation, torch.eye(3, device="cuda"), atol=1e-6)

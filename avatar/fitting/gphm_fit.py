@@ -936,6 +936,22 @@ class _Fitter:
             state.stage = 3  # recorded once the avatar folder is written (fit_gphm_avatar)
 
 
+def _warm_up_rasterizer(device: torch.device) -> None:
+    """One tiny gsplat call on CUDA, so that the extension's JIT build (1-2 minutes on a fresh machine or after a
+    change of ``TORCH_CUDA_ARCH_LIST``) happens before the time budget starts. No-op on CPU or without gsplat."""
+    from avatar.render.gaussians import gsplat_available, rasterize_gaussians
+
+    if device.type != "cuda" or not gsplat_available(device):
+        return
+    n = 4
+    means = torch.tensor([[0.0, 0.0, 3.0]], device=device).repeat(n, 1)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=device).repeat(n, 1)
+    k = torch.tensor([[[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]]], device=device)
+    rasterize_gaussians(means, quats, torch.full((n, 3), 0.1, device=device), torch.full((n,), 0.5, device=device),
+                        torch.ones(n, 3, device=device), torch.eye(4, device=device)[None], k, 16, 16,
+                        backend="gsplat")
+
+
 def fit_gphm_avatar(prepared: Any, out_dir: str | Path, *, config: FitConfig | None = None, model: Any = None,
                     device: torch.device | str = "cuda", progress: bool = True, resume: bool = True,
                     on_step: Callable[[int, int, float], None] | None = None) -> FitResult:
@@ -991,6 +1007,7 @@ def fit_gphm_avatar(prepared: Any, out_dir: str | Path, *, config: FitConfig | N
                          "finished", bool(fit.get("perceptual", False)))
 
     t0 = time.perf_counter()
+    _warm_up_rasterizer(dev)  # gsplat's first call builds its CUDA extension: not part of the fitting budget
     frames = load_frames(prepared, c.resolution, dev, progress)
     load_seconds = time.perf_counter() - t0
     torch.manual_seed(c.seed)

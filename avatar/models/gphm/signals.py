@@ -109,7 +109,7 @@ class DrivingSignalEncoder(ModelMixin):
         self.neutral.copy_(expressions.to(self.neutral).median(dim=0).values)
         mean = world_to_camera[:, :3, :3].double().mean(0)
         u, _, vt = torch.linalg.svd(mean)
-        d = torch.ones(3, dtype=mean.dtype)
+        d = torch.ones(3, dtype=mean.dtype, device=mean.device)
         d[2] = torch.sign(torch.linalg.det(u @ vt))
         self.reference_rotation.copy_((u @ torch.diag(d) @ vt).to(self.reference_rotation))
         self.reference_translation.copy_(world_to_camera[:, :3, 3].mean(0).to(self.reference_translation))
