@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from avatar.bench.timing import time_calls
 from avatar.errors import InputError
 
 BACKENDS = ("gsplat", "reference")
@@ -73,20 +74,8 @@ def random_scene(batch: int, num_gaussians: int, resolution: int, channels: int,
     return {**{k: v.to(device) for k, v in tensors.items()}, "width": resolution, "height": resolution}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_ms(fn: Callable[[], object], iters: int, device: torch.device) -> float:
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return statistics.median(time_calls(fn, device, iters)) * 1e3
 
 
 def _call(scene: dict[str, torch.Tensor], backend: str, backward: bool) -> Callable[[], torch.Tensor]:

@@ -30,8 +30,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from avatar.bench.timing import fmt as _fmt
+from avatar.bench.timing import time_calls as _time
 from avatar.errors import InputError
 
 FRONT = [1, 0, 0, 0, 0, -1, 0, 0, 0, 0, -1, 2.7, 0, 0, 0, 1, 4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1.0]
@@ -55,24 +55,6 @@ class Row:
     sr_rel_diff: float | None = None
     render_max_abs_diff: float | None = None
     iterations: int = 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def cameras(n: int, device: torch.device) -> torch.Tensor:
@@ -208,10 +190,6 @@ def run(args: argparse.Namespace) -> list[Row]:
     sr, rel, raw = diffs(full_frame())
     rows.append(Row("ours fp32, encode + reenact per frame", 1, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
     return rows
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def format_table(rows: list[Row]) -> str:

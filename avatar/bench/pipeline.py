@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from avatar.bench.timing import sync as _sync
+from avatar.bench.timing import time_calls
 from avatar.errors import InputError
 from avatar.face.geometry import FlameLabel
 from avatar.io.image import load_image
@@ -63,20 +65,8 @@ class Timing:
     runs: int = 0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, int]:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3, repeats
+    return statistics.median(time_calls(fn, device, repeats)) * 1e3, repeats
 
 
 def synthetic_media(folder: Path, frames: int, size: int = 512, fps: int = 25) -> tuple[Path, Path]:

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 
+from avatar.bench.timing import fmt as _fmt
+from avatar.bench.timing import sync as _sync
+from avatar.bench.timing import time_calls as _time
 from avatar.errors import InputError
 from avatar.models.portrait4d import AvatarState, Portrait4D, Portrait4DConfig
 from avatar.render.camera import orbit_labels
@@ -56,24 +59,6 @@ class Row:
     max_abs_diff: float | None = None
     rel_l2_diff: float | None = None
     iterations: int = 0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return times
 
 
 def count_flops(fn: Callable[[], object]) -> float:
@@ -285,10 +270,6 @@ def breakdown(model: Portrait4D, state: AvatarState, motions: torch.Tensor, came
 def header() -> str:
     return ("| path | batch | ms / frame | frames/s | peak GPU mem (GiB) | GFLOP / frame | of bf16 peak "
             "| max abs diff vs ref | rel L2 diff |\n|---|---|---|---|---|---|---|---|---|")
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
 
 
 def format_row(r: Row) -> str:

@@ -26,13 +26,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from avatar.errors import InputError
 from avatar.pipelines.results import ReenactResult, ReenactStream
 
 if TYPE_CHECKING:
     from avatar.pipelines.live import LiveReenactor
 
 __all__ = ["AvatarLike", "AvatarPipeline", "HeadPoseMode", "PIPELINE_FILE", "PhotoLike", "VideoLike",
-           "save_tensors_atomically", "write_pipeline_folder"]
+           "read_saved_tensors", "save_tensors_atomically", "write_pipeline_folder"]
 
 HeadPoseMode = Literal["neck", "camera", "fixed"]
 PhotoLike = str | Path | np.ndarray | Image.Image
@@ -60,6 +61,23 @@ class AvatarLike(Protocol):
     def save(self, path: str | Path) -> Path:
         """Write the avatar into one file that the pipeline's ``load_avatar`` reads back."""
         ...
+
+
+def read_saved_tensors(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The tensors and string metadata of an avatar file written by :func:`save_tensors_atomically`; a missing or
+    unreadable file is an :class:`~avatar.errors.InputError` saying so."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; save an avatar first with create_avatar(...).save(path)")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types
+        raise InputError(f"{path} is not a saved avatar ({exc})") from None
+    return tensors, meta
 
 
 def save_tensors_atomically(path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]) -> Path:

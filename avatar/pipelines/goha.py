@@ -76,6 +76,7 @@ from avatar.pipelines.base import (
     PhotoLike,
     VideoLike,
     class_path,
+    read_saved_tensors,
     save_tensors_atomically,
     write_pipeline_folder,
 )
@@ -178,17 +179,8 @@ class GOHAAvatar:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> GOHAAvatar:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"{path} does not exist; save an avatar first with create_avatar(...).save(path)")
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-        except Exception as exc:  # noqa: BLE001 - safetensors raises several types
-            raise InputError(f"{path} is not a saved avatar ({exc})") from None
+        tensors, meta = read_saved_tensors(path, device)
         if meta.get("format") != AVATAR_FORMAT:
             hint = " (it is a Portrait4D avatar)" if meta.get("format") == "avatar4d-avatar" else ""
             raise InputError(f"{path} is not a saved GOHA avatar{hint}; create it again with --model goha")
