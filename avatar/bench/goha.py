@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -58,17 +57,12 @@ class Row:
 
 
 def cameras(n: int, device: torch.device) -> torch.Tensor:
-    """``n`` EG3D cameras on a small orbit in front of the head (yaw up to +-0.3 rad)."""
-    out = torch.tensor([FRONT]).repeat(n, 1)
-    for i in range(n):
-        yaw = 0.3 * math.sin(2 * math.pi * i / max(n, 1))
-        c, s = math.cos(yaw), math.sin(yaw)
-        rot = torch.tensor([[c, 0, s], [0, 1, 0], [-s, 0, c]])
-        cam = torch.tensor(FRONT[:16]).view(4, 4)
-        cam[:3, :3] = rot @ cam[:3, :3]
-        cam[:3, 3] = rot @ cam[:3, 3]
-        out[i, :16] = cam.flatten()
-    return out.to(device)
+    """``n`` GOHA (EG3D) cameras on the toolkit's orbit (:func:`avatar.render.camera.orbit_labels` mapped by
+    :func:`avatar.pipelines.goha.goha_cameras`, as ``GOHAPipeline.render_views`` does)."""
+    from avatar.pipelines.goha import goha_cameras
+    from avatar.render.camera import orbit_labels
+
+    return goha_cameras(orbit_labels(n)).to(device)
 
 
 def smooth_images(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
