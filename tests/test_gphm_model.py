@@ -287,6 +287,49 @@ def test_personalised_avatar_renders_like_the_fitted_gphm(gphm: GPHM) -> None:
         gphm.personalise(torch.zeros(2, gphm.config.fields.identity_dim))
 
 
+def _random_avatar(gphm: GPHM) -> GPHMAvatar:
+    avatar = gphm.personalise(gphm.new_identity_code(1, generator=torch.Generator().manual_seed(3)).detach())
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # non-zero heads, so that every network moves the output
+        for p in avatar.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return avatar.eval()
+
+
+def test_fast_inference_matches_the_reference_and_tracks_weight_changes(gphm: GPHM) -> None:
+    avatar = _random_avatar(gphm)
+    x = _inputs(gphm)
+    args = (x["expression"], x["non_face"], x["pose"], x["Ks"])
+
+    def run() -> object:
+        with torch.no_grad():
+            return avatar(*args, viewmats=x["viewmats"], backend="reference")
+
+    ref = run()
+    avatar.enable_fast_inference(None)  # float32: only the cached first layer differs (rounding)
+    fast = run()
+    for name in ("means", "quats", "scales", "opacities", "features", "landmarks"):
+        assert torch.allclose(getattr(ref.gaussians, name), getattr(fast.gaussians, name), atol=1e-5), name
+    assert torch.allclose(ref.image, fast.image, atol=1e-5)
+    assert avatar._point_cache is not None
+    with torch.no_grad():  # an in-place weight change invalidates the cached first layer
+        avatar.expression_deform.point_in.weight.mul_(1.5)
+    changed_fast = run()
+    avatar.disable_fast_inference()
+    changed_ref = run()
+    assert not torch.allclose(changed_ref.gaussians.means, ref.gaussians.means, atol=1e-4)
+    assert torch.allclose(changed_fast.gaussians.means, changed_ref.gaussians.means, atol=1e-5)
+    avatar.enable_fast_inference(torch.bfloat16)  # bf16 autocast: close, not equal
+    low = run()
+    assert low.image.dtype == torch.float32 and low.gaussians.means.dtype == torch.float32
+    assert (low.gaussians.means - changed_ref.gaussians.means).abs().max() < 5e-3
+    assert (low.image - changed_ref.image).abs().max() < 2e-2
+    out = avatar(*args, viewmats=x["viewmats"], backend="reference")  # gradients: the reference path runs
+    assert torch.allclose(out.image, changed_ref.image, atol=1e-5)
+    with pytest.raises(ConfigError, match="dtype"):
+        avatar.enable_fast_inference(torch.float64)
+
+
 # ---- save / load -----------------------------------------------------------------------------------------------
 
 

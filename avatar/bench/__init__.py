@@ -5,6 +5,7 @@
     python -m avatar.bench face ...       # the face backends per frame: MediaPipe vs official (avatar.bench.face)
     python -m avatar.bench goha ...       # GOHA reenactment: ours vs the official Model (avatar.bench.goha)
     python -m avatar.bench gaussians ...  # the Gaussian rasteriser: gsplat vs the PyTorch reference (avatar.bench.gaussians)
+    python -m avatar.bench gphm ...       # a fitted GPHM avatar per stage: reference vs fast path (avatar.bench.gphm)
     python -m avatar.bench metrics ...    # eval's HDTF metric set (= python -m eval.bench ...)
 
 ``avatar bench ...`` is the same command.
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
-    from avatar.bench import face, gaussians, goha, pipeline, psi
+    from avatar.bench import face, gaussians, goha, gphm, pipeline, psi
     from avatar.cli import ArgumentParser
 
     parser = ArgumentParser(prog="python -m avatar.bench", description=__doc__.split("\n\n")[0])
@@ -33,6 +34,7 @@ def build_parser():  # noqa: ANN201 - argparse.ArgumentParser
     face.add_arguments(sub.add_parser("face", help="the face backends per frame: MediaPipe against the official"))
     gaussians.add_arguments(sub.add_parser("gaussians", help="the Gaussian rasteriser: gsplat against the PyTorch "
                                                              "reference"))
+    gphm.add_arguments(sub.add_parser("gphm", help="a fitted GPHM avatar per stage: reference against the fast path"))
     goha.add_arguments(sub.add_parser("goha", help="GOHA reenactment: ours against the official Model"))
     sub.add_parser("metrics", add_help=False,  # every later argument, --help included, goes to eval.bench
                    help="the HDTF metric set in frames/s (= `python -m eval.bench`; `metrics --help` for options)")
@@ -56,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from eval.bench import main as metrics_main
 
             return metrics_main([*(["-q"] if verbosity < 0 else ["-v"] * verbosity), *rest])
-        from avatar.bench import face, gaussians, goha, pipeline, psi
+        from avatar.bench import face, gaussians, goha, gphm, pipeline, psi
 
         mains = {"psi": psi.main, "pipeline": pipeline.main, "face": face.main, "gaussians": gaussians.main,
-                 "goha": goha.main}
+                 "gphm": gphm.main, "goha": goha.main}
         return mains[args.benchmark](args)
 
     return run_guarded(run, verbosity=verbosity, log=logger, command=f"bench {args.benchmark}")

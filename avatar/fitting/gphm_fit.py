@@ -371,6 +371,11 @@ class FittedGPHMAvatar:
         self.signals.eval()
         return self
 
+    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16) -> FittedGPHMAvatar:
+        """:meth:`GPHMAvatar.enable_fast_inference` (used only without gradients). Returns ``self``."""
+        self.avatar.enable_fast_inference(dtype)
+        return self
+
     def feature_intrinsics(self, batch: int, resolution: int | None = None) -> tuple[Tensor, int]:
         """``Ks (B, 3, 3)`` of the feature map for an image of ``resolution`` (default the avatar's), and its size."""
         res = self.resolution if resolution is None else int(resolution)

@@ -65,6 +65,7 @@ from avatar.models.gphm.mesh_render import MeshFeatureRender, render_mesh_featur
 from avatar.models.gphm.modeling import (
     GPHM,
     GPHMAvatar,
+    GPHMFastInference,
     GuidingGeometryModel,
     GuidingMesh,
     GuidingRenderOutput,
@@ -82,6 +83,7 @@ __all__ = [
     "FieldsConfig",
     "FieldsOutput",
     "GPHMAvatar",
+    "GPHMFastInference",
     "GPHMAvatarConfig",
     "GPHMConfig",
     "GPHMLossConfig",

@@ -24,6 +24,7 @@ no SDF MLP to query), giving the landmarks of the landmark loss.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -202,7 +203,7 @@ def rigid_matrix(pose: Tensor | tuple[Tensor, Tensor], batch_size: int) -> Tenso
 
 
 def render_gaussian_set(gaussians: GaussianSet, pose: Tensor | tuple[Tensor, Tensor], Ks: Tensor,  # noqa: N803
-                        image_size: int | tuple[int, int], refine: nn.Module, *, viewmats: Tensor | None = None,
+                        image_size: int | tuple[int, int], refine: Callable[[Tensor], Tensor], *, viewmats: Tensor | None = None,
                         background: Tensor | None = None, backend: str = "auto", near_plane: float = 0.01,
                         far_plane: float = 1e10) -> GPHMOutput:
     """Pose, splat and refine a :class:`GaussianSet` (one camera per sample).
@@ -212,7 +213,7 @@ def render_gaussian_set(gaussians: GaussianSet, pose: Tensor | tuple[Tensor, Ten
         pose: the head pose (canonical -> world), ``(R (B, 3, 3), T (B, 3))``, ``(B, 4, 4)`` or ``(B, 6)``.
         Ks: ``(B, 3, 3)`` pixel intrinsics of the feature map.
         image_size: feature-map size ``S`` or ``(H, W)``.
-        refine: the refine network (feature map -> image).
+        refine: the refine network, or any callable feature map -> image.
         viewmats: ``(B, 4, 4)`` world -> camera, OpenCV axes; ``None``: identity (the world is the camera frame).
         background: ``(B, C)`` or ``(C,)`` feature behind the head (``None``: zeros).
         backend: :func:`avatar.render.gaussians.rasterize_gaussians` backend.

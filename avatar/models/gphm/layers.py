@@ -68,8 +68,20 @@ class ConditionedMLP(nn.Module):
             self.point_in.bias.uniform_(-bound, bound)
             self.code_in.weight.uniform_(-bound, bound)
 
-    def forward(self, points: Tensor, code: Tensor) -> Tensor:
-        h = self.point_in(points) + self.code_in(code).unsqueeze(-2)
+    def point_part(self, points: Tensor) -> Tensor:
+        """The code-free part of the first layer, ``W_f f + b``: ``(..., N, point_dim) -> (..., N, width)``. It
+        does not change while the points and weights do not, so inference computes it once and passes it to
+        :meth:`forward` (``point_part=``)."""
+        return self.point_in(points)
+
+    def forward(self, points: Tensor | None, code: Tensor, *, point_part: Tensor | None = None) -> Tensor:
+        """``points (B, N, point_dim)`` (or ``None`` with ``point_part (N, width)`` or ``(B, N, width)`` from
+        :meth:`point_part`) and ``code (B, code_dim)`` -> ``(B, N, out_dim)``."""
+        if point_part is None:
+            if points is None:
+                raise ValueError("ConditionedMLP needs points or their point_part")
+            point_part = self.point_in(points)
+        h = point_part + self.code_in(code).unsqueeze(-2)
         return self.rest(self.act(h))
 
 

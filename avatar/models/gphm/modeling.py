@@ -24,6 +24,7 @@ Inputs shared by all three (``B`` samples):
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from avatar.errors import InputError
+from avatar.errors import ConfigError, InputError
 from avatar.modeling import ModelMixin
 from avatar.models.gphm.codes import IdentityCodebook, new_identity_code, resolve_identity
 from avatar.models.gphm.configuration import GPHMAvatarConfig, GPHMConfig, GuidingGeometryConfig
@@ -54,6 +55,7 @@ from avatar.models.gphm.sampling import front_cap, sample_surface
 __all__ = [
     "GPHM",
     "GPHMAvatar",
+    "GPHMFastInference",
     "GuidingGeometryModel",
     "GuidingMesh",
     "GuidingRenderOutput",
@@ -545,6 +547,22 @@ class GPHM(ModelMixin):
 # a person's avatar (paper 3.5)
 
 
+def _version_of(t: Tensor) -> int:
+    """The in-place version counter (``-1`` for an inference-mode tensor, which has none and cannot change)."""
+    try:
+        return int(t._version)
+    except RuntimeError:
+        return -1
+
+
+@dataclass(frozen=True)
+class GPHMFastInference:
+    """How :class:`GPHMAvatar` runs without gradients once :meth:`GPHMAvatar.enable_fast_inference` is called."""
+
+    dtype: torch.dtype | None = torch.bfloat16
+    """Autocast dtype of the MLPs and the refine network; ``None``: float32 (only the cached first layer)."""
+
+
 class GPHMAvatar(ModelMixin):
     """A person-specific Gaussian head avatar fine-tuned from a GPHM (paper 3.5); built by
     :meth:`GPHM.personalise`, saved and loaded like every network (:meth:`save_pretrained` /
@@ -559,6 +577,13 @@ class GPHMAvatar(ModelMixin):
 
     Reenactment: ``avatar(driving_face_crops, driving_non_face_images, pose, Ks, viewmats=...)`` (paper: the
     non-face code may also be held fixed, e.g. at a training frame's, to ignore the neck).
+
+    Fast inference (:meth:`enable_fast_inference`, used only where no gradient is recorded): the code-free part
+    of the first layer of ``F_exp``, ``F_nf`` and ``F_dyn`` (``W_f f_id + b``, ``N x width`` per network) is
+    computed once and reused until the points or those weights change (an exact rewrite: the per-frame work drops
+    by that layer), and the three MLPs and the refine network run under autocast in ``dtype`` (bf16 by default;
+    ``None`` keeps float32), the refine network on channels-last maps. Positions, attribute activations and
+    splatting stay float32. The reference is the same methods without it; the tests bound the difference.
     """
 
     config_class = GPHMAvatarConfig
@@ -593,6 +618,8 @@ class GPHMAvatar(ModelMixin):
         self.expression_encoder = MotionEncoder(config.expression_encoder, fc.expression_dim)
         self.non_face_encoder = MotionEncoder(config.non_face_encoder, fc.non_face_dim)
         self.refine = RefineNet(config.refine)
+        self.fast_inference: GPHMFastInference | None = None
+        self._point_cache: tuple[tuple[tuple[int, int], ...], dict[str, Tensor]] | None = None
 
     _PER_POINT = ("means", "colors", "log_scales", "rotations", "opacity_logits", "identity_features",
                   "expression_weights")
@@ -638,6 +665,59 @@ class GPHMAvatar(ModelMixin):
         """Non-face images ``(B, 3, H, W)`` in [-1, 1] -> non-face motion codes ``(B, D_nf)``."""
         return self.non_face_encoder(non_face_images)
 
+    # ---- fast inference ------------------------------------------------------------------------------------
+    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16) -> GPHMAvatar:
+        """Turn the fast inference path on (class docstring): ``dtype`` is the autocast dtype of the MLPs and the
+        refine network (``torch.bfloat16``, ``torch.float16``, or ``None`` for float32). Returns ``self``."""
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise ConfigError(f"enable_fast_inference: dtype must be torch.bfloat16, torch.float16 or None, got {dtype}")
+        self.fast_inference = GPHMFastInference(dtype=dtype)
+        self._point_cache = None
+        return self
+
+    def disable_fast_inference(self) -> GPHMAvatar:
+        """Back to the reference path (the default). Returns ``self``."""
+        self.fast_inference = None
+        self._point_cache = None
+        return self
+
+    def _fast_active(self) -> bool:
+        return self.fast_inference is not None and not torch.is_grad_enabled()
+
+    def _autocast(self, like: Tensor) -> contextlib.AbstractContextManager[object]:
+        dtype = None if self.fast_inference is None else self.fast_inference.dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(like.device.type, dtype=dtype)
+
+    def _point_parts(self) -> dict[str, Tensor]:
+        """The cached code-free first-layer parts, recomputed when a point feature or first-layer weight changed
+        (storage or in-place version)."""
+        sources = (self.identity_features, self.landmark_identity_features,
+                   *(t for m in (self.expression_deform, self.non_face_deform, self.dynamic)
+                     for t in (m.point_in.weight, m.point_in.bias)))
+        key = tuple((t.data_ptr(), _version_of(t)) for t in sources)
+        if self._point_cache is not None and self._point_cache[0] == key:
+            return self._point_cache[1]
+        with self._autocast(self.identity_features):
+            parts = {
+                "exp": self.expression_deform.point_part(self.identity_features),
+                "nf": self.non_face_deform.point_part(self.identity_features),
+                "dyn": self.dynamic.point_part(self.identity_features),
+                "lm_exp": self.expression_deform.point_part(self.landmark_identity_features),
+                "lm_nf": self.non_face_deform.point_part(self.landmark_identity_features),
+            }
+        self._point_cache = (key, parts)
+        return parts
+
+    def _refine_image(self, features: Tensor) -> Tensor:
+        if not self._fast_active():
+            return self.refine(features)
+        with self._autocast(features):
+            image = self.refine(features.contiguous(memory_format=torch.channels_last))
+        return image.float()
+
+    # ---- the Gaussians ---------------------------------------------------------------------------------------
     def gaussians(self, expression_code: Tensor, non_face_code: Tensor | None = None) -> GaussianSet:
         """Canonical Gaussians of the person for ``expression_code (B, D_exp)`` (or face crops) and
         ``non_face_code (B, D_nf)`` (or non-face images; ``None``: zeros)."""
@@ -646,16 +726,26 @@ class GPHMAvatar(ModelMixin):
         batch = expression_code.shape[0]
         z_exp = _motion_code(expression_code, self.expression_encoder, fc.expression_dim, batch, "expression", ref)
         z_nf = _motion_code(non_face_code, self.non_face_encoder, fc.non_face_dim, batch, "non-face motion", ref)
+        fast = self._fast_active()
+        parts = self._point_parts() if fast else {}
 
-        def deform(positions: Tensor, f_id: Tensor, w_exp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            f = f_id.unsqueeze(0).expand(batch, -1, -1)
-            d_exp = w_exp * self.expression_deform(f, z_exp)
-            d_nf = (1.0 - w_exp) * self.non_face_deform(f, z_nf)
+        def deform(positions: Tensor, f_id: Tensor, w_exp: Tensor, prefix: str) -> tuple[Tensor, Tensor, Tensor]:
+            f = None if fast else f_id.unsqueeze(0).expand(batch, -1, -1)
+            with self._autocast(positions) if fast else contextlib.nullcontext():
+                dx_exp = self.expression_deform(f, z_exp, point_part=parts.get(prefix + "exp"))
+                dx_nf = self.non_face_deform(f, z_nf, point_part=parts.get(prefix + "nf"))
+            d_exp = w_exp * dx_exp.float()
+            d_nf = (1.0 - w_exp) * dx_nf.float()
             return positions + d_exp + d_nf, d_exp, d_nf
 
-        means, d_exp, d_nf = deform(self.means, self.identity_features, self.expression_weights)
-        landmarks, _, _ = deform(self.landmarks, self.landmark_identity_features, self.landmark_expression_weights)
-        dyn = self.dynamic(self.identity_features.unsqueeze(0).expand(batch, -1, -1), z_exp)
+        means, d_exp, d_nf = deform(self.means, self.identity_features, self.expression_weights, "")
+        landmarks, _, _ = deform(self.landmarks, self.landmark_identity_features, self.landmark_expression_weights,
+                                 "lm_")
+        if fast:
+            with self._autocast(self.means):
+                dyn = self.dynamic(None, z_exp, point_part=parts["dyn"]).float()
+        else:
+            dyn = self.dynamic(self.identity_features.unsqueeze(0).expand(batch, -1, -1), z_exp)
         c = fc.color_dim
         scales, quats, opacities = activate_attributes(self.log_scales + dyn[..., c:c + 3],
                                                        self.rotations + dyn[..., c + 3:c + 7],
@@ -666,10 +756,10 @@ class GPHMAvatar(ModelMixin):
     def render(self, gaussians: GaussianSet, pose: Pose, Ks: Tensor, image_size: int | None = None, *,  # noqa: N803
                viewmats: Tensor | None = None, background: Tensor | None = None,
                backend: str = "auto") -> GPHMOutput:
-        """As :meth:`GPHM.render`."""
+        """As :meth:`GPHM.render` (with the fast path's refine network when it is on)."""
         size = self.config.feature_resolution if image_size is None else image_size
-        return render_gaussian_set(gaussians, pose, Ks, size, self.refine, viewmats=viewmats, background=background,
-                                   backend=backend)
+        return render_gaussian_set(gaussians, pose, Ks, size, self._refine_image, viewmats=viewmats,
+                                   background=background, backend=backend)
 
     def forward(self, expression: Tensor, non_face: Tensor | None, pose: Pose, Ks: Tensor,  # noqa: N803
                 image_size: int | None = None, *, viewmats: Tensor | None = None, background: Tensor | None = None,
