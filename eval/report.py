@@ -24,7 +24,7 @@ from .data import natural_key
 from .metrics import MetricResult
 from .protocols import HDTF_CROSS_ID_DRIVER
 from .protocols.pairs import HDTF_TEST_19, TO_CELEBA_SEPARATOR, SampleSet
-from .protocols.published import CITATION, TABLES
+from .protocols.published import CITATION, TABLES, PublishedTable
 
 __all__ = ["NOT_COMPARABLE", "REPORT_FILES", "Reason", "clear_report", "format_value", "json_safe", "scored_summary",
            "verdict", "write_report"]
@@ -35,6 +35,24 @@ _DECIMALS = {"psnr": 2, "fid": 2, "akd": 3}
 REPORT_FILES = ("report.md", "metrics.json", "per_sample.csv", "per_video.csv")
 """Files :func:`write_report` writes into RESULTS (plus ``plots/``); :func:`clear_report` removes them."""
 _PLOT_PATTERNS = ("distributions.png", "frames_*.png")
+
+
+def published_provenance(table: PublishedTable) -> list[str]:
+    """The report's lines on where a published table's rows come from: the table's citation for the rows
+    without their own source, and each other row's source and comparability note."""
+    own = dict(table.row_sources)
+    cited = [who for who, _ in table.rows if who not in own]
+    lines = []
+    if cited or not own:
+        where = ("transcribed in `../shared/design/eval-protocols.md` §A" if not table.citation
+                 else "read in its source")
+        lines.append(f"Published rows: {table.citation or CITATION}, {table.title} ({table.note}); {where}. "
+                     "Implementations differ (see `../shared/design/eval-protocols.md` §4): compare with care.")
+    for who, _ in table.rows:
+        if who in own:
+            note = table.note_of(who)
+            lines.append(f"- {who}: from {table.source_of(who)}" + (f". Comparability: {note}" if note else ""))
+    return lines
 
 
 def clear_report(out: str | Path, extra: Iterable[str] = ()) -> list[str]:
@@ -345,8 +363,7 @@ def write_report(out: str | Path, sset: SampleSet, results: dict[str, MetricResu
                   "|" + "---|" * (len(cols) + 1), *published_rows, "",
                   f"Our row, {NOT_COMPARABLE} ({'; '.join(r.label for r in reasons)}):", "", header,
                   "|" + "---|" * (len(cols) + 1), f"| {method} ({NOT_COMPARABLE}) | {ours} |"]
-    lines += ["", f"Published rows: {table.citation or CITATION}, {table.title} ({table.note}); transcribed in "
-              "`../shared/design/eval-protocols.md` §A. Implementations differ (see that file, §4): compare with care.",
+    lines += ["", *published_provenance(table),
               "", "## Metrics", "", "| metric | value | mean | counted | excluded | compared with | comparable |",
               "|---|---|---|---|---|---|---|"]
     for m in cols:
