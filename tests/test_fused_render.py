@@ -46,14 +46,17 @@ def _assert_close(out: RenderOutput, ref: RenderOutput, atol: float) -> None:
 
 
 @pytest.mark.parametrize(
-    ("channels", "c_out", "n_coarse", "n_fine", "deterministic"),
-    [(32, 32, 10, 10, True), (4, 8, 9, 7, True), (32, 32, 12, 0, True), (8, 16, 8, 8, False)],
+    ("channels", "c_out", "n_coarse", "n_fine", "deterministic", "axes"),
+    [(32, 32, 10, 10, True, "xy-yz-zx"), (4, 8, 9, 7, True, "xy-yz-zx"), (32, 32, 12, 0, True, "xy-yz-zx"),
+     (8, 16, 8, 8, False, "xy-yz-zx"), (32, 32, 10, 10, True, "xy-xz-zy"), (8, 16, 8, 8, False, "xy-xz-zy")],
 )
 @torch.no_grad()
-def test_matches_reference(triton_interpreter, channels, c_out, n_coarse, n_fine, deterministic):
+def test_matches_reference(triton_interpreter, channels, c_out, n_coarse, n_fine, deterministic, axes):
+    """Both projections (Portrait4D's and EG3D's / GOHA's) against the PyTorch renderer."""
     planes, o, d, cam_z = _scene(2, 6, channels, 12, triton_interpreter)
     dec = _decoder(channels, c_out)
-    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=n_coarse, depth_resolution_importance=n_fine))
+    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=n_coarse, depth_resolution_importance=n_fine,
+                                                   plane_axes=axes))
     torch.manual_seed(5)  # the stochastic case draws the same jitter and importance samples on both sides
     ref = renderer(planes, dec, o, d, cam_z=cam_z, deterministic=deterministic)
     torch.manual_seed(5)
@@ -92,10 +95,9 @@ def test_unsupported_calls_say_why(triton_interpreter):
     white = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4, white_back=True))
     with pytest.raises(FusedRenderingUnsupportedError, match="white_back"):
         render_triplanes_fused(white, planes, dec, o, d, cam_z)
-    eg3d = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4,
-                                               plane_axes="xy-xz-zy"))
-    with pytest.raises(FusedRenderingUnsupportedError, match="planes"):
-        render_triplanes_fused(eg3d, planes, dec, o, d, cam_z)
+    with pytest.raises(FusedRenderingUnsupportedError, match="plane_axes"):
+        fused.fused_triplane_field(planes, o, fused.decoder_weights(dec), 1.0, torch.zeros(1, 1, 1, 16),
+                                   torch.zeros(1, 1, 1), 0, plane_axes="yx-zy-xz")
 
 
 def test_not_available_on_cpu_without_interpreter(monkeypatch: pytest.MonkeyPatch):

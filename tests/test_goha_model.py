@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from avatar.errors import AssetNotFoundError, CheckpointMismatchError, InputError
+from avatar.errors import AssetNotFoundError, CheckpointMismatchError, ConfigError, InputError
 from avatar.face.bfm import ParametricFaceModel
 from avatar.hub.weights import read_weights
 from avatar.models.goha import GOHA, GOHAConfig, model_state_to_official, official_to_model_state
@@ -111,6 +111,40 @@ def test_reenact_shapes_and_ranges(model: GOHA, images: torch.Tensor) -> None:
     assert lo - 1e-4 <= out.depth.min() and out.depth.max() <= hi + 1e-4
     assert torch.allclose(out.plane, src.canonical_plane + out.expression_plane + out.appearance_plane, atol=1e-6)
     assert out["image"] is out.image  # official key access
+
+
+def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, images: torch.Tensor,
+                                                                 triton_interpreter: torch.device) -> None:
+    """GOHA's EG3D planes through the fused Triton renderer (Triton's interpreter on CPU) and another lifting
+    chunk give the reference output; off again, the reference path runs."""
+    from avatar.render import fused
+
+    with torch.no_grad():
+        src = model.encode_source(images, camera(2))
+        ref = model.reenact(src, camera(2, 0.05), images.flip(0))
+        calls = []
+        original = fused.fused_ray_march
+
+        def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls.append(1)
+            return original(*args, **kwargs)
+
+        fused.fused_ray_march = counting
+        try:
+            model.enable_fast_inference("ieee", lift_chunk=7)
+            out = model.reenact(src, camera(2, 0.05), images.flip(0))
+            n_fast = len(calls)
+            model.disable_fast_inference()
+            again = model.reenact(src, camera(2, 0.05), images.flip(0))
+        finally:
+            fused.fused_ray_march = original
+            model.disable_fast_inference()
+    assert n_fast > 0 and len(calls) == n_fast  # the kernels ran only while the fast path was on
+    for name in ("image", "image_raw", "depth", "appearance_plane"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name)
+    assert torch.equal(again.image, ref.image)
+    with pytest.raises(ConfigError, match="fused_rendering"):
+        model.enable_fast_inference("fp8")
 
 
 def test_deterministic_by_default_and_official_noise_on_request(model: GOHA, images: torch.Tensor) -> None:

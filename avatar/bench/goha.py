@@ -1,7 +1,7 @@
 """Speed and memory of GOHA's reenactment: the official ``Model`` against ours, same weights, same GPU, one run.
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
-        [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+        [--fused off ieee tf32] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
 
@@ -14,6 +14,8 @@ Rows:
 * ``ours <dtype>, source cached``: :meth:`GOHA.encode_source` once, then :meth:`GOHA.reenact` per batch of driving
   frames, given the same pseudo-render (the 3DMM pseudo-render - Deep3D + rasteriser - is left out of every row,
   official included); ``bf16`` runs under CUDA bf16 autocast;
+* ``ours <dtype> + fused <precision>, source cached`` (``--fused ieee tf32``): the same with
+  :meth:`GOHA.enable_fast_inference` (the fused Triton volume renderer, the CUDA lifting chunk);
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
@@ -156,7 +158,13 @@ def run(args: argparse.Namespace) -> list[Row]:
         sr = (out.image[:1].float() - ref_image).abs().max().item()
         return sr, sr / max(ref_image.abs().max().item(), 1e-12), (out.image_raw[:1].float() - ref_raw).abs().max().item()
 
-    for dtype in args.dtypes:
+    combos = [(dtype, fused) for fused in args.fused for dtype in args.dtypes]
+    for dtype, fused in combos:
+        if fused == "off":
+            model.disable_fast_inference()
+        else:
+            model.enable_fast_inference(fused)
+        name = f"ours {dtype}" + ("" if fused == "off" else f" + fused {fused}")
         source = model.encode_source(src_img, src_cam, with_coefficients=False)
         for b in args.batch_sizes:
             src_b = source.expand(b)
@@ -172,7 +180,8 @@ def run(args: argparse.Namespace) -> list[Row]:
             times = _time(frame, device, max(1, iters // b), args.warmup)
             ms = statistics.median(times) * 1e3 / b
             sr, rel, raw = diffs(frame())
-            rows.append(Row(f"ours {dtype}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
+            rows.append(Row(f"{name}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
+    model.disable_fast_inference()
 
     def full_frame() -> Any:
         src = model.encode_source(src_img, src_cam, with_coefficients=False)
@@ -213,6 +222,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=2)
     parser.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[1, 8])
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--fused", nargs="+", choices=["off", "ieee", "tf32"], default=["off"],
+                        help="our volume renderer: PyTorch ('off') and/or the fused Triton kernels (CUDA), one row "
+                             "set each")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
     parser.add_argument("--official", type=Path, metavar="CHECKOUT",
                         help="an NVlabs/GOHA checkout: time the official Model in the same run (same weights)")

@@ -254,9 +254,13 @@ class GOHAPipeline(AvatarPipeline):
         self.preprocessor.to(device)
         return self
 
-    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16) -> GOHAPipeline:
-        """Run GOHA under autocast ``dtype`` (``None``: float32); the preprocessing stays float32."""
+    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16,
+                              fused_rendering: str | None = "ieee") -> GOHAPipeline:
+        """Run GOHA under autocast ``dtype`` (``None``: float32; the preprocessing stays float32) and with
+        :meth:`GOHA.enable_fast_inference` (``fused_rendering``: the Triton volume renderer on CUDA, ``None`` for
+        the PyTorch one)."""
         self.dtype = dtype
+        self.model.enable_fast_inference(fused_rendering)
         return self
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

@@ -60,6 +60,10 @@ BLOCK_M = 64
 BLOCK_R = 32
 
 
+FUSED_PLANE_AXES = ("xy-yz-zx", "xy-xz-zy")
+"""The projections the kernels take (:data:`avatar.render.triplane.PLANE_AXES`): Portrait4D's and EG3D's (GOHA)."""
+
+
 class FusedRenderingUnsupportedError(ValueError):
     """The fused renderer cannot render this call (the reason is the message)."""
 
@@ -145,6 +149,7 @@ def fused_triplane_field(
     sigmas: Tensor,
     slot: int,
     precision: str = "ieee",
+    plane_axes: str = "xy-yz-zx",
 ) -> None:
     """Evaluate the triplane field at ``points`` into slots of the sample buffers (in place).
 
@@ -156,7 +161,12 @@ def fused_triplane_field(
         colors: ``(B, R, S_total, OUT)`` float32 buffer; samples go to ``[..., slot:slot + S, :]``.
         sigmas: ``(B, R, S_total)`` float32 buffer.
         precision: ``'ieee'`` or ``'tf32'`` for the MLP's products.
+        plane_axes: ``'xy-yz-zx'`` (Portrait4D) or ``'xy-xz-zy'`` (EG3D, GOHA); see
+            :data:`avatar.render.triplane.PLANE_AXES`.
     """
+    if plane_axes not in FUSED_PLANE_AXES:
+        raise FusedRenderingUnsupportedError(f"the fused kernels project with plane_axes {FUSED_PLANE_AXES}, "
+                                             f"not {plane_axes!r}")
     k = _kernels()
     b, _, h, w, c = planes_hwc.shape
     _, r, s_total, out = colors.shape
@@ -168,6 +178,7 @@ def fused_triplane_field(
         points, planes_hwc, w1, b1, w2, b2, colors, sigmas,
         m, s, s_total, slot, h, w, c, out, float(scale),
         C_PAD=w1.shape[0], HID=w1.shape[1], OUT_PAD=w2.shape[1], BLOCK_M=BLOCK_M, PRECISION=precision,
+        EG3D_AXES=plane_axes == "xy-xz-zy",
     )
 
 
@@ -237,8 +248,8 @@ def render_triplanes_fused(
         raise FusedRenderingUnsupportedError("the fused renderer takes one (B, 3, C, H, W) triplane tensor")
     if isinstance(box_warp_scale, Tensor):
         raise FusedRenderingUnsupportedError("the fused renderer takes a float box_warp_scale")
-    if opt.plane_axes != "xy-yz-zx":
-        raise FusedRenderingUnsupportedError(f"the fused kernels project onto Portrait4D's planes (xy, yz, zx), "
+    if opt.plane_axes not in FUSED_PLANE_AXES:
+        raise FusedRenderingUnsupportedError(f"the fused kernels project with plane_axes {FUSED_PLANE_AXES}, "
                                              f"not {opt.plane_axes!r}")
     if opt.clamp_mode != "softplus" or opt.white_back or (opt.density_noise > 0 and not det):
         raise FusedRenderingUnsupportedError("the fused renderer supports clamp_mode='softplus', no white_back, no density noise")
@@ -262,7 +273,8 @@ def render_triplanes_fused(
         points = (origins.unsqueeze(-2) + z * directions.unsqueeze(-2)).reshape(b, -1, 3)
         if deformer is not None:
             points = deformer(points)
-        fused_triplane_field(planes_hwc, points.float().contiguous(), weights, scale, colors, sigmas, slot, precision)
+        fused_triplane_field(planes_hwc, points.float().contiguous(), weights, scale, colors, sigmas, slot, precision,
+                             opt.plane_axes)
         depths[:, :, slot:slot + z.shape[2]] = z[..., 0]
 
     coarse = renderer.coarse_depths(origins, directions, cam_z, box_warp_scale, det)  # (B, R, S1, 1)

@@ -75,8 +75,10 @@ def triplane_field_kernel(
     points_ptr, planes_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, rgb_ptr, sigma_ptr,
     M, S, S_TOTAL, S_OFF, H, W, C, OUT, scale,
     C_PAD: tl.constexpr, HID: tl.constexpr, OUT_PAD: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+    EG3D_AXES: tl.constexpr,
 ):
-    """Grid ``(cdiv(M, BLOCK_M), B)``. Sample ``m = r * S + s`` of batch element ``b`` is written to row
+    """Grid ``(cdiv(M, BLOCK_M), B)``. ``EG3D_AXES``: planes indexed by ``(x, y), (x, z), (z, y)`` (EG3D's
+    projection, GOHA's ``plane_axes='xy-xz-zy'``) instead of Portrait4D's ``(x, y), (y, z), (z, x)``. Sample ``m = r * S + s`` of batch element ``b`` is written to row
     ``(b * R + r) * S_TOTAL + S_OFF + s`` of the ``(B * R * S_TOTAL, OUT)`` feature buffer and the sigma buffer.
 
     ``w1`` is the scaled first layer, transposed and zero-padded ``(C_PAD, HID)``; ``w2`` ``(HID, OUT_PAD)``
@@ -95,9 +97,13 @@ def triplane_field_kernel(
     offs_c = tl.arange(0, C_PAD)
     plane_numel = H * W * C
     base = planes_ptr + b * 3 * plane_numel
-    feat = _sample_plane(base, x, y, H, W, C, offs_c, mask_m)  # the (x, y), (y, z), (z, x) planes
-    feat += _sample_plane(base + plane_numel, y, z, H, W, C, offs_c, mask_m)
-    feat += _sample_plane(base + 2 * plane_numel, z, x, H, W, C, offs_c, mask_m)
+    feat = _sample_plane(base, x, y, H, W, C, offs_c, mask_m)
+    if EG3D_AXES:  # the (x, y), (x, z), (z, y) planes
+        feat += _sample_plane(base + plane_numel, x, z, H, W, C, offs_c, mask_m)
+        feat += _sample_plane(base + 2 * plane_numel, z, y, H, W, C, offs_c, mask_m)
+    else:  # the (x, y), (y, z), (z, x) planes
+        feat += _sample_plane(base + plane_numel, y, z, H, W, C, offs_c, mask_m)
+        feat += _sample_plane(base + 2 * plane_numel, z, x, H, W, C, offs_c, mask_m)
     feat = feat / 3.0
 
     offs_h = tl.arange(0, HID)

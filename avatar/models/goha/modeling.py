@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from avatar.errors import InputError
+from avatar.errors import ConfigError, InputError
 from avatar.face.bfm import ParametricFaceModel
 from avatar.face.deep3d import Deep3DReconNet
 from avatar.modeling import ModelMixin
@@ -191,6 +191,42 @@ class GOHA(ModelMixin):
         self.register_buffer("image_std", torch.tensor([PARSING_STD]).view(1, 3, 1, 1))
         self.register_buffer("uv", lifting_grid(planes.lift_resolution))
         self.is_random_init = True
+        self.fused_rendering: str | None = None
+        self.fast_lift_chunk: int | None = None  # set by enable_fast_inference; None: 256
+
+    # ---- fast inference ------------------------------------------------------------------------------------
+
+    def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None) -> GOHA:
+        """Where no gradient is recorded: volume rendering through the fused Triton kernels
+        (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
+        renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
+        256 elsewhere; the indices do not depend on it, see :func:`~avatar.models.goha.planes.nearest_point_indices`).
+        Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
+        if fused_rendering not in (None, "ieee", "tf32"):
+            raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
+        if lift_chunk is not None and lift_chunk < 2:
+            raise ConfigError(f"lift_chunk must be at least 2 grid cells, got {lift_chunk}")
+        self.fused_rendering = fused_rendering
+        self.fast_lift_chunk = lift_chunk if lift_chunk is not None else 0  # 0: by device at each call
+        return self
+
+    def disable_fast_inference(self) -> GOHA:
+        """The reference path (the default). Returns ``self``."""
+        self.fused_rendering = None
+        self.fast_lift_chunk = None
+        return self
+
+    def _lift_chunk(self, device: torch.device) -> int:
+        if self.fast_lift_chunk is None:
+            return 256
+        return self.fast_lift_chunk or (1024 if device.type == "cuda" else 256)
+
+    def _fused(self, plane: Tensor) -> str | None:
+        from avatar.render.fused import fused_available
+
+        if self.fused_rendering is None or torch.is_grad_enabled() or not fused_available(plane.device):
+            return None
+        return self.fused_rendering
 
     # ---- assets ------------------------------------------------------------------------------------------
 
@@ -347,7 +383,7 @@ class GOHA(ModelMixin):
         cam2world, intrinsics = split_label(camera)
         origins, directions = opencv_rays(cam2world, intrinsics, r)
         out = self.renderer(plane, self.decoder, origins, directions,
-                            deterministic=self._deterministic(deterministic))
+                            deterministic=self._deterministic(deterministic), fused=self._fused(plane))
         return rays_to_image(out.features, r, r) * 2 - 1, rays_to_image(out.depth, r, r)
 
     def appearance_plane(self, source: GOHASource, base_plane: Tensor, *,
@@ -368,7 +404,7 @@ class GOHA(ModelMixin):
         cano = self.normalize(cano_render)
         pixel_values = torch.cat((self.normalize(source.image) * blend + cano * (1 - blend), cano), dim=1)
         id_features = self.id_net(pixel_values)
-        return self.id_upsampler(lift_features(points, id_features, self.uv))
+        return self.id_upsampler(lift_features(points, id_features, self.uv, self._lift_chunk(points.device)))
 
     def reenact(self, source: GOHASource, camera: Tensor, driving: Tensor | None = None, *,
                 pseudo_render: Tensor | None = None, driving_coefficients: Tensor | None = None,
