@@ -12,7 +12,9 @@ image tensor:
 * ``coefficients(images) -> {"exp", "angle", "trans", "found"}`` (AED, APD).
 
 The FAN is 3DFAN's 2D part, not face_alignment's 2D-FAN with the SFD detector used by OTAvatar/GOHA for AKD, so
-the landmarks are flagged not comparable (``comparable = False``); the coefficients are declared comparable only
+the landmarks are flagged not comparable (``comparable = False``); AKD's ``landmark_model="face-alignment-2dfan"``
+runs that pair instead: :func:`build_face_alignment_landmarks` (:class:`FaceAlignmentLandmarks`, OTAvatar's first
+face of :class:`avatar.face.fan2d.FaceAlignment2D`; AKD builds it itself). The coefficients are declared comparable only
 with the official RetinaFace, 3DFAN and Deep3DFaceRecon weights. Missing weights raise
 :class:`eval.metrics.MissingWeightsError` unless ``allow_random_weights`` (seeded random networks; the detector
 is then set to report 256-pixel faces, see :func:`avatar.face.retinaface.rig_for_random_weights`; everything is
@@ -35,7 +37,7 @@ from avatar.face.analysis import FaceAnalyzer, FaceBatch, FaceLandmarks
 
 from .metrics import MissingWeightsError
 
-__all__ = ["FaceNetworks", "build_face_networks"]
+__all__ = ["FaceAlignmentLandmarks", "FaceNetworks", "build_face_alignment_landmarks", "build_face_networks"]
 
 
 class _SharedAnalysis:
@@ -175,3 +177,68 @@ def build_face_networks(device: torch.device | str = "cpu", allow_random_weights
     analyzer = FaceAnalyzer(detector, fan.fan, recon, comparable=official).to(device)
     return FaceNetworks.from_analyzer(analyzer, official, "official" if det_ok and fan_ok else "random",
                                       coefficients=need_coefficients)
+
+
+# --------------------------------------------------------------------------------------------------------
+# face_alignment's 2-D landmarks (AKD's landmark_model="face-alignment-2dfan")
+
+
+class FaceAlignmentLandmarks:
+    """face_alignment's ``LandmarksType.TWO_D`` as OTAvatar's AKD extraction calls it
+    (``get_landmarks_from_image(frame)[0]``): SFD, then 2DFAN4 on the first (highest-scored) face.
+
+    ``(B, 3, H, W)`` images in [0, 1] (or uint8) -> :class:`FaceLandmarks` ``(B, 68, 2)`` float64 in input pixels
+    (integer values, as upstream), ``found`` False (points NaN) where SFD finds no face. Images become uint8 RGB
+    first (``round(255 x)``: the detector and the crop work on 8-bit pixels, as on video frames). Detection runs
+    in batches of ``batch_size`` images of one size (batched convolutions may round a box differently in its last
+    float bits; ``batch_size=1`` is upstream's one image at a time).
+    """
+
+    landmark_model = "face-alignment-2dfan"  # eval.metrics.face.LANDMARK_MODELS
+
+    def __init__(self, model: Any, official: bool, batch_size: int = 8) -> None:
+        self.model = model
+        self.comparable = official
+        self.batch_size = batch_size
+        self.name = f"face_alignment SFD + 2DFAN4 (first face), {'official' if official else 'random'} weights"
+        self._fingerprint: str | None = None
+
+    def cache_fingerprint(self) -> str | None:
+        """The two networks' weights and the first-face rule (:func:`eval.reference_cache.fingerprint`)."""
+        if self._fingerprint is None:
+            from .reference_cache import fingerprint
+
+            base = fingerprint(self.model)
+            self._fingerprint = None if base is None else f"{self.landmark_model}/first-face/{base}"
+        return self._fingerprint
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> FaceLandmarks:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
+        if images.is_floating_point():
+            images = images.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+        elif images.dtype != torch.uint8:
+            raise TypeError(f"integer images must be uint8, got {images.dtype}")
+        frames = list(images.permute(0, 2, 3, 1).contiguous().cpu().numpy())
+        points, found = self.model.first_face(frames, batch_size=self.batch_size)
+        return FaceLandmarks(points, found)
+
+
+def build_face_alignment_landmarks(device: torch.device | str = "cpu", allow_random_weights: bool = False,
+                                   batch_size: int = 8) -> FaceAlignmentLandmarks:
+    """face_alignment's SFD + 2DFAN4 (model id ``face-alignment-2dfan``: ``avatar download face-alignment-2dfan``)
+    on ``device`` as a landmark callable. Missing weights raise :class:`eval.metrics.MissingWeightsError` unless
+    ``allow_random_weights`` (seeded random networks, the detector set to report its 128-pixel priors as faces, see
+    :func:`avatar.face.s3fd.rig_for_random_weights`; flagged not comparable)."""
+    from avatar.face.fan2d import FaceAlignment2D
+    from avatar.face.s3fd import rig_for_random_weights
+
+    def random_model() -> FaceAlignment2D:
+        model = FaceAlignment2D()
+        rig_for_random_weights(model.detector)
+        return model
+
+    model, official = _load(lambda: FaceAlignment2D.from_pretrained(device=device), random_model,
+                            allow_random_weights, "face_alignment SFD + 2DFAN4 landmarks")
+    return FaceAlignmentLandmarks(model.to(device).eval(), official, batch_size=batch_size)

@@ -29,6 +29,7 @@ from avatar.errors import InputError
 from .cache import CachedResults, CacheMismatchError, encode_features
 from .data import load_batch
 from .metrics import METRICS, EmptyMetricError, Metric, MetricResult, build_metric
+from .metrics.face import METRIC_BUILT_LANDMARK_MODELS
 from .protocols import Protocol
 from .protocols.pairs import Sample
 from .reference_cache import ReferenceCache
@@ -97,8 +98,16 @@ class Scorer:
         self.device = torch.device(device)
         self.allow_random_weights = allow_random_weights
         extra_kwargs = extra_kwargs or {}
-        if face is None and any(m in FACE_METRICS for m in self.metric_names) and not all(
-                m in extra_kwargs for m in self.metric_names if m in FACE_METRICS):
+        # AKD builds the landmark networks of some landmark_model options itself (face_alignment's SFD + 2D-FAN):
+        # it then takes no landmarks from the shared analysis (whose networks are RetinaFace + 3DFAN)
+        akd_model = options.get("akd", {}).get("landmark_model")
+        self.akd_builds_landmarks = (
+            "akd" in self.metric_names and akd_model in METRIC_BUILT_LANDMARK_MODELS
+            and "landmarks" not in extra_kwargs.get("akd", {})
+            and (face is None or getattr(face.landmarks, "landmark_model", None) != akd_model))
+        face_users = [m for m in self.metric_names
+                      if m in FACE_METRICS and not (m == "akd" and self.akd_builds_landmarks)]
+        if face is None and face_users and not all(m in extra_kwargs for m in face_users):
             from .face_networks import build_face_networks
 
             face = build_face_networks(self.device, allow_random_weights,
@@ -113,7 +122,7 @@ class Scorer:
             if _accepts(cls, "device"):
                 kwargs["device"] = self.device
             if face is not None:
-                if name in ("csim", "akd"):
+                if name == "csim" or (name == "akd" and not self.akd_builds_landmarks):
                     kwargs["landmarks"] = face.landmarks
                 elif name in ("aed", "apd"):
                     kwargs["extractor"] = face.coefficients

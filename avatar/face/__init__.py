@@ -6,6 +6,8 @@ the mediapipe backend.
 * :mod:`avatar.face.retinaface` - RetinaFace R50 face detector
 * :mod:`avatar.face.h3r` - H3R HRNet-W18 98 WFLW landmarks
 * :mod:`avatar.face.fan3d` - 3DFAN 68 3D landmarks
+* :mod:`avatar.face.s3fd`, :mod:`avatar.face.fan2d` - face_alignment's SFD detector and 2-D landmarks (2DFAN4, the
+  same FAN network), OTAvatar's / GOHA's AKD landmarks (evaluation)
 * :mod:`avatar.face.deep3d` - Deep3DFaceRecon 257 BFM coefficients (and its own 224 crop)
 * :mod:`avatar.face.bfm2flame` - the BFM -> FLAME mapper and the fast FLAME label
 * :mod:`avatar.face.smoothing` - one-euro filtering of crops and poses for video

@@ -15,7 +15,8 @@ This module re-implements both networks with the same attribute names, so the te
 Pre/post-processing follows the official detector (same integer rounding):
 
 1. :func:`crop_params_from_box`: centre of the detector box moved up by ``0.12 * box height``; scale
-   ``(box width + box height) / 192``.
+   ``(box width + box height) / 192`` (the detector's reference scale: 195 for face_alignment's SFD, see
+   :mod:`avatar.face.fan2d`, which runs the same FAN and crop for 2DFAN4).
 2. :func:`crop_face`: the 256x256 crop (integer corners, zero padding, OpenCV bilinear resize).
 3. FAN -> :func:`decode_heatmaps` (arg-max, a quarter-pixel step towards the larger neighbour, minus 0.5)
    -> :func:`heatmap_to_image` (inverse crop transform, truncated to integers).
@@ -329,18 +330,32 @@ class ResNetDepth(nn.Module):
 # crop geometry
 
 
-def crop_params_from_box(box: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
-    """Crop centre ``(2,)`` float32 and scale from a detector box ``(x1, y1, x2, y2, ...)`` in pixels."""
+def crop_params_from_box(box: Sequence[float] | np.ndarray, reference_scale: float = REFERENCE_SCALE,
+                         dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, float]:
+    """Crop centre ``(2,)`` and scale from a detector box ``(x1, y1, x2, y2, ...)`` in pixels.
+
+    ``dtype`` is the precision face_alignment's ``torch.tensor([...])`` gives the centre: float32 for boxes of
+    Python floats (Portrait4D's detector, the default), float64 for the float64 NumPy rows of face_alignment's own
+    SFD detector. :func:`crop_face` and :func:`heatmap_to_image` then compute in the centre's precision, as
+    upstream does. ``reference_scale``: the box size of ``scale = 1`` (:data:`REFERENCE_SCALE`; SFD: 195).
+    """
     x1, y1, x2, y2 = (float(v) for v in list(box)[:4])
-    center = torch.tensor([x2 - (x2 - x1) / 2.0, y2 - (y2 - y1) / 2.0])  # float32, as the official code
+    center = torch.tensor([x2 - (x2 - x1) / 2.0, y2 - (y2 - y1) / 2.0], dtype=dtype)
     center[1] = center[1] - (y2 - y1) * CENTER_SHIFT
-    return center.numpy(), (x2 - x1 + y2 - y1) / REFERENCE_SCALE
+    return center.numpy(), (x2 - x1 + y2 - y1) / reference_scale
+
+
+def _center_array(center: np.ndarray | Sequence[float]) -> np.ndarray:
+    """The crop centre in the precision upstream computes with: float64 kept, anything else as float32."""
+    c = np.asarray(center)
+    return c if c.dtype == np.float64 else c.astype(np.float32)
 
 
 def _crop_corner(point: tuple[float, float], center: np.ndarray, scale: float, resolution: float) -> tuple[int, int]:
-    """Crop pixel (1-based) -> source pixel, through the inverse of the float32 crop matrix, truncated."""
+    """Crop pixel (1-based) -> source pixel, through the inverse of the float32 crop matrix, truncated (its entries
+    computed in the centre's precision, float32 or float64, and stored as float32, as upstream's torch code)."""
     size = CROP_BASE * scale
-    c = torch.as_tensor(np.asarray(center, dtype=np.float32))  # float32 arithmetic, as upstream's torch code
+    c = torch.as_tensor(_center_array(center))
     m = torch.eye(3)
     m[0, 0] = m[1, 1] = resolution / size
     m[0, 2] = resolution * (-c[0] / size + 0.5)
@@ -351,7 +366,7 @@ def _crop_corner(point: tuple[float, float], center: np.ndarray, scale: float, r
 
 
 def crop_face(image: np.ndarray, center: np.ndarray, scale: float, resolution: int = 256) -> np.ndarray:
-    """The official 3DFAN input crop: ``image (H, W, C)`` uint8 -> ``(resolution, resolution, C)`` uint8.
+    """The official FAN input crop: ``image (H, W, C)`` uint8 -> ``(resolution, resolution, C)`` uint8.
 
     The square ``[ul, br)`` with ``ul``/``br`` the (truncated) source positions of crop pixels 1 and
     ``resolution`` is copied into a zero canvas (parts outside the image stay black) and resized with OpenCV's
@@ -409,13 +424,15 @@ def heatmap_to_image(
 ) -> np.ndarray:
     """Heatmap points ``(N, 2)`` -> source-image pixels ``(N, 2)`` float32 holding integers (the official
     code truncates towards zero after the inverse crop transform, computed in float64 with a pseudo-inverse,
-    which NumPy 1.x promotion gives for its float32 centre)."""
+    which NumPy 1.x promotion gives for a float32 centre; a float64 centre, face_alignment's SFD path, is used
+    as it is)."""
     p = np.asarray(points, dtype=np.float32).astype(np.float64)
+    c = _center_array(center)
     size = CROP_BASE * float(scale)
     m = np.eye(3)
     m[0, 0] = m[1, 1] = resolution / size
-    m[0, 2] = resolution * (-float(np.float32(center[0])) / size + 0.5)
-    m[1, 2] = resolution * (-float(np.float32(center[1])) / size + 0.5)
+    m[0, 2] = resolution * (-float(c[0]) / size + 0.5)
+    m[1, 2] = resolution * (-float(c[1]) / size + 0.5)
     inv = np.ascontiguousarray(np.linalg.pinv(m))
     out = np.empty((p.shape[0], 2), dtype=np.float32)
     for i, (x, y) in enumerate(p):  # one matrix-vector product per point, as upstream (same rounding)

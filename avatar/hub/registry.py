@@ -256,6 +256,29 @@ _FILE_LIST: list[UpstreamFile] = [
                              "folder, then `avatar download --file modnet-photographic --from-dir DIR`."),
 ]
 
+# face_alignment (1adrianb/face-alignment, BSD-3-Clause): the SFD detector and the 2D-FAN of its LandmarksType.TWO_D,
+# the landmarks of OTAvatar's / GOHA's AKD (eval akd.landmark_model=face-alignment-2dfan). Addresses read in
+# face_alignment 1.4.1 (tag v1.4.1): detection/sfd/sfd_detector.py models_urls['s3fd'] and api.py
+# default_model_urls['2DFAN-4'] (used for PyTorch >= 1.7). No digest is published (face_alignment loads them with
+# check_hash=False); the paths are the file names, as torch's hub cache (~/.cache/torch/hub/checkpoints) holds them.
+FACE_ALIGNMENT_REPO = "1adrianb/face-alignment"
+FACE_ALIGNMENT_COMMIT = "c94dd024b1f5410ef160ff82a8423141e2bbb6b4"  # tag v1.4.1
+FACE_ALIGNMENT_URL = "https://www.adrianbulat.com/downloads/python-fan/"
+LICENCE_FACE_ALIGNMENT = "BSD-3-Clause (face-alignment, Adrian Bulat)."
+_FILE_LIST += [
+    UpstreamFile(key="s3fd", path="s3fd-619a316812.pth", fmt="torch", size=None, licence=LICENCE_FACE_ALIGNMENT,
+                 description="S3FD face detector of face_alignment (SFD; plain state dict): AKD's "
+                             "face-alignment-2dfan landmarks (OTAvatar / GOHA).",
+                 source="url",
+                 release=(FACE_ALIGNMENT_REPO, FACE_ALIGNMENT_COMMIT, FACE_ALIGNMENT_URL + "s3fd-619a316812.pth")),
+    UpstreamFile(key="fan2d-landmarks", path="2DFAN4-cd938726ad.zip", fmt="torchscript", size=None,
+                 licence=LICENCE_FACE_ALIGNMENT,
+                 description="2DFAN4 68-point 2-D landmarks of face_alignment (TorchScript archive; tensors only): "
+                             "AKD's face-alignment-2dfan landmarks (OTAvatar / GOHA).",
+                 source="url",
+                 release=(FACE_ALIGNMENT_REPO, FACE_ALIGNMENT_COMMIT, FACE_ALIGNMENT_URL + "2DFAN4-cd938726ad.zip")),
+]
+
 _FILE_LIST += [
     # --- GOHA (NVlabs/GOHA): the released stage-3 checkpoint, Google Drive only (taken with --from-dir). It holds
     # every GOHA network, face parsing (BiSeNet 79999_iter) and GFPGAN (fine-tuned from v1.3) included, and the
@@ -344,6 +367,10 @@ _SPECS: tuple[ModelSpec, ...] = (
               "avatar.face.h3r:H3R", "h3r-hrnet-w18-wflw"),
     ModelSpec("fan3d", "3DFAN: 68 3D landmarks (FAN + depth network; official preprocessing).", "face",
               "avatar.face.fan3d:FAN3DLandmarker", "fan3d-landmarks", ("fan3d-depth",)),
+    ModelSpec("s3fd", "S3FD (SFD) face detector of face_alignment (AKD's face-alignment-2dfan landmarks).", "face",
+              "avatar.face.s3fd:S3FD", "s3fd"),
+    ModelSpec("face-alignment-2dfan", "face_alignment's 2-D landmarks: SFD detector + 2DFAN4, 68 points (OTAvatar / "
+              "GOHA AKD).", "face", "avatar.face.fan2d:FaceAlignment2D", "fan2d-landmarks", ("s3fd",)),
     ModelSpec("deep3d-recon", "Deep3DFaceRecon ResNet-50: 257 BFM coefficients (official preprocessing).", "face",
               "avatar.face.deep3d:Deep3DReconNet", "deep3d-recon"),
     ModelSpec("bfm2flame-mapper", "BFM -> FLAME mapper MLP (official preprocessing).", "face",

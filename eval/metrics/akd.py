@@ -17,8 +17,12 @@ Input: ``(B, 3, H, W)`` in [0, 1] (or uint8), same size for pred and target, han
 RetinaFace + 3DFAN's FAN), ``"face-alignment-2dfan"`` (OTAvatar / GOHA: face_alignment's 2D-FAN + SFD) or
 ``"insightface-3d68"`` (GAGAvatar: InsightFace's 68 landmarks, issue #43). The metric does not build the network:
 it checks that the landmark callable declares the same ``landmark_model`` (a callable declaring none is taken at
-its word) and records the choice; only ``"retinaface-3dfan"`` ships with the toolkit. ``failed_face="zero"``
-scores a frame without a face 0 (GAGAvatar's script; never a default; see :mod:`eval.metrics.face`).
+its word) and records the choice. Given no callable, AKD builds ``"face-alignment-2dfan"`` itself
+(:func:`eval.face_networks.build_face_alignment_landmarks`: :mod:`avatar.face.s3fd` + :mod:`avatar.face.fan2d`, the
+first face as OTAvatar's ``extract_kp_videos.py`` takes it; official weights: ``avatar download
+face-alignment-2dfan``); ``"retinaface-3dfan"`` is passed in by ``eval.run`` (the analysis CSIM, AED and APD share);
+``"insightface-3d68"`` is not part of the toolkit. ``failed_face="zero"`` scores a frame without a face 0
+(GAGAvatar's script; never a default; see :mod:`eval.metrics.face`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from .base import Metric, _check_choice, to_unit_images
 from .face import (
     FAILED_FACE_POLICIES,
     LANDMARK_MODELS,
+    METRIC_BUILT_LANDMARK_MODELS,
     FaceLandmarks,
     FailedFaceMixin,
     as_landmarks,
@@ -73,7 +78,11 @@ class AKD(FailedFaceMixin, Metric):
     """``update(pred, target, ids=None)`` runs ``landmarks`` on both images; ``update_landmarks(pred_lm,
     target_lm, ids, image_size)`` takes landmarks computed elsewhere. Target side (:meth:`target_features`): the
     target's landmarks ``points`` ``(B, 68, 2)`` float64, ``found`` ``(B,)`` and the image ``size`` ``(B, 2)``
-    (H, W)."""
+    (H, W).
+
+    With ``landmark_model="face-alignment-2dfan"`` and no ``landmarks``, the network is built here on ``device``
+    (official weights from the asset cache; missing: :class:`~eval.metrics.MissingWeightsError` unless
+    ``allow_random_weights``, then seeded random networks and ``comparable=False``)."""
 
     name: ClassVar[str] = "akd"
     higher_is_better: ClassVar[bool] = False
@@ -82,8 +91,14 @@ class AKD(FailedFaceMixin, Metric):
     opts: AKDOptions
 
     def __init__(self, *, landmarks: Callable[[Tensor], Any] | None = None, comparable: bool | None = None,
+                 allow_random_weights: bool = False, device: torch.device | str | None = None,
                  **options: Any) -> None:
         super().__init__(**options)
+        if landmarks is None and self.opts.landmark_model in METRIC_BUILT_LANDMARK_MODELS:
+            # imported here: eval.face_networks imports eval.metrics
+            from ..face_networks import build_face_alignment_landmarks
+
+            landmarks = build_face_alignment_landmarks(device if device is not None else "cpu", allow_random_weights)
         check_landmark_model(landmarks, self.opts.landmark_model, "akd")
         self.landmark_fn = landmarks
         ok = declared_comparable(landmarks) if comparable is None else comparable

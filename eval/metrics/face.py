@@ -35,7 +35,8 @@ from avatar.face.analysis import FaceLandmarks
 from .base import EmptyMetricError, MetricResult
 
 __all__ = [
-    "COEFF_SHAPES", "FAILED_FACE_MARK", "FAILED_FACE_POLICIES", "LANDMARK_MODELS", "FaceLandmarks",
+    "COEFF_SHAPES", "FAILED_FACE_MARK", "FAILED_FACE_POLICIES", "LANDMARK_MODELS", "METRIC_BUILT_LANDMARK_MODELS",
+    "FaceLandmarks",
     "FailedFaceMixin", "as_coefficients", "as_landmarks", "check_landmark_model", "declared_comparable", "describe",
 ]
 
@@ -51,6 +52,11 @@ LANDMARK_MODELS: dict[str, str] = {
 }
 """The 68-point landmark networks the protocols name (AKD's ``landmark_model`` option)."""
 
+METRIC_BUILT_LANDMARK_MODELS = ("face-alignment-2dfan",)
+"""The landmark networks AKD builds itself when it is given no landmark callable
+(:func:`eval.face_networks.build_face_alignment_landmarks`); ``"retinaface-3dfan"`` is built by ``eval.run`` as the
+analysis CSIM, AED and APD share (:func:`eval.face_networks.build_face_networks`)."""
+
 FAILED_FACE_POLICIES = ("skip", "zero")
 FAILED_FACE_MARK = "[failed face, scored 0] "
 """Prefix of the exclusion reason of a sample that ``failed_face="zero"`` counts as 0 (so the cache of ``eval.run``,
@@ -65,8 +71,9 @@ def check_landmark_model(fn: Callable[..., Any] | None, wanted: str, metric: str
     if declared is not None and declared != wanted:
         raise InputError(
             f"{metric}: landmark_model={wanted!r} ({LANDMARK_MODELS.get(wanted, '?')}) but the landmark callable runs "
-            f"{declared!r}; this toolkit ships only 'retinaface-3dfan': pass a landmarks callable that runs "
-            f"{wanted!r} (and declares landmark_model={wanted!r}), or leave the option at its default")
+            f"{declared!r}; this toolkit builds 'retinaface-3dfan' and 'face-alignment-2dfan' (AKD builds the latter "
+            f"when given no landmarks callable): pass a landmarks callable that runs {wanted!r} (and declares "
+            f"landmark_model={wanted!r}), or leave the option at its default")
 
 
 class FailedFaceMixin:
