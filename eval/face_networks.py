@@ -37,7 +37,8 @@ from avatar.face.analysis import FaceAnalyzer, FaceBatch, FaceLandmarks
 
 from .metrics import MissingWeightsError
 
-__all__ = ["FaceAlignmentLandmarks", "FaceNetworks", "build_face_alignment_landmarks", "build_face_networks"]
+__all__ = ["FaceAlignmentLandmarks", "FaceNetworks", "InsightFaceLandmarks", "build_face_alignment_landmarks",
+           "build_face_networks", "build_insightface_landmarks"]
 
 
 class _SharedAnalysis:
@@ -242,3 +243,116 @@ def build_face_alignment_landmarks(device: torch.device | str = "cpu", allow_ran
     model, official = _load(lambda: FaceAlignment2D.from_pretrained(device=device), random_model,
                             allow_random_weights, "face_alignment SFD + 2DFAN4 landmarks")
     return FaceAlignmentLandmarks(model.to(device).eval(), official, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------------------------------------
+# InsightFace's 68 landmarks (AKD's landmark_model="insightface-3d68", GAGAvatar)
+
+
+class InsightFaceLandmarks:
+    """InsightFace's ``FaceAnalysis`` (buffalo_l: SCRFD ``det_10g`` + ``1k3d68``) as GAGAvatar's metric code uses it
+    (issue #43): the x, y of ``landmark_3d_68`` of the first face :meth:`avatar.face.insightface_onnx.
+    InsightFaceAnalysis.get` returns (``max_num``: 0 = every face, highest detection score first; 1 = the one face
+    FaceAnalysis keeps by box area minus twice its squared offset from the image centre).
+
+    ``(B, 3, H, W)`` images in [0, 1] (or uint8) -> :class:`FaceLandmarks` ``(B, 68, 2)`` float64 in input pixels,
+    ``found`` False (NaN) where SCRFD finds no face. Images become uint8 RGB first (``round(255 x)``), as video
+    frames are. :meth:`five_points` gives SCRFD's five keypoints of the same face (CSIM ``five_points="detector"``,
+    GAGAvatar's ``norm_crop`` input). One analysis per image tensor is kept until :meth:`clear`.
+    """
+
+    landmark_model = "insightface-3d68"  # eval.metrics.face.LANDMARK_MODELS
+
+    def __init__(self, analysis: Any, official: bool = True, max_num: int = 1) -> None:
+        self.analysis = analysis
+        self.comparable = official
+        self.max_num = max_num
+        self.name = (f"InsightFace SCRFD det_10g + 1k3d68 (x, y; FaceAnalysis max_num={max_num}, first face), "
+                     f"{'official buffalo_l' if official else 'unofficial'} ONNX graphs")
+        self._memo: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    def cache_fingerprint(self) -> str | None:
+        """The two ONNX files' digests and the face rule (the reference cache key)."""
+        digests = getattr(self.analysis, "fingerprint", None)
+        return None if digests is None else f"{self.landmark_model}/max_num={self.max_num}/{digests}"
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+    def _analyse(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected (B, 3, H, W) images, got {tuple(images.shape)}")
+        key = (id(images), images.data_ptr(), tuple(images.shape))
+        if key not in self._memo:
+            frames = images
+            if frames.is_floating_point():
+                frames = frames.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+            elif frames.dtype != torch.uint8:
+                raise TypeError(f"integer images must be uint8, got {frames.dtype}")
+            b = images.shape[0]
+            points = torch.full((b, 68, 2), float("nan"), dtype=torch.float64)
+            kps = torch.full((b, 5, 2), float("nan"), dtype=torch.float64)
+            found = torch.zeros(b, dtype=torch.bool)
+            for i, frame in enumerate(frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()):
+                faces = self.analysis.get(frame, max_num=self.max_num)
+                if faces and faces[0].landmark_3d_68 is not None:
+                    points[i] = torch.as_tensor(faces[0].landmark_3d_68[:, :2], dtype=torch.float64)
+                    if faces[0].kps is not None:
+                        kps[i] = torch.as_tensor(faces[0].kps, dtype=torch.float64)
+                    found[i] = True
+            self._memo[key] = (images, points, kps, found)  # keep images alive: its id is not reused
+        _, points, kps, found = self._memo[key]
+        return points, kps, found
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> FaceLandmarks:
+        points, _, found = self._analyse(images)
+        return FaceLandmarks(points.clone(), found.clone())
+
+    @torch.no_grad()
+    def five_points(self, images: Tensor) -> FaceLandmarks:
+        """SCRFD's five keypoints ``(B, 5, 2)`` of the face whose landmarks :meth:`__call__` gives."""
+        _, kps, found = self._analyse(images)
+        return FaceLandmarks(kps.clone(), found.clone())
+
+
+def build_insightface_landmarks(device: torch.device | str = "cpu", allow_random_weights: bool = False,
+                                max_num: int = 1, local_dir: str | None = None) -> InsightFaceLandmarks:
+    """InsightFace's SCRFD ``det_10g.onnx`` + ``1k3d68.onnx`` (registry keys ``insightface-det-10g`` and
+    ``insightface-1k3d68``: ``avatar download --file insightface-det-10g --file insightface-1k3d68``, or
+    ``--from-dir ~/.insightface/models/buffalo_l``) in onnxruntime (``pip install 'avatar4d[insightface]'``; CUDA
+    when ``device`` is CUDA and onnxruntime has it). Missing files raise :class:`eval.metrics.MissingWeightsError`,
+    also with ``allow_random_weights``: there is no random stand-in for these ONNX graphs."""
+    from avatar.face.insightface_onnx import SCRFD, InsightFaceAnalysis, Landmark3D68, load_onnxruntime
+    from avatar.hub.download import ensure_file
+    from avatar.hub.registry import FILES
+
+    ort = load_onnxruntime()  # MissingDependencyError before looking for the files
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    paths = {}
+    for key in ("insightface-det-10g", "insightface-1k3d68"):
+        try:
+            folder = ensure_file(key, local_dir=local_dir)
+        except Exception as err:  # AssetNotFoundError / FileNotFoundError from avatar.hub
+            hint = " (allow_random_weights does not apply: there is no random stand-in)" if allow_random_weights \
+                else ""
+            raise MissingWeightsError(
+                f"InsightFace {FILES[key].path} (AKD landmark_model='insightface-3d68'): not found ({err}); run "
+                f"`avatar download --file {key}` or take it from InsightFace's buffalo_l pack with `avatar download "
+                f"--file {key} --from-dir ~/.insightface/models/buffalo_l`{hint}") from err
+        paths[key] = folder / FILES[key].path
+    analysis = InsightFaceAnalysis(SCRFD(paths["insightface-det-10g"], providers=providers),
+                                   Landmark3D68(paths["insightface-1k3d68"], providers=providers))
+    analysis.fingerprint = "/".join(_manifest_digest(p.parent) for p in paths.values())
+    return InsightFaceLandmarks(analysis, official=True, max_num=max_num)
+
+
+def _manifest_digest(folder: Any) -> str:
+    import json
+
+    try:
+        return str(json.loads((folder / "manifest.json").read_text())["sha256"])[:16]
+    except (OSError, ValueError, KeyError):
+        return "unknown"

@@ -173,6 +173,37 @@ def _fetch_from_github(file: UpstreamFile, model_id: str | None) -> Path:
         return target
     if is_offline():
         raise AssetNotFoundError(_how_to_fetch(file, model_id) + " (offline mode is on)")
+    if file.member is not None:  # a file inside a zip archive: fetch the archive once, extract the member
+        archive = cache_root() / "downloads" / "github" / file.revision[:12] / Path(file.url.split("?")[0]).name
+        if not archive.is_file():
+            _download(file, archive, model_id)
+        extract_member(archive, file.member, target)
+        return target
+    _download(file, target, model_id)
+    return target
+
+
+def extract_member(archive: Path, member: str, target: Path) -> Path:
+    """Extract the member of the zip ``archive`` whose base name is ``member`` (at any depth) to ``target``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if Path(n).name == member and not n.endswith("/")]
+            if not names:
+                raise AssetNotFoundError(f"{archive} holds no file named {member!r}; delete it and download again")
+            tmp = target.with_name(target.name + ".partial")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(sorted(names, key=len)[0]) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, target)
+    except zipfile.BadZipFile as exc:
+        raise AssetVerificationError(f"{archive} is not a readable zip archive ({exc}); delete it and download "
+                                     "again") from exc
+    return target
+
+
+def _download(file: UpstreamFile, target: Path, model_id: str | None) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".partial")
     try:
@@ -188,7 +219,6 @@ def _fetch_from_github(file: UpstreamFile, model_id: str | None) -> Path:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         tmp.unlink(missing_ok=True)
         raise AssetNotFoundError(_how_to_fetch(file, model_id) + f" ({exc})") from exc
-    return target
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -104,6 +104,9 @@ class UpstreamFile:
     """For ``source='release'`` (a GitHub release asset of another project): ``(repo, tag, download URL)``; for
     ``source='url'`` (a file another project's code downloads from a fixed address, fetched the same way; no digest
     is pinned when none is published): ``(repo, commit where the address was read, URL)``."""
+    member: str | None = None
+    """For a file published only inside a zip archive (``release``'s URL names the archive): the file's name in the
+    archive (matched on its base name, at any depth). The archive is downloaded once and the member extracted."""
 
     @property
     def repo(self) -> str:
@@ -277,6 +280,33 @@ _FILE_LIST += [
                              "AKD's face-alignment-2dfan landmarks (OTAvatar / GOHA).",
                  source="url",
                  release=(FACE_ALIGNMENT_REPO, FACE_ALIGNMENT_COMMIT, FACE_ALIGNMENT_URL + "2DFAN4-cd938726ad.zip")),
+]
+
+# InsightFace (deepinsight/insightface): the SCRFD detector and the 68-point 3-D landmark network of the buffalo_l
+# model pack, GAGAvatar's AKD landmarks (eval akd.landmark_model=insightface-3d68) and its crop's five keypoints.
+# Address read in insightface 0.7.3 (python-package/insightface/utils/storage.py at 668e8d47: BASE_REPO_URL
+# "https://github.com/deepinsight/insightface/releases/download/v0.7", FaceAnalysis(name="buffalo_l") ->
+# ensure_available("models", "buffalo_l") -> "<BASE_REPO_URL>/buffalo_l.zip", extracted flat). ONNX graphs (no
+# pickles); no digest is published. The antelopev2 pack holds the same two files (scrfd_10g_bnkps.onnx = det_10g).
+INSIGHTFACE_REPO = "deepinsight/insightface"
+# "add v0.7.3, move model storage to github release" (2023-04-02): where the address was read
+INSIGHTFACE_COMMIT = "668e8d474267bdd2c9769c2cbbab3fe4d1db15a6"
+INSIGHTFACE_PACK_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip"
+LICENCE_INSIGHTFACE = (
+    "InsightFace pretrained models (buffalo_l pack): non-commercial research purposes only (deepinsight/insightface "
+    "README, 'License'); the code that runs them here is ours."
+)
+_FILE_LIST += [
+    UpstreamFile(key="insightface-det-10g", path="det_10g.onnx", fmt="raw", size=None,
+                 licence=LICENCE_INSIGHTFACE, source="url", member="det_10g.onnx",
+                 description="SCRFD-10GF face detector with five keypoints (ONNX; InsightFace buffalo_l pack): the "
+                             "faces of AKD's insightface-3d68 landmarks (GAGAvatar) and their five keypoints.",
+                 release=(INSIGHTFACE_REPO, INSIGHTFACE_COMMIT, INSIGHTFACE_PACK_URL)),
+    UpstreamFile(key="insightface-1k3d68", path="1k3d68.onnx", fmt="raw", size=None,
+                 licence=LICENCE_INSIGHTFACE, source="url", member="1k3d68.onnx",
+                 description="InsightFace 68-point 3-D landmarks (ONNX, 192x192 input; buffalo_l pack): AKD's "
+                             "insightface-3d68 landmarks (GAGAvatar issue #43).",
+                 release=(INSIGHTFACE_REPO, INSIGHTFACE_COMMIT, INSIGHTFACE_PACK_URL)),
 ]
 
 _FILE_LIST += [

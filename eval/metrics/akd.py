@@ -20,8 +20,10 @@ it checks that the landmark callable declares the same ``landmark_model`` (a cal
 its word) and records the choice. Given no callable, AKD builds ``"face-alignment-2dfan"`` itself
 (:func:`eval.face_networks.build_face_alignment_landmarks`: :mod:`avatar.face.s3fd` + :mod:`avatar.face.fan2d`, the
 first face as OTAvatar's ``extract_kp_videos.py`` takes it; official weights: ``avatar download
-face-alignment-2dfan``); ``"retinaface-3dfan"`` is passed in by ``eval.run`` (the analysis CSIM, AED and APD share);
-``"insightface-3d68"`` is not part of the toolkit. ``failed_face="zero"`` scores a frame without a face 0
+face-alignment-2dfan``) and ``"insightface-3d68"`` (:func:`eval.face_networks.build_insightface_landmarks`:
+:mod:`avatar.face.insightface_onnx`, InsightFace's ONNX graphs in onnxruntime; files: ``avatar download --file
+insightface-det-10g --file insightface-1k3d68``, no random stand-in); ``"retinaface-3dfan"`` is passed in by
+``eval.run`` (the analysis CSIM, AED and APD share). ``failed_face="zero"`` scores a frame without a face 0
 (GAGAvatar's script; never a default; see :mod:`eval.metrics.face`).
 """
 
@@ -82,7 +84,9 @@ class AKD(FailedFaceMixin, Metric):
 
     With ``landmark_model="face-alignment-2dfan"`` and no ``landmarks``, the network is built here on ``device``
     (official weights from the asset cache; missing: :class:`~eval.metrics.MissingWeightsError` unless
-    ``allow_random_weights``, then seeded random networks and ``comparable=False``)."""
+    ``allow_random_weights``, then seeded random networks and ``comparable=False``); so is
+    ``"insightface-3d68"`` (the buffalo_l ONNX files; missing: :class:`~eval.metrics.MissingWeightsError`, with or
+    without ``allow_random_weights``; onnxruntime absent: :class:`~avatar.errors.MissingDependencyError`)."""
 
     name: ClassVar[str] = "akd"
     higher_is_better: ClassVar[bool] = False
@@ -96,9 +100,11 @@ class AKD(FailedFaceMixin, Metric):
         super().__init__(**options)
         if landmarks is None and self.opts.landmark_model in METRIC_BUILT_LANDMARK_MODELS:
             # imported here: eval.face_networks imports eval.metrics
-            from ..face_networks import build_face_alignment_landmarks
+            from ..face_networks import build_face_alignment_landmarks, build_insightface_landmarks
 
-            landmarks = build_face_alignment_landmarks(device if device is not None else "cpu", allow_random_weights)
+            build = build_insightface_landmarks if self.opts.landmark_model == "insightface-3d68" \
+                else build_face_alignment_landmarks
+            landmarks = build(device if device is not None else "cpu", allow_random_weights)
         check_landmark_model(landmarks, self.opts.landmark_model, "akd")
         self.landmark_fn = landmarks
         ok = declared_comparable(landmarks) if comparable is None else comparable

@@ -52,10 +52,11 @@ LANDMARK_MODELS: dict[str, str] = {
 }
 """The 68-point landmark networks the protocols name (AKD's ``landmark_model`` option)."""
 
-METRIC_BUILT_LANDMARK_MODELS = ("face-alignment-2dfan",)
+METRIC_BUILT_LANDMARK_MODELS = ("face-alignment-2dfan", "insightface-3d68")
 """The landmark networks AKD builds itself when it is given no landmark callable
-(:func:`eval.face_networks.build_face_alignment_landmarks`); ``"retinaface-3dfan"`` is built by ``eval.run`` as the
-analysis CSIM, AED and APD share (:func:`eval.face_networks.build_face_networks`)."""
+(:func:`eval.face_networks.build_face_alignment_landmarks`, :func:`eval.face_networks.build_insightface_landmarks`);
+``"retinaface-3dfan"`` is built by ``eval.run`` as the analysis CSIM, AED and APD share
+(:func:`eval.face_networks.build_face_networks`)."""
 
 FAILED_FACE_POLICIES = ("skip", "zero")
 FAILED_FACE_MARK = "[failed face, scored 0] "
@@ -71,8 +72,8 @@ def check_landmark_model(fn: Callable[..., Any] | None, wanted: str, metric: str
     if declared is not None and declared != wanted:
         raise InputError(
             f"{metric}: landmark_model={wanted!r} ({LANDMARK_MODELS.get(wanted, '?')}) but the landmark callable runs "
-            f"{declared!r}; this toolkit builds 'retinaface-3dfan' and 'face-alignment-2dfan' (AKD builds the latter "
-            f"when given no landmarks callable): pass a landmarks callable that runs {wanted!r} (and declares "
+            f"{declared!r}; this toolkit builds 'retinaface-3dfan', 'face-alignment-2dfan' and 'insightface-3d68' (AKD "
+            f"builds the latter two when given no landmarks callable): pass a landmarks callable that runs {wanted!r} (and declares "
             f"landmark_model={wanted!r}), or leave the option at its default")
 
 
