@@ -158,6 +158,9 @@ PROTOCOLS: dict[str, Protocol] = {p.key: p for p in (
         pairing="each test video: frame 0 is the source, every other frame drives it and is the ground truth",
         table="goha-table2-hdtf-same-identity", published_count=37_860, has_ground_truth=True,
         description="HDTF same-identity reenactment",
+        # GOHA's AKD follows OTAvatar's: face_alignment's SFD + 2D-FAN (OTAvatar issue #27,
+        # OTAvatar_processing LmkDet/extract_kp_videos.py); listed, not applied (see Protocol.metric_options)
+        metric_options={"akd": {"landmark_model": "face-alignment-2dfan"}},
     ),
     Protocol(
         "hdtf", "cross-identity", CROSS_IDENTITY_METRICS, _cross(CROSS_IDENTITY_METRICS),
