@@ -3,7 +3,7 @@
     python -m eval.prepare hdtf   --raw RAW --out DATA [--ids test|test20|all|FILE|ID,ID] [--crop aligned|tube]
     python -m eval.prepare celeba --raw RAW --out DATA [--split test|all|FILE]
     python -m eval.prepare vfhq   RAW_CLIPS --out DATA [--ids test|all|FILE]
-    python -m eval.prepare recrop SRC --out DST                  # GAGAvatar's evaluation crop of any frame folder
+    python -m eval.prepare recrop SRC --out DST [--preprocess insightface]  # GAGAvatar's evaluation crop
     python -m eval.prepare hdtf   --list-sources [--ids ...]     # what to download and cut (nothing is fetched)
     avatar prepare ...                                           # the same command
 
@@ -836,9 +836,15 @@ def recrop(src: Path, out: Path, *, preprocessor: Any = None, model: str | None 
         raise InputNotFoundError(f"recrop: {src} is not a folder")
     if src.resolve() == out.resolve():
         raise InputError("recrop: --out must be another folder than the input")
-    if preprocessor is None:
-        preprocessor = load_preprocessor(model, device, preprocess)
-    name = f"{getattr(preprocessor, 'backend', None) or model or 'given'} detector, its five keypoints"
+    if preprocessor is None and preprocess == "insightface":  # GAGAvatar's own keypoints: SCRFD (buffalo_l)
+        from avatar.face.insightface_onnx import InsightFaceAnalysis
+
+        preprocessor = InsightFaceAnalysis.from_pretrained(model, landmarks=False)
+        name = "InsightFace SCRFD (buffalo_l det_10g) detector, its five keypoints"
+    else:
+        if preprocessor is None:
+            preprocessor = load_preprocessor(model, device, preprocess)
+        name = f"{getattr(preprocessor, 'backend', None) or model or 'given'} detector, its five keypoints"
     bar = tqdm(total=None, unit="frame", disable=not show_progress, dynamic_ncols=True, desc="recrop")
     try:
         result = recrop_folder(src, out, KeypointRecropper(preprocessor.detect), batch_size=batch_size,
@@ -880,9 +886,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove: MODNet matting of each crop, composited on --background-color (see Background)")
     p.add_argument("--background-color", choices=BACKGROUND_COLORS, default="black",
                    help="with --background remove: black (default, GOHA) or white (OTAvatar)")
-    p.add_argument("--preprocess", choices=("official", "mediapipe"), default=None,
+    p.add_argument("--preprocess", choices=("official", "mediapipe", "insightface"), default=None,
                    help="face backend of the aligned crop: official (RetinaFace + H3R, default) or mediapipe "
-                        "(MediaPipe's detector and mesh, real weights inside the wheel; the [face] extra)")
+                        "(MediaPipe's detector and mesh, real weights inside the wheel; the [face] extra); recrop "
+                        "only: insightface (SCRFD of InsightFace's buffalo_l, GAGAvatar's own keypoints; --model "
+                        "the buffalo_l folder, else the cache; the [insightface] extra)")
     p.add_argument("--matting", choices=("modnet", "mediapipe"), default="modnet",
                    help="with --background remove: MODNet (default, the official choice) or MediaPipe's selfie "
                         "segmentation (no download)")
@@ -928,6 +936,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    ("--fps", args.fps, 1e-6), ("--increase", args.increase, 0.0)):
             if value is not None and value < low:
                 raise InputError(f"{option} must be {'positive' if low == 1e-6 else f'at least {low:g}'}, got {value:g}")
+        if args.preprocess == "insightface" and args.dataset != "recrop":
+            raise InputError("--preprocess insightface is for recrop only (GAGAvatar's keypoints); prepare "
+                             f"{args.dataset} with --preprocess official or mediapipe")
         if args.dataset == "recrop":
             res = recrop(args.raw, args.out, model=args.model, device=args.device, preprocess=args.preprocess,
                          batch_size=args.batch_size, show_progress=not args.no_progress)

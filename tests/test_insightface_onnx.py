@@ -232,3 +232,24 @@ def test_registry_entries_point_into_buffalo_l(tmp_path: Path) -> None:
         zf.writestr("1k3d68.onnx", b"a")
         zf.writestr("det_10g.onnx", b"b")
     assert extract_member(archive, "det_10g.onnx", tmp_path / "out" / "det_10g.onnx").read_bytes() == b"b"
+
+
+def test_prepare_recrop_with_insightface_keypoints(tmp_path: Path) -> None:
+    """`python -m eval.prepare recrop SRC --out DST --preprocess insightface --model BUFFALO_L`: SCRFD's
+    keypoints give the GAGAvatar crop; the backend is refused for the other datasets."""
+    from PIL import Image
+
+    from eval import prepare as P
+
+    folder = tmp_path / "buffalo_l"
+    folder.mkdir()
+    (folder / "det_10g.onnx").write_bytes(scrfd_graph(seed=3, score_bias=-3.0, score_gain=3.0))
+    src = tmp_path / "frames" / "v"
+    src.mkdir(parents=True)
+    Image.fromarray(face_image(360, 480, seed=0)).save(src / "000000.png")
+    assert P.main(["recrop", str(src.parent), "--out", str(tmp_path / "out"), "--preprocess", "insightface",
+                   "--model", str(folder), "--no-progress"]) == 0
+    assert Image.open(tmp_path / "out" / "v" / "000000.png").size == (512, 512)
+    marker = (tmp_path / "out" / "recrop.json").read_text()
+    assert "SCRFD" in marker
+    assert P.main(["hdtf", str(src.parent), "--out", str(tmp_path / "o2"), "--preprocess", "insightface"]) != 0
