@@ -249,6 +249,24 @@ def test_reenact_renders_what_render_frames_renders(avatar, tmp_path: Path) -> N
     np.testing.assert_allclose(frames.astype(np.float64) / 255, ref.permute(0, 2, 3, 1).numpy(), atol=1.5 / 255)
 
 
+def test_fast_path_frames_equal_the_reference_on_cpu(avatar) -> None:
+    """reenact_video's default (fast=True) on the CPU: the cached first layers in float32 give the reference's
+    frames."""
+    from avatar.fitting.reenact import iter_reenact_frames
+
+    gen = torch.Generator().manual_seed(2)
+    expr = avatar.signals.neutral + 0.1 * torch.randn(3, vd.EXPRESSION_DIM, generator=gen)
+    poses = avatar.reference_pose().repeat(3, 1, 1)
+    try:
+        avatar.avatar.disable_fast_inference()
+        ref = np.stack(list(iter_reenact_frames(avatar, expr, poses, batch_size=3)))
+        avatar.enable_fast_inference(None)
+        fast = np.stack(list(iter_reenact_frames(avatar, expr, poses, batch_size=3)))
+    finally:
+        avatar.avatar.disable_fast_inference()
+    assert np.abs(fast.astype(int) - ref.astype(int)).max() <= 1
+
+
 def test_cli_reenact_with_an_avatar_folder(avatar_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     video = _write_video(tmp_path / "drive.mp4", [128, 140, 150, 128])
     calls = {}

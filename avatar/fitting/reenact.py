@@ -92,7 +92,7 @@ def iter_reenact_frames(avatar: Any, expressions: torch.Tensor, poses: torch.Ten
 def reenact_video(avatar_dir: str | Path | Any, driving: str | Path, out: str | Path, *, relative: bool = True,
                   batch_size: int = 8, device: str | torch.device | None = None, resolution: int | None = None,
                   max_frames: int | None = None, audio: bool = True, backend: Any = "mediapipe",
-                  signals: Any = None, progress: bool = True) -> ReenactResult:
+                  signals: Any = None, progress: bool = True, fast: bool = True) -> ReenactResult:
     """Drive a fitted GPHM avatar with a video and write the result (module docstring).
 
     Args:
@@ -110,6 +110,9 @@ def reenact_video(avatar_dir: str | Path | Any, driving: str | Path, out: str | 
         signals: precomputed :class:`~avatar.fitting.driving.DrivingSignals` of ``driving`` (skips extraction;
             ``max_frames`` then cuts them).
         progress: progress bars.
+        fast: render through :meth:`GPHMAvatar.enable_fast_inference` (the code-free first layers computed once;
+            on CUDA the MLPs and the refine network under bf16 autocast, on other devices float32, where the
+            output equals the reference path's up to rounding); ``False``: the reference path.
 
     Raises:
         InputNotFoundError / InputError: not an avatar folder, bad options.
@@ -128,6 +131,10 @@ def reenact_video(avatar_dir: str | Path | Any, driving: str | Path, out: str | 
         avatar = avatar_dir.to(dev).eval()
     else:
         avatar = load_gphm_avatar(avatar_dir, device=dev)
+    if fast:
+        avatar.enable_fast_inference(torch.bfloat16 if dev.type == "cuda" else None)
+    else:
+        avatar.avatar.disable_fast_inference()
     res = avatar.resolution if resolution is None else int(resolution)
     avatar.feature_intrinsics(1, res)  # a bad resolution fails now, before the driving video is processed
     t0 = time.perf_counter()
