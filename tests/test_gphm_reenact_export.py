@@ -234,6 +234,13 @@ def test_reenact_video_writes_every_frame_with_the_audio(avatar_dir: Path, tmp_p
     r2 = reenact_video(avatar_dir, video, out2, relative=False, max_frames=3, audio=False, device="cpu",
                        backend=FakeFace(), progress=False)
     assert r2.frames == 3 and r2.audio_mode is None and _count_frames(out2)[:1] == (3,)
+    # a loaded avatar passed in keeps its own render setting (the fast path is on only during the call)
+    from avatar.fitting.gphm_fit import load_gphm_avatar
+
+    loaded = load_gphm_avatar(avatar_dir)
+    r3 = reenact_video(loaded, video, tmp_path / "o3.mp4", max_frames=2, audio=False, device="cpu",
+                       backend=FakeFace(), progress=False)
+    assert r3.frames == 2 and loaded.avatar.fast_inference is None
 
 
 def test_reenact_renders_what_render_frames_renders(avatar, tmp_path: Path) -> None:

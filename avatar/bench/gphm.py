@@ -178,23 +178,18 @@ def run(args: argparse.Namespace) -> list[GPHMTiming]:
     return rows
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from avatar.cli import NON_NEGATIVE_INT, POSITIVE_INT
+
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--avatar", type=Path, default=None, help="a fitted avatar folder (default: the template)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--resolution", type=_positive, default=512)
-    parser.add_argument("--num-points", type=_positive, default=100_000, help="template Gaussians (100000)")
-    parser.add_argument("--batch-sizes", type=_positive, nargs="+", default=[1, 8])
+    parser.add_argument("--resolution", type=POSITIVE_INT, default=512)
+    parser.add_argument("--num-points", type=POSITIVE_INT, default=100_000, help="template Gaussians (100000)")
+    parser.add_argument("--batch-sizes", type=POSITIVE_INT, nargs="+", default=[1, 8])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--iters", type=_positive, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=POSITIVE_INT, default=30)
+    parser.add_argument("--warmup", type=NON_NEGATIVE_INT, default=5)
     parser.add_argument("--no-tf32", action="store_true", help="float32 matmuls and convolutions without TF32")
     parser.add_argument("--json", type=Path, default=None)
 

@@ -118,9 +118,7 @@ def reenact_video(avatar_dir: str | Path | Any, driving: str | Path, out: str | 
         InputNotFoundError / InputError: not an avatar folder, bad options.
         VideoReadError, NoFaceError: the driving video cannot be read or shows no face.
     """
-    from avatar.fitting.driving import DrivingSignals, extract_driving_signals, map_to_avatar
     from avatar.fitting.gphm_fit import FittedGPHMAvatar, load_gphm_avatar
-    from avatar.io import VideoWriter
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
@@ -131,10 +129,27 @@ def reenact_video(avatar_dir: str | Path | Any, driving: str | Path, out: str | 
         avatar = avatar_dir.to(dev).eval()
     else:
         avatar = load_gphm_avatar(avatar_dir, device=dev)
+    caller_setting = avatar.avatar.fast_inference  # a passed-in avatar gets its own setting back at the end
     if fast:
         avatar.enable_fast_inference(torch.bfloat16 if dev.type == "cuda" else None)
     else:
         avatar.avatar.disable_fast_inference()
+    try:
+        return _reenact(avatar, driving, out, dev, relative=relative, batch_size=batch_size, resolution=resolution,
+                        max_frames=max_frames, audio=audio, backend=backend, signals=signals, progress=progress)
+    finally:
+        if caller_setting is None:
+            avatar.avatar.disable_fast_inference()
+        else:
+            avatar.avatar.enable_fast_inference(caller_setting.dtype)
+
+
+def _reenact(avatar: Any, driving: str | Path, out: str | Path, dev: torch.device, *, relative: bool,
+             batch_size: int, resolution: int | None, max_frames: int | None, audio: bool, backend: Any,
+             signals: Any, progress: bool) -> ReenactResult:
+    from avatar.fitting.driving import DrivingSignals, extract_driving_signals, map_to_avatar
+    from avatar.io import VideoWriter
+
     res = avatar.resolution if resolution is None else int(resolution)
     avatar.feature_intrinsics(1, res)  # a bad resolution fails now, before the driving video is processed
     t0 = time.perf_counter()

@@ -192,7 +192,8 @@ class GOHA(ModelMixin):
         self.register_buffer("uv", lifting_grid(planes.lift_resolution))
         self.is_random_init = True
         self.fused_rendering: str | None = None
-        self.fast_lift_chunk: int | None = None  # set by enable_fast_inference; None: 256
+        self.fast_inference_on = False
+        self.fast_lift_chunk: int | None = None  # None: by device (_lift_chunk)
 
     # ---- fast inference ------------------------------------------------------------------------------------
 
@@ -206,20 +207,24 @@ class GOHA(ModelMixin):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
         if lift_chunk is not None and lift_chunk < 2:
             raise ConfigError(f"lift_chunk must be at least 2 grid cells, got {lift_chunk}")
+        self.fast_inference_on = True
         self.fused_rendering = fused_rendering
-        self.fast_lift_chunk = lift_chunk if lift_chunk is not None else 0  # 0: by device at each call
+        self.fast_lift_chunk = lift_chunk
         return self
 
     def disable_fast_inference(self) -> GOHA:
         """The reference path (the default). Returns ``self``."""
+        self.fast_inference_on = False
         self.fused_rendering = None
         self.fast_lift_chunk = None
         return self
 
     def _lift_chunk(self, device: torch.device) -> int:
-        if self.fast_lift_chunk is None:
+        if not self.fast_inference_on:
             return 256
-        return self.fast_lift_chunk or (1024 if device.type == "cuda" else 256)
+        if self.fast_lift_chunk is not None:
+            return self.fast_lift_chunk
+        return 1024 if device.type == "cuda" else 256
 
     def _fused(self, plane: Tensor) -> str | None:
         from avatar.render.fused import fused_available
