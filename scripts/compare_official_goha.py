@@ -201,7 +201,8 @@ def make_deterministic(official: nn.Module) -> None:
     forward = layers.forward
     noises = [getattr(layers.gfpgan.stylegan_decoder.noises, f"noise{i}")
               for i in range(layers.gfpgan.stylegan_decoder.num_layers)]
-    layers.forward = lambda img, *a, **k: forward(img, noise=noises)
+    # the stored noises are plain attributes (not moved by ``.to``): follow the input's device
+    layers.forward = lambda img, *a, **k: forward(img, noise=[n.to(img.device) for n in noises])
 
 
 def max_diff(a: Tensor, b: Tensor) -> float:

@@ -280,3 +280,14 @@ def test_driving_signal_reference_on_cuda() -> None:
     poses = torch.eye(4, device="cuda").repeat(n, 1, 1)
     enc.set_reference(torch.randn(n, enc.config.input_dim, device="cuda"), poses)
     assert torch.allclose(enc.reference_rotation, torch.eye(3, device="cuda"), atol=1e-6)
+
+
+def test_warm_up_inputs_render_on_the_reference_rasterizer():
+    """The gsplat warm-up call (CUDA only) uses inputs the rasteriser accepts: checked here on the reference."""
+    from avatar.fitting.gphm_fit import _warm_up_inputs
+    from avatar.render.gaussians import rasterize_gaussians
+
+    tensors, width, height = _warm_up_inputs(torch.device("cpu"))
+    out = rasterize_gaussians(*tensors, width, height, backend="reference")
+    assert out.features.shape == (1, 3, height, width)
+    assert out.alpha[0, 0, height // 2, width // 2] > 0.5

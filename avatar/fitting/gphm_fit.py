@@ -941,6 +941,17 @@ class _Fitter:
             state.stage = 3  # recorded once the avatar folder is written (fit_gphm_avatar)
 
 
+def _warm_up_inputs(device: torch.device) -> tuple[tuple[Tensor, ...], int, int]:
+    """The arguments of the warm-up call: one camera, 4 Gaussians in front of it, a 16x16 image."""
+    n = 4
+    means = torch.tensor([[0.0, 0.0, 3.0]], device=device).repeat(1, n, 1)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=device).repeat(1, n, 1)
+    k = torch.tensor([[[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]]], device=device)
+    tensors = (means, quats, torch.full((1, n, 3), 0.1, device=device), torch.full((1, n), 0.5, device=device),
+               torch.ones(1, n, 3, device=device), torch.eye(4, device=device)[None], k)
+    return tensors, 16, 16
+
+
 def _warm_up_rasterizer(device: torch.device) -> None:
     """One tiny gsplat call on CUDA, so that the extension's JIT build (1-2 minutes on a fresh machine or after a
     change of ``TORCH_CUDA_ARCH_LIST``) happens before the time budget starts. No-op on CPU or without gsplat."""
@@ -948,13 +959,8 @@ def _warm_up_rasterizer(device: torch.device) -> None:
 
     if device.type != "cuda" or not gsplat_available(device):
         return
-    n = 4
-    means = torch.tensor([[0.0, 0.0, 3.0]], device=device).repeat(n, 1)
-    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=device).repeat(n, 1)
-    k = torch.tensor([[[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]]], device=device)
-    rasterize_gaussians(means, quats, torch.full((n, 3), 0.1, device=device), torch.full((n,), 0.5, device=device),
-                        torch.ones(n, 3, device=device), torch.eye(4, device=device)[None], k, 16, 16,
-                        backend="gsplat")
+    tensors, width, height = _warm_up_inputs(device)
+    rasterize_gaussians(*tensors, width, height, backend="gsplat")
 
 
 def fit_gphm_avatar(prepared: Any, out_dir: str | Path, *, config: FitConfig | None = None, model: Any = None,
