@@ -147,6 +147,69 @@ def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, ima
         model.enable_fast_inference("fp8")
 
 
+def test_graphed_reenact_plumbing_gives_the_eager_output(model: GOHA, images: torch.Tensor) -> None:
+    """The CUDA-graph path's inputs and outputs (checked on CPU with a stand-in cache that runs the captured
+    function on copies of its inputs, as a replay does); a failed capture falls back to the eager result."""
+    from avatar.nn.cuda_graphs import GraphCaptureError
+
+    class CopyingCache:
+        failed: dict = {}
+
+        def __init__(self) -> None:
+            self.keys: list = []
+
+        def __call__(self, key, fn, inputs):  # noqa: ANN001, ANN204
+            self.keys.append(key)
+            return fn(**{k: v.clone() for k, v in inputs.items()})
+
+        def clear(self) -> None:
+            pass
+
+    with torch.no_grad():
+        src = model.encode_source(images[:1], camera(1)).expand(2)
+        pseudo = images.flip(0)
+        ref = model.reenact(src, camera(2, 0.05), pseudo_render=pseudo)
+        saved = model._graphs
+        try:
+            model._graphs = cache = CopyingCache()
+            out = model._reenact_graphed(src, camera(2, 0.05), pseudo)
+            model._reenact_graphed(src, camera(2, 0.05), pseudo)
+
+            class FailingCache(CopyingCache):
+                def __call__(self, key, fn, inputs):  # noqa: ANN001, ANN204
+                    raise GraphCaptureError("stand-in failure")
+
+            model._graphs = FailingCache()
+            fallback = model._reenact_graphed(src, camera(2, 0.05), pseudo)
+        finally:
+            model._graphs = saved
+    assert len(cache.keys) == 2 and cache.keys[0] == cache.keys[1]  # one key per shape / options / weights
+    for name in ("image", "image_raw", "depth", "features", "pseudo_render", "plane", "expression_plane",
+                 "appearance_plane"):
+        assert torch.equal(getattr(out, name), getattr(ref, name)), name
+        assert torch.equal(getattr(fallback, name), getattr(ref, name)), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_reenact_matches_eager_on_cuda(model: GOHA, images: torch.Tensor) -> None:
+    """On CUDA the fast path replays reenact() from a captured graph (no fallback) and gives the eager output."""
+    gpu = GOHA.tiny().eval().cuda()
+    gpu.load_state_dict(model.state_dict())
+    x = images.cuda()
+    with torch.no_grad():
+        src = gpu.encode_source(x[:1], camera(1).cuda()).expand(2)
+        eager = gpu.enable_fast_inference("ieee", cuda_graphs=False).reenact(src, camera(2, 0.05).cuda(),
+                                                                               pseudo_render=x.flip(0))
+        gpu.enable_fast_inference("ieee", cuda_graphs=True)
+        first = gpu.reenact(src, camera(2, 0.05).cuda(), pseudo_render=x.flip(0))
+        second = gpu.reenact(src, camera(2, 0.05).cuda(), pseudo_render=x)
+    assert len(gpu._graphs) == 1 and not gpu._graphs.failed
+    torch.testing.assert_close(first.image, eager.image, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(first.depth, eager.depth, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(second.image, first.image)  # the new input was copied in, not the captured one
+
+
 def test_deterministic_by_default_and_official_noise_on_request(model: GOHA, images: torch.Tensor) -> None:
     with torch.no_grad():
         src = model.encode_source(images[:1], camera())

@@ -1,7 +1,7 @@
 """Speed and memory of GOHA's reenactment: the official ``Model`` against ours, same weights, same GPU, one run.
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
-        [--fused off ieee tf32] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+        [--fused off ieee tf32] [--cuda-graphs off on] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
 
@@ -16,6 +16,8 @@ Rows:
   official included); ``bf16`` runs under CUDA bf16 autocast;
 * ``ours <dtype> + fused <precision>, source cached`` (``--fused ieee tf32``): the same with
   :meth:`GOHA.enable_fast_inference` (the fused Triton volume renderer, the CUDA lifting chunk);
+* ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph (the fast path's
+  default on CUDA; the first call of each batch size captures it, before the timed calls);
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
@@ -158,13 +160,15 @@ def run(args: argparse.Namespace) -> list[Row]:
         sr = (out.image[:1].float() - ref_image).abs().max().item()
         return sr, sr / max(ref_image.abs().max().item(), 1e-12), (out.image_raw[:1].float() - ref_raw).abs().max().item()
 
-    combos = [(dtype, fused) for fused in args.fused for dtype in args.dtypes]
-    for dtype, fused in combos:
-        if fused == "off":
+    combos = [(dtype, fused, graphs == "on") for fused in args.fused for graphs in args.cuda_graphs
+              for dtype in args.dtypes]
+    for dtype, fused, graphs in combos:
+        if fused == "off" and not graphs:
             model.disable_fast_inference()
         else:
-            model.enable_fast_inference(fused)
-        name = f"ours {dtype}" + ("" if fused == "off" else f" + fused {fused}")
+            model.enable_fast_inference(None if fused == "off" else fused, cuda_graphs=graphs)
+        name = (f"ours {dtype}" + ("" if fused == "off" else f" + fused {fused}")
+                + (" + CUDA graphs" if graphs and device.type == "cuda" else ""))
         source = model.encode_source(src_img, src_cam, with_coefficients=False)
         for b in args.batch_sizes:
             src_b = source.expand(b)
@@ -225,6 +229,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fused", nargs="+", choices=["off", "ieee", "tf32"], default=["off"],
                         help="our volume renderer: PyTorch ('off') and/or the fused Triton kernels (CUDA), one row "
                              "set each")
+    parser.add_argument("--cuda-graphs", nargs="+", choices=["on", "off"], default=["off"],
+                        help="replay reenact()'s per-frame work from CUDA graphs ('on', GOHA.enable_fast_inference's "
+                             "default) and/or not ('off'), one row set each")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
     parser.add_argument("--official", type=Path, metavar="CHECKOUT",
                         help="an NVlabs/GOHA checkout: time the official Model in the same run (same weights)")

@@ -71,6 +71,7 @@ from avatar.models.goha.planes import (
 )
 from avatar.models.goha.pseudo_render import ExpressionPseudoRenderer, mix_coefficients
 from avatar.models.goha.segformer import SegformerBranch
+from avatar.nn.cuda_graphs import GraphCache, GraphCaptureError, tensor_addresses
 from avatar.render.camera import split_label
 from avatar.render.triplane import ImportanceRenderer, rays_to_image
 
@@ -194,14 +195,20 @@ class GOHA(ModelMixin):
         self.fused_rendering: str | None = None
         self.fast_inference_on = False
         self.fast_lift_chunk: int | None = None  # None: by device (_lift_chunk)
+        self.cuda_graphs = False
+        self._graphs = GraphCache(max_graphs=2)  # CUDA graphs of reenact()'s per-frame work (enable_fast_inference)
 
     # ---- fast inference ------------------------------------------------------------------------------------
 
-    def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None) -> GOHA:
+    def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None,
+                              cuda_graphs: bool = True) -> GOHA:
         """Where no gradient is recorded: volume rendering through the fused Triton kernels
         (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
         renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
         256 elsewhere; the indices do not depend on it, see :func:`~avatar.models.goha.planes.nearest_point_indices`).
+        ``cuda_graphs``: on CUDA, :meth:`reenact` (deterministic) replays its per-frame work (expression branch,
+        appearance lifting, rendering, super-resolution) from a CUDA graph captured per batch size, dtype and
+        weights (:mod:`avatar.nn.cuda_graphs`; a capture that fails falls back to eager with one warning).
         Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
@@ -210,6 +217,8 @@ class GOHA(ModelMixin):
         self.fast_inference_on = True
         self.fused_rendering = fused_rendering
         self.fast_lift_chunk = lift_chunk
+        self.cuda_graphs = bool(cuda_graphs)
+        self._graphs.clear()
         return self
 
     def disable_fast_inference(self) -> GOHA:
@@ -217,6 +226,8 @@ class GOHA(ModelMixin):
         self.fast_inference_on = False
         self.fused_rendering = None
         self.fast_lift_chunk = None
+        self.cuda_graphs = False
+        self._graphs.clear()
         return self
 
     def _lift_chunk(self, device: torch.device) -> int:
@@ -428,15 +439,49 @@ class GOHA(ModelMixin):
                 self._check_inputs(driving, camera, "driving frames")
             pseudo_render = self.pseudo_render(source, driving, driving_coefficients=driving_coefficients,
                                                exp_transfer=exp_transfer)
+        deterministic = self._deterministic(deterministic)
+        if (self.cuda_graphs and deterministic and camera.device.type == "cuda" and not torch.is_grad_enabled()
+                and not torch.cuda.is_current_stream_capturing()):
+            return self._reenact_graphed(source, camera[:, :25], pseudo_render)
+        return self._reenact_frames(source, camera[:, :25], pseudo_render, deterministic)
+
+    def _reenact_frames(self, source: GOHASource, camera: Tensor, pseudo_render: Tensor,
+                        deterministic: bool) -> GOHAOutput:
+        """The per-frame work of :meth:`reenact` once the pseudo-render is known."""
         expression = self.expression_plane(pseudo_render)
         base = sum_planes(source.canonical_plane, expression)
         appearance = self.appearance_plane(source, base, deterministic=deterministic)
         plane = sum_planes(source.canonical_plane, expression, appearance)
-        features, depth = self.render(plane, camera[:, :25], deterministic=deterministic)
+        features, depth = self.render(plane, camera, deterministic=deterministic)
         rgb = features[:, :3]
-        noise_mode = "const" if self._deterministic(deterministic) else "random"
-        image = self.neural_layers(rgb, noise_mode=noise_mode)
+        image = self.neural_layers(rgb, noise_mode="const" if deterministic else "random")
         return GOHAOutput(image, rgb, depth, features, pseudo_render, plane, expression, appearance)
+
+    def _reenact_graphed(self, source: GOHASource, camera: Tensor, pseudo_render: Tensor) -> GOHAOutput:
+        """:meth:`_reenact_frames` (deterministic) replayed from a CUDA graph captured for these shapes, strides,
+        dtypes, autocast state, options and weights. The source's tensors are graph inputs (copied in per call)."""
+        inputs = {"camera": camera, "pseudo_render": pseudo_render, "source.image": source.image,
+                  "source.camera": source.camera, "source.keep_mask": source.keep_mask,
+                  "source.canonical_plane": source.canonical_plane}
+
+        def per_frame(**x: Tensor) -> dict[str, Tensor]:
+            src = GOHASource(x["source.image"], x["source.camera"], x["source.keep_mask"],
+                             x["source.canonical_plane"], None, None)
+            out = self._reenact_frames(src, x["camera"], x["pseudo_render"], True)
+            return {f.name: getattr(out, f.name) for f in fields(out)}
+
+        device = camera.device
+        autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), autocast,
+               self.fused_rendering, self._lift_chunk(device), torch.backends.cuda.matmul.allow_tf32,
+               torch.backends.cudnn.allow_tf32, tensor_addresses(self))
+        known_failure = key in self._graphs.failed
+        try:
+            return GOHAOutput(**self._graphs(key, per_frame, inputs))
+        except GraphCaptureError as exc:  # reenactment still works, only slower: say so once per shape
+            if not known_failure:
+                logger.warning("CUDA graph capture of GOHA.reenact failed (%s); reenacting without graphs", exc)
+            return self._reenact_frames(source, camera, pseudo_render, True)
 
     def forward(self, img_src: Tensor, pose_src: Tensor, img_target: Tensor, pose_target: Tensor, *,
                 exp_transfer: bool = True, deterministic: bool | None = None) -> GOHAOutput:

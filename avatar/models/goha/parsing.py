@@ -34,6 +34,7 @@ odd 7x7 kernels GOHA uses, both versions and these functions agree exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -303,9 +304,17 @@ def erode(x: Tensor, kernel_size: int | tuple[int, int] = MORPH_KERNEL, max_val:
 
 def normalize_for_parsing(img: Tensor) -> Tensor:
     """(b, 3, H, W) in [-1, 1] -> ``((img + 1) / 2 - mean) / std`` with ImageNet mean/std."""
-    mean = torch.tensor(PARSING_MEAN, dtype=img.dtype, device=img.device).view(-1, 1, 1)
-    std = torch.tensor(PARSING_STD, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+    mean, std = _parsing_constants(img.dtype, img.device)
     return ((img + 1) / 2.0 - mean) / std
+
+
+@functools.lru_cache(maxsize=16)
+def _parsing_constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """ImageNet mean and std as ``(3, 1, 1)`` tensors, made once per dtype and device: a host-to-device copy is
+    not allowed while a CUDA graph is being captured (:meth:`GOHA.reenact`'s graphs)."""
+    mean = torch.tensor(PARSING_MEAN, dtype=dtype, device=device).view(-1, 1, 1)
+    std = torch.tensor(PARSING_STD, dtype=dtype, device=device).view(-1, 1, 1)
+    return mean, std
 
 
 def parsing_labels(logits: Tensor) -> Tensor:

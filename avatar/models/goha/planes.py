@@ -283,7 +283,8 @@ def opencv_rays(cam2world: Tensor, intrinsics: Tensor, resolution: int) -> tuple
 
     Returns ``origins`` and unit ``directions``, both ``(B, R*R, 3)``, ray ``i R + j`` through pixel ``(i, j)``.
     """
-    flip = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=cam2world.dtype, device=cam2world.device)
+    flip = torch.ones(4, dtype=cam2world.dtype, device=cam2world.device)  # (1, -1, -1, 1), made on the device
+    flip[1:3] = -1.0  # (no host-to-device copy: CUDA-graph capture allows none)
     return sample_rays(cam2world * flip, intrinsics, resolution)
 
 

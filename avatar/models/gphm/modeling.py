@@ -713,7 +713,11 @@ class GPHMAvatar(ModelMixin):
     def _refine_image(self, features: Tensor) -> Tensor:
         if not self._fast_active():
             return self.refine(features)
-        with self._autocast(features):
+        # cuDNN's autotuner for the U-Net's convolutions (fixed shapes per batch size; scoped to this call)
+        with self._autocast(features), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
+                                                                   benchmark=features.is_cuda,
+                                                                   deterministic=torch.backends.cudnn.deterministic,
+                                                                   allow_tf32=torch.backends.cudnn.allow_tf32):
             image = self.refine(features.contiguous(memory_format=torch.channels_last))
         return image.float()
 

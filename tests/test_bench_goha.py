@@ -1,0 +1,29 @@
+"""`python -m avatar.bench goha --tiny` on the CPU: one row per dtype / renderer / CUDA-graph setting and the
+encode + reenact row; the official side needs an NVlabs/GOHA checkout (run on a GPU, see docs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from avatar.bench import main
+
+
+def test_goha_bench_tiny_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(2)
+    out = tmp_path / "rows.json"
+    assert main(["goha", "--tiny", "--device", "cpu", "--frames", "1", "--warmup", "0", "--batch-sizes", "1", "2",
+                 "--dtypes", "fp32", "--fused", "off", "--cuda-graphs", "off", "on", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    # on the CPU the graphs are never used, so the 'on' rows carry no graph label
+    assert [(r["path"], r["batch"]) for r in rows] == [
+        ("ours fp32, source cached", 1), ("ours fp32, source cached", 2),
+        ("ours fp32, source cached", 1), ("ours fp32, source cached", 2),
+        ("ours fp32, encode + reenact per frame", 1)]
+    assert all(r["ms_per_frame"] > 0 and r["sr_max_abs_diff"] is None for r in rows)
+    assert "| ours fp32, source cached | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["goha", "--tiny", "--cuda-graphs", "maybe"])
