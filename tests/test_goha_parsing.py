@@ -295,3 +295,14 @@ def test_side_by_side_with_official() -> None:
         pytest.skip(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "official code unavailable")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASS" in proc.stdout
+
+
+def test_parsing_labels_drop_eyeglasses_and_hat_like_a_channel_list() -> None:
+    """The slice form (no host-to-device index copy, so CUDA graphs can capture it) = upstream's channel list,
+    ties included (first kept channel wins)."""
+    from avatar.models.goha.parsing import DROPPED_CLASS, parsing_labels
+
+    logits = torch.randn(3, 19, 8, 8, generator=torch.Generator().manual_seed(0))
+    logits[:, :, 0, 0] = 0.0  # all tied
+    keep = [c for c in range(18) if c != DROPPED_CLASS]
+    assert torch.equal(parsing_labels(logits), logits[:, keep].argmax(dim=1, keepdim=True))

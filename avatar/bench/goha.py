@@ -16,8 +16,9 @@ Rows:
   official included); ``bf16`` runs under CUDA bf16 autocast;
 * ``ours <dtype> + fused <precision>, source cached`` (``--fused ieee tf32``): the same with
   :meth:`GOHA.enable_fast_inference` (the fused Triton volume renderer, the CUDA lifting chunk);
-* ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph (the fast path's
-  default on CUDA; the first call of each batch size captures it, before the timed calls);
+* ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph
+  (``enable_fast_inference(cuda_graphs=True)``; the first call of each batch size captures it, before the timed
+  calls; a failed capture is logged and the row is then eager);
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
@@ -184,7 +185,8 @@ def run(args: argparse.Namespace) -> list[Row]:
             times = _time(frame, device, max(1, iters // b), args.warmup)
             ms = statistics.median(times) * 1e3 / b
             sr, rel, raw = diffs(frame())
-            rows.append(Row(f"{name}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
+            label = name + (" (capture failed: eager)" if graphs and model._graphs.failed else "")
+            rows.append(Row(f"{label}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
     model.disable_fast_inference()
 
     def full_frame() -> Any:
@@ -230,8 +232,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="our volume renderer: PyTorch ('off') and/or the fused Triton kernels (CUDA), one row "
                              "set each")
     parser.add_argument("--cuda-graphs", nargs="+", choices=["on", "off"], default=["off"],
-                        help="replay reenact()'s per-frame work from CUDA graphs ('on', GOHA.enable_fast_inference's "
-                             "default) and/or not ('off'), one row set each")
+                        help="replay reenact()'s per-frame work from CUDA graphs ('on') and/or not ('off', "
+                             "GOHA.enable_fast_inference's default), one row set each")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
     parser.add_argument("--official", type=Path, metavar="CHECKOUT",
                         help="an NVlabs/GOHA checkout: time the official Model in the same run (same weights)")

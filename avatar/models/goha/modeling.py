@@ -201,14 +201,16 @@ class GOHA(ModelMixin):
     # ---- fast inference ------------------------------------------------------------------------------------
 
     def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None,
-                              cuda_graphs: bool = True) -> GOHA:
+                              cuda_graphs: bool = False) -> GOHA:
         """Where no gradient is recorded: volume rendering through the fused Triton kernels
         (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
         renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
         256 elsewhere; the indices do not depend on it, see :func:`~avatar.models.goha.planes.nearest_point_indices`).
         ``cuda_graphs``: on CUDA, :meth:`reenact` (deterministic) replays its per-frame work (expression branch,
         appearance lifting, rendering, super-resolution) from a CUDA graph captured per batch size, dtype and
-        weights (:mod:`avatar.nn.cuda_graphs`; a capture that fails falls back to eager with one warning).
+        weights (:mod:`avatar.nn.cuda_graphs`; a capture that fails falls back to eager with one warning). Off by
+        default: its capture has not yet been seen to succeed on a GPU (the one H100 run, before the parsing
+        labels stopped indexing with a list, fell back), so its speed is unmeasured.
         Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")

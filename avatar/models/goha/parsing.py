@@ -324,8 +324,9 @@ def parsing_labels(logits: Tensor) -> Tensor:
     index on ties). Shifted label ``j`` is original class ``j`` for ``j < 6`` and ``j + 1`` otherwise.
     """
     n = logits.shape[1]
-    keep = [c for c in range(n - 1) if c != DROPPED_CLASS]
-    return logits[:, keep].argmax(dim=1, keepdim=True)
+    # two slices, not a list index: a list index is a host-to-device copy, which CUDA-graph capture refuses
+    kept = torch.cat((logits[:, :DROPPED_CLASS], logits[:, DROPPED_CLASS + 1:n - 1]), dim=1)
+    return kept.argmax(dim=1, keepdim=True)
 
 
 def mask_from_labels(labels: Tensor) -> Tensor:
