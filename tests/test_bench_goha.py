@@ -25,5 +25,6 @@ def test_goha_bench_tiny_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ("ours fp32, encode + reenact per frame", 1)]
     assert all(r["ms_per_frame"] > 0 and r["sr_max_abs_diff"] is None for r in rows)
     assert "| ours fp32, source cached | 2 |" in capsys.readouterr().out
+    assert torch.is_grad_enabled()  # the bench leaves the process's settings as it found them
     with pytest.raises(SystemExit):
         main(["goha", "--tiny", "--cuda-graphs", "maybe"])

@@ -106,12 +106,21 @@ def build_models(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
 
 
 def run(args: argparse.Namespace) -> list[Row]:
+    """The rows; gradients off and TF32 as asked while it runs, both restored after (the caller's settings)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        with torch.no_grad():
+            return _run(args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _run(args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda but no CUDA device is visible; use --device cpu")
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    torch.set_grad_enabled(False)
     official, model = build_models(args, device)
     c = model.config
     gen = torch.Generator().manual_seed(1)
