@@ -152,7 +152,9 @@ def _run(args: argparse.Namespace) -> list[Row]:
             return off(data, mode="full_rec_tar", iteration=cmp.ITERATION, exp_transfer=True)
 
         peak_reset()
-        times = _time(official_frame, device, max(1, iters // 4), args.warmup)
+        # the official row gets more warm-up and calls than ours: its median moved from 165 to 97 ms between two
+        # H100 machine starts with 8 calls after 2 warm-ups (docs/goha/README.md)
+        times = _time(official_frame, device, max(1, iters // 2), args.warmup + 3)
         ms = statistics.median(times) * 1e3
         rows.append(Row("official fp32, per frame (forward)", 1, ms, 1e3 / ms, peak(), iterations=len(times)))
         ref = official_frame()
