@@ -11,6 +11,7 @@ from torch import Tensor, nn
 __all__ = [
     "Bottleneck",
     "as_uint8_rgb",
+    "greedy_nms_plus_one",
     "nms_plus_one",
 ]
 
@@ -99,6 +100,37 @@ class Bottleneck(nn.Module):
 # non-maximum suppression
 
 
+def greedy_nms_plus_one(boxes: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
+    """The greedy NMS every detector here uses (RetinaFace's ``py_cpu_nms``, face_alignment's ``bbox.nms``,
+    InsightFace's ``SCRFD.nms``), each caller giving its own visiting order and float type.
+
+    A box ``(x1, y1, x2, y2)`` covers ``(x2 - x1 + 1) x (y2 - y1 + 1)`` pixels; boxes are visited in ``order``
+    and a box is dropped when its IoU with a kept one is above ``threshold``. All arithmetic is in ``boxes``'
+    dtype (the constants too), as the official loops compute it.
+
+    Args:
+        boxes: ``(K, 4)`` corners (float32 or float64).
+        order: ``(K,)`` the visiting order (indices into ``boxes``).
+    Returns:
+        ``(M,)`` int64 indices of the kept boxes, in visiting order.
+    """
+    one, zero = boxes.dtype.type(1), boxes.dtype.type(0)
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    areas = (x2 - x1 + one) * (y2 - y1 + one)
+    alive = np.ones(len(order), dtype=bool)
+    keep: list[int] = []
+    for rank, i in enumerate(order):
+        if not alive[rank]:
+            continue
+        keep.append(int(i))
+        rest = order[rank + 1:]
+        w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
+        h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
+        inter = w * h
+        alive[rank + 1:] &= inter / (areas[i] + areas[rest] - inter) <= threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
 def nms_plus_one(boxes: Tensor | np.ndarray, scores: Tensor | np.ndarray, iou_threshold: float) -> Tensor:
     """Greedy NMS with the official "+1 pixel" box convention, in float32 like the official ``py_cpu_nms``.
 
@@ -116,24 +148,9 @@ def nms_plus_one(boxes: Tensor | np.ndarray, scores: Tensor | np.ndarray, iou_th
     s = (scores.detach().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores)).astype(np.float32)
     if b.ndim != 2 or b.shape[1] != 4 or s.shape != (b.shape[0],):
         raise ValueError(f"expected boxes (K, 4) and scores (K,), got {b.shape} and {s.shape}")
-    one = np.float32(1.0)
-    x1, y1, x2, y2 = b.T
-    areas = (x2 - x1 + one) * (y2 - y1 + one)
-    order = np.argsort(-s, kind="stable")
-    alive = np.ones(len(order), dtype=bool)
-    keep: list[int] = []
-    for rank, i in enumerate(order):
-        if not alive[rank]:
-            continue
-        keep.append(int(i))
-        rest = order[rank + 1:]
-        w = np.maximum(np.float32(0.0), np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one)
-        h = np.maximum(np.float32(0.0), np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one)
-        inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
-        alive[rank + 1:] &= iou <= iou_threshold
+    keep = greedy_nms_plus_one(b, np.argsort(-s, kind="stable"), iou_threshold)
     device = boxes.device if isinstance(boxes, Tensor) else None
-    return torch.tensor(keep, dtype=torch.long, device=device)
+    return torch.from_numpy(keep).to(device) if device is not None else torch.from_numpy(keep)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from avatar.errors import InputError, MissingDependencyError
+from avatar.face._detect_utils import greedy_nms_plus_one
 
 __all__ = [
     "DET_SIZE", "INSTALL_HINT", "InsightFace", "InsightFaceAnalysis", "Landmark3D68", "SCRFD", "anchor_centers",
@@ -146,23 +147,7 @@ def anchor_centers(height: int, width: int, stride: int, num_anchors: int) -> np
 
 def nms(dets: np.ndarray, thresh: float = NMS_THRESH) -> list[int]:
     """``SCRFD.nms``: greedy, "+1 pixel" areas, boxes whose IoU with a kept one is ``> thresh`` dropped."""
-    x1, y1, x2, y2, scores = (dets[:, k] for k in range(5))
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = scores.argsort()[::-1]
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(int(i))
-        xx1 = np.maximum(x1[i], x1[order[1:]])
-        yy1 = np.maximum(y1[i], y1[order[1:]])
-        xx2 = np.minimum(x2[i], x2[order[1:]])
-        yy2 = np.minimum(y2[i], y2[order[1:]])
-        w = np.maximum(0.0, xx2 - xx1 + 1)
-        h = np.maximum(0.0, yy2 - yy1 + 1)
-        inter = w * h
-        ovr = inter / (areas[i] + areas[order[1:]] - inter)
-        order = order[np.where(ovr <= thresh)[0] + 1]
-    return keep
+    return greedy_nms_plus_one(dets[:, :4], dets[:, 4].argsort()[::-1], thresh).tolist()
 
 
 class SCRFD:

@@ -46,7 +46,7 @@ from avatar.configuration import Config
 from avatar.hub.weights import strip_key_prefixes
 from avatar.modeling import ModelMixin
 
-from ._detect_utils import as_uint8_rgb
+from ._detect_utils import as_uint8_rgb, greedy_nms_plus_one
 
 __all__ = [
     "L2Norm",
@@ -308,21 +308,7 @@ def nms(detections: np.ndarray, threshold: float) -> np.ndarray:
     d = np.asarray(detections, dtype=np.float64)
     if len(d) == 0:
         return np.zeros(0, dtype=np.int64)
-    x1, y1, x2, y2 = d[:, 0], d[:, 1], d[:, 2], d[:, 3]
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(d[:, 4])[::-1]
-    alive = np.ones(len(order), dtype=bool)
-    keep: list[int] = []
-    for rank, i in enumerate(order):
-        if not alive[rank]:
-            continue
-        keep.append(int(i))
-        later = order[rank + 1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[later]) - np.maximum(x1[i], x1[later]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[later]) - np.maximum(y1[i], y1[later]) + 1)
-        overlap = w * h
-        alive[rank + 1:] &= overlap / (areas[i] + areas[later] - overlap) <= threshold
-    return np.asarray(keep, dtype=np.int64)
+    return greedy_nms_plus_one(d[:, :4], np.argsort(d[:, 4])[::-1], threshold)
 
 
 def filter_detections(candidates: np.ndarray, nms_threshold: float = 0.3,
