@@ -109,3 +109,21 @@ def test_a_failed_capture_is_remembered_and_reported(monkeypatch):
     assert len(attempts) == 1 and "k" in cache.failed and len(cache) == 0
     cache.clear()
     assert not cache.failed
+
+
+def test_replay_or_none_warns_once_per_failed_key(caplog: pytest.LogCaptureFixture) -> None:
+    from avatar.nn import cuda_graphs
+    """A failed capture gives ``None`` (the caller runs eagerly) and one warning per key, naming what failed."""
+
+    class Failing(cuda_graphs.GraphCache):
+        def __call__(self, key, fn, inputs):  # noqa: ANN001, ANN204
+            self.failed[key] = "RuntimeError: stand-in"
+            raise cuda_graphs.GraphCaptureError(self.failed[key])
+
+    cache = Failing()
+    with caplog.at_level("WARNING", logger="avatar.nn.cuda_graphs"):
+        assert cache.replay_or_none("a", dict, {}, "Thing.render") is None
+        assert cache.replay_or_none("a", dict, {}, "Thing.render") is None
+        assert cache.replay_or_none("b", dict, {}, "Thing.render") is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and all("CUDA graph capture of Thing.render failed" in w for w in warnings)

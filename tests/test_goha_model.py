@@ -150,20 +150,16 @@ def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, ima
 def test_graphed_reenact_plumbing_gives_the_eager_output(model: GOHA, images: torch.Tensor) -> None:
     """The CUDA-graph path's inputs and outputs (checked on CPU with a stand-in cache that runs the captured
     function on copies of its inputs, as a replay does); a failed capture falls back to the eager result."""
-    from avatar.nn.cuda_graphs import GraphCaptureError
+    from avatar.nn.cuda_graphs import GraphCache, GraphCaptureError
 
-    class CopyingCache:
-        failed: dict = {}
-
+    class CopyingCache(GraphCache):
         def __init__(self) -> None:
+            super().__init__()
             self.keys: list = []
 
         def __call__(self, key, fn, inputs):  # noqa: ANN001, ANN204
             self.keys.append(key)
             return fn(**{k: v.clone() for k, v in inputs.items()})
-
-        def clear(self) -> None:
-            pass
 
     with torch.no_grad():
         src = model.encode_source(images[:1], camera(1)).expand(2)
@@ -177,6 +173,7 @@ def test_graphed_reenact_plumbing_gives_the_eager_output(model: GOHA, images: to
 
             class FailingCache(CopyingCache):
                 def __call__(self, key, fn, inputs):  # noqa: ANN001, ANN204
+                    self.failed[key] = "stand-in failure"
                     raise GraphCaptureError("stand-in failure")
 
             model._graphs = FailingCache()

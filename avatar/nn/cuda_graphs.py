@@ -12,6 +12,7 @@ weights) must stay at the same address: a cache key should change when the weigh
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 
@@ -19,6 +20,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["GraphCache", "GraphCaptureError", "GraphedFunction", "tensor_addresses"]
+
+logger = logging.getLogger(__name__)
 
 
 class GraphCaptureError(RuntimeError):
@@ -85,6 +88,18 @@ class GraphCache:
         else:
             self.graphs.move_to_end(key)
         return graphed(**inputs)
+
+    def replay_or_none(self, key: Hashable, fn: TensorFunction, inputs: Mapping[str, Tensor],
+                       what: str) -> dict[str, Tensor] | None:
+        """:meth:`__call__`, or ``None`` when the capture of ``key`` fails (the caller then runs ``fn``'s work
+        eagerly): the failure is logged as a warning once per key, naming ``what`` was being captured."""
+        known_failure = key in self.failed
+        try:
+            return self(key, fn, inputs)
+        except GraphCaptureError as exc:  # still works, only slower: say so once per key
+            if not known_failure:
+                logger.warning("CUDA graph capture of %s failed (%s); running without graphs", what, exc)
+            return None
 
     def clear(self) -> None:
         self.graphs.clear()

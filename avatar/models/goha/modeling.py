@@ -71,7 +71,7 @@ from avatar.models.goha.planes import (
 )
 from avatar.models.goha.pseudo_render import ExpressionPseudoRenderer, mix_coefficients
 from avatar.models.goha.segformer import SegformerBranch
-from avatar.nn.cuda_graphs import GraphCache, GraphCaptureError, tensor_addresses
+from avatar.nn.cuda_graphs import GraphCache, tensor_addresses
 from avatar.render.camera import split_label
 from avatar.render.triplane import ImportanceRenderer, rays_to_image
 
@@ -477,13 +477,8 @@ class GOHA(ModelMixin):
         key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), autocast,
                self.fused_rendering, self._lift_chunk(device), torch.backends.cuda.matmul.allow_tf32,
                torch.backends.cudnn.allow_tf32, tensor_addresses(self))
-        known_failure = key in self._graphs.failed
-        try:
-            return GOHAOutput(**self._graphs(key, per_frame, inputs))
-        except GraphCaptureError as exc:  # reenactment still works, only slower: say so once per shape
-            if not known_failure:
-                logger.warning("CUDA graph capture of GOHA.reenact failed (%s); reenacting without graphs", exc)
-            return self._reenact_frames(source, camera, pseudo_render, True)
+        out = self._graphs.replay_or_none(key, per_frame, inputs, "GOHA.reenact")
+        return GOHAOutput(**out) if out is not None else self._reenact_frames(source, camera, pseudo_render, True)
 
     def forward(self, img_src: Tensor, pose_src: Tensor, img_target: Tensor, pose_target: Tensor, *,
                 exp_transfer: bool = True, deterministic: bool | None = None) -> GOHAOutput:

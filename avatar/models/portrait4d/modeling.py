@@ -39,7 +39,7 @@ from avatar.modeling import ModelMixin
 from avatar.models.portrait4d.configuration import Portrait4DConfig
 from avatar.models.portrait4d.convert import official_to_model_state, read_official
 from avatar.models.portrait4d.encoders import Portrait4DEncoders
-from avatar.nn.cuda_graphs import GraphCache, GraphCaptureError, tensor_addresses
+from avatar.nn.cuda_graphs import GraphCache, tensor_addresses
 from avatar.nn.stylegan2 import constant_ws
 from avatar.render.camera import camera_z, split_label
 from avatar.render.fused import fused_available
@@ -566,13 +566,8 @@ class Portrait4D(ModelMixin, Portrait4DEncoders):
 
         key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), token_hw,
                resolution, chunk, self.fast, tensor_addresses(self))
-        known_failure = key in self._graphs.failed
-        try:
-            return self._graphs(key, per_frame, inputs)
-        except GraphCaptureError as exc:  # rendering still works, only slower: say so once per shape
-            if not known_failure:
-                logger.warning("CUDA graph capture of Portrait4D.render failed (%s); rendering without graphs", exc)
-            return self._render_frames(state, motion, camera, field, resolution, True, chunk)
+        out = self._graphs.replay_or_none(key, per_frame, inputs, "Portrait4D.render")
+        return out if out is not None else self._render_frames(state, motion, camera, field, resolution, True, chunk)
 
     def _render_planes(self, planes: Tensor, background: Tensor | None, camera: Tensor, field: HeadPoseField | None,
                        resolution: int | None, deterministic: bool, chunk: int | None, fast: FastInference,
