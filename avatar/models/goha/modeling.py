@@ -336,7 +336,7 @@ class GOHA(ModelMixin):
 
     def parsing_mask(self, img: Tensor) -> Tensor:
         """``(B, 3, S, S)`` -> ``(B, 1, S, S)`` long, 1 on brows / eyes (dilated) / lips (``get_parsing_mask``)."""
-        return parsing_mask(self.face_parsing_net, img)
+        return parsing_mask(self.face_parsing_net, img, self.normalize)
 
     def _check_inputs(self, image: Tensor, camera: Tensor, what: str) -> None:
         s = self.config.image_size

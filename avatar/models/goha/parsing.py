@@ -34,7 +34,6 @@ odd 7x7 kernels GOHA uses, both versions and these functions agree exactly.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -304,17 +303,9 @@ def erode(x: Tensor, kernel_size: int | tuple[int, int] = MORPH_KERNEL, max_val:
 
 def normalize_for_parsing(img: Tensor) -> Tensor:
     """(b, 3, H, W) in [-1, 1] -> ``((img + 1) / 2 - mean) / std`` with ImageNet mean/std."""
-    mean, std = _parsing_constants(img.dtype, img.device)
+    mean = torch.tensor(PARSING_MEAN, dtype=img.dtype, device=img.device).view(-1, 1, 1)
+    std = torch.tensor(PARSING_STD, dtype=img.dtype, device=img.device).view(-1, 1, 1)
     return ((img + 1) / 2.0 - mean) / std
-
-
-@functools.lru_cache(maxsize=16)
-def _parsing_constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """ImageNet mean and std as ``(3, 1, 1)`` tensors, made once per dtype and device: a host-to-device copy is
-    not allowed while a CUDA graph is being captured (:meth:`GOHA.reenact`'s graphs)."""
-    mean = torch.tensor(PARSING_MEAN, dtype=dtype, device=device).view(-1, 1, 1)
-    std = torch.tensor(PARSING_STD, dtype=dtype, device=device).view(-1, 1, 1)
-    return mean, std
 
 
 def parsing_labels(logits: Tensor) -> Tensor:
@@ -343,13 +334,16 @@ def mask_from_labels(labels: Tensor) -> Tensor:
     return mask.long()
 
 
-def parsing_mask(net: Callable[[Tensor], Tensor], img: Tensor) -> Tensor:
+def parsing_mask(net: Callable[[Tensor], Tensor], img: Tensor,
+                 normalize: Callable[[Tensor], Tensor] = normalize_for_parsing) -> Tensor:
     """Official ``get_parsing_mask``: (b, 3, H, W) in [-1, 1] -> (b, 1, H, W) long, 1 = brows/eyes/mouth/lips.
 
     ``net`` maps normalised images to (b, 19, H, W) logits (a :class:`BiSeNet` in eval mode). The parser runs at
-    the input resolution (GOHA feeds 512x512 images). ``src_mask = 1 - parsing_mask``.
+    the input resolution (GOHA feeds 512x512 images). ``src_mask = 1 - parsing_mask``. ``normalize``: the
+    ImageNet normalisation (:meth:`GOHA.normalize` passes its buffers, made once on the model's device, so that a
+    CUDA graph of the forward pass has no host-to-device copy to capture).
     """
-    return mask_from_labels(parsing_labels(net(normalize_for_parsing(img))))
+    return mask_from_labels(parsing_labels(net(normalize(img))))
 
 
 def appearance_blend_mask(cano_mask: Tensor, src_mask: Tensor) -> Tensor:
