@@ -16,7 +16,7 @@ def test_goha_bench_tiny_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     torch.set_num_threads(2)
     out = tmp_path / "rows.json"
     assert main(["goha", "--tiny", "--device", "cpu", "--frames", "1", "--warmup", "0", "--batch-sizes", "1", "2",
-                 "--dtypes", "fp32", "--fused", "off", "--cuda-graphs", "off", "on", "--json", str(out)]) == 0
+                 "--dtypes", "fp32", "--fused", "off", "--cuda-graphs", "off", "on", "--breakdown", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     # on the CPU the graphs are never used, so the 'on' rows carry no graph label
     assert [(r["path"], r["batch"]) for r in rows] == [
@@ -24,7 +24,12 @@ def test_goha_bench_tiny_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ("ours fp32, source cached", 1), ("ours fp32, source cached", 2),
         ("ours fp32, encode + reenact per frame", 1)]
     assert all(r["ms_per_frame"] > 0 and r["sr_max_abs_diff"] is None for r in rows)
-    assert "| ours fp32, source cached | 2 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| ours fp32, source cached | 2 |" in printed
+    # --breakdown: one line per stage of the per-frame work, at the largest batch
+    assert "stage breakdown (fp32, renderer off, batch 2)" in printed
+    for stage in ("expression branch", "nearest-point lifting", "super-resolution", "all of reenact"):
+        assert f"| {stage}" in printed
     assert torch.is_grad_enabled()  # the bench leaves the process's settings as it found them
     with pytest.raises(SystemExit):
         main(["goha", "--tiny", "--cuda-graphs", "maybe"])

@@ -298,6 +298,9 @@ def _random_avatar(gphm: GPHM) -> GPHMAvatar:
 
 def test_fast_inference_matches_the_reference_and_tracks_weight_changes(gphm: GPHM) -> None:
     avatar = _random_avatar(gphm)
+    with torch.no_grad():  # points purely in the face (w_exp = 1), purely outside it (0) and blended
+        avatar.expression_weights[::3] = 0.0
+        avatar.expression_weights[1::3] = 1.0
     x = _inputs(gphm)
     args = (x["expression"], x["non_face"], x["pose"], x["Ks"])
 
@@ -308,6 +311,16 @@ def test_fast_inference_matches_the_reference_and_tracks_weight_changes(gphm: GP
     ref = run()
     avatar.enable_fast_inference(None)  # float32: only the cached first layer differs (rounding)
     fast = run()
+    # F_exp ran only where w_exp > 0, F_nf only where w_exp < 1, and the displacements are the reference's
+    w = avatar.expression_weights[:, 0].tolist()
+    parts = avatar._point_parts()
+    assert parts["exp_rows"].tolist() == [i for i, v in enumerate(w) if v > 0] and 0 not in parts["exp_rows"]
+    assert parts["nf_rows"].tolist() == [i for i, v in enumerate(w) if v < 1] and 1 not in parts["nf_rows"]
+    assert parts["exp"].shape[0] == len(parts["exp_rows"]) and parts["nf"].shape[0] == len(parts["nf_rows"])
+    for name in ("expression_offsets", "non_face_offsets"):
+        assert torch.allclose(getattr(ref.gaussians, name), getattr(fast.gaussians, name), atol=1e-6), name
+    assert (fast.gaussians.expression_offsets[:, ::3] == 0).all()
+    assert (fast.gaussians.non_face_offsets[:, 1::3] == 0).all()
     for name in ("means", "quats", "scales", "opacities", "features", "landmarks"):
         assert torch.allclose(getattr(ref.gaussians, name), getattr(fast.gaussians, name), atol=1e-5), name
     assert torch.allclose(ref.image, fast.image, atol=1e-5)

@@ -1,7 +1,7 @@
 """Speed and memory of GOHA's reenactment: the official ``Model`` against ours, same weights, same GPU, one run.
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
-        [--fused off ieee tf32] [--cuda-graphs off on] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+        [--fused off ieee tf32] [--cuda-graphs off on] [--breakdown] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
 
@@ -20,6 +20,10 @@ Rows:
   (``enable_fast_inference(cuda_graphs=True)``; the first call of each batch size captures it, before the timed
   calls; a failed capture is logged and the row is then eager);
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
+
+``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, each
+``--dtypes`` entry, the largest batch): median ms per frame and the peak memory each stage adds above what is
+allocated when it starts (activations, cuDNN workspaces), to show where time and memory go.
 
 Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
 ``torch.cuda.max_memory_allocated`` during that row (weights included). Differences are max abs over the SR image
@@ -198,6 +202,9 @@ def _run(args: argparse.Namespace) -> list[Row]:
             sr, rel, raw = diffs(frame())
             label = name + (" (capture failed: eager)" if graphs and model._graphs.failed else "")
             rows.append(Row(f"{label}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
+    if args.breakdown:
+        breakdown(model, model.encode_source(src_img, src_cam, with_coefficients=False), cams, pseudo, args,
+                  device, iters)
     model.disable_fast_inference()
 
     def full_frame() -> Any:
@@ -210,6 +217,63 @@ def _run(args: argparse.Namespace) -> list[Row]:
     sr, rel, raw = diffs(full_frame())
     rows.append(Row("ours fp32, encode + reenact per frame", 1, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
     return rows
+
+
+def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -> dict[str, Any]:
+    """The stages of :meth:`GOHA._reenact_frames` as separate calls, each given its inputs computed once here
+    (under the caller's autocast), and the whole call last."""
+    from avatar.models.goha.planes import depth_to_points, lift_features, sum_planes
+    from avatar.render.camera import split_label
+
+    c = model.config
+    expression = model.expression_plane(pseudo)
+    base = sum_planes(src.canonical_plane, expression)
+    feats, depth = model.render(base, src.camera, c.cano_render_resolution)
+    pixel_values = model.appearance_pixels(src, feats)
+    id_features = model.id_net(pixel_values)
+    points = depth_to_points(*split_label(src.camera), depth)
+    chunk = model._lift_chunk(cam.device)
+    lifted = lift_features(points, id_features, model.uv, chunk)
+    plane = sum_planes(src.canonical_plane, expression, model.id_upsampler(lifted))
+    rgb = model.render(plane, cam)[0][:, :3]
+    return {
+        "expression branch (expr_net + embedding2expr)": lambda: model.expression_plane(pseudo),
+        f"render at the source camera ({c.cano_render_resolution}^2)":
+            lambda: model.render(base, src.camera, c.cano_render_resolution),
+        "id_net input (BiSeNet parsing of that render, blend)": lambda: model.appearance_pixels(src, feats),
+        "appearance encoder (id_net)": lambda: model.id_net(pixel_values),
+        "nearest-point lifting": lambda: lift_features(points, id_features, model.uv, chunk),
+        "IDUpsampler": lambda: model.id_upsampler(lifted),
+        f"final render ({c.render_resolution}^2)": lambda: model.render(plane, cam),
+        "super-resolution (GFPGANv1Clean)": lambda: model.neural_layers(rgb, noise_mode="const"),
+        "all of reenact (eager)": lambda: model.reenact(src, cam, pseudo_render=pseudo),
+    }
+
+
+def breakdown(model: Any, source: Any, cams: torch.Tensor, pseudo: torch.Tensor, args: argparse.Namespace,
+              device: torch.device, iters: int) -> None:
+    """Print, per dtype, each stage of :meth:`GOHA._reenact_frames` timed alone at the largest batch: median ms per
+    frame and the peak memory it adds (GiB above the memory allocated before the stage; CUDA only)."""
+    fused = args.fused[0]
+    if fused == "off":
+        model.disable_fast_inference()
+    else:
+        model.enable_fast_inference(fused)
+    b = max(args.batch_sizes)
+    src = source.expand(b)
+    for dtype in args.dtypes:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            stages = stage_calls(model, src, cams[:b], pseudo.expand(b, -1, -1, -1))
+            print(f"\nstage breakdown ({dtype}, renderer {fused}, batch {b}):\n"
+                  "| stage | ms / frame | added peak GiB |\n|---|---|---|")
+            for name, fn in stages.items():
+                before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                ms = statistics.median(_time(fn, device, max(2, iters // b), 1)) / b * 1e3
+                added = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == "cuda" else None
+                print(f"| {name} | {ms:.2f} | {_fmt(added, '.2f')} |", flush=True)
+            del stages
 
 
 def format_table(rows: list[Row]) -> str:
@@ -245,6 +309,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", nargs="+", choices=["on", "off"], default=["off"],
                         help="replay reenact()'s per-frame work from CUDA graphs ('on') and/or not ('off', "
                              "GOHA.enable_fast_inference's default), one row set each")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the per-frame stages one by one (ms and added peak memory)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
     parser.add_argument("--official", type=Path, metavar="CHECKOUT",
                         help="an NVlabs/GOHA checkout: time the official Model in the same run (same weights)")

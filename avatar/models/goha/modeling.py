@@ -416,13 +416,18 @@ class GOHA(ModelMixin):
         features, depth = self.render(base_plane, source.camera, r, deterministic=deterministic)
         cam2world, intrinsics = split_label(source.camera)
         points = depth_to_points(cam2world, intrinsics, depth)
-        size = source.image.shape[-2:]
-        cano_render = F.interpolate(features[:, :3], size=size, mode="bilinear", align_corners=False)
+        id_features = self.id_net(self.appearance_pixels(source, features))
+        return self.id_upsampler(lift_features(points, id_features, self.uv, self._lift_chunk(points.device)))
+
+    def appearance_pixels(self, source: GOHASource, features: Tensor) -> Tensor:
+        """``id_net``'s 6-channel input ``(B, 6, S, S)``: the render at the source camera (``features`` ``(B, C, r,
+        r)``, RGB first, resized to ``S``) parsed by BiSeNet, the source blended with it where either is not
+        brows / eyes / lips, then the render itself (both ImageNet-normalised)."""
+        cano_render = F.interpolate(features[:, :3], size=source.image.shape[-2:], mode="bilinear",
+                                    align_corners=False)
         blend = appearance_blend_mask(self.parsing_mask(cano_render), source.keep_mask)
         cano = self.normalize(cano_render)
-        pixel_values = torch.cat((self.normalize(source.image) * blend + cano * (1 - blend), cano), dim=1)
-        id_features = self.id_net(pixel_values)
-        return self.id_upsampler(lift_features(points, id_features, self.uv, self._lift_chunk(points.device)))
+        return torch.cat((self.normalize(source.image) * blend + cano * (1 - blend), cano), dim=1)
 
     def reenact(self, source: GOHASource, camera: Tensor, driving: Tensor | None = None, *,
                 pseudo_render: Tensor | None = None, driving_coefficients: Tensor | None = None,
