@@ -140,10 +140,19 @@ def table(rows: list[GPHMTiming], header: str) -> str:
 
 
 def run(args: argparse.Namespace) -> list[GPHMTiming]:
+    """The rows (module docstring); TF32 as asked while it runs, the caller's setting restored after."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        if torch.device(args.device).type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+            torch.backends.cudnn.allow_tf32 = not args.no_tf32
+        return _run(args)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _run(args: argparse.Namespace) -> list[GPHMTiming]:
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
-        torch.backends.cudnn.allow_tf32 = not args.no_tf32
     if args.avatar is not None:
         from avatar.fitting.gphm_fit import load_gphm_avatar
 
