@@ -190,6 +190,8 @@ def test_modulated_conv_matches_direct_formula() -> None:
         layer = ModulatedConv2d(5, 4, 3, 6, demodulate=demodulate, upsample=upsample)
         x, style = torch.randn(2, 5, 6, 6), torch.randn(2, 6)
         out = layer(x, style)
+        # the non-fused form (modulation on the input, demodulation on the output) is the same function
+        torch.testing.assert_close(layer(x, style, fused=False), out, atol=1e-5, rtol=1e-5)
         for n in range(2):
             s = style[n] @ layer.modulation.weight.T + layer.modulation.bias  # (in,)
             w = layer.weight[0] * s[None, :, None, None]  # (out, in, 3, 3)
@@ -199,6 +201,18 @@ def test_modulated_conv_matches_direct_formula() -> None:
             if upsample:
                 xn = F.interpolate(xn, scale_factor=2, mode="bilinear", align_corners=False)
             torch.testing.assert_close(out[n : n + 1], F.conv2d(xn, w, padding=1), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_input_modulated_super_resolution_equals_the_fused_one() -> None:
+    sr = GOHASuperResolution.tiny().eval()
+    torch.manual_seed(4)
+    img = torch.rand(3, 3, 24, 24) * 2 - 1
+    fused = sr(img)
+    batched = sr(img, fused_modconv=False)
+    assert batched.shape == fused.shape == (3, 3, 64, 64)
+    torch.testing.assert_close(batched, fused, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sr(img[1:2], fused_modconv=False), fused[1:2], atol=1e-4, rtol=1e-4)
 
 
 @torch.no_grad()

@@ -134,6 +134,9 @@ def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, ima
             model.enable_fast_inference("ieee", lift_chunk=7)
             out = model.reenact(src, camera(2, 0.05), images.flip(0))
             n_fast = len(calls)
+            model.enable_fast_inference(None, sr_fused_modconv=False)  # SR modulation on the inputs
+            input_modulated = model.reenact(src, camera(2, 0.05), images.flip(0))
+            assert not model.sr_fused_modconv
             model.disable_fast_inference()
             again = model.reenact(src, camera(2, 0.05), images.flip(0))
         finally:
@@ -142,7 +145,9 @@ def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, ima
     assert n_fast > 0 and len(calls) == n_fast  # the kernels ran only while the fast path was on
     for name in ("image", "image_raw", "depth", "appearance_plane"):
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name)
-    assert torch.equal(again.image, ref.image)
+    assert torch.equal(again.image, ref.image) and model.sr_fused_modconv
+    torch.testing.assert_close(input_modulated.image, ref.image, atol=1e-4, rtol=1e-4)
+    assert torch.equal(input_modulated.image_raw, ref.image_raw)
     with pytest.raises(ConfigError, match="fused_rendering"):
         model.enable_fast_inference("fp8")
 

@@ -1,7 +1,8 @@
 """Speed and memory of GOHA's reenactment: the official ``Model`` against ours, same weights, same GPU, one run.
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
-        [--fused off ieee tf32] [--cuda-graphs off on] [--breakdown] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+        [--fused off ieee tf32] [--cuda-graphs off on]
+        [--sr-modconv fused input] [--breakdown] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
 
@@ -16,6 +17,8 @@ Rows:
   official included); ``bf16`` runs under CUDA bf16 autocast;
 * ``ours <dtype> + fused <precision>, source cached`` (``--fused ieee tf32``): the same with
   :meth:`GOHA.enable_fast_inference` (the fused Triton volume renderer, the CUDA lifting chunk);
+* ``... + SR input modulation`` (``--sr-modconv input``): ``enable_fast_inference(sr_fused_modconv=False)``, the
+  super-resolution's modulated convolutions as one shared-weight convolution over the batch;
 * ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph
   (``enable_fast_inference(cuda_graphs=True)``; the first call of each batch size captures it, before the timed
   calls; a failed capture is logged and the row is then eager);
@@ -176,14 +179,16 @@ def _run(args: argparse.Namespace) -> list[Row]:
         sr = (out.image[:1].float() - ref_image).abs().max().item()
         return sr, sr / max(ref_image.abs().max().item(), 1e-12), (out.image_raw[:1].float() - ref_raw).abs().max().item()
 
-    combos = [(dtype, fused, graphs == "on") for fused in args.fused for graphs in args.cuda_graphs
-              for dtype in args.dtypes]
-    for dtype, fused, graphs in combos:
-        if fused == "off" and not graphs:
+    combos = [(dtype, fused, graphs == "on", modconv) for fused in args.fused for graphs in args.cuda_graphs
+              for modconv in args.sr_modconv for dtype in args.dtypes]
+    for dtype, fused, graphs, modconv in combos:
+        if fused == "off" and not graphs and modconv == "fused":
             model.disable_fast_inference()
         else:
-            model.enable_fast_inference(None if fused == "off" else fused, cuda_graphs=graphs)
+            model.enable_fast_inference(None if fused == "off" else fused, cuda_graphs=graphs,
+                                        sr_fused_modconv=modconv == "fused")
         name = (f"ours {dtype}" + ("" if fused == "off" else f" + fused {fused}")
+                + ("" if modconv == "fused" else " + SR input modulation")
                 + (" + CUDA graphs" if graphs and device.type == "cuda" else ""))
         source = model.encode_source(src_img, src_cam, with_coefficients=False)
         for b in args.batch_sizes:
@@ -246,6 +251,8 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
         "IDUpsampler": lambda: model.id_upsampler(lifted),
         f"final render ({c.render_resolution}^2)": lambda: model.render(plane, cam),
         "super-resolution (GFPGANv1Clean)": lambda: model.neural_layers(rgb, noise_mode="const"),
+        "super-resolution, modulation on the inputs": lambda: model.neural_layers(rgb, noise_mode="const",
+                                                                                 fused_modconv=False),
         "all of reenact (eager)": lambda: model.reenact(src, cam, pseudo_render=pseudo),
     }
 
@@ -309,6 +316,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graphs", nargs="+", choices=["on", "off"], default=["off"],
                         help="replay reenact()'s per-frame work from CUDA graphs ('on') and/or not ('off', "
                              "GOHA.enable_fast_inference's default), one row set each")
+    parser.add_argument("--sr-modconv", nargs="+", choices=["fused", "input"], default=["fused"],
+                        help="super-resolution modulated convolutions: upstream's grouped per-sample weights "
+                             "('fused') and/or the modulation on the inputs ('input'), one row set each")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the per-frame stages one by one (ms and added peak memory)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")

@@ -167,10 +167,18 @@ class ModulatedConv2d(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size)
                                    / math.sqrt(fan_in))
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        """``x`` (b, in, h, w), ``style`` (b, num_style_feat) -> (b, out, h', w') with h' = 2h if upsampling."""
+    def forward(self, x: Tensor, style: Tensor, fused: bool = True) -> Tensor:
+        """``x`` (b, in, h, w), ``style`` (b, num_style_feat) -> (b, out, h', w') with h' = 2h if upsampling.
+
+        ``fused`` (upstream's only form): per-sample modulated weights, one grouped convolution over the batch.
+        ``fused=False``: the same function with the modulation moved onto the input and the demodulation onto
+        the output, ``conv(x * s, W) * d`` (StyleGAN2's non-fused form), so one convolution with the shared
+        weight covers the batch; equal up to float rounding.
+        """
         b, c = x.shape[:2]
         k = self.weight.shape[-1]
+        if not fused:
+            return self._input_modulated(x, self.modulation(style))
         w = self.weight * self.modulation(style).view(b, 1, c, 1, 1)  # (b, out, in, k, k)
         if self.demodulate:
             w = w * torch.rsqrt(w.pow(2).sum(dim=(2, 3, 4)) + self.eps).view(b, self.out_channels, 1, 1, 1)
@@ -179,6 +187,18 @@ class ModulatedConv2d(nn.Module):
         h, wd = x.shape[-2:]
         y = F.conv2d(x.reshape(1, b * c, h, wd), w.reshape(b * self.out_channels, c, k, k), padding=k // 2, groups=b)
         return y.view(b, self.out_channels, *y.shape[-2:])
+
+    def _input_modulated(self, x: Tensor, s: Tensor) -> Tensor:
+        """``conv(x * s, W) * d``, ``s`` (b, in) the styles and ``d = rsqrt(sum_{i,kh,kw} (W s)^2 + eps)``
+        (b, out), computed as ``s^2 @ sum_{kh,kw} W^2``."""
+        weight = self.weight[0]  # (out, in, k, k)
+        if self.upsample:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        y = F.conv2d(x * s.to(x.dtype)[:, :, None, None], weight.to(x.dtype), padding=weight.shape[-1] // 2)
+        if self.demodulate:
+            d = torch.rsqrt(s.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + self.eps)  # (b, out)
+            y = y * d.to(y.dtype)[:, :, None, None]
+        return y
 
 
 class StyleConv(nn.Module):
@@ -193,10 +213,12 @@ class StyleConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
-    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None, noise_mode: str) -> Tensor:
+    def forward(self, x: Tensor, style: Tensor, noise: Tensor | None, noise_mode: str,
+                fused_modconv: bool = True) -> Tensor:
         """``noise`` (broadcastable to (b, 1, h, w)) is used when given; otherwise ``noise_mode`` decides
-        between a fresh draw (``"random"``) and no noise (anything else)."""
-        out = self.modulated_conv(x, style) * math.sqrt(2.0)
+        between a fresh draw (``"random"``) and no noise (anything else). ``fused_modconv``: see
+        :meth:`ModulatedConv2d.forward`."""
+        out = self.modulated_conv(x, style, fused_modconv) * math.sqrt(2.0)
         if noise is None and noise_mode == "random":
             b, _, h, w = out.shape
             noise = out.new_empty(b, 1, h, w).normal_()
@@ -214,8 +236,8 @@ class ToRGB(nn.Module):
         self.modulated_conv = ModulatedConv2d(in_channels, 3, 1, num_style_feat, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.modulated_conv(x, style) + self.bias
+    def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None, fused_modconv: bool = True) -> Tensor:
+        out = self.modulated_conv(x, style, fused_modconv) + self.bias
         if skip is None:
             return out
         if self.upsample:
@@ -278,18 +300,20 @@ class StyleGAN2DecoderSFT(nn.Module):
         return [getattr(self.noises, f"noise{i}") for i in range(self.num_layers)]
 
     def forward(self, style: Tensor, conditions: Sequence[Tensor], input_is_latent: bool,
-                noise: Sequence[Tensor | None], noise_mode: str) -> Tensor:
+                noise: Sequence[Tensor | None], noise_mode: str, fused_modconv: bool = True) -> Tensor:
         """``style``: (b, num_latent, nsf) per-layer latents or (b, nsf) one latent; ``conditions``: SFT
         [scale_8, shift_8, scale_16, shift_16, ...]; ``noise``: one entry per StyleConv (``None``: per
-        ``noise_mode``). Returns the image (b, 3, out_size, out_size)."""
+        ``noise_mode``); ``fused_modconv``: see :meth:`ModulatedConv2d.forward`. Returns the image (b, 3,
+        out_size, out_size)."""
+        fm = fused_modconv
         if not input_is_latent:
             style = self.style_mlp(style)
         latent = style if style.ndim >= 3 else style.unsqueeze(1).repeat(1, self.num_latent, 1)
-        out = self.style_conv1(self.constant_input(latent.shape[0]), latent[:, 0], noise[0], noise_mode)
-        image = self.to_rgb1(out, latent[:, 1])
+        out = self.style_conv1(self.constant_input(latent.shape[0]), latent[:, 0], noise[0], noise_mode, fm)
+        image = self.to_rgb1(out, latent[:, 1], fused_modconv=fm)
         for k, to_rgb in enumerate(self.to_rgbs):
             i = 2 * k + 1  # latent / noise index of this level's first StyleConv
-            out = self.style_convs[2 * k](out, latent[:, i], noise[i], noise_mode)
+            out = self.style_convs[2 * k](out, latent[:, i], noise[i], noise_mode, fm)
             if i < len(conditions):
                 scale, shift = conditions[i - 1], conditions[i]
                 if self.sft_half:
@@ -297,8 +321,8 @@ class StyleGAN2DecoderSFT(nn.Module):
                     out = torch.cat([kept, modulated * scale + shift], dim=1)
                 else:
                     out = out * scale + shift
-            out = self.style_convs[2 * k + 1](out, latent[:, i + 1], noise[i + 1], noise_mode)
-            image = to_rgb(out, latent[:, i + 2], image)
+            out = self.style_convs[2 * k + 1](out, latent[:, i + 1], noise[i + 1], noise_mode, fm)
+            image = to_rgb(out, latent[:, i + 2], image, fused_modconv=fm)
         return image
 
 
@@ -352,9 +376,10 @@ class GFPGANv1Clean(nn.Module):
         self.condition_shift = nn.ModuleList(_sft_head(ch[2**i], sft * ch[2**i]) for i in levels)
 
     def forward(self, x: Tensor, noise: Sequence[Tensor | None], noise_mode: str,
-                return_rgbs: bool = False) -> tuple[Tensor, list[Tensor]]:
+                return_rgbs: bool = False, fused_modconv: bool = True) -> tuple[Tensor, list[Tensor]]:
         """``x`` (b, 3, out_size, out_size) -> image (b, 3, out_size, out_size) and, if ``return_rgbs``, the
-        U-Net's images at 8, 16, ..., out_size (else an empty list)."""
+        U-Net's images at 8, 16, ..., out_size (else an empty list). ``fused_modconv``: see
+        :meth:`ModulatedConv2d.forward`."""
         cfg = self.config
         feat = F.leaky_relu(self.conv_body_first(x), _SLOPE)
         skips: list[Tensor] = []
@@ -372,7 +397,7 @@ class GFPGANv1Clean(nn.Module):
             conditions += [self.condition_scale[k](feat), self.condition_shift[k](feat)]
             if return_rgbs:
                 rgbs.append(self.toRGB[k](feat))
-        image = self.stylegan_decoder(style, conditions, cfg.input_is_latent, noise, noise_mode)
+        image = self.stylegan_decoder(style, conditions, cfg.input_is_latent, noise, noise_mode, fused_modconv)
         return image, rgbs
 
 
@@ -398,14 +423,14 @@ class GOHASuperResolution(nn.Module):
 
     @overload
     def forward(self, img: Tensor, *, noise_mode: str | None = ..., noise: Sequence[Tensor] | None = ...,
-                return_rgbs: Literal[False] = ...) -> Tensor: ...
+                return_rgbs: Literal[False] = ..., fused_modconv: bool = ...) -> Tensor: ...
 
     @overload
     def forward(self, img: Tensor, *, noise_mode: str | None = ..., noise: Sequence[Tensor] | None = ...,
-                return_rgbs: Literal[True]) -> tuple[Tensor, list[Tensor]]: ...
+                return_rgbs: Literal[True], fused_modconv: bool = ...) -> tuple[Tensor, list[Tensor]]: ...
 
     def forward(self, img: Tensor, *, noise_mode: str | None = None, noise: Sequence[Tensor] | None = None,
-                return_rgbs: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+                return_rgbs: bool = False, fused_modconv: bool = True) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Super-resolve ``img`` (b, 3, h, w) in [-1, 1] (GOHA: the 224x224 render) to (b, 3, S, S), S = out_size.
 
         Args:
@@ -414,6 +439,9 @@ class GOHASuperResolution(nn.Module):
             noise: ``config.num_layers`` tensors broadcastable to (b, 1, r, r) (r = 4, 8, 8, 16, 16, ...), used
                 instead of ``noise_mode`` (the official ``noise`` argument).
             return_rgbs: also return the U-Net's intermediate images at 8, 16, ..., S (the official second output).
+            fused_modconv: ``True`` (upstream): per-sample modulated weights in grouped convolutions; ``False``:
+                the modulation on the inputs and one shared-weight convolution over the batch (equal up to
+                rounding; see :meth:`ModulatedConv2d.forward`).
         """
         mode = self.config.noise_mode if noise_mode is None else noise_mode
         if mode not in NOISE_MODES:
@@ -430,7 +458,7 @@ class GOHASuperResolution(nn.Module):
             layers = [None] * n
         size = self.config.out_size
         x = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=True)
-        image, rgbs = self.gfpgan(x, layers, mode, return_rgbs=return_rgbs)
+        image, rgbs = self.gfpgan(x, layers, mode, return_rgbs=return_rgbs, fused_modconv=fused_modconv)
         return (image, rgbs) if return_rgbs else image
 
     def extra_repr(self) -> str:

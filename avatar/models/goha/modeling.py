@@ -196,12 +196,13 @@ class GOHA(ModelMixin):
         self.fast_inference_on = False
         self.fast_lift_chunk: int | None = None  # None: by device (_lift_chunk)
         self.cuda_graphs = False
+        self.sr_fused_modconv = True  # False: input-modulated SR convolutions (enable_fast_inference)
         self._graphs = GraphCache(max_graphs=2)  # CUDA graphs of reenact()'s per-frame work (enable_fast_inference)
 
     # ---- fast inference ------------------------------------------------------------------------------------
 
     def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None,
-                              cuda_graphs: bool = False) -> GOHA:
+                              cuda_graphs: bool = False, sr_fused_modconv: bool = True) -> GOHA:
         """Where no gradient is recorded: volume rendering through the fused Triton kernels
         (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
         renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
@@ -210,7 +211,10 @@ class GOHA(ModelMixin):
         appearance lifting, rendering, super-resolution) from a CUDA graph captured per batch size, dtype and
         weights (:mod:`avatar.nn.cuda_graphs`; a capture that fails falls back to eager with one warning). Off by
         default: its capture has not yet been seen to succeed on a GPU (the one H100 run, before the parsing
-        labels stopped indexing with a list, fell back), so its speed is unmeasured.
+        labels stopped indexing with a list, fell back), so its speed is unmeasured. ``sr_fused_modconv=False``:
+        the super-resolution's modulated convolutions take the modulation on their inputs (one shared-weight
+        convolution over the batch instead of a grouped one; equal up to rounding, see
+        :meth:`~avatar.models.goha.gfpgan.ModulatedConv2d.forward`).
         Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
@@ -220,6 +224,7 @@ class GOHA(ModelMixin):
         self.fused_rendering = fused_rendering
         self.fast_lift_chunk = lift_chunk
         self.cuda_graphs = bool(cuda_graphs)
+        self.sr_fused_modconv = bool(sr_fused_modconv)
         self._graphs.clear()
         return self
 
@@ -229,6 +234,7 @@ class GOHA(ModelMixin):
         self.fused_rendering = None
         self.fast_lift_chunk = None
         self.cuda_graphs = False
+        self.sr_fused_modconv = True
         self._graphs.clear()
         return self
 
@@ -461,7 +467,8 @@ class GOHA(ModelMixin):
         plane = sum_planes(source.canonical_plane, expression, appearance)
         features, depth = self.render(plane, camera, deterministic=deterministic)
         rgb = features[:, :3]
-        image = self.neural_layers(rgb, noise_mode="const" if deterministic else "random")
+        image = self.neural_layers(rgb, noise_mode="const" if deterministic else "random",
+                                   fused_modconv=self.sr_fused_modconv)
         return GOHAOutput(image, rgb, depth, features, pseudo_render, plane, expression, appearance)
 
     def _reenact_graphed(self, source: GOHASource, camera: Tensor, pseudo_render: Tensor) -> GOHAOutput:
@@ -480,7 +487,8 @@ class GOHA(ModelMixin):
         device = camera.device
         autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), autocast,
-               self.fused_rendering, self._lift_chunk(device), torch.backends.cuda.matmul.allow_tf32,
+               self.fused_rendering, self._lift_chunk(device), self.sr_fused_modconv,
+               torch.backends.cuda.matmul.allow_tf32,
                torch.backends.cudnn.allow_tf32, tensor_addresses(self))
         out = self._graphs.replay_or_none(key, per_frame, inputs, "GOHA.reenact")
         return GOHAOutput(**out) if out is not None else self._reenact_frames(source, camera, pseudo_render, True)
