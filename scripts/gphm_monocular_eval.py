@@ -397,7 +397,27 @@ def _fit_config(args: argparse.Namespace) -> Any:
         config = config.replace(finetune_steps=args.steps, identity_steps=min(config.identity_steps, args.steps))
     if args.batch_size is not None:
         config = config.replace(batch_size=args.batch_size)
-    return config
+    return config.replace(**_fit_options(args.fit_option or []))
+
+
+def _fit_options(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> FitConfig changes (values read as JSON: numbers, true/false, null; else text)."""
+    import dataclasses
+
+    from avatar.fitting.gphm_fit import FitConfig
+
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    changes: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise InputError(f"--fit-option takes KEY=VALUE with KEY a FitConfig field ({', '.join(sorted(known))}), "
+                             f"got {item!r}")
+        try:
+            changes[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changes[key] = value
+    return changes
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -543,6 +563,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=_minutes, default=5.0, help="fitting budget per video (default 5)")
     p.add_argument("--steps", type=_positive_int, default=None, help="fine-tuning steps at most")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="frames per step (default 1; tiny 2)")
+    p.add_argument("--fit-option", action="append", metavar="KEY=VALUE",
+                   help="any other FitConfig field, e.g. lr_final_factor=0.1 (repeatable)")
     p.add_argument("--num-points", type=_positive_int, default=None, help="Gaussians (default 100000)")
     p.add_argument("--resolution", type=_positive_int, default=512, help="fitting resolution (default 512)")
     p.add_argument("--prep-resolution", type=_positive_int, default=512, help="preparation crop size (512)")

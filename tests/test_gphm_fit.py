@@ -291,3 +291,34 @@ def test_warm_up_inputs_render_on_the_reference_rasterizer():
     out = rasterize_gaussians(*tensors, width, height, backend="reference")
     assert out.features.shape == (1, 3, height, width)
     assert out.alpha[0, 0, height // 2, width // 2] > 0.5
+
+
+def test_stage2_schedule_follows_steps_or_the_time_budget() -> None:
+    """Stage-2 rates decay by the larger of the step fraction and the fraction of the stage's time budget spent, so
+    a fit that the budget ends still reaches the final rates (positions: means_lr_final_factor; the rest:
+    lr_final_factor)."""
+    from types import SimpleNamespace
+
+    from avatar.fitting.gphm_fit import FitConfig, _Fitter, _State
+
+    config = FitConfig(finetune_steps=1000, time_budget_s=100.0, lr_final_factor=0.1)
+    fitter = SimpleNamespace(config=config)
+    state = _State(2, 0, 20.0, [], torch.zeros(0, dtype=torch.long), 0, stage2_start=20.0)
+    assert _Fitter.stage2_progress(fitter, state) == 0.0
+    state.step, state.elapsed = 100, 60.0  # 10 % of the steps, half of the stage's 80 s
+    assert _Fitter.stage2_progress(fitter, state) == pytest.approx(0.5)
+    state.step, state.elapsed = 900, 30.0  # steps ahead of time
+    assert _Fitter.stage2_progress(fitter, state) == pytest.approx(0.9)
+    state.elapsed = 500.0
+    assert _Fitter.stage2_progress(fitter, state) == 1.0
+    # the rates themselves
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    opt = torch.optim.Adam([{"params": [params[0]], "lr": 1.6e-4}, {"params": [params[1]], "lr": 1e-3}])
+    fitter = SimpleNamespace(config=config, optimizer=opt, base_lrs=[1.6e-4, 1e-3],
+                             stage2_progress=lambda s: _Fitter.stage2_progress(fitter, s))
+    state.step, state.elapsed = 100, 60.0
+    _Fitter.set_stage2_lrs(fitter, state)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.6e-4 * 0.01**0.5)
+    assert opt.param_groups[1]["lr"] == pytest.approx(1e-3 * 0.1**0.5)
+    no_budget = SimpleNamespace(config=config.replace(time_budget_s=None))
+    assert _Fitter.stage2_progress(no_budget, state) == pytest.approx(0.1)

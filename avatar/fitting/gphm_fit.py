@@ -51,8 +51,9 @@ What is ours (the paper is silent or its setting cannot be had here)
   available offline** (``perceptual="auto"``; they are not on the machines this was built on, so the default
   objective is L1 + D-SSIM). The loss terms are :func:`avatar.models.gphm.losses.gphm_losses`'s.
 * **Learning rates** (the paper's numbers are lost in our copy): per Gaussian attribute those of 3D Gaussian
-  Splatting (positions 1.6e-4 in a scene of about 1 unit, decayed x0.01 over ``finetune_steps``; colours
-  2.5e-3; scales 5e-3; rotations 1e-3; opacities 2.5e-2), networks 1e-4 when fine-tuning a pretrained model,
+  Splatting (positions 1.6e-4 in a scene of about 1 unit, decayed x0.01 over stage 2, by its steps or its time
+  budget, whichever runs out first; colours 2.5e-3; scales 5e-3; rotations 1e-3; opacities 2.5e-2), networks
+  1e-4 when fine-tuning a pretrained model,
   5e-4 in both stages from the template (its refine network starts untrained), the code 1e-3, the signal MLPs
   1e-3, pose corrections 1e-4.
 
@@ -161,7 +162,12 @@ class FitConfig:
     lr_signals: float = 1e-3
     lr_pose: float = 1e-4
     means_lr_final_factor: float = 0.01
-    """Positions' learning rate decays exponentially to this factor at ``finetune_steps`` (3DGS)."""
+    """Positions' learning rate decays exponentially to this factor over stage 2 (3DGS; :attr:`lr_final_factor`
+    says how the stage's progress is counted)."""
+    lr_final_factor: float = 1.0
+    """Every other stage-2 learning rate decays exponentially to this factor over the stage (1: constant, as
+    3DGS keeps its non-position rates). Progress is the larger of ``step / finetune_steps`` and the fraction of
+    the stage's time budget spent, so that a fit that the budget ends still reaches the final rates."""
     pose_correction: bool = True
     """Learn a small per-frame head-pose correction on the training frames."""
     pose_weight: float = 0.1
@@ -670,6 +676,7 @@ class _State:
     order: Tensor  # the current epoch's frame order
     cursor: int
     identity_done: int = 0  # stage-1 steps, once stage 1 is over
+    stage2_start: float = 0.0  # elapsed seconds when stage 2 began (its learning-rate schedule's clock)
 
 
 class _Fitter:
@@ -688,7 +695,7 @@ class _Fitter:
         self.signals: Any = None
         self.corrections = nn.Parameter(torch.zeros(len(frames), 6, device=device))
         self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.base_lrs: list[float] = []  # stage 2: each group's starting rate (set_stage2_lrs)
 
     # ---- models and optimisers ---------------------------------------------------------------------------
     def _color_dim(self) -> int:
@@ -722,7 +729,7 @@ class _Fitter:
             groups += [{"params": pg[k], "lr": lr} for k, lr in lrs.items() if pg[k]]
         self.gphm.requires_grad_(self.train_model)
         self.optimizer = torch.optim.Adam(groups, eps=1e-15)
-        self.scheduler = None
+        self.base_lrs = []
 
     def stage2_optimizer(self) -> None:
         c = self.config
@@ -744,15 +751,26 @@ class _Fitter:
             for p in g["params"]:
                 p.requires_grad_(True)
         self.optimizer = torch.optim.Adam(groups, eps=1e-15)
-        total = max(c.finetune_steps, 1)
-        final = max(c.means_lr_final_factor, 1e-12)
+        self.base_lrs = [g["lr"] for g in groups]
 
-        def decay(step: int, group: int) -> float:
-            return final ** min(step / total, 1.0) if group == 0 else 1.0
+    def stage2_progress(self, state: _State) -> float:
+        """How far stage 2 is, in [0, 1]: the larger of its step fraction and its time-budget fraction."""
+        c = self.config
+        p = state.step / max(c.finetune_steps, 1)
+        if c.time_budget_s is not None:
+            left = c.time_budget_s - state.stage2_start
+            p = max(p, (state.elapsed - state.stage2_start) / left if left > 0 else 1.0)
+        return min(max(p, 0.0), 1.0)
 
-        n = len(groups)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, [(lambda s, g=g: decay(s, g)) for g in range(n)])
+    def set_stage2_lrs(self, state: _State) -> None:
+        """Positions (group 0) at ``means_lr_final_factor ** progress`` of their rate, every other group at
+        ``lr_final_factor ** progress`` (:meth:`stage2_progress`)."""
+        assert self.optimizer is not None
+        c = self.config
+        p = self.stage2_progress(state)
+        for i, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs, strict=True)):
+            final = c.means_lr_final_factor if i == 0 else c.lr_final_factor
+            group["lr"] = base * max(final, 1e-12) ** p
 
     def personalise(self) -> None:
         assert self.code is not None
@@ -805,13 +823,13 @@ class _Fitter:
 
     def step(self, state: _State) -> float:
         assert self.optimizer is not None
+        if state.stage == 2:
+            self.set_stage2_lrs(state)
         idx = self.next_batch(state)
         loss = self.loss(idx)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
         if self.code is not None:
             from avatar.models.gphm.codes import project_to_unit_ball
 
@@ -832,7 +850,7 @@ class _Fitter:
         ckpt = {
             "version": CHECKPOINT_VERSION, "stage": state.stage, "step": state.step, "elapsed": state.elapsed,
             "history": state.history, "order": state.order.cpu(), "cursor": state.cursor,
-            "identity_done": state.identity_done,
+            "identity_done": state.identity_done, "stage2_start": state.stage2_start,
             "fit_config": self.config.to_dict(), "pretrained": self.pretrained,
             "model_config": json.loads(model.config.to_json()) if model is not None else None,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()} if model is not None else None,
@@ -841,7 +859,6 @@ class _Fitter:
             "signals": {k: v.detach().cpu() for k, v in self.signals.state_dict().items()},
             "corrections": self.corrections.detach().cpu(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "generator": self.gen.get_state(),
         }
         self.out.mkdir(parents=True, exist_ok=True)
@@ -872,12 +889,10 @@ class _Fitter:
             self.stage2_optimizer()
         if stage < 3 and ckpt["optimizer"] is not None:
             assert self.optimizer is not None
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scheduler is not None and ckpt["scheduler"] is not None:
-                self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])  # its rates are set again before each step
         self.gen.set_state(ckpt["generator"])
         return _State(stage, int(ckpt["step"]), float(ckpt["elapsed"]), list(ckpt["history"]), ckpt["order"],
-                      int(ckpt["cursor"]), int(ckpt.get("identity_done", 0)))
+                      int(ckpt["cursor"]), int(ckpt.get("identity_done", 0)), float(ckpt.get("stage2_start", 0.0)))
 
     # ---- the loop ----------------------------------------------------------------------------------------
     def run(self, state: _State) -> tuple[_State, str]:
@@ -932,6 +947,7 @@ class _Fitter:
     def _next_stage(self, state: _State) -> None:
         if state.stage == 1:
             state.identity_done = state.step
+            state.stage2_start = state.elapsed
             self.personalise()
             self.stage2_optimizer()
             state.stage, state.step = 2, 0
