@@ -72,6 +72,16 @@ def test_pipeline_and_avatar_share_the_interface(pipe: GOHAPipeline) -> None:
     assert GOHAPipeline.aligned_crop == "eg3d" and Portrait4DPipeline.aligned_crop == "portrait4d"
 
 
+def test_fast_inference_options_reach_the_model() -> None:
+    pipe = GOHAPipeline.tiny(seed=0)
+    pipe.enable_fast_inference(None, None, cuda_graphs=True, sr_fused_modconv=False)
+    m = pipe.model
+    assert pipe.dtype is None and m.fast_inference_on and m.fused_rendering is None
+    assert m.cuda_graphs and not m.sr_fused_modconv
+    pipe.enable_fast_inference()  # the defaults: bf16, fused renderer, no graphs, upstream's SR convolutions
+    assert pipe.dtype == torch.bfloat16 and m.fused_rendering == "ieee" and not m.cuda_graphs and m.sr_fused_modconv
+
+
 def test_toolkit_cameras_map_to_goha_cameras() -> None:
     frontal = goha_cameras(inference_label(1))[0]
     pose = frontal[:16].view(4, 4)

@@ -255,12 +255,14 @@ class GOHAPipeline(AvatarPipeline):
         return self
 
     def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16,
-                              fused_rendering: str | None = "ieee") -> GOHAPipeline:
+                              fused_rendering: str | None = "ieee", *, cuda_graphs: bool = False,
+                              sr_fused_modconv: bool = True) -> GOHAPipeline:
         """Run GOHA under autocast ``dtype`` (``None``: float32; the preprocessing stays float32) and with
         :meth:`GOHA.enable_fast_inference` (``fused_rendering``: the Triton volume renderer on CUDA, ``None`` for
-        the PyTorch one)."""
+        the PyTorch one; ``cuda_graphs`` and ``sr_fused_modconv`` as there, both off by default: neither has
+        been timed on a GPU yet)."""
         self.dtype = dtype
-        self.model.enable_fast_inference(fused_rendering)
+        self.model.enable_fast_inference(fused_rendering, cuda_graphs=cuda_graphs, sr_fused_modconv=sr_fused_modconv)
         return self
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
