@@ -397,27 +397,9 @@ def _fit_config(args: argparse.Namespace) -> Any:
         config = config.replace(finetune_steps=args.steps, identity_steps=min(config.identity_steps, args.steps))
     if args.batch_size is not None:
         config = config.replace(batch_size=args.batch_size)
-    return config.replace(**_fit_options(args.fit_option or []))
+    from train.core.cli import apply_overrides
 
-
-def _fit_options(items: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` strings -> FitConfig changes (values read as JSON: numbers, true/false, null; else text)."""
-    import dataclasses
-
-    from avatar.fitting.gphm_fit import FitConfig
-
-    known = {f.name for f in dataclasses.fields(FitConfig)}
-    changes: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in known:
-            raise InputError(f"--fit-option takes KEY=VALUE with KEY a FitConfig field ({', '.join(sorted(known))}), "
-                             f"got {item!r}")
-        try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
-            changes[key] = value
-    return changes
+    return apply_overrides(config, args.fit_option or [], flag="--fit-option")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

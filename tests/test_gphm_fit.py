@@ -243,9 +243,11 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     evalscript.pack_prepared(prepared.root, packs / "fake.npz")
     out = tmp_path / "results"
     rc = evalscript.main(["--tiny", "--steps", "3", "--max-frames", "10", "--prepared-dir", str(packs), "--out",
-                          str(out), "--device", "cpu", "--speed-iters", "1", "-q"])
+                          str(out), "--device", "cpu", "--speed-iters", "1", "-q", "--fit-option",
+                          "lr_final_factor=0.5"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["fit_config"]["lr_final_factor"] == 0.5
     row = results["videos"]["fake"]
     assert row["train_frames"] + row["test_frames"] == 6 and row["finetune_steps"] == 3
     assert 0 < row["psnr"] < 100 and -1 <= row["ssim"] <= 1
@@ -254,6 +256,7 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     assert Path(row["grid"]).is_file()
     assert "PSNR" in capsys.readouterr().out
     assert evalscript.main(["--prepared-dir", str(tmp_path / "none"), "--out", str(out), "-q"]) == 1
+    assert evalscript.main(["--prepared-dir", str(packs), "--out", str(out), "-q", "--fit-option", "nope=1"]) == 1
     with pytest.raises(SystemExit):
         evalscript.main(["--minutes", "0", "--out", str(out)])
 

@@ -53,9 +53,8 @@ What is ours (the paper is silent or its setting cannot be had here)
 * **Learning rates** (the paper's numbers are lost in our copy): per Gaussian attribute those of 3D Gaussian
   Splatting (positions 1.6e-4 in a scene of about 1 unit, decayed x0.01 over stage 2, by its steps or its time
   budget, whichever runs out first; colours 2.5e-3; scales 5e-3; rotations 1e-3; opacities 2.5e-2), networks
-  1e-4 when fine-tuning a pretrained model,
-  5e-4 in both stages from the template (its refine network starts untrained), the code 1e-3, the signal MLPs
-  1e-3, pose corrections 1e-4.
+  1e-4 when fine-tuning a pretrained model, 5e-4 in both stages from the template (its refine network starts
+  untrained), the code 1e-3, the signal MLPs 1e-3, pose corrections 1e-4.
 
 Resumable: ``out_dir/checkpoint.pt`` holds the stage, step, model, signal encoder, pose corrections, optimiser,
 sampling order and random-number states; it is written atomically every ``checkpoint_every`` steps, at the
