@@ -2,7 +2,7 @@
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
         [--fused off ieee tf32] [--cuda-graphs off on]
-        [--sr-modconv fused input] [--breakdown] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+        [--sr-modconv fused input] [--breakdown] [--cudnn-benchmark] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
 
@@ -113,15 +113,18 @@ def build_models(args: argparse.Namespace, device: torch.device) -> tuple[Any, A
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    """The rows; gradients off and TF32 as asked while it runs, both restored after (the caller's settings)."""
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    """The rows; gradients off, TF32 and cuDNN autotuning as asked while it runs, restored after (the caller's
+    settings)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     try:
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
         with torch.no_grad():
             return _run(args)
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
 
 
 def _run(args: argparse.Namespace) -> list[Row]:
@@ -322,6 +325,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the per-frame stages one by one (ms and added peak memory)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms per shape (torch.backends.cudnn.benchmark; "
+                             "every row, official included)")
     parser.add_argument("--official", type=Path, metavar="CHECKOUT",
                         help="an NVlabs/GOHA checkout: time the official Model in the same run (same weights)")
     parser.add_argument("--extra-path", action="append", default=[],
