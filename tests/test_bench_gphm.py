@@ -22,10 +22,11 @@ def test_gphm_bench_rows_and_differences(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["gphm", "--device", "cpu", "--resolution", "32", "--num-points", "400", "--batch-sizes", "1", "2",
                  "--iters", "1", "--warmup", "0", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| fast-bf16 | 2 | 400 |" in text
+    assert "| fast-bf16 | 2 | 400 |" in text and "| fast-bf16-graphs | 2 | 400 |" in text
     rows = json.loads(out.read_text())["rows"]
     assert [(r["mode"], r["batch"]) for r in rows] == [(m, b) for b in (1, 2)
-                                                        for m in ("reference", "fast-fp32", "fast-bf16")]
+                                                        for m in ("reference", "fast-fp32", "fast-bf16",
+                                                                  "fast-bf16-graphs")]
     for r in rows:
         assert r["total_ms"] > 0 and r["fps"] == pytest.approx(r["batch"] / r["total_ms"] * 1e3)
         if r["mode"] == "reference":

@@ -343,6 +343,46 @@ def test_fast_inference_matches_the_reference_and_tracks_weight_changes(gphm: GP
         avatar.enable_fast_inference(torch.float64)
 
 
+def test_cuda_graphs_option_is_eager_off_cuda(gphm: GPHM) -> None:
+    avatar = _random_avatar(gphm)
+    x = _inputs(gphm)
+    with torch.no_grad():
+        eager = avatar.enable_fast_inference(None)(x["expression"], x["non_face"], x["pose"], x["Ks"],
+                                                   viewmats=x["viewmats"], backend="reference")
+        graphed = avatar.enable_fast_inference(None, cuda_graphs=True)(x["expression"], x["non_face"], x["pose"],
+                                                                        x["Ks"], viewmats=x["viewmats"],
+                                                                        backend="reference")
+    assert avatar.fast_inference.cuda_graphs and len(avatar._graphs) == 0  # nothing captured on the CPU
+    assert torch.equal(eager.image, graphed.image)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_replay_the_eager_fast_path_on_cuda(gphm: GPHM) -> None:
+    """Gaussians and refine network replayed from captured graphs (no fallback) give the eager fast path's
+    output, take new inputs, and are captured again after an in-place weight change."""
+    avatar = _random_avatar(gphm).cuda()
+    x = {k: v.cuda() for k, v in _inputs(gphm).items()}
+
+    def run(expression: torch.Tensor) -> object:
+        with torch.no_grad():
+            return avatar(expression, x["non_face"], x["pose"], x["Ks"], viewmats=x["viewmats"], backend="reference")
+
+    avatar.enable_fast_inference(None)
+    eager = run(x["expression"])
+    other_eager = run(x["expression"].flip(0))
+    avatar.enable_fast_inference(None, cuda_graphs=True)
+    first, second = run(x["expression"]), run(x["expression"].flip(0))
+    assert len(avatar._graphs) == 2 and not avatar._graphs.failed  # the Gaussians and the refine network
+    torch.testing.assert_close(first.image, eager.image, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(second.image, other_eager.image, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        avatar.expression_deform.point_in.weight.mul_(1.5)  # the cached first layer changes: a new graph key
+    changed = run(x["expression"])
+    avatar.enable_fast_inference(None)
+    torch.testing.assert_close(changed.image, run(x["expression"]).image, atol=1e-5, rtol=1e-5)
+
+
 # ---- save / load -----------------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 stage, for the reference path and the fast inference path (:meth:`GPHMAvatar.enable_fast_inference`).
 
     python -m avatar.bench gphm [--avatar DIR] [--device cuda] [--resolution 512] [--batch-sizes 1 8]
-        [--modes reference fast-fp32 fast-bf16] [--iters 30] [--warmup 5] [--no-tf32] [--json OUT]
+        [--modes reference fast-fp32 fast-bf16 fast-bf16-graphs] [--iters 30] [--warmup 5] [--no-tf32] [--json OUT]
 
 ``--avatar DIR``: a folder written by ``avatar fit`` (the figures to report). Without it the avatar is the
 untrained template of a 512 fit (``--num-points`` Gaussians, default 100,000: :func:`head_template`, the
@@ -13,7 +13,8 @@ Rows: one per (mode, batch): the median milliseconds over ``--iters`` calls (``-
 CUDA synchronised around each call) of each stage on its own - ``signals`` (the driving MLPs), ``gaussians``
 (``F_exp``, ``F_nf``, ``F_dyn``, activations), ``splat`` (rasterising the 32-channel feature map with depth),
 ``refine`` (the refine network) - and of the whole call (``total``, what ``avatar reenact`` does per batch);
-``fps`` = batch / total. ``max|d|`` is the largest difference of the mode's image from the reference path's on
+``fps`` = batch / total. ``fast-bf16-graphs``: ``fast-bf16`` with ``cuda_graphs=True`` (the Gaussians and the
+refine network replayed from CUDA graphs; on the CPU the same as ``fast-bf16``). ``max|d|`` is the largest difference of the mode's image from the reference path's on
 the same inputs (images in [-1, 1]). TF32 matmuls and convolutions are allowed unless ``--no-tf32`` (the fitting
 and evaluation scripts allow them).
 """
@@ -32,7 +33,7 @@ import torch
 from avatar.bench.timing import fmt, time_calls
 from avatar.errors import InputError
 
-MODES = ("reference", "fast-fp32", "fast-bf16")
+MODES = ("reference", "fast-fp32", "fast-bf16", "fast-bf16-graphs")
 HEAD_DISTANCE_M = 2.1
 
 
@@ -90,7 +91,8 @@ def _set_mode(avatar: Any, mode: str) -> None:
     if mode == "reference":
         avatar.avatar.disable_fast_inference()
     else:
-        avatar.enable_fast_inference(torch.bfloat16 if mode == "fast-bf16" else None)
+        avatar.enable_fast_inference(torch.bfloat16 if mode.startswith("fast-bf16") else None,
+                                     cuda_graphs=mode.endswith("-graphs"))
 
 
 @torch.inference_mode()

@@ -335,7 +335,8 @@ def _similarity(corrections: Tensor | None, batch: int, device: torch.device | s
     axis-angle radians, translation centimetres; ``None``: no correction)."""
     from avatar.models.gphm.pose import axis_angle_to_matrix
 
-    origin = torch.tensor(CANONICAL_ORIGIN_M, device=device)
+    # a small copy without the stream synchronisation of a blocking host-to-device copy (per render call)
+    origin = torch.tensor(CANONICAL_ORIGIN_M).to(device, non_blocking=True)
     m = torch.eye(4, device=device).repeat(batch, 1, 1)
     if corrections is None:
         m[:, :3, :3] *= CANONICAL_SCALE_M
@@ -376,9 +377,10 @@ class FittedGPHMAvatar:
         self.signals.eval()
         return self
 
-    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16) -> FittedGPHMAvatar:
+    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16, *,
+                              cuda_graphs: bool = False) -> FittedGPHMAvatar:
         """:meth:`GPHMAvatar.enable_fast_inference` (used only without gradients). Returns ``self``."""
-        self.avatar.enable_fast_inference(dtype)
+        self.avatar.enable_fast_inference(dtype, cuda_graphs=cuda_graphs)
         return self
 
     def feature_intrinsics(self, batch: int, resolution: int | None = None) -> tuple[Tensor, int]:
@@ -389,7 +391,7 @@ class FittedGPHMAvatar:
             raise InputError(f"the image resolution must be a multiple of {4 * up}, got {res}")
         k = self.K.clone()
         k[:2] *= res / self.resolution / up
-        return k.to(self.device).expand(batch, 3, 3), res // up
+        return k.to(self.device, non_blocking=True).expand(batch, 3, 3), res // up  # (no stream synchronisation)
 
     def background_feature(self) -> Tensor:
         c = self.avatar.config.fields.color_dim

@@ -547,7 +547,7 @@ def _rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: T
 
 def _check_inputs(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, features: Tensor,
                   viewmats: Tensor, Ks: Tensor, width: int, height: int, background: Tensor | None,
-                  near_plane: float, far_plane: float, eps2d: float, backend: str) -> None:
+                  near_plane: float, far_plane: float, eps2d: float, backend: str, check_values: bool = True) -> None:
     if backend not in BACKENDS:
         raise UnknownOptionValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     named = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "features": features,
@@ -583,6 +583,8 @@ def _check_inputs(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tenso
         raise InputError(f"need 0 < near_plane < far_plane, got near_plane={near_plane}, far_plane={far_plane}")
     if not eps2d >= 0:
         raise InputError(f"eps2d must be >= 0, got {eps2d}")
+    if not check_values:
+        return
     # one device sync for both value checks
     if not bool(((scales > 0).all() & ((opacities >= 0) & (opacities <= 1)).all()).item()):
         if not bool((scales > 0).all()):
@@ -611,6 +613,7 @@ def rasterize_gaussians(
     eps2d: float = 0.3,
     return_depth: bool = False,
     backend: Backend = "auto",
+    check_values: bool = True,
 ) -> GaussianRenderOutput:
     """Splat ``B`` scenes of ``N`` Gaussians with ``C``-channel features, one camera per scene.
 
@@ -629,6 +632,8 @@ def rasterize_gaussians(
         return_depth: also return the accumulated depth ``sum_i alpha_i T_i z_i`` (camera ``z``; gsplat's
             ``"RGB+D"``), **not** the expected depth of ``"RGB+ED"``: divide by ``alpha`` for that.
         backend: ``"auto"``, ``"reference"`` (pure PyTorch) or ``"gsplat"`` (CUDA); see the module docstring.
+        check_values: check that scales are positive and opacities in ``[0, 1]`` (one device synchronisation);
+            ``False`` for callers whose values are activated by construction (a fast inference path).
 
     Returns:
         :class:`GaussianRenderOutput` with ``features (B, C, H, W)``, ``alpha (B, 1, H, W)``,
@@ -642,7 +647,7 @@ def rasterize_gaussians(
         GaussianRasterizationUnavailableError: ``backend="gsplat"`` off CUDA, or gsplat missing or not built.
     """
     _check_inputs(means, quats, scales, opacities, features, viewmats, Ks, width, height, background, near_plane,
-                  far_plane, eps2d, backend)
+                  far_plane, eps2d, backend, check_values)
     args = (means, quats, scales, opacities, features, viewmats, Ks, width, height, background, near_plane,
             far_plane, eps2d, return_depth)
     if backend == "gsplat":

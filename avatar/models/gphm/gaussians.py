@@ -198,14 +198,14 @@ def rigid_matrix(pose: Tensor | tuple[Tensor, Tensor], batch_size: int) -> Tenso
     else:
         rot, trans = pose_to_rt(pose, batch_size)
     top = torch.cat([rot, trans.unsqueeze(-1)], dim=-1)
-    bottom = top.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(batch_size, 1, 4)
+    bottom = torch.eye(4, dtype=top.dtype, device=top.device)[3:].expand(batch_size, 1, 4)  # made on the device
     return torch.cat([top, bottom], dim=1)
 
 
 def render_gaussian_set(gaussians: GaussianSet, pose: Tensor | tuple[Tensor, Tensor], Ks: Tensor,  # noqa: N803
                         image_size: int | tuple[int, int], refine: Callable[[Tensor], Tensor], *, viewmats: Tensor | None = None,
                         background: Tensor | None = None, backend: str = "auto", near_plane: float = 0.01,
-                        far_plane: float = 1e10) -> GPHMOutput:
+                        far_plane: float = 1e10, check_values: bool = True) -> GPHMOutput:
     """Pose, splat and refine a :class:`GaussianSet` (one camera per sample).
 
     Args:
@@ -217,6 +217,8 @@ def render_gaussian_set(gaussians: GaussianSet, pose: Tensor | tuple[Tensor, Ten
         viewmats: ``(B, 4, 4)`` world -> camera, OpenCV axes; ``None``: identity (the world is the camera frame).
         background: ``(B, C)`` or ``(C,)`` feature behind the head (``None``: zeros).
         backend: :func:`avatar.render.gaussians.rasterize_gaussians` backend.
+        check_values: :func:`~avatar.render.gaussians.rasterize_gaussians`'s check of the scales and opacities
+            (one device synchronisation; the fast inference path skips it: its values are activated).
     """
     from avatar.render.gaussians import rasterize_gaussians
 
@@ -234,7 +236,7 @@ def render_gaussian_set(gaussians: GaussianSet, pose: Tensor | tuple[Tensor, Ten
     out = rasterize_gaussians(gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities,
                               gaussians.features, combined, Ks.to(head), w, h, background=background,
                               near_plane=near_plane, far_plane=far_plane, return_depth=True,
-                              backend=backend)  # type: ignore[arg-type]
+                              backend=backend, check_values=check_values)  # type: ignore[arg-type]
     assert out.depth is not None
     covered = out.alpha > 1e-6
     depth = torch.where(covered, out.depth / out.alpha.clamp_min(1e-6), torch.zeros_like(out.depth))

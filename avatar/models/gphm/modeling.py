@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,7 @@ from avatar.models.gphm.layers import MLP, ConditionedMLP
 from avatar.models.gphm.mesh_render import render_mesh_features
 from avatar.models.gphm.refinement import RefineNet
 from avatar.models.gphm.sampling import front_cap, sample_surface
+from avatar.nn.cuda_graphs import GraphCache, tensor_addresses
 
 __all__ = [
     "GPHM",
@@ -547,6 +549,11 @@ class GPHM(ModelMixin):
 # a person's avatar (paper 3.5)
 
 
+def _tensors(gaussians: GaussianSet) -> dict[str, Tensor]:
+    """A :class:`GaussianSet`'s fields by name (the outputs of its CUDA graph)."""
+    return {f.name: getattr(gaussians, f.name) for f in fields(gaussians)}
+
+
 def _version_of(t: Tensor) -> int:
     """The in-place version counter (``-1`` for an inference-mode tensor, which has none and cannot change)."""
     try:
@@ -561,6 +568,9 @@ class GPHMFastInference:
 
     dtype: torch.dtype | None = torch.bfloat16
     """Autocast dtype of the MLPs and the refine network; ``None``: float32 (only the cached first layer)."""
+    cuda_graphs: bool = False
+    """On CUDA, replay :meth:`GPHMAvatar.gaussians` (after the motion codes) and the refine network from CUDA
+    graphs captured per shape (the splatting between them stays eager: gsplat's sizes depend on the data)."""
 
 
 class GPHMAvatar(ModelMixin):
@@ -623,6 +633,7 @@ class GPHMAvatar(ModelMixin):
         self.refine = RefineNet(config.refine)
         self.fast_inference: GPHMFastInference | None = None
         self._point_cache: tuple[tuple[tuple[int, int], ...], dict[str, Tensor]] | None = None
+        self._graphs = GraphCache(max_graphs=4)  # fast path: Gaussians and refine network, two batch sizes each
 
     _PER_POINT = ("means", "colors", "log_scales", "rotations", "opacity_logits", "identity_features",
                   "expression_weights")
@@ -669,20 +680,43 @@ class GPHMAvatar(ModelMixin):
         return self.non_face_encoder(non_face_images)
 
     # ---- fast inference ------------------------------------------------------------------------------------
-    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16) -> GPHMAvatar:
+    def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16, *,
+                              cuda_graphs: bool = False) -> GPHMAvatar:
         """Turn the fast inference path on (class docstring): ``dtype`` is the autocast dtype of the MLPs and the
-        refine network (``torch.bfloat16``, ``torch.float16``, or ``None`` for float32). Returns ``self``."""
+        refine network (``torch.bfloat16``, ``torch.float16``, or ``None`` for float32); ``cuda_graphs``: on CUDA,
+        the Gaussians (from the motion codes on) and the refine network are replayed from CUDA graphs, one per
+        input shape (:mod:`avatar.nn.cuda_graphs`; a failed capture runs eagerly after one warning). Returns
+        ``self``."""
         if dtype not in (None, torch.bfloat16, torch.float16):
             raise ConfigError(f"enable_fast_inference: dtype must be torch.bfloat16, torch.float16 or None, got {dtype}")
-        self.fast_inference = GPHMFastInference(dtype=dtype)
+        self.fast_inference = GPHMFastInference(dtype=dtype, cuda_graphs=bool(cuda_graphs))
         self._point_cache = None
+        self._graphs.clear()
         return self
 
     def disable_fast_inference(self) -> GPHMAvatar:
         """Back to the reference path (the default). Returns ``self``."""
         self.fast_inference = None
         self._point_cache = None
+        self._graphs.clear()
         return self
+
+    def _graph_replay(self, what: str, fn: Any, inputs: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """``fn(**inputs)`` replayed from a CUDA graph when the fast path has ``cuda_graphs`` on and the inputs are
+        on CUDA; ``None`` otherwise or when the capture failed (the caller then runs eagerly). The graph key holds
+        the inputs' shapes, strides and dtypes, the autocast and TF32 state, the weights' addresses and the cached
+        first-layer parts' key (a graph never reads stale weights or stale parts)."""
+        fast = self.fast_inference
+        first = next(iter(inputs.values()))
+        if (fast is None or not fast.cuda_graphs or first.device.type != "cuda" or torch.is_grad_enabled()
+                or torch.cuda.is_current_stream_capturing()):
+            return None
+        self._point_parts()  # computed (with its host synchronisation) before any capture
+        key = (what, tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()),
+               fast.dtype, torch.is_autocast_enabled(first.device.type), torch.get_autocast_dtype(first.device.type),
+               torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, tensor_addresses(self),
+               self._point_cache[0] if self._point_cache is not None else None)
+        return self._graphs.replay_or_none(key, fn, inputs, f"GPHMAvatar.{what}")
 
     def _fast_active(self) -> bool:
         return self.fast_inference is not None and not torch.is_grad_enabled()
@@ -721,6 +755,11 @@ class GPHMAvatar(ModelMixin):
     def _refine_image(self, features: Tensor) -> Tensor:
         if not self._fast_active():
             return self.refine(features)
+        graphed = self._graph_replay("refine", lambda features: {"image": self._refine_fast(features)},
+                                     {"features": features})
+        return graphed["image"] if graphed is not None else self._refine_fast(features)
+
+    def _refine_fast(self, features: Tensor) -> Tensor:
         # cuDNN's autotuner for the U-Net's convolutions (fixed shapes per batch size; scoped to this call)
         with self._autocast(features), torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled,
                                                                    benchmark=features.is_cuda,
@@ -739,6 +778,17 @@ class GPHMAvatar(ModelMixin):
         z_exp = _motion_code(expression_code, self.expression_encoder, fc.expression_dim, batch, "expression", ref)
         z_nf = _motion_code(non_face_code, self.non_face_encoder, fc.non_face_dim, batch, "non-face motion", ref)
         fast = self._fast_active()
+        if fast:
+            graphed = self._graph_replay("gaussians", lambda z_exp, z_nf: _tensors(self._gaussians(z_exp, z_nf, True)),
+                                         {"z_exp": z_exp, "z_nf": z_nf})
+            if graphed is not None:
+                return GaussianSet(**graphed)
+        return self._gaussians(z_exp, z_nf, fast)
+
+    def _gaussians(self, z_exp: Tensor, z_nf: Tensor, fast: bool) -> GaussianSet:
+        """:meth:`gaussians` from the motion codes ``(B, D_exp)``, ``(B, D_nf)``; ``fast``: the fast path."""
+        fc = self.config.fields
+        batch = z_exp.shape[0]
         parts = self._point_parts() if fast else {}
 
         def displacement(mlp: ConditionedMLP, f: Tensor | None, z: Tensor, key: str, n: int) -> Tensor:
@@ -778,7 +828,7 @@ class GPHMAvatar(ModelMixin):
         """As :meth:`GPHM.render` (with the fast path's refine network when it is on)."""
         size = self.config.feature_resolution if image_size is None else image_size
         return render_gaussian_set(gaussians, pose, Ks, size, self._refine_image, viewmats=viewmats,
-                                   background=background, backend=backend)
+                                   background=background, backend=backend, check_values=not self._fast_active())
 
     def forward(self, expression: Tensor, non_face: Tensor | None, pose: Pose, Ks: Tensor,  # noqa: N803
                 image_size: int | None = None, *, viewmats: Tensor | None = None, background: Tensor | None = None,
