@@ -244,7 +244,7 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     out = tmp_path / "results"
     rc = evalscript.main(["--tiny", "--steps", "3", "--max-frames", "10", "--prepared-dir", str(packs), "--out",
                           str(out), "--device", "cpu", "--speed-iters", "1", "-q", "--fit-option",
-                          "lr_final_factor=0.5"])
+                          "lr_final_factor=0.5", "--test-pose-steps", "2"])
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert results["fit_config"]["lr_final_factor"] == 0.5
@@ -254,7 +254,10 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     assert row["lpips"] == "n/a" or isinstance(row["lpips"], float)
     assert [s["batch"] for s in row["speed"]] == [1, 8] and all(s["frames_per_s"] > 0 for s in row["speed"])
     assert Path(row["grid"]).is_file()
-    assert "PSNR" in capsys.readouterr().out
+    refined = row["pose_refined"]
+    assert refined["steps"] == 2 and 0 < refined["psnr"] < 100 and refined["mean_translation_cm"] > 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "held-out poses refined (2 steps" in printed
     assert evalscript.main(["--prepared-dir", str(tmp_path / "none"), "--out", str(out), "-q"]) == 1
     assert evalscript.main(["--prepared-dir", str(packs), "--out", str(out), "-q", "--fit-option", "nope=1"]) == 1
     with pytest.raises(SystemExit):
@@ -325,3 +328,32 @@ def test_stage2_schedule_follows_steps_or_the_time_budget() -> None:
     assert opt.param_groups[1]["lr"] == pytest.approx(1e-3 * 0.1**0.5)
     no_budget = SimpleNamespace(config=config.replace(time_budget_s=None))
     assert _Fitter.stage2_progress(no_budget, state) == pytest.approx(0.1)
+
+
+def test_refine_poses_recovers_a_known_pose_offset() -> None:
+    """Frames rendered with known corrections: refining from zero moves the corrections towards them and the
+    renders towards the frames (refine network replaced by the raw RGB upsampled, so the image follows the pose)."""
+    import torch.nn.functional as F
+
+    from avatar.bench.gphm import driving_signals, template_avatar
+    from avatar.fitting.gphm_fit import refine_poses, render_frames
+
+    av = template_avatar(800, 32, torch.device("cpu")).eval()
+    up = av.avatar.config.refine.upsample
+    with torch.no_grad():
+        av.avatar.colors.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+        av.avatar.log_scales.add_(0.5)
+    av.avatar._refine_image = lambda f: F.interpolate(f[:, :3], scale_factor=up, mode="bilinear")
+    e, p = driving_signals(2, av.signals.config.input_dim)
+    true = torch.tensor([[0.03, -0.02, 0.0, 0.8, -0.5, 0.3], [-0.02, 0.03, 0.01, -0.6, 0.4, 0.0]])
+    target = render_frames(av, e, p, corrections=true)
+    before = (render_frames(av, e, p) - target).abs().mean()
+    corr = refine_poses(av, target, e, p, steps=30, pose_weight=0.0)
+    after = (render_frames(av, e, p, corrections=corr) - target).abs().mean()
+    assert after < 0.5 * before
+    assert (corr - true).norm() < 0.7 * true.norm()
+    assert all(q.requires_grad for q in av.avatar.parameters())  # the avatar's flags restored
+    with pytest.raises(InputError, match="one F"):
+        refine_poses(av, target[:1], e, p)
+    with pytest.raises(InputError, match="corrections"):
+        render_frames(av, e, p, corrections=true[:1])

@@ -497,9 +497,10 @@ def load_gphm_avatar(avatar_dir: str | Path, *, device: torch.device | str = "cp
 @torch.no_grad()
 def render_frames(avatar: FittedGPHMAvatar | str | Path, expressions: Tensor, poses: Tensor, *,
                   batch_size: int = 8, device: torch.device | str | None = None, resolution: int | None = None,
-                  backend: str = "auto", progress: bool = False) -> Tensor:
+                  backend: str = "auto", progress: bool = False, corrections: Tensor | None = None) -> Tensor:
     """Render ``expressions (F, 1434)`` (the prepared expression input) with head poses ``poses (F, 4, 4)``
     (world -> camera, the prepared ``world_to_camera``) -> ``(F, 3, R, R)`` float images in [0, 1] on the CPU.
+    ``corrections (F, 6)``: per-frame pose corrections (:func:`refine_poses`); ``None``: the poses as given.
 
     ``avatar``: a :class:`FittedGPHMAvatar` or its folder (loaded on ``device``, default CUDA when available).
     """
@@ -513,16 +514,75 @@ def render_frames(avatar: FittedGPHMAvatar | str | Path, expressions: Tensor, po
                          f"and {tuple(poses.shape)}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if corrections is not None and corrections.shape != (len(expressions), 6):
+        raise InputError(f"corrections are (F, 6) = ({len(expressions)}, 6), got {tuple(corrections.shape)}")
     out = []
     for i in _bar(range(0, len(expressions), batch_size), progress, "render", "batch"):
+        corr = None if corrections is None else corrections[i:i + batch_size].to(avatar.device)
         out.append(avatar.render_images(expressions[i:i + batch_size], poses[i:i + batch_size],
-                                        resolution=resolution, backend=backend).cpu())
+                                        resolution=resolution, backend=backend, corrections=corr).cpu())
     res = avatar.resolution if resolution is None else resolution
     return torch.cat(out) if out else torch.zeros(0, 3, res, res)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def refine_poses(avatar: FittedGPHMAvatar, images: Tensor, expressions: Tensor, poses: Tensor, *, steps: int = 100,
+                 lr_rotation: float = 1e-3, lr_translation: float = 1e-2, weight_ssim: float = 0.2,
+                 pose_weight: float = 0.1, batch_size: int = 8, progress: bool = False) -> Tensor:
+    """Per-frame head-pose corrections ``(F, 6)`` for frames the avatar was not fitted on: the fit's own
+    ``pose_correction`` (axis-angle radians, translation centimetres; :func:`_similarity`) optimised for each
+    frame with the avatar frozen, so that the render of ``expressions (F, 1434)`` with ``poses (F, 4, 4)`` (the
+    prepared world -> camera) matches ``images (F, 3, R, R)`` in [0, 1] (``R`` = the avatar's resolution; the
+    matted targets).
+
+    The objective is the fit's photometric one on these frames: L1 on [-1, 1] images + ``weight_ssim`` x D-SSIM
+    + ``pose_weight`` x the squared correction (the same L2 penalty as in fitting); Adam, ``steps`` per batch of
+    ``batch_size`` frames (each frame's correction depends only on its own image), ``lr_rotation`` (radians) and
+    ``lr_translation`` (centimetres): Adam moves each by about its rate a step, so 100 steps reach about 6 degrees
+    and 1 cm. Used to measure how
+    much of a held-out error is MediaPipe's pose rather than the avatar (``scripts/gphm_monocular_eval.py
+    --test-pose-steps``); the expression input is not changed. Returns the corrections on the CPU; render with
+    ``avatar.render(..., corrections=...)``.
+    """
+    n = len(expressions)
+    if images.dim() != 4 or len(images) != n or poses.shape != (n, 4, 4):
+        raise InputError(f"images (F, 3, R, R), expressions (F, D) and poses (F, 4, 4) with one F, got "
+                         f"{tuple(images.shape)}, {tuple(expressions.shape)} and {tuple(poses.shape)}")
+    if steps < 0 or batch_size < 1 or not (lr_rotation > 0 and lr_translation > 0):
+        raise InputError(f"need steps >= 0, batch_size >= 1 and positive learning rates, got {steps}, {batch_size}, "
+                         f"{lr_rotation} and {lr_translation}")
+    dev = avatar.device
+    out = torch.zeros(n, 6)
+    params = [p for m in (avatar.avatar, avatar.signals) for p in m.parameters()]
+    was_trainable = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        for start in _bar(range(0, n, batch_size), progress, "pose", "batch"):
+            sl = slice(start, start + batch_size)
+            target01 = images[sl].to(dev).float()
+            rot = torch.zeros(len(target01), 3, device=dev, requires_grad=True)
+            trans = torch.zeros(len(target01), 3, device=dev, requires_grad=True)
+            opt = torch.optim.Adam([{"params": [rot], "lr": lr_rotation}, {"params": [trans], "lr": lr_translation}])
+            with torch.enable_grad():
+                for _ in range(steps):
+                    corr = torch.cat([rot, trans], dim=1)
+                    image = avatar.render(expressions[sl], poses[sl], corrections=corr).image
+                    loss = (image - (target01 * 2.0 - 1.0)).abs().mean()
+                    if weight_ssim > 0:
+                        loss = loss + weight_ssim * ssim_loss((image + 1.0) / 2.0, target01)
+                    loss = loss + pose_weight * corr.square().sum(-1).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            out[sl] = torch.cat([rot, trans], dim=1).detach().cpu()
+    finally:
+        for p, flag in zip(params, was_trainable, strict=True):
+            p.requires_grad_(flag)
+    return out
 
 
 def _bar(iterable: Any, progress: bool, desc: str, unit: str, total: int | None = None) -> Any:
