@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root, with the bundle of prepare.sh beside it:
+#
+#   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|fit]
+#
+# benchmarks (default; about 10 minutes on one H100): GOHA against the official Model (all fast-path options,
+# per-stage breakdown, cuDNN autotuning), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
+# speed of the template avatar (every mode, CUDA graphs included) and its top CUDA kernels.
+# fit (about 8 minutes): the 5-minute GPHM monocular fit of talk1 with the held-out pose diagnostic, then the
+# render speed of the fitted avatar. Everything is written under OUT (default outputs/gpu_bench).
+set -uo pipefail
+bundle=${1:-.gpu_bench}
+out=${2:-outputs/gpu_bench}
+what=${3:-benchmarks}
+mkdir -p "$out"
+t0=$(date +%s)
+stamp() { echo "[gpu_bench] $1 after $(( $(date +%s) - t0 )) s"; }
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_bench_site "$bundle"/whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_bench_goha "$bundle"/goha_whl/*.whl
+# modules the benchmarks never call but that avatar imports at the top of some files (video / image IO)
+stubs=/tmp/gpu_bench_stubs
+for m in cv2 av; do
+  python3 -c "import $m" 2>/dev/null || { mkdir -p "$stubs/$m"; : > "$stubs/$m/__init__.py"; }
+done
+export PYTHONPATH="$stubs:/tmp/gpu_bench_site:$PWD"
+build_gsplat() {  # gsplat compiles its CUDA extension on first use (1-2 minutes)
+  nice -n 19 python3 -c "import torch; from avatar.fitting.gphm_fit import _warm_up_rasterizer; \
+_warm_up_rasterizer(torch.device('cuda')); print('gsplat built')"
+}
+if [ "$what" = fit ]; then
+  build_gsplat
+  python3 scripts/gphm_monocular_eval.py -q run --prepared-dir "$bundle/packed" --only talk1 --minutes 5 \
+    --device cuda --out "$out/talk1" --work /tmp/gpu_bench_work --test-pose-steps 100 2>&1 | tail -30
+  stamp fit
+  python3 -m avatar.bench gphm --avatar /tmp/gpu_bench_work/talk1/avatar --device cuda --batch-sizes 1 8 \
+    --json "$out/gphm_talk1.json"
+  stamp end
+  exit 0
+fi
+mkdir -p /tmp/gpu_bench_goha_src && tar -xf "$bundle/goha_src.tar" -C /tmp/gpu_bench_goha_src
+build_gsplat > "$out/gsplat_build.log" 2>&1 &
+gs=$!
+python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
+  --frames 24 --batch-sizes 1 8 --dtypes fp32 bf16 --fused ieee --cuda-graphs off on --sr-modconv fused input \
+  --breakdown --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
+stamp goha
+wait $gs; tail -3 "$out/gsplat_build.log"
+python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
+stamp gphm
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
+  tests/test_gaussian_render.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+stamp tests
+python3 -m avatar.bench goha --device cuda --frames 16 --batch-sizes 1 8 --dtypes fp32 --fused ieee \
+  --sr-modconv fused input --cudnn-benchmark --breakdown 2>&1 | tee "$out/goha_cudnn_benchmark.log"
+stamp goha-cudnn
+python3 -m avatar.bench goha --device cuda --frames 16 --batch-sizes 1 --dtypes fp32 --fused ieee --breakdown \
+  2>&1 | tee "$out/goha_b1_breakdown.log"
+python3 scripts/gpu_bench/profile_gphm.py 8 > "$out/profile_gphm.log" 2>&1
+stamp end
