@@ -63,3 +63,55 @@ def test_gpu_head_pose_field_matches_the_pytorch_search():
     eager = deformer.precompute(shape, exp, pose)
     torch.testing.assert_close(fused.offsets, eager.offsets, atol=1e-4, rtol=0)
     torch.testing.assert_close(fused.dists, eager.dists, atol=1e-5, rtol=1e-4)
+
+
+# ---- nearest vertex (GenHead's part fields) --------------------------------------------------------------------
+
+
+def test_nearest_vertex_kernel_is_bitwise_the_pytorch_search(triton_interpreter):
+    from avatar.flame.parts import default_vertex_search, fused_nearest_vertex, nearest_vertex
+
+    g = torch.Generator().manual_seed(4)
+    verts = torch.randn(2, 57, 3, generator=g)
+    verts[:, 30] = verts[:, 7]  # an exact tie: the lower index wins on both sides
+    points = torch.cat([torch.randn(2, 300, 3, generator=g), verts[:, :20] + 1e-3], dim=1)
+    want_d, want_i = nearest_vertex(points, verts, chunk=64)
+    got_d, got_i = fused_nearest_vertex(points, verts)
+    assert got_i.dtype == torch.long and torch.equal(got_i, want_i) and torch.equal(got_d, want_d)
+    assert not (got_i == 30).any()
+    assert default_vertex_search("cpu") is fused_nearest_vertex  # under the interpreter
+    empty_d, empty_i = fused_nearest_vertex(points[:, :0], verts)
+    assert empty_d.shape == (2, 0) and empty_i.shape == (2, 0)
+    with pytest.raises(ValueError, match="at least one vertex"):
+        fused_nearest_vertex(points, verts[:, :0])
+
+
+def test_part_fields_with_the_kernel_equal_the_pytorch_search(triton_interpreter):
+    from avatar.flame.deformation import build_deformer_buffers
+    from avatar.flame.parts import FlamePartDeformer, nearest_vertex
+
+    deformer = FlamePartDeformer(build_deformer_buffers(**synthetic_flame_assets(0)), box_warp=1.3)
+    gen = torch.Generator().manual_seed(1)
+    shape, exp = torch.randn(2, 300, generator=gen), torch.randn(2, 100, generator=gen)
+    pose, eye = 0.15 * torch.randn(2, 6, generator=gen), 0.2 * torch.randn(2, 6, generator=gen)
+    x = torch.randn(2, 200, 3, generator=gen) * 0.18
+    fused = deformer.parts(x, shape, exp, pose, eye)
+    deformer.vertex_search = nearest_vertex
+    reference = deformer.parts(x, shape, exp, pose, eye)
+    for name, a, b in zip(fused._fields, fused, reference, strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@torch.no_grad()
+def test_gpu_nearest_vertex_kernel_is_bitwise_the_pytorch_search():
+    from avatar.flame.parts import default_vertex_search, fused_nearest_vertex, nearest_vertex
+
+    g = torch.Generator().manual_seed(0)
+    verts = torch.randn(4, 2000, 3, generator=g).cuda() * 0.1
+    points = torch.randn(4, 50_000, 3, generator=g).cuda() * 0.15
+    want_d, want_i = nearest_vertex(points, verts)
+    got_d, got_i = fused_nearest_vertex(points, verts)
+    assert default_vertex_search("cuda") is fused_nearest_vertex
+    assert torch.equal(got_i, want_i) and torch.equal(got_d, want_d)

@@ -24,7 +24,9 @@ What :meth:`FlamePartDeformer.parts` computes for points ``x (B, P, 3)`` (alread
    box of the first half of ``T[:, eye_idxs]`` (centre = mean, size = 1.2 (max - min)) or of the second half.
 
 pytorch3d's ``knn_points(K=1)`` / ``knn_gather`` are replaced by :func:`nearest_vertex` (exact, chunked, same
-``sum((p - v)^2)`` distances, ties to the lowest index) and plain indexing. Not reproduced: the unused
+``sum((p - v)^2)`` distances, ties to the lowest index) and plain indexing; on CUDA by
+:func:`fused_nearest_vertex`, a Triton kernel with bitwise the same results and no ``points x vertices``
+temporaries (``FlamePartDeformer.vertex_search`` chooses another). Not reproduced: the unused
 ``eye_blink_params`` path (GenHead never passes it) and the ``closest_vts_region`` / ``weights`` outputs (the
 renderer does not read them). Everything runs under ``no_grad`` and returns detached tensors, as upstream.
 
@@ -50,6 +52,7 @@ __all__ = [
     "PartDeformation",
     "PartMeshes",
     "eye_bbox_inside",
+    "fused_nearest_vertex",
     "nearest_vertex",
 ]
 
@@ -102,6 +105,37 @@ def nearest_vertex(points: Tensor, vertices: Tensor, chunk: int | None = None) -
     if not idxs:
         return points.new_zeros(batch, 0), torch.zeros(batch, 0, dtype=torch.int64, device=points.device)
     return torch.cat(dists, dim=1), torch.cat(idxs, dim=1)
+
+
+@torch.no_grad()
+def fused_nearest_vertex(points: Tensor, vertices: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`nearest_vertex` by the Triton kernel of :mod:`avatar.flame.triton_search` (CUDA, or CPU under
+    Triton's interpreter): one pass over the vertices per block of points, nothing of size points x vertices in
+    memory. Same arguments (no chunk) and the same results, bit for bit: the kernel runs the reference's float
+    operations in its order without multiply-add contraction."""
+    from avatar.flame import triton_search
+
+    batch, num_points = points.shape[0], points.shape[1]
+    num_vertices = vertices.shape[1]
+    if num_vertices == 0:
+        raise ValueError("nearest_vertex needs at least one vertex")
+    dists = torch.empty(batch, num_points, device=points.device)
+    idxs = torch.empty(batch, num_points, dtype=torch.long, device=points.device)
+    if num_points == 0:
+        return dists, idxs
+    block = 128
+    triton_search.nearest_vertex_kernel[(-(-num_points // block), batch)](
+        points.float().contiguous(), vertices.float().contiguous(), dists, idxs, num_points, num_vertices,
+        BLOCK_P=block, enable_fp_fusion=False)
+    return dists.to(points.dtype), idxs
+
+
+def default_vertex_search(device: torch.device | str) -> Callable[..., tuple[Tensor, Tensor]]:
+    """The nearest-vertex search for ``device``: the Triton kernel where it runs (CUDA with Triton), else the
+    chunked PyTorch search :func:`nearest_vertex`."""
+    from avatar.render.fused import fused_available
+
+    return fused_nearest_vertex if fused_available(device) else nearest_vertex
 
 
 def _inside_box(points: Tensor, box_vertices: Tensor) -> Tensor:
@@ -189,6 +223,8 @@ class FlamePartDeformer(FlameHeadPoseDeformer):
         if missing:
             raise StateDictMismatchError(f"part deformer buffers missing: {missing}")
         self.chunk = chunk
+        # the nearest-vertex search; None: by device (default_vertex_search: the Triton kernel on CUDA)
+        self.vertex_search: Callable[..., tuple[Tensor, Tensor]] | None = None
 
     @torch.no_grad()
     def part_meshes(
@@ -213,7 +249,11 @@ class FlamePartDeformer(FlameHeadPoseDeformer):
               canonical_aug: Tensor) -> tuple[Tensor, Tensor]:
         """One part: nearest vertex of ``target[:, subset]``, mapped through ``vertex_of`` (nearest -> FLAME
         vertex, see the module docstring), blended over its region. Returns ``(x_part, sq_dist)``."""
-        sq, nearest = nearest_vertex(points, target[:, subset], self.chunk)
+        search = self.vertex_search if self.vertex_search is not None else default_vertex_search(points.device)
+        if search is nearest_vertex or points.dtype != torch.float32:  # the kernel computes in float32
+            sq, nearest = nearest_vertex(points, target[:, subset], self.chunk)
+        else:
+            sq, nearest = search(points, target[:, subset])
         region = self.vertices_region_idxs[vertex_of(nearest)]  # (B, P, K)
         return points + _region_offset(points, region, _augment(target), canonical_aug), sq
 

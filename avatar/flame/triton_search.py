@@ -1,4 +1,5 @@
-"""Triton kernel of the closest-triangle search (:func:`avatar.flame.geometry.closest_triangles` on CUDA).
+"""Triton kernels of the FLAME searches: the closest triangle (:func:`avatar.flame.geometry.closest_triangles` on
+CUDA) and the nearest vertex (:func:`avatar.flame.parts.nearest_vertex` on CUDA, GenHead's part fields).
 
 Each program takes ``BLOCK_P`` points of one mesh and walks over all its triangles, keeping the smallest squared
 distance and the first triangle that reaches it, so nothing of size ``points x triangles`` is ever stored (the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["closest_triangle_kernel"]
+__all__ = ["closest_triangle_kernel", "nearest_vertex_kernel"]
 
 EPS = 1e-8
 
@@ -105,5 +106,36 @@ def closest_triangle_kernel(points_ptr, tris_ptr, dist_ptr, index_ptr, P, F, min
         better = dist < best
         best = tl.where(better, dist, best)
         best_index = tl.where(better, f, best_index)
+    tl.store(dist_ptr + b * P + offs, best, mask=mask)
+    tl.store(index_ptr + b * P + offs, best_index.to(tl.int64), mask=mask)
+
+
+@triton.jit
+def nearest_vertex_kernel(points_ptr, verts_ptr, dist_ptr, index_ptr, P, V, BLOCK_P: tl.constexpr):
+    """Grid ``(cdiv(P, BLOCK_P), B)``. ``points`` ``(B, P, 3)``, ``verts`` ``(B, V, 3)``, float32; writes the
+    smallest squared distance ``(dx^2 + dy^2) + dz^2`` ``(B, P)`` float32 and the first vertex reaching it ``(B, P)``
+    int64 (the reference's operations in its order: launched without multiply-add contraction, the distances are
+    bitwise the reference's, so the indices are too, ties included)."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask = offs < P
+    point = points_ptr + b * P * 3 + offs.to(tl.int64) * 3
+    px = tl.load(point, mask=mask, other=0.0)
+    py = tl.load(point + 1, mask=mask, other=0.0)
+    pz = tl.load(point + 2, mask=mask, other=0.0)
+    best = tl.full((BLOCK_P,), float("inf"), tl.float32)
+    best_index = tl.full((BLOCK_P,), 0, tl.int32)
+    vert = verts_ptr + b * V * 3
+    for v in range(V):
+        dx = px - tl.load(vert + v * 3)
+        dist = dx * dx
+        dy = py - tl.load(vert + v * 3 + 1)
+        dist = dist + dy * dy
+        dz = pz - tl.load(vert + v * 3 + 2)
+        dist = dist + dz * dz
+        better = dist < best
+        best = tl.where(better, dist, best)
+        best_index = tl.where(better, v, best_index)
     tl.store(dist_ptr + b * P + offs, best, mask=mask)
     tl.store(index_ptr + b * P + offs, best_index.to(tl.int64), mask=mask)
