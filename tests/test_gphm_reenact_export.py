@@ -241,6 +241,10 @@ def test_reenact_video_writes_every_frame_with_the_audio(avatar_dir: Path, tmp_p
     r3 = reenact_video(loaded, video, tmp_path / "o3.mp4", max_frames=2, audio=False, device="cpu",
                        backend=FakeFace(), progress=False)
     assert r3.frames == 2 and loaded.avatar.fast_inference is None
+    loaded.enable_fast_inference(None, cuda_graphs=True)  # a caller's own setting, graphs included, comes back
+    reenact_video(loaded, video, tmp_path / "o4.mp4", max_frames=2, audio=False, device="cpu", backend=FakeFace(),
+                  progress=False)
+    assert loaded.avatar.fast_inference.cuda_graphs and loaded.avatar.fast_inference.dtype is None
 
 
 def test_reenact_renders_what_render_frames_renders(avatar, tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def reenact_video(avatar_dir: str | Path | Any, driving: str | Path, out: str | 
         if caller_setting is None:
             avatar.avatar.disable_fast_inference()
         else:
-            avatar.avatar.enable_fast_inference(caller_setting.dtype)
+            avatar.avatar.enable_fast_inference(caller_setting.dtype, cuda_graphs=caller_setting.cuda_graphs)
 
 
 def _reenact(avatar: Any, driving: str | Path, out: str | Path, dev: torch.device, *, relative: bool,
