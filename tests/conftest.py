@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-TRITON_KERNEL_MODULES = ("avatar.render.triton_kernels", "avatar.flame.triton_search")
+TRITON_KERNEL_MODULES = ("avatar.render.triton_kernels", "avatar.flame.triton_search", "avatar.models.goha.triton_lifting")
 
 
 def _forget_triton_kernels() -> None:

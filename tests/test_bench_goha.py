@@ -33,3 +33,13 @@ def test_goha_bench_tiny_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert torch.is_grad_enabled()  # the bench leaves the process's settings as it found them
     with pytest.raises(SystemExit):
         main(["goha", "--tiny", "--cuda-graphs", "maybe"])
+
+
+def test_goha_bench_triton_lifting_rows(triton_interpreter, tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    out = tmp_path / "rows.json"
+    assert main(["goha", "--tiny", "--device", "cpu", "--frames", "1", "--warmup", "0", "--batch-sizes", "1",
+                 "--dtypes", "fp32", "--fused", "off", "--cuda-graphs", "on", "--lifting", "cdist", "triton",
+                 "--json", str(out)]) == 0
+    paths = [r["path"] for r in json.loads(out.read_text())]
+    assert paths[:2] == ["ours fp32, source cached", "ours fp32 + Triton lifting, source cached"]

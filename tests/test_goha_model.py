@@ -279,3 +279,19 @@ def test_bad_inputs_are_named(model: GOHA, images: torch.Tensor) -> None:
     bare = GOHA.tiny().eval()
     with pytest.raises(AssetNotFoundError, match="BFM"):
         bare.reenact(bare.encode_source(images[:1], camera()), camera(), images[1:])
+
+
+def test_triton_lifting_gives_the_reenactment_of_the_cdist_lifting(triton_interpreter, images: torch.Tensor) -> None:
+    m = GOHA.tiny().eval()
+    with torch.no_grad():
+        src = m.encode_source(images[:1], camera(), with_coefficients=False).expand(2)
+        m.enable_fast_inference(None, fused_lifting=False)
+        ref = m.reenact(src, camera(2, 0.05), pseudo_render=images.flip(0))
+        assert not m._lift_fused(images.device)
+        m.enable_fast_inference(None, fused_lifting=True)
+        assert m._lift_fused(images.device)
+        out = m.reenact(src, camera(2, 0.05), pseudo_render=images.flip(0))
+        m.disable_fast_inference()
+    assert not m.fused_lifting
+    torch.testing.assert_close(out.appearance_plane, ref.appearance_plane, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.image, ref.image, atol=1e-5, rtol=1e-5)

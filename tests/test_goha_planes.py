@@ -213,6 +213,34 @@ def test_nearest_point_indices_equal_full_cdist_argmin(chunk: int) -> None:
         nearest_point_indices(grid, pts, 1)
 
 
+def test_triton_nearest_points_equal_cdist_except_at_near_ties(triton_interpreter) -> None:
+    from avatar.models.goha.planes import fused_nearest_point_indices
+
+    gen = torch.Generator().manual_seed(0)
+    grid = lifting_grid(16)
+    pts = torch.cat((0.3 * torch.randn(2, 150, 2, generator=gen), torch.full((2, 20, 2), 1.7),
+                     0.01 * torch.randn(2, 80, 2, generator=gen)), 1)
+    pts = torch.cat((pts, pts[:, :30]), 1)  # exact duplicates: the first occurrence wins
+    ref = nearest_point_indices(grid, pts, 64)
+    for cells in (grid, grid.expand(2, -1, -1).contiguous()):  # one shared grid or one per batch element
+        got = fused_nearest_point_indices(cells, pts)
+        assert got.dtype == torch.long and got.shape == ref.shape and int(got.max()) < 250
+        differ = got != ref
+        if bool(differ.any()):  # only where both points are equally near to float32 rounding
+            g64, p64 = grid.expand(2, -1, -1).double(), pts.double()
+            d_got = (g64 - torch.gather(p64, 1, got.unsqueeze(-1).expand(-1, -1, 2))).norm(dim=-1)
+            d_ref = (g64 - torch.gather(p64, 1, ref.unsqueeze(-1).expand(-1, -1, 2))).norm(dim=-1)
+            assert torch.allclose(d_got[differ], d_ref[differ], rtol=1e-5, atol=1e-6)
+        assert float(differ.float().mean()) < 0.01
+    feats = torch.randn(2, 4, 1, 280, generator=gen)
+    pts3 = torch.cat((pts, 0.2 * torch.randn(2, 280, 1, generator=gen)), -1)
+    lifted = lift_features(pts3, feats, grid, fused=True)
+    same = (lifted == lift_features(pts3, feats, grid, 64)).all(dim=2)  # (B, 3 planes, R, R) cells
+    assert lifted.shape == (2, 3, 4, 16, 16) and float(same.float().mean()) > 0.99
+    with pytest.raises(ValueError, match="at least one point"):
+        fused_nearest_point_indices(grid, pts[:, :0])
+
+
 def test_lift_features_gathers_the_nearest_point() -> None:
     r = 3
     grid = lifting_grid(r)  # cells at -1, 0, 1
@@ -297,3 +325,21 @@ def test_side_by_side_lifting(official: tuple) -> None:
         assert torch.equal(depth_to_points(cam2world, intrinsics, depth), pcd)
         feats = torch.randn(1, 3, 128, 128, generator=gen)
         assert torch.equal(lift_features(pcd, feats, self_.uv), model_cls.construct_planes(self_, pcd, feats))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_triton_nearest_points_at_the_released_size() -> None:
+    from avatar.models.goha.planes import fused_nearest_point_indices
+
+    gen = torch.Generator().manual_seed(0)
+    grid = lifting_grid(128).cuda()
+    pts = (0.4 * torch.randn(2, 128 * 128, 2, generator=gen)).cuda()
+    ref = nearest_point_indices(grid, pts, 1024)
+    got = fused_nearest_point_indices(grid, pts)
+    differ = got != ref
+    g64, p64 = grid.expand(2, -1, -1).double(), pts.double()
+    d_got = (g64 - torch.gather(p64, 1, got.unsqueeze(-1).expand(-1, -1, 2))).norm(dim=-1)
+    d_ref = (g64 - torch.gather(p64, 1, ref.unsqueeze(-1).expand(-1, -1, 2))).norm(dim=-1)
+    assert float(differ.float().mean()) < 0.01
+    assert torch.allclose(d_got[differ], d_ref[differ], rtol=1e-4, atol=1e-6)

@@ -2,7 +2,8 @@
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
         [--fused off ieee tf32] [--cuda-graphs off on]
-        [--sr-modconv fused input] [--breakdown] [--cudnn-benchmark] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
+        [--sr-modconv fused input] [--lifting cdist triton]
+        [--breakdown] [--cudnn-benchmark] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
 
@@ -17,6 +18,8 @@ Rows:
   official included); ``bf16`` runs under CUDA bf16 autocast;
 * ``ours <dtype> + fused <precision>, source cached`` (``--fused ieee tf32``): the same with
   :meth:`GOHA.enable_fast_inference` (the fused Triton volume renderer, the CUDA lifting chunk);
+* ``... + Triton lifting`` (``--lifting triton``): ``enable_fast_inference(fused_lifting=True)``, the
+  nearest-point lifting by a Triton kernel instead of the chunked ``cdist``;
 * ``... + SR input modulation`` (``--sr-modconv input``): ``enable_fast_inference(sr_fused_modconv=False)``, the
   super-resolution's modulated convolutions as one shared-weight convolution over the batch;
 * ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph
@@ -24,8 +27,8 @@ Rows:
   calls; a failed capture is logged and the row is then eager);
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
-``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, each
-``--dtypes`` entry, the largest batch): median ms per frame and the peak memory each stage adds above what is
+``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, the
+Triton lifting if ``--lifting`` names it, each ``--dtypes`` entry, the largest batch): median ms per frame and the peak memory each stage adds above what is
 allocated when it starts (activations, cuDNN workspaces), to show where time and memory go.
 
 Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
@@ -182,16 +185,18 @@ def _run(args: argparse.Namespace) -> list[Row]:
         sr = (out.image[:1].float() - ref_image).abs().max().item()
         return sr, sr / max(ref_image.abs().max().item(), 1e-12), (out.image_raw[:1].float() - ref_raw).abs().max().item()
 
-    combos = [(dtype, fused, graphs == "on", modconv) for fused in args.fused for graphs in args.cuda_graphs
-              for modconv in args.sr_modconv for dtype in args.dtypes]
-    for dtype, fused, graphs, modconv in combos:
-        if fused == "off" and not graphs and modconv == "fused":
+    combos = [(dtype, fused, graphs == "on", modconv, lifting) for fused in args.fused for graphs in args.cuda_graphs
+              for modconv in args.sr_modconv for lifting in args.lifting for dtype in args.dtypes]
+    for dtype, fused, graphs, modconv, lifting in combos:
+        reference = fused == "off" and not graphs and modconv == "fused"
+        if reference:
             model.disable_fast_inference()
         else:
             model.enable_fast_inference(None if fused == "off" else fused, cuda_graphs=graphs,
-                                        sr_fused_modconv=modconv == "fused")
+                                        sr_fused_modconv=modconv == "fused", fused_lifting=lifting == "triton")
         name = (f"ours {dtype}" + ("" if fused == "off" else f" + fused {fused}")
                 + ("" if modconv == "fused" else " + SR input modulation")
+                + (" + Triton lifting" if model._lift_fused(device) else "")
                 + (" + CUDA graphs" if graphs and device.type == "cuda" else ""))
         source = model.encode_source(src_img, src_cam, with_coefficients=False)
         for b in args.batch_sizes:
@@ -241,7 +246,8 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
     id_features = model.id_net(pixel_values)
     points = depth_to_points(*split_label(src.camera), depth)
     chunk = model._lift_chunk(cam.device)
-    lifted = lift_features(points, id_features, model.uv, chunk)
+    fused = model._lift_fused(cam.device)
+    lifted = lift_features(points, id_features, model.uv, chunk, fused=fused)
     plane = sum_planes(src.canonical_plane, expression, model.id_upsampler(lifted))
     rgb = model.render(plane, cam)[0][:, :3]
     return {
@@ -250,7 +256,8 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
             lambda: model.render(base, src.camera, c.cano_render_resolution),
         "id_net input (BiSeNet parsing of that render, blend)": lambda: model.appearance_pixels(src, feats),
         "appearance encoder (id_net)": lambda: model.id_net(pixel_values),
-        "nearest-point lifting": lambda: lift_features(points, id_features, model.uv, chunk),
+        "nearest-point lifting" + (" (Triton)" if fused else f" (cdist, {chunk} cells a block)"):
+            lambda: lift_features(points, id_features, model.uv, chunk, fused=fused),
         "IDUpsampler": lambda: model.id_upsampler(lifted),
         f"final render ({c.render_resolution}^2)": lambda: model.render(plane, cam),
         "super-resolution (GFPGANv1Clean)": lambda: model.neural_layers(rgb, noise_mode="const"),
@@ -265,10 +272,10 @@ def breakdown(model: Any, source: Any, cams: torch.Tensor, pseudo: torch.Tensor,
     """Print, per dtype, each stage of :meth:`GOHA._reenact_frames` timed alone at the largest batch: median ms per
     frame and the peak memory it adds (GiB above the memory allocated before the stage; CUDA only)."""
     fused = args.fused[0]
-    if fused == "off":
+    if fused == "off" and "triton" not in args.lifting:
         model.disable_fast_inference()
-    else:
-        model.enable_fast_inference(fused)
+    else:  # the Triton lifting whenever --lifting names it
+        model.enable_fast_inference(None if fused == "off" else fused, fused_lifting="triton" in args.lifting)
     b = max(args.batch_sizes)
     src = source.expand(b)
     for dtype in args.dtypes:
@@ -322,6 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr-modconv", nargs="+", choices=["fused", "input"], default=["fused"],
                         help="super-resolution modulated convolutions: upstream's grouped per-sample weights "
                              "('fused') and/or the modulation on the inputs ('input'), one row set each")
+    parser.add_argument("--lifting", nargs="+", choices=["cdist", "triton"], default=["cdist"],
+                        help="fast rows' nearest-point lifting: the chunked cdist (default) or the Triton kernel "
+                             "(enable_fast_inference(fused_lifting=True))")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the per-frame stages one by one (ms and added peak memory)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")

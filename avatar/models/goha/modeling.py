@@ -197,12 +197,14 @@ class GOHA(ModelMixin):
         self.fast_lift_chunk: int | None = None  # None: by device (_lift_chunk)
         self.cuda_graphs = False
         self.sr_fused_modconv = True  # False: input-modulated SR convolutions (enable_fast_inference)
+        self.fused_lifting = False  # True: the Triton nearest-point lifting (enable_fast_inference)
         self._graphs = GraphCache(max_graphs=2)  # CUDA graphs of reenact()'s per-frame work (enable_fast_inference)
 
     # ---- fast inference ------------------------------------------------------------------------------------
 
     def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None,
-                              cuda_graphs: bool = False, sr_fused_modconv: bool = True) -> GOHA:
+                              cuda_graphs: bool = False, sr_fused_modconv: bool = True,
+                              fused_lifting: bool = False) -> GOHA:
         """Where no gradient is recorded: volume rendering through the fused Triton kernels
         (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
         renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
@@ -214,7 +216,11 @@ class GOHA(ModelMixin):
         labels stopped indexing with a list, fell back), so its speed is unmeasured. ``sr_fused_modconv=False``:
         the super-resolution's modulated convolutions take the modulation on their inputs (one shared-weight
         convolution over the batch instead of a grouped one; equal up to rounding, see
-        :meth:`~avatar.models.goha.gfpgan.ModulatedConv2d.forward`).
+        :meth:`~avatar.models.goha.gfpgan.ModulatedConv2d.forward`). ``fused_lifting``: where Triton runs
+        (CUDA), the nearest-point lifting by a Triton kernel that stores no distance matrix
+        (:func:`~avatar.models.goha.planes.fused_nearest_point_indices`; the same points except at float32
+        near-ties; ``lift_chunk`` is then unused). Off by default until it has been timed on a GPU (it has run only
+        under Triton's interpreter).
         Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
@@ -225,6 +231,7 @@ class GOHA(ModelMixin):
         self.fast_lift_chunk = lift_chunk
         self.cuda_graphs = bool(cuda_graphs)
         self.sr_fused_modconv = bool(sr_fused_modconv)
+        self.fused_lifting = bool(fused_lifting)
         self._graphs.clear()
         return self
 
@@ -235,6 +242,7 @@ class GOHA(ModelMixin):
         self.fast_lift_chunk = None
         self.cuda_graphs = False
         self.sr_fused_modconv = True
+        self.fused_lifting = False
         self._graphs.clear()
         return self
 
@@ -244,6 +252,11 @@ class GOHA(ModelMixin):
         if self.fast_lift_chunk is not None:
             return self.fast_lift_chunk
         return 1024 if device.type == "cuda" else 256
+
+    def _lift_fused(self, device: torch.device) -> bool:
+        from avatar.render.fused import fused_available
+
+        return self.fast_inference_on and self.fused_lifting and not torch.is_grad_enabled() and fused_available(device)
 
     def _fused(self, plane: Tensor) -> str | None:
         from avatar.render.fused import fused_available
@@ -423,7 +436,8 @@ class GOHA(ModelMixin):
         cam2world, intrinsics = split_label(source.camera)
         points = depth_to_points(cam2world, intrinsics, depth)
         id_features = self.id_net(self.appearance_pixels(source, features))
-        return self.id_upsampler(lift_features(points, id_features, self.uv, self._lift_chunk(points.device)))
+        return self.id_upsampler(lift_features(points, id_features, self.uv, self._lift_chunk(points.device),
+                                               fused=self._lift_fused(points.device)))
 
     def appearance_pixels(self, source: GOHASource, features: Tensor) -> Tensor:
         """``id_net``'s 6-channel input ``(B, 6, S, S)``: the render at the source camera (``features`` ``(B, C, r,
@@ -487,7 +501,7 @@ class GOHA(ModelMixin):
         device = camera.device
         autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), autocast,
-               self.fused_rendering, self._lift_chunk(device), self.sr_fused_modconv,
+               self.fused_rendering, self._lift_chunk(device), self.sr_fused_modconv, self._lift_fused(device),
                torch.backends.cuda.matmul.allow_tf32,
                torch.backends.cudnn.allow_tf32, tensor_addresses(self))
         out = self._graphs.replay_or_none(key, per_frame, inputs, "GOHA.reenact")

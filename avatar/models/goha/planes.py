@@ -353,7 +353,31 @@ def nearest_point_indices(grid: Tensor, points: Tensor, chunk: int = 256) -> Ten
     return torch.cat(out, dim=0)
 
 
-def lift_features(points: Tensor, features: Tensor, grid: Tensor, chunk: int = 256) -> Tensor:
+@torch.no_grad()
+def fused_nearest_point_indices(grid: Tensor, points: Tensor) -> Tensor:
+    """:func:`nearest_point_indices` by the Triton kernel of :mod:`avatar.models.goha.triton_lifting` (CUDA, or CPU
+    under Triton's interpreter): one pass over the points per block of cells, no distance matrix in memory. It
+    compares direct squared distances, so near-ties (two points equally near to within float32 rounding) may go to
+    the other point than the reference's ``cdist`` picks; elsewhere the indices are the same.
+
+    Args and returns as :func:`nearest_point_indices` (no chunk)."""
+    from avatar.models.goha import triton_lifting
+
+    b, g, n = points.shape[0], grid.shape[1], points.shape[1]
+    if n == 0:
+        raise ValueError("nearest-point lifting needs at least one point")
+    cells = grid.float().contiguous()
+    if cells.shape[0] not in (1, b):
+        raise ValueError(f"the grid is (1, G, 2) or (B, G, 2) for B = {b}, got {tuple(grid.shape)}")
+    idx = torch.empty(b, g, dtype=torch.long, device=points.device)
+    block = 128
+    triton_lifting.nearest_point_kernel[(-(-g // block), b)](
+        cells, points.float().contiguous(), idx, g, n, 0 if cells.shape[0] == 1 else g * 2, BLOCK_G=block,
+        enable_fp_fusion=False)
+    return idx
+
+
+def lift_features(points: Tensor, features: Tensor, grid: Tensor, chunk: int = 256, *, fused: bool = False) -> Tensor:
     """Splat per-pixel features onto the three planes by nearest point (official ``Model.construct_planes``).
 
     Point ``n`` (ray ``n`` of the depth image, see :func:`depth_to_points`) carries ``features[:, :, n // W, n % W]``.
@@ -365,6 +389,7 @@ def lift_features(points: Tensor, features: Tensor, grid: Tensor, chunk: int = 2
         features: ``(B, C, H, W)``, e.g. the ``id_net`` logits ``(B, 256, 128, 128)``.
         grid: ``(1, R*R, 2)`` from :func:`lifting_grid`.
         chunk: see :func:`nearest_point_indices`.
+        fused: the nearest points by :func:`fused_nearest_point_indices` (the Triton kernel; ``chunk`` unused).
 
     Returns:
         ``(B, 3, C, R, R)`` (``(B, 3, 256, 128, 128)`` upstream), then fed to :class:`IDUpsampler`.
@@ -378,7 +403,9 @@ def lift_features(points: Tensor, features: Tensor, grid: Tensor, chunk: int = 2
     flat = features.permute(0, 2, 3, 1).reshape(b, h * w, c)
     planes = []
     for p in range(3):
-        idx = nearest_point_indices(grid, project_to_plane(points, p), chunk)  # (B, G)
+        projected = project_to_plane(points, p)
+        idx = (fused_nearest_point_indices(grid, projected) if fused
+               else nearest_point_indices(grid, projected, chunk))  # (B, G)
         gathered = torch.gather(flat, 1, idx.unsqueeze(-1).expand(-1, -1, c))  # (B, G, C)
         planes.append(gathered.view(b, side, side, c).permute(0, 3, 1, 2))
     return torch.stack(planes, dim=1)
