@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, with the bundle of prepare.sh beside it:
 #
-#   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|fit]
+#   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|fit|genhead]
 #
 # benchmarks (default; about 10 minutes on one H100): GOHA against the official Model (all fast-path options,
 # per-stage breakdown, cuDNN autotuning), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
 # speed of the template avatar (every mode, CUDA graphs included) and its top CUDA kernels.
 # fit (about 8 minutes): the 5-minute GPHM monocular fit of talk1 with the held-out pose diagnostic, then the
-# render speed of the fitted avatar. Everything is written under OUT (default outputs/gpu_bench).
+# render speed of the fitted avatar. genhead (a bundle made with PORTRAIT4D and PYTORCH3D): GenHead against the
+# official generator with pytorch3d's own kernels (scripts/bench_genhead.py; the kernels compile first).
+# Everything is written under OUT (default outputs/gpu_bench).
 set -uo pipefail
 bundle=${1:-.gpu_bench}
 out=${2:-outputs/gpu_bench}
@@ -37,6 +39,17 @@ if [ "$what" = fit ]; then
   stamp fit
   python3 -m avatar.bench gphm --avatar /tmp/gpu_bench_work/talk1/avatar --device cuda --batch-sizes 1 8 \
     --json "$out/gphm_talk1.json"
+  stamp end
+  exit 0
+fi
+if [ "$what" = genhead ]; then
+  [ -f "$bundle/portrait4d_src.tar.gz" ] || { echo "no Portrait-4D source in $bundle (prepare.sh with PORTRAIT4D)"; exit 2; }
+  mkdir -p /tmp/gpu_bench_p4d /tmp/gpu_bench_p3d
+  tar -xzf "$bundle/portrait4d_src.tar.gz" -C /tmp/gpu_bench_p4d && tar -xzf "$bundle/pytorch3d_src.tar.gz" -C /tmp/gpu_bench_p3d
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_bench_genhead \
+    "$bundle"/genhead_whl/*.whl
+  python3 scripts/bench_genhead.py --official /tmp/gpu_bench_p4d --extra-path /tmp/gpu_bench_genhead \
+    --pytorch3d-src /tmp/gpu_bench_p3d --device cuda --bf16 --json "$out/genhead.json" 2>&1 | tee "$out/genhead.log"
   stamp end
   exit 0
 fi
