@@ -342,4 +342,6 @@ def test_gpu_triton_nearest_points_at_the_released_size() -> None:
     d_got = (g64 - torch.gather(p64, 1, got.unsqueeze(-1).expand(-1, -1, 2))).norm(dim=-1)
     d_ref = (g64 - torch.gather(p64, 1, ref.unsqueeze(-1).expand(-1, -1, 2))).norm(dim=-1)
     assert float(differ.float().mean()) < 0.01
-    assert torch.allclose(d_got[differ], d_ref[differ], rtol=1e-4, atol=1e-6)
+    # where they differ, the kernel's point is at least as near in float64: cdist's |a|^2 + |b|^2 - 2ab loses
+    # digits to cancellation (relative errors of 1 % seen on the H100 at distances of 0.003)
+    assert bool((d_got[differ] <= d_ref[differ] * (1 + 1e-6) + 1e-9).all())

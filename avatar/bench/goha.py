@@ -329,9 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr-modconv", nargs="+", choices=["fused", "input"], default=["fused"],
                         help="super-resolution modulated convolutions: upstream's grouped per-sample weights "
                              "('fused') and/or the modulation on the inputs ('input'), one row set each")
-    parser.add_argument("--lifting", nargs="+", choices=["cdist", "triton"], default=["cdist"],
-                        help="fast rows' nearest-point lifting: the chunked cdist (default) or the Triton kernel "
-                             "(enable_fast_inference(fused_lifting=True))")
+    parser.add_argument("--lifting", nargs="+", choices=["cdist", "triton"], default=["triton"],
+                        help="fast rows' nearest-point lifting: the Triton kernel (default, as "
+                             "enable_fast_inference) or the chunked cdist")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the per-frame stages one by one (ms and added peak memory)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")

@@ -204,7 +204,7 @@ class GOHA(ModelMixin):
 
     def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None,
                               cuda_graphs: bool = False, sr_fused_modconv: bool = True,
-                              fused_lifting: bool = False) -> GOHA:
+                              fused_lifting: bool = True) -> GOHA:
         """Where no gradient is recorded: volume rendering through the fused Triton kernels
         (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
         renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
@@ -212,15 +212,16 @@ class GOHA(ModelMixin):
         ``cuda_graphs``: on CUDA, :meth:`reenact` (deterministic) replays its per-frame work (expression branch,
         appearance lifting, rendering, super-resolution) from a CUDA graph captured per batch size, dtype and
         weights (:mod:`avatar.nn.cuda_graphs`; a capture that fails falls back to eager with one warning). Off by
-        default: its capture has not yet been seen to succeed on a GPU (the one H100 run, before the parsing
-        labels stopped indexing with a list, fell back), so its speed is unmeasured. ``sr_fused_modconv=False``:
+        default: it captures on an H100 (and its GPU test passes) but gained little there (fp32, batch 1: 54.0 ->
+        52.9 ms; batch 8: 48.0 -> 46.9 ms a frame), so the frame is bound by GPU work, not launches, and the
+        graph pool costs memory. ``sr_fused_modconv=False``:
         the super-resolution's modulated convolutions take the modulation on their inputs (one shared-weight
         convolution over the batch instead of a grouped one; equal up to rounding, see
         :meth:`~avatar.models.goha.gfpgan.ModulatedConv2d.forward`). ``fused_lifting``: where Triton runs
         (CUDA), the nearest-point lifting by a Triton kernel that stores no distance matrix
         (:func:`~avatar.models.goha.planes.fused_nearest_point_indices`; the same points except at float32
-        near-ties; ``lift_chunk`` is then unused). Off by default until it has been timed on a GPU (it has run only
-        under Triton's interpreter).
+        near-ties; ``lift_chunk`` is then unused). On one H100 it took the fp32 batch-1 frame from 54.0 to 47.6 ms
+        with the same SR difference to the official output (docs/goha/README.md, run 3).
         Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
