@@ -63,7 +63,7 @@ stamp goha
 wait $gs; tail -3 "$out/gsplat_build.log"
 python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
 stamp gphm
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
   tests/test_gaussian_render.py tests/test_flame_triton_search.py tests/test_goha_planes.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
 stamp tests
 python3 -m avatar.bench goha --device cuda --frames 16 --batch-sizes 1 8 --dtypes fp32 --fused ieee \
