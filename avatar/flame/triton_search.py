@@ -39,17 +39,32 @@ def _segment_sq_dist(px, py, pz, ax, ay, az, bx, by, bz):
 
 
 @triton.jit
-def closest_triangle_kernel(points_ptr, tris_ptr, dist_ptr, index_ptr, P, F, min_area, BLOCK_P: tl.constexpr):
-    """Grid ``(cdiv(P, BLOCK_P), B)``. ``points`` ``(B, P, 3)``, ``tris`` ``(B, F, 3, 3)`` corners, float32;
-    writes squared distances ``(B, P)`` float32 and triangle indices ``(B, P)`` int64."""
-    pid = tl.program_id(0)
+def _point_block(points_ptr, P, BLOCK_P: tl.constexpr):
+    """This program's ``BLOCK_P`` points of ``(B, P, 3)`` float32 ``points``: batch index ``b`` (int64),
+    offsets, mask and the coordinates (0 past ``P``)."""
     b = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask = offs < P
     point = points_ptr + b * P * 3 + offs.to(tl.int64) * 3
     px = tl.load(point, mask=mask, other=0.0)
     py = tl.load(point + 1, mask=mask, other=0.0)
     pz = tl.load(point + 2, mask=mask, other=0.0)
+    return b, offs, mask, px, py, pz
+
+
+@triton.jit
+def _keep_nearer(dist, index, best, best_index):
+    """The running minimum: ``dist`` replaces ``best`` (and ``index`` ``best_index``) where strictly smaller, so
+    the first index reaching the minimum is kept."""
+    better = dist < best
+    return tl.where(better, dist, best), tl.where(better, index, best_index)
+
+
+@triton.jit
+def closest_triangle_kernel(points_ptr, tris_ptr, dist_ptr, index_ptr, P, F, min_area, BLOCK_P: tl.constexpr):
+    """Grid ``(cdiv(P, BLOCK_P), B)``. ``points`` ``(B, P, 3)``, ``tris`` ``(B, F, 3, 3)`` corners, float32;
+    writes squared distances ``(B, P)`` float32 and triangle indices ``(B, P)`` int64."""
+    b, offs, mask, px, py, pz = _point_block(points_ptr, P, BLOCK_P)
     best = tl.full((BLOCK_P,), float("inf"), tl.float32)
     best_index = tl.full((BLOCK_P,), 0, tl.int32)
     tri = tris_ptr + b * F * 9
@@ -103,9 +118,7 @@ def closest_triangle_kernel(points_ptr, tris_ptr, dist_ptr, index_ptr, P, F, min
                        _segment_sq_dist(px, py, pz, ax, ay, az, cx, cy, cz)),
             _segment_sq_dist(px, py, pz, bx, by, bz, cx, cy, cz))
         dist = tl.where(inside, t * t, edge)
-        better = dist < best
-        best = tl.where(better, dist, best)
-        best_index = tl.where(better, f, best_index)
+        best, best_index = _keep_nearer(dist, f, best, best_index)
     tl.store(dist_ptr + b * P + offs, best, mask=mask)
     tl.store(index_ptr + b * P + offs, best_index.to(tl.int64), mask=mask)
 
@@ -116,14 +129,7 @@ def nearest_vertex_kernel(points_ptr, verts_ptr, dist_ptr, index_ptr, P, V, BLOC
     smallest squared distance ``(dx^2 + dy^2) + dz^2`` ``(B, P)`` float32 and the first vertex reaching it ``(B, P)``
     int64 (the reference's operations in its order: launched without multiply-add contraction, the distances are
     bitwise the reference's, so the indices are too, ties included)."""
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = offs < P
-    point = points_ptr + b * P * 3 + offs.to(tl.int64) * 3
-    px = tl.load(point, mask=mask, other=0.0)
-    py = tl.load(point + 1, mask=mask, other=0.0)
-    pz = tl.load(point + 2, mask=mask, other=0.0)
+    b, offs, mask, px, py, pz = _point_block(points_ptr, P, BLOCK_P)
     best = tl.full((BLOCK_P,), float("inf"), tl.float32)
     best_index = tl.full((BLOCK_P,), 0, tl.int32)
     vert = verts_ptr + b * V * 3
@@ -134,8 +140,6 @@ def nearest_vertex_kernel(points_ptr, verts_ptr, dist_ptr, index_ptr, P, V, BLOC
         dist = dist + dy * dy
         dz = pz - tl.load(vert + v * 3 + 2)
         dist = dist + dz * dz
-        better = dist < best
-        best = tl.where(better, dist, best)
-        best_index = tl.where(better, v, best_index)
+        best, best_index = _keep_nearer(dist, v, best, best_index)
     tl.store(dist_ptr + b * P + offs, best, mask=mask)
     tl.store(index_ptr + b * P + offs, best_index.to(tl.int64), mask=mask)
