@@ -554,6 +554,8 @@ def refine_poses(avatar: FittedGPHMAvatar, images: Tensor, expressions: Tensor, 
     if steps < 0 or batch_size < 1 or not (lr_rotation > 0 and lr_translation > 0):
         raise InputError(f"need steps >= 0, batch_size >= 1 and positive learning rates, got {steps}, {batch_size}, "
                          f"{lr_rotation} and {lr_translation}")
+    from avatar.models.gphm.losses import photometric_loss
+
     dev = avatar.device
     out = torch.zeros(n, 6)
     params = [p for m in (avatar.avatar, avatar.signals) for p in m.parameters()]
@@ -571,7 +573,7 @@ def refine_poses(avatar: FittedGPHMAvatar, images: Tensor, expressions: Tensor, 
                 for _ in range(steps):
                     corr = torch.cat([rot, trans], dim=1)
                     image = avatar.render(expressions[sl], poses[sl], corrections=corr).image
-                    loss = (image - (target01 * 2.0 - 1.0)).abs().mean()
+                    loss = photometric_loss(image, target01 * 2.0 - 1.0)
                     if weight_ssim > 0:
                         loss = loss + weight_ssim * ssim_loss((image + 1.0) / 2.0, target01)
                     loss = loss + pose_weight * corr.square().sum(-1).mean()
