@@ -1,6 +1,6 @@
 """Speed and memory of GOHA's reenactment: the official ``Model`` against ours, same weights, same GPU, one run.
 
-    python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32]
+    python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32 [off|conv|all]]
         [--fused off ieee tf32] [--cuda-graphs off on]
         [--sr-modconv fused input] [--lifting cdist triton]
         [--breakdown] [--cudnn-benchmark] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
@@ -28,7 +28,7 @@ Rows:
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 ``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, the
-Triton lifting if ``--lifting`` names it, each ``--dtypes`` entry, the largest batch): median ms per frame and the peak memory each stage adds above what is
+Triton lifting if ``--lifting`` names it, each ``--dtypes`` entry, the largest batch or ``--breakdown-batch``): median ms per frame and the peak memory each stage adds above what is
 allocated when it starts (activations, cuDNN workspaces), to show where time and memory go.
 
 Per-frame time is the median over timed iterations of (iteration time / batch). Peak memory is
@@ -120,8 +120,8 @@ def run(args: argparse.Namespace) -> list[Row]:
     settings)."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
     try:
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32 == "all"
+        torch.backends.cudnn.allow_tf32 = args.tf32 in ("conv", "all")
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
         with torch.no_grad():
             return _run(args)
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> list[Row]:
     src_img = smooth_images(1, s, gen).to(device)
     drive_img = smooth_images(1, s, gen).to(device)
     pseudo = smooth_images(1, s, gen).to(device)  # one pseudo-render for every frame (see the docstring)
-    cams = cameras(max(args.batch_sizes) * 2, device)
+    cams = cameras(max(*args.batch_sizes, args.breakdown_batch or 0) * 2, device)
     src_cam = torch.tensor([FRONT], device=device)
     iters = args.frames if device.type == "cuda" else max(1, min(args.frames, 2))
     rows: list[Row] = []
@@ -276,7 +276,7 @@ def breakdown(model: Any, source: Any, cams: torch.Tensor, pseudo: torch.Tensor,
         model.disable_fast_inference()
     else:  # the Triton lifting whenever --lifting names it
         model.enable_fast_inference(None if fused == "off" else fused, fused_lifting="triton" in args.lifting)
-    b = max(args.batch_sizes)
+    b = args.breakdown_batch or max(args.batch_sizes)
     src = source.expand(b)
     for dtype in args.dtypes:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -334,7 +334,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "enable_fast_inference) or the chunked cdist")
     parser.add_argument("--breakdown", action="store_true",
                         help="also time the per-frame stages one by one (ms and added peak memory)")
-    parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions")
+    parser.add_argument("--breakdown-batch", type=POSITIVE_INT, default=None,
+                        help="batch of --breakdown (default: the largest of --batch-sizes)")
+    parser.add_argument("--tf32", nargs="?", choices=["off", "conv", "all"], default="off", const="all",
+                        help="TF32 for both sides: off (default: float32 convolutions and matmuls), conv (PyTorch's "
+                             "own default, which the official code runs under: cuDNN convolutions in TF32, matmuls "
+                             "in float32), all (--tf32 alone: convolutions and matmuls)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms per shape (torch.backends.cudnn.benchmark; "
                              "every row, official included)")
@@ -349,7 +354,7 @@ def main(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     rows = run(args)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"GOHA reenactment on {name} (torch {torch.__version__}, TF32 {'on' if args.tf32 else 'off'})")
+    print(f"GOHA reenactment on {name} (torch {torch.__version__}, TF32 {args.tf32})")
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
