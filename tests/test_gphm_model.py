@@ -468,3 +468,33 @@ def test_label_cameras_convert_to_the_rasteriser_convention() -> None:
     uv = (cam @ ks[0].T)[:, :2] / cam[:, 2:]
     assert float(cam[0, 2]) > 0 and torch.allclose(uv[0], torch.tensor([32.0, 32.0]), atol=1e-4)
     assert float(uv[1, 1]) < 32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_refine_upsampling_keeps_the_autocast_dtype_with_the_same_result_on_cuda(monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """Under CUDA bf16 autocast the refine network's bilinear x2 runs in bf16 (autocast alone would run it and the
+    skip concatenation in float32); the image equals the float32-upsampling composition."""
+    from avatar.models.gphm.refinement import RefineNet
+
+    torch.manual_seed(0)
+    net = RefineNet(RefineConfig(width=16)).cuda().eval().to(memory_format=torch.channels_last)
+    features = torch.randn(2, 32, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    seen: list[torch.dtype] = []
+    interpolate = torch.nn.functional.interpolate
+
+    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = interpolate(x, *args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        monkeypatch.setattr("avatar.models.gphm.refinement.F.interpolate", spy)
+        fast = net(features)
+        monkeypatch.setattr(RefineNet, "_up", staticmethod(
+            lambda x: spy(x, scale_factor=2.0, mode="bilinear", align_corners=False)))
+        autocast_upsampling = net(features)
+    assert seen == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
+    assert fast.dtype == autocast_upsampling.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), autocast_upsampling.float(), atol=1e-2, rtol=0)  # ~1 bf16 ulp at 1

@@ -42,6 +42,14 @@ class RefineNet(nn.Module):
 
     @staticmethod
     def _up(x: Tensor) -> Tensor:
+        """Bilinear x2 in ``x``'s own dtype. CUDA autocast would run it in float32: its input cast up, its output
+        and the skip concatenation after it in float32, cast down again by the next convolution. On an H100 the
+        float32 upsampling kernels alone took 3.6 ms of the 25.9 ms of GPU time of a batch-8 fast-bf16 render
+        call (``scripts/gpu_bench/profile_gphm.py``). Same result: the interpolation accumulates in float32 for
+        a bf16 input too, and the convolution reading it rounds to bf16 either way."""
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+            with torch.autocast("cuda", enabled=False):
+                return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
     def forward(self, features: Tensor) -> Tensor:
