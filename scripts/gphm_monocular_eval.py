@@ -30,7 +30,10 @@ the fitting resolution. PSNR (mean of per-frame values) and SSIM (Wang et al. 20
 ``eval/metrics``; LPIPS (AlexNet, v0.1) only when its weights load offline, else ``n/a``. Render speed: the
 fitted avatar at ``--speed-resolution`` (default 512; the avatar's own with ``--tiny``), driving signals ->
 Gaussians -> splatting -> refine network, batch 1 and 8, after warm-up, CUDA-synchronised, median over
-``--speed-iters`` calls. Output: ``OUT/results.json``, a printed table, ``OUT/<video>_grid.png`` (top row the
+``--speed-iters`` calls. Beside the held-out scores, ``train_check``: the last training frames (as many as are
+held out) scored the same way, with their prepared poses, with the pose corrections the fit learned, and (with
+``--test-pose-steps``) after the same pose refinement, to tell the fit's quality from its generalisation.
+Output: ``OUT/results.json``, a printed table, ``OUT/<video>_grid.png`` (top row the
 real held-out frames, bottom row the renders), the avatars in ``WORK/<video>/avatar`` (``--work``, default
 ``OUT``; an interrupted run continues there when started again).
 """
@@ -443,6 +446,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.test_pose_steps:
             row["pose_refined"] = _score_refined_poses(avatar, real, exprs, poses, args.test_pose_steps, lpips,
                                                        not args.quiet)
+        row["train_check"] = _score_training_frames(avatar, train, len(test), fit.pose_corrections, config,
+                                                    args.test_pose_steps, lpips, not args.quiet)
         speed_res = args.speed_resolution or (config.resolution if args.tiny else 512)
         warmup = 1 if args.tiny else 10
         row["speed"] = [measure_speed(avatar, exprs, poses, batch=b, resolution=speed_res, iters=args.speed_iters,
@@ -480,6 +485,41 @@ def _score_refined_poses(avatar: Any, real: torch.Tensor, exprs: torch.Tensor, p
             "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}
 
 
+def _score_training_frames(avatar: Any, train: Any, count: int, corrections: torch.Tensor | None, config: Any,
+                           pose_steps: int, lpips: Any, progress: bool) -> dict[str, Any]:
+    """The last ``count`` training frames (those nearest the held-out part in time) scored like the held-out
+    ones: with their prepared poses (``psnr_prepared``, the protocol's rendering), with the pose corrections the
+    fit learned for them (``psnr_fitted``: what fitting saw), and, with ``pose_steps``, after
+    :func:`~avatar.fitting.gphm_fit.refine_poses` (``refined``). Beside the held-out figures this separates the
+    fit's quality from its generalisation, and says whether the pose refinement also moves frames the avatar was
+    fitted on. ``learned_mean_rotation_deg`` / ``learned_mean_translation_cm``: the fit's corrections over all its
+    training frames."""
+    from avatar.fitting.gphm_fit import refine_poses, render_frames
+    from eval.metrics.psnr import psnr
+    from eval.metrics.ssim import ssim
+
+    n = len(train)
+    picked = np.arange(max(0, n - count), n)
+    real, exprs, poses = _targets(train.subset(picked), config.resolution, config.background)
+
+    def scores(fake: torch.Tensor) -> dict[str, Any]:
+        return {"psnr": float(psnr(fake, real).mean()), "ssim": float(ssim(fake, real).mean()),
+                "lpips": float(lpips.per_sample(fake, real).mean()) if lpips is not None else "n/a"}
+
+    out: dict[str, Any] = {"frames": len(picked), "prepared": scores(render_frames(avatar, exprs, poses, batch_size=8))}
+    if corrections is not None and len(corrections) == n:
+        out["fitted"] = scores(render_frames(avatar, exprs, poses, batch_size=8,
+                                             corrections=corrections[torch.from_numpy(picked)].float()))
+        out["learned_mean_rotation_deg"] = float(corrections[:, :3].norm(dim=1).mean() * 180 / math.pi)
+        out["learned_mean_translation_cm"] = float(corrections[:, 3:].norm(dim=1).mean())
+    if pose_steps:
+        corr = refine_poses(avatar, real, exprs, poses, steps=pose_steps, progress=progress)
+        out["refined"] = {**scores(render_frames(avatar, exprs, poses, batch_size=8, corrections=corr)),
+                          "mean_rotation_deg": float(corr[:, :3].norm(dim=1).mean() * 180 / math.pi),
+                          "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}
+    return out
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(data, indent=1))
@@ -507,6 +547,17 @@ def table(results: dict[str, Any]) -> str:
                          f"diagnostic, not the protocol): PSNR {pr['psnr']:.2f} SSIM {pr['ssim']:.4f} LPIPS "
                          f"{fmt(pr['lpips'], '6.4f').strip()}, mean correction {pr['mean_rotation_deg']:.2f} deg "
                          f"{pr['mean_translation_cm']:.2f} cm")
+    for name, r in results["videos"].items():
+        tc = r.get("train_check")
+        if tc:
+            parts = [f"prepared poses PSNR {tc['prepared']['psnr']:.2f}"]
+            if "fitted" in tc:
+                parts.append(f"the fit's own corrections {tc['fitted']['psnr']:.2f} (learned: mean "
+                             f"{tc['learned_mean_rotation_deg']:.2f} deg {tc['learned_mean_translation_cm']:.2f} cm)")
+            if "refined" in tc:
+                parts.append(f"refined {tc['refined']['psnr']:.2f} (mean correction "
+                             f"{tc['refined']['mean_rotation_deg']:.2f} deg {tc['refined']['mean_translation_cm']:.2f} cm)")
+            lines.append(f"{name}: last {tc['frames']} training frames: " + "; ".join(parts))
     if "mean" in results:
         m = results["mean"]
         lines.append(f"{'mean':12s} {'':5s} {'':4s} {'':11s} {'':6s} {m['psnr']:6.2f} {m['ssim']:6.4f} "

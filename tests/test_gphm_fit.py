@@ -149,6 +149,10 @@ def test_interrupt_and_resume_matches_an_uninterrupted_fit(tmp_path, prepared):
         assert torch.equal(a[key], b[key]), key
     again = fit_gphm_avatar(prepared, out, config=config, device="cpu", progress=False)  # finished: returned
     assert again.stopped_by == "finished"
+    # the learned training-frame pose corrections survive in the finished record
+    assert resumed.pose_corrections.shape == (len(prepared), 6) and resumed.pose_corrections.abs().sum() > 0
+    assert torch.equal(again.pose_corrections, resumed.pose_corrections)
+    assert torch.equal(straight.pose_corrections, resumed.pose_corrections)
     with pytest.raises(InputError, match="other settings"):
         fit_gphm_avatar(prepared, out, config=config.replace(num_points=80), device="cpu", progress=False)
 
@@ -256,8 +260,14 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     assert Path(row["grid"]).is_file()
     refined = row["pose_refined"]
     assert refined["steps"] == 2 and 0 < refined["psnr"] < 100 and refined["mean_translation_cm"] > 0
+    check = row["train_check"]  # the last training frames, scored as the held-out ones are
+    assert check["frames"] == min(row["test_frames"], row["train_frames"])
+    for key in ("prepared", "fitted", "refined"):
+        assert 0 < check[key]["psnr"] < 100, key
+    assert check["learned_mean_rotation_deg"] >= 0 and check["refined"]["mean_translation_cm"] > 0
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "held-out poses refined (2 steps" in printed
+    assert "training frames: prepared poses PSNR" in printed
     assert evalscript.main(["--prepared-dir", str(tmp_path / "none"), "--out", str(out), "-q"]) == 1
     assert evalscript.main(["--prepared-dir", str(packs), "--out", str(out), "-q", "--fit-option", "nope=1"]) == 1
     with pytest.raises(SystemExit):

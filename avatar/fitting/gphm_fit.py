@@ -251,6 +251,10 @@ class FitResult:
     """``"steps"``, ``"time"`` (the budget) or ``"finished"`` (an already finished fit was returned)."""
     perceptual: bool = False
     """Whether the LPIPS term was used."""
+    pose_corrections: Tensor | None = None
+    """``(F, 6)`` the per-frame head-pose corrections the fit learned for its training frames (``pose_correction``;
+    axis-angle radians, translation centimetres, :func:`_similarity`), in the prepared video's frame order;
+    ``None`` when the fit had them off or the finished record predates them."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -907,7 +911,7 @@ class _Fitter:
         if state.stage == 3:
             slim = {"version": CHECKPOINT_VERSION, "stage": 3, "step": state.step, "elapsed": state.elapsed,
                     "history": state.history, "fit_config": self.config.to_dict(), "pretrained": self.pretrained,
-                    "identity_done": state.identity_done}
+                    "identity_done": state.identity_done, "corrections": self.corrections.detach().cpu()}
             _atomic_write(self.out / CHECKPOINT, lambda f: torch.save(slim, f))
             return
         ckpt = {
@@ -1094,7 +1098,8 @@ def fit_gphm_avatar(prepared: Any, out_dir: str | Path, *, config: FitConfig | N
         logger.info("%s holds a finished fit; returning it (resume=False, `avatar fit --restart`, fits again)", out)
         return FitResult(out, avatar, int(fit.get("identity_steps", 0)), int(fit.get("finetune_steps", 0)),
                          float(ckpt["elapsed"]), 0.0, fit.get("final_loss"), list(ckpt["history"]), True,
-                         "finished", bool(fit.get("perceptual", False)))
+                         "finished", bool(fit.get("perceptual", False)),
+                         ckpt.get("corrections") if c.pose_correction else None)
 
     t0 = time.perf_counter()
     _warm_up_rasterizer(dev)  # gsplat's first call builds its CUDA extension: not part of the fitting budget
@@ -1138,7 +1143,8 @@ def fit_gphm_avatar(prepared: Any, out_dir: str | Path, *, config: FitConfig | N
     fitted.save(out, fit_info)
     fitter.save_checkpoint(state)  # the slim 'finished' record, after the avatar folder is complete
     return FitResult(out, fitted, steps1, steps2, state.elapsed, load_seconds, final, state.history, resumed,
-                     stopped, fitter.perceptual is not None)
+                     stopped, fitter.perceptual is not None,
+                     fitter.corrections.detach().cpu() if c.pose_correction else None)
 
 
 def _loss_names(c: FitConfig, weight_raw: float, perceptual: bool) -> str:
