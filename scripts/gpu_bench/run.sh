@@ -6,8 +6,9 @@
 # benchmarks (default; about 10 minutes on one H100): GOHA against the official Model (all fast-path options,
 # per-stage breakdown, cuDNN autotuning), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
 # speed of the template avatar (every mode, CUDA graphs included) and its top CUDA kernels.
-# fit (about 8 minutes): the 5-minute GPHM monocular fit of talk1 with the held-out pose diagnostic, then the
-# render speed of the fitted avatar. genhead (a bundle made with PORTRAIT4D and PYTORCH3D): GenHead against the
+# fit (about 8 minutes): the 5-minute GPHM monocular fit of talk1 with the held-out pose diagnostic and the
+# training-frame check, then the render speed of the fitted avatar; FIT_OPTIONS="KEY=VALUE ..." (env) passes
+# FitConfig overrides, e.g. FIT_OPTIONS="finetune_steps=2000" for the paper's fine-tuning length. genhead (a bundle made with PORTRAIT4D and PYTORCH3D): GenHead against the
 # official generator with pytorch3d's own kernels (scripts/bench_genhead.py; the kernels compile first).
 # Everything is written under OUT (default outputs/gpu_bench).
 set -uo pipefail
@@ -34,8 +35,10 @@ _warm_up_rasterizer(torch.device('cuda')); print('gsplat built')"
 }
 if [ "$what" = fit ]; then
   build_gsplat
+  fit_options=()
+  for o in ${FIT_OPTIONS:-}; do fit_options+=(--fit-option "$o"); done
   python3 scripts/gphm_monocular_eval.py -q run --prepared-dir "$bundle/packed" --only talk1 --minutes 5 \
-    --device cuda --out "$out/talk1" --work /tmp/gpu_bench_work --test-pose-steps 100 2>&1 | tail -30
+    --device cuda --out "$out/talk1" --work /tmp/gpu_bench_work --test-pose-steps 100 "${fit_options[@]}" 2>&1 | tail -30
   stamp fit
   python3 -m avatar.bench gphm --avatar /tmp/gpu_bench_work/talk1/avatar --device cuda --batch-sizes 1 8 \
     --json "$out/gphm_talk1.json"
