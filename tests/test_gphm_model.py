@@ -498,3 +498,40 @@ def test_refine_upsampling_keeps_the_autocast_dtype_with_the_same_result_on_cuda
     assert seen == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]
     assert fast.dtype == autocast_upsampling.dtype == torch.bfloat16
     torch.testing.assert_close(fast.float(), autocast_upsampling.float(), atol=1e-2, rtol=0)  # ~1 bf16 ulp at 1
+
+
+def test_fused_hidden_layers_equal_linear_relu() -> None:
+    """``MLP._hidden_fused`` (one GEMM + bias + ReLU epilogue a layer) gives ``relu(linear(x))`` layer by layer
+    (float32 and bf16 on the CPU, where ``torch._addmm_activation`` is an addmm and a ReLU); ``fused=True`` off
+    CUDA is the plain path."""
+    from avatar.models.gphm.layers import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(16, 5, 32, 3)
+    x = torch.randn(2, 7, 16)
+    for dtype in (torch.float32, torch.bfloat16):
+        m, h = mlp.to(dtype), x.to(dtype)
+        ref = h
+        for layer in m.hidden:
+            ref = m.act(layer(ref))
+        fused = m._hidden_fused(h)
+        assert fused.shape == (2, 7, 32) and fused.dtype == dtype
+        torch.testing.assert_close(fused, ref, atol=0, rtol=0)
+        assert torch.equal(m(h, fused=True), m(h))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_hidden_layers_under_cuda_autocast() -> None:
+    """On CUDA under bf16 autocast the fused hidden layers run in bf16 and stay within bf16 rounding of
+    ``nn.Linear`` + ReLU."""
+    from avatar.models.gphm.layers import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(64, 12, 128, 4).cuda()
+    x = torch.randn(3, 1000, 64, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        fused, plain = mlp(x, fused=True), mlp(x)
+        assert mlp._hidden_fused(x).dtype == torch.bfloat16
+    assert fused.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.float(), plain.float(), atol=2e-2, rtol=2e-2)

@@ -38,10 +38,28 @@ class MLP(nn.Module):
         self.act = make_activation(activation)
         self.out = nn.Linear(dims[-1], out_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, fused: bool = False) -> Tensor:
+        """``fused`` (inference fast path, CUDA, ReLU): each hidden layer as one GEMM whose epilogue adds the bias
+        and applies the ReLU (:meth:`_hidden_fused`) instead of a GEMM and a separate ReLU pass over its output."""
+        if fused and x.is_cuda and isinstance(self.act, nn.ReLU) and self.hidden:
+            return self.out(self._hidden_fused(x))
         for layer in self.hidden:
             x = self.act(layer(x))
         return self.out(x)
+
+    def _hidden_fused(self, x: Tensor) -> Tensor:
+        """The hidden layers through ``torch._addmm_activation`` (cuBLASLt's bias + ReLU epilogue) in the autocast
+        dtype when CUDA autocast is on (as ``nn.Linear`` would run), else in ``x``'s dtype. The ReLU of the
+        rounded sum equals the rounding of the ReLU'd sum, so only the GEMM's own rounding can differ from
+        ``relu(linear(x))``. On an H100 profile of the batch-8 GPHM render before this, the ReLU passes (``clamp_min``,
+        the conditioned first layers' included, which stay separate) took 3.0 of 25.9 ms
+        (``docs/gphm/profile-h100-b8-run4.log``); the fused layers' speed is not measured yet."""
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        lead = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1]).to(dtype)
+        for layer in self.hidden:
+            h = torch._addmm_activation(layer.bias.to(dtype), h, layer.weight.to(dtype).t())
+        return h.reshape(*lead, h.shape[-1])
 
 
 class ConditionedMLP(nn.Module):
@@ -74,15 +92,16 @@ class ConditionedMLP(nn.Module):
         :meth:`forward` (``point_part=``)."""
         return self.point_in(points)
 
-    def forward(self, points: Tensor | None, code: Tensor, *, point_part: Tensor | None = None) -> Tensor:
+    def forward(self, points: Tensor | None, code: Tensor, *, point_part: Tensor | None = None,
+                fused: bool = False) -> Tensor:
         """``points (B, N, point_dim)`` (or ``None`` with ``point_part (N, width)`` or ``(B, N, width)`` from
-        :meth:`point_part`) and ``code (B, code_dim)`` -> ``(B, N, out_dim)``."""
+        :meth:`point_part`) and ``code (B, code_dim)`` -> ``(B, N, out_dim)``; ``fused``: :meth:`MLP.forward`'s."""
         if point_part is None:
             if points is None:
                 raise ValueError("ConditionedMLP needs points or their point_part")
             point_part = self.point_in(points)
         h = point_part + self.code_in(code).unsqueeze(-2)
-        return self.rest(self.act(h))
+        return self.rest(self.act(h), fused=fused)
 
 
 class PositionalEncoding(nn.Module):

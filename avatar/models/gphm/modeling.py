@@ -794,7 +794,7 @@ class GPHMAvatar(ModelMixin):
         def displacement(mlp: ConditionedMLP, f: Tensor | None, z: Tensor, key: str, n: int) -> Tensor:
             """``(B, n, 3)`` float32; on the fast path only the cached rows (``key + '_rows'``) are computed."""
             with self._autocast(z) if fast else contextlib.nullcontext():
-                dx = mlp(f, z, point_part=parts.get(key)).float()
+                dx = mlp(f, z, point_part=parts.get(key), fused=fast).float()
             rows = parts.get(key + "_rows")
             if rows is None:
                 return dx
@@ -812,7 +812,7 @@ class GPHMAvatar(ModelMixin):
                                  "lm_")
         if fast:
             with self._autocast(self.means):
-                dyn = self.dynamic(None, z_exp, point_part=parts["dyn"]).float()
+                dyn = self.dynamic(None, z_exp, point_part=parts["dyn"], fused=True).float()
         else:
             dyn = self.dynamic(self.identity_features.unsqueeze(0).expand(batch, -1, -1), z_exp)
         c = fc.color_dim
