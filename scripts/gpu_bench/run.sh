@@ -3,13 +3,15 @@
 #
 #   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|fit|genhead]
 #
-# benchmarks (default; about 10 minutes on one H100): GOHA against the official Model (all fast-path options,
-# per-stage breakdown, cuDNN autotuning), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
-# speed of the template avatar (every mode, CUDA graphs included) and its top CUDA kernels.
+# benchmarks (default; about 6 minutes on one H100 after the machine starts): GOHA against the official Model
+# (float32, batches 1/2/4, the per-stage breakdown at batch 2 with the memory each stage adds), GOHA's per-stage
+# CUDA kernels at batch 1 (profile_goha.py), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
+# speed of the template avatar (every mode, batches 1/8/16) and its top CUDA kernels at batch 8.
 # fit (about 8 minutes): the 5-minute GPHM monocular fit of talk1 with the held-out pose diagnostic and the
 # training-frame check, then the render speed of the fitted avatar; FIT_OPTIONS="KEY=VALUE ..." (env) passes
-# FitConfig overrides, e.g. FIT_OPTIONS="finetune_steps=2000" for the paper's fine-tuning length. genhead (a bundle made with PORTRAIT4D and PYTORCH3D): GenHead against the
-# official generator with pytorch3d's own kernels (scripts/bench_genhead.py; the kernels compile first).
+# FitConfig overrides, e.g. FIT_OPTIONS="finetune_steps=2000" for the paper's fine-tuning length.
+# genhead (a bundle made with PORTRAIT4D and PYTORCH3D): GenHead against the official generator with pytorch3d's
+# own kernels (scripts/bench_genhead.py; the kernels compile first).
 # Everything is written under OUT (default outputs/gpu_bench).
 set -uo pipefail
 bundle=${1:-.gpu_bench}
@@ -60,20 +62,16 @@ mkdir -p /tmp/gpu_bench_goha_src && tar -xf "$bundle/goha_src.tar" -C /tmp/gpu_b
 build_gsplat > "$out/gsplat_build.log" 2>&1 &
 gs=$!
 python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
-  --frames 24 --batch-sizes 1 8 --dtypes fp32 bf16 --fused ieee --cuda-graphs off on --sr-modconv fused input \
-  --breakdown --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
+  --frames 16 --batch-sizes 1 2 4 --dtypes fp32 --fused ieee --breakdown --breakdown-batch 2 \
+  --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
 stamp goha
+python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
+stamp goha-profile
 wait $gs; tail -3 "$out/gsplat_build.log"
-python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
-stamp gphm
 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
   tests/test_gaussian_render.py tests/test_flame_triton_search.py tests/test_goha_planes.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
 stamp tests
-python3 -m avatar.bench goha --device cuda --frames 16 --batch-sizes 1 8 --dtypes fp32 --fused ieee \
-  --sr-modconv fused input --lifting cdist triton --cudnn-benchmark --breakdown 2>&1 \
-  | tee "$out/goha_cudnn_benchmark.log"
-stamp goha-cudnn
-python3 -m avatar.bench goha --device cuda --frames 16 --batch-sizes 1 --dtypes fp32 --fused ieee --breakdown \
-  2>&1 | tee "$out/goha_b1_breakdown.log"
-python3 scripts/gpu_bench/profile_gphm.py 8 > "$out/profile_gphm.log" 2>&1
+python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
+stamp gphm
+python3 scripts/gpu_bench/profile_gphm.py 8 --modes fast-bf16 > "$out/profile_gphm.log" 2>&1
 stamp end
