@@ -27,7 +27,8 @@ def test_prepare_refuses_a_folder_without_goha(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
-def test_profile_needs_cuda() -> None:
-    done = subprocess.run([sys.executable, str(SCRIPTS / "profile_gphm.py"), "2"], capture_output=True, text=True,
+@pytest.mark.parametrize("script", ["profile_gphm.py", "profile_goha.py"])
+def test_profile_needs_cuda(script: str) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPTS / script), "2"], capture_output=True, text=True,
                           cwd=ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "needs a CUDA device" in done.stderr
