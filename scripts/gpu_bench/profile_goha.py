@@ -5,7 +5,8 @@ much of it the GPU spends idle between kernels (launch-bound stages).
     python scripts/gpu_bench/profile_goha.py [BATCH] [--calls 5] [--tf32 off|conv]
 
 Per stage: wall ms per call (CUDA-synchronised), summed kernel ms per call, the kernel count per call, and the top
-kernels by total time. TF32 off by default, as ``python -m avatar.bench goha``.
+kernels by total time. TF32 off by default, as ``python -m avatar.bench goha``. Then ``id_net`` with its depth-wise
+convolutions on the channels-last token view (the default) and on an NCHW copy (:func:`dwconv_layouts`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,40 @@ def main(argv: list[str] | None = None) -> int:
             for e in sorted(kernels, key=lambda e: -_device_us(e))[:args.top]:
                 print(f"   {_device_us(e) / 1e3 / args.calls:7.3f} ms  x{e.count // args.calls:<4d} "
                       f"{e.key[:110]}")
+        print("\n" + dwconv_layouts(model, args.batch, s, device))
     return 0
+
+
+def dwconv_layouts(model: object, batch: int, size: int, device: torch.device, calls: int = 20) -> str:
+    """``id_net`` (MiT-b0, float32) timed with its Mix-FFN depth-wise convolutions on the channels-last view of the
+    tokens (:class:`avatar.nn.attention.DWConvTokens`, cuDNN's NHWC kernels) and on a contiguous NCHW copy
+    (PyTorch's own depth-wise kernel), and the largest output difference between the two."""
+    from avatar.nn import attention
+
+    def nchw(self: attention.DWConvTokens, x: torch.Tensor, H: int, W: int) -> torch.Tensor:  # noqa: N803
+        b, n, c = x.shape
+        return self.dwconv(x.transpose(1, 2).reshape(b, c, H, W)).flatten(2).transpose(1, 2)
+
+    x = torch.randn(batch, 6, size, size, device=device)
+    original = attention.DWConvTokens.forward
+    lines, outputs = [], []
+    try:
+        for name, forward in (("channels-last view (default)", original), ("contiguous NCHW", nchw)):
+            attention.DWConvTokens.forward = forward  # type: ignore[method-assign]
+            outputs.append(model.id_net(x))  # type: ignore[attr-defined]
+            for _ in range(3):
+                model.id_net(x)  # type: ignore[attr-defined]
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                model.id_net(x)  # type: ignore[attr-defined]
+            torch.cuda.synchronize()
+            lines.append(f"id_net, depth-wise convolutions on the {name}: "
+                         f"{(time.perf_counter() - t0) / calls * 1e3:.2f} ms")
+    finally:
+        attention.DWConvTokens.forward = original  # type: ignore[method-assign]
+    diff = (outputs[0] - outputs[1]).abs().max().item()
+    return "\n".join([*lines, f"largest difference between the two: {diff:.2e}"])
 
 
 if __name__ == "__main__":
