@@ -17,7 +17,8 @@ Rows (median over ``--iters`` timed iterations after warm-up; CUDA synchronised)
   the same network on both sides), reported as images/s and triples/s.
 
 Official rows run upstream's code as it is (fp32, stochastic sampling); ours run :class:`GenHead` in eval mode
-(deterministic sampling: the same work), fp32, and with ``--bf16`` also under bf16 autocast.
+(deterministic sampling: the same work), fp32, on CUDA also with ``enable_fast_inference('ieee')`` (the part and
+face fields through the fused Triton field kernel), and with ``--bf16`` also under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -80,7 +81,16 @@ def bench_row(name: str, batch: int, official: torch.nn.Module, ours: torch.nn.M
         with torch.autocast(device.type, dtype=torch.bfloat16):
             run_ours()
 
+    def run_ours_fused() -> None:
+        ours.enable_fast_inference("ieee")
+        try:
+            run_ours()
+        finally:
+            ours.disable_fast_inference()
+
     variants = [("official fp32", run_official), ("ours fp32", run_ours)]
+    if device.type == "cuda":
+        variants.append(("ours fp32, fused fields", run_ours_fused))
     if bf16:
         variants.append(("ours bf16 autocast", run_ours_bf16))
     rows, base = [], None

@@ -222,3 +222,80 @@ def test_gpu_sample_matches_cpu(model: GenHead, sampled) -> None:
     torch.testing.assert_close(got.masks.mouth.cpu(), out.masks.mouth, rtol=0, atol=1e-5)
     torch.testing.assert_close(got.depth.cpu(), out.depth, rtol=0, atol=2e-3)
     torch.testing.assert_close(got.image.cpu(), out.image, rtol=0, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_fast_inference_matches_the_reference_on_cuda(sampled) -> None:
+    """On CUDA the fused-field path gives the PyTorch path's render (float32 products)."""
+    z = sampled[0].cuda()
+    gpu = GenHead.tiny(seed=0).cuda()
+    args = (z, *(t.cuda() for t in _flame()), inference_label(B).cuda())
+    with torch.no_grad():
+        ref = gpu.sample(*args, neural_rendering_resolution=24)
+        out = gpu.enable_fast_inference("ieee").sample(*args, neural_rendering_resolution=24)
+    for name in ("image_raw", "features", "depth", "t_bg"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name)
+
+
+def _part_deform(points: torch.Tensor) -> PartDeformation:
+    """Distinct eye / face / mouth points and an eye box covering the points with x < 0."""
+    zero = torch.zeros(points.shape[:2])
+    shift = torch.tensor([0.02, -0.01, 0.03])
+    return PartDeformation(points + shift, points - shift, points * 0.9, zero, zero, zero,
+                           (points[..., 0] < 0).to(points.dtype))
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_fused_fields_give_the_reference_part_rendering(fuse: bool, triton_interpreter: torch.device) -> None:
+    """``render_parts(fused='ieee')``: the part and face fields through the fused Triton field kernel (Triton's
+    interpreter on the CPU) give every output of the PyTorch path, with eye, mouth and eye-box samples present,
+    in the training and the fused compositing."""
+    torch.manual_seed(2)
+    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4))
+    planes = torch.randn(1, 6, 8, 16, 16)
+    decoder = GenHead.tiny().decoder
+    with torch.no_grad():  # a visible density
+        decoder.out_sigma.bias.fill_(1.0)
+        decoder.out_sigma.weight.normal_(0.0, 0.5)
+    cam2world, k = split_label(inference_label(1))
+    origins, dirs = sample_rays(cam2world, k, 4)
+    eye = (torch.arange(16) % 3 == 0).float().reshape(1, 16, 1)
+    mouth = (torch.arange(16) % 4 == 1).float().reshape(1, 16, 1)
+    args = (renderer, planes, decoder, _part_deform, origins, dirs, camera_z(cam2world), eye, mouth)
+    with torch.no_grad():
+        ref = render_parts(*args, fuse=fuse, deterministic=True)
+        out = render_parts(*args, fuse=fuse, deterministic=True, fused="ieee")
+    assert ref.face_density_in_eye.abs().max() > 0 and ref.face_density_in_mouth.abs().max() > 0
+    for name in ref._fields:
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=2e-5, rtol=1e-5, msg=name)
+
+
+def test_fast_inference_hands_the_fused_option_to_the_part_renderer(model: GenHead,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``enable_fast_inference`` asks :func:`render_parts` for the fused fields only without gradients and where
+    the kernels can run; ``disable_fast_inference`` and bad values."""
+    from avatar.models.genhead import modeling
+
+    asked: list[str | None] = []
+    original = modeling.render_parts
+
+    def recording(*a, fused=None, **k):  # noqa: ANN002, ANN003, ANN202
+        asked.append(fused)
+        return original(*a, **k)
+
+    monkeypatch.setattr(modeling, "render_parts", recording)
+    monkeypatch.setattr(modeling, "fused_available", lambda device: True)
+    z = torch.randn(1, model.config.z_dim, generator=torch.Generator().manual_seed(3))
+    args = (z, *_flame(seed=4, batch=1), inference_label(1))
+    try:
+        with torch.no_grad():
+            model.sample(*args)
+            model.enable_fast_inference("tf32").sample(*args)
+        model.sample(*args)  # gradients recorded: the reference path
+        with torch.no_grad():
+            model.disable_fast_inference().sample(*args)
+    finally:
+        model.disable_fast_inference()
+    assert asked == [None, "tf32", None, None]
+    with pytest.raises(ConfigError, match="fused_rendering"):
+        model.enable_fast_inference("fp8")

@@ -47,6 +47,7 @@ from avatar.render.triplane import (
 
 __all__ = [
     "FusedRenderingUnsupportedError",
+    "check_fused_setup",
     "decoder_weights",
     "fused_available",
     "fused_ray_march",
@@ -138,6 +139,21 @@ def check_decoder(decoder: Any) -> None:
     widths = (decoder.net[0].in_features, decoder.hidden_dim, decoder.out_rgb.out_features + 1)
     if max(widths) > 256:
         raise FusedRenderingUnsupportedError(f"the fused kernels take decoder widths up to 256, got {widths}")
+
+
+def check_fused_setup(opt: Any, deterministic: bool, decoder: Any, precision: str, device: torch.device) -> None:
+    """Raise :class:`FusedRenderingUnsupportedError` (``ValueError`` for a bad ``precision``) unless the fused
+    kernels cover these rendering options (``deterministic``: the resolved flag), decoder and device."""
+    if opt.plane_axes not in FUSED_PLANE_AXES:
+        raise FusedRenderingUnsupportedError(f"the fused kernels project with plane_axes {FUSED_PLANE_AXES}, "
+                                             f"not {opt.plane_axes!r}")
+    if opt.clamp_mode != "softplus" or opt.white_back or (opt.density_noise > 0 and not deterministic):
+        raise FusedRenderingUnsupportedError("the fused renderer supports clamp_mode='softplus', no white_back, no density noise")
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
+    check_decoder(decoder)
+    if not fused_available(device):
+        raise FusedRenderingUnsupportedError(f"the fused kernels need CUDA and Triton (device: {device})")
 
 
 def fused_triplane_field(
@@ -248,16 +264,7 @@ def render_triplanes_fused(
         raise FusedRenderingUnsupportedError("the fused renderer takes one (B, 3, C, H, W) triplane tensor")
     if isinstance(box_warp_scale, Tensor):
         raise FusedRenderingUnsupportedError("the fused renderer takes a float box_warp_scale")
-    if opt.plane_axes not in FUSED_PLANE_AXES:
-        raise FusedRenderingUnsupportedError(f"the fused kernels project with plane_axes {FUSED_PLANE_AXES}, "
-                                             f"not {opt.plane_axes!r}")
-    if opt.clamp_mode != "softplus" or opt.white_back or (opt.density_noise > 0 and not det):
-        raise FusedRenderingUnsupportedError("the fused renderer supports clamp_mode='softplus', no white_back, no density noise")
-    if precision not in ("ieee", "tf32"):
-        raise ValueError(f"precision must be 'ieee' or 'tf32', got {precision!r}")
-    check_decoder(decoder)
-    if not fused_available(planes.device):
-        raise FusedRenderingUnsupportedError(f"the fused kernels need CUDA and Triton (device: {planes.device})")
+    check_fused_setup(opt, det, decoder, precision, planes.device)
 
     b, r, _ = origins.shape
     planes_hwc = planes.float().permute(0, 1, 3, 4, 2).contiguous()

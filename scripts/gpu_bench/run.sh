@@ -69,7 +69,7 @@ python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
 stamp goha-profile
 wait $gs; tail -3 "$out/gsplat_build.log"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
-  tests/test_gaussian_render.py tests/test_flame_triton_search.py tests/test_goha_planes.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+  tests/test_gaussian_render.py tests/test_flame_triton_search.py tests/test_goha_planes.py tests/test_genhead.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
 stamp tests
 python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
 stamp gphm

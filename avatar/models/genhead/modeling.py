@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from avatar.errors import InputError, StateDictMismatchError
+from avatar.errors import ConfigError, InputError, StateDictMismatchError
 from avatar.flame.correspondence import CorrespondenceMap
 from avatar.flame.masks import FlamePartMaskRenderer, PartMasks
 from avatar.flame.parts import FlamePartDeformer, PartDeformation
@@ -41,6 +41,7 @@ from avatar.models.genhead.configuration import GenHeadConfig
 from avatar.models.genhead.rendering import PartRenderOutput, render_parts
 from avatar.nn.generator import StyleGAN2Generator
 from avatar.render.camera import camera_z, split_label
+from avatar.render.fused import fused_available
 from avatar.render.rays import sample_rays
 from avatar.render.triplane import ImportanceRenderer, TriplaneNeRFDecoder, rays_to_image
 
@@ -136,8 +137,29 @@ class GenHead(ModelMixin):
         self.deformer = PartDeformerSlot()
         self.part_masks: FlamePartMaskRenderer | None = None
         self.is_random_init = True
+        self.fused_rendering: str | None = None  # enable_fast_inference
         if deformer_buffers is not None:
             self.set_flame(deformer_buffers, flame_masks)
+
+    def enable_fast_inference(self, fused_rendering: str | None = "ieee") -> GenHead:
+        """Where no gradient is recorded and the fused kernels can run (CUDA, or Triton's interpreter): the part
+        and face fields of :func:`~avatar.models.genhead.rendering.render_parts` through the fused Triton field
+        kernel (``'ieee'``: float32 decoder products, ``'tf32'``; ``None``: the PyTorch path). Training and
+        anything recording gradients keep the PyTorch path. Returns ``self``."""
+        if fused_rendering not in (None, "ieee", "tf32"):
+            raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
+        self.fused_rendering = fused_rendering
+        return self
+
+    def disable_fast_inference(self) -> GenHead:
+        """Back to the PyTorch path (the default). Returns ``self``."""
+        self.fused_rendering = None
+        return self
+
+    def _fused(self, planes: Tensor) -> str | None:
+        if self.fused_rendering is None or torch.is_grad_enabled() or not fused_available(planes.device):
+            return None
+        return self.fused_rendering
 
     def _init_tiny(self) -> None:
         """Tiny models get the synthetic FLAME stand-in (:func:`avatar.flame.synthetic.synthetic_genhead_assets`),
@@ -353,7 +375,8 @@ class GenHead(ModelMixin):
             fuse = nr > nr_train
         out = render_parts(self.renderer, planes, self.decoder, self.part_deformation(shape, expression, pose, eye_pose),
                            origins, directions, camera_z(cam2world), eye[:, 0].reshape(b, -1, 1),
-                           mouth[:, 0].reshape(b, -1, 1), fuse=fuse, deterministic=deterministic)
+                           mouth[:, 0].reshape(b, -1, 1), fuse=fuse, deterministic=deterministic,
+                           fused=self._fused(planes))
         features = rays_to_image(out.features, nr, nr).contiguous()
         depth = rays_to_image(out.depth, nr, nr).contiguous()
         t_bg = rays_to_image(out.t_bg, nr, nr).contiguous()

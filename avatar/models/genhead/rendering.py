@@ -18,13 +18,20 @@ ray masks of the coarse pass (upstream reuses them; the two passes have the same
 outputs feed GenHead's part regularisers and Portrait4D v1's distillation: the face densities inside the eye boxes
 and on mouth rays, the coarse sample points, and the face triplane features at the coarse points.
 
+With ``fused='ieee'|'tf32'`` (no gradients; CUDA, or Triton's interpreter on the CPU) each field (triplane
+sampling + decoder) is evaluated by :func:`avatar.render.fused.fused_triplane_field` instead of
+:func:`~avatar.render.triplane.sample_from_planes` and the decoder module: no ``(B, 3, M, C)`` sampled-feature or
+hidden-layer tensors. The deformation, the compositing above and the ray marching stay the PyTorch steps; the face
+features at the coarse points (a distillation target) are then sampled by ``sample_from_planes`` for the coarse
+pass only.
+
 Shapes: ``B`` batch, ``R`` rays, ``S`` samples per pass, ``C`` decoder features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -74,11 +81,44 @@ class _Pass(NamedTuple):
     eye_sel: Tensor
 
 
+FusedField = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``(planes (B, 3, C, H, W), points (B, M, 3)) -> (rgb (B, M, C_out), sigma (B, M, 1))`` by the fused kernel."""
+
+
+def _fused_field(renderer: ImportanceRenderer, decoder: Any, planes: Tensor, precision: str, det: bool) -> FusedField:
+    """The triplane field (sampling + decoder) through :func:`avatar.render.fused.fused_triplane_field`; the
+    decoder's weights and each triplane's channels-last copy are made once per render."""
+    from avatar.render.fused import check_fused_setup, decoder_weights, fused_triplane_field
+
+    opt = renderer.options
+    check_fused_setup(opt, det, decoder, precision, planes.device)
+    weights = decoder_weights(decoder)
+    scale = 2.0 / opt.box_warp
+    out_dim = decoder.out_rgb.out_features
+    hwc: dict[int, Tensor] = {}
+
+    def field(planes_: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+        key = planes_.data_ptr()
+        if key not in hwc:
+            hwc[key] = planes_.float().permute(0, 1, 3, 4, 2).contiguous()
+        b, m, _ = points.shape
+        colors = torch.empty(b, m, 1, out_dim, device=points.device)
+        sigmas = torch.empty(b, m, 1, device=points.device)
+        fused_triplane_field(hwc[key], points.float().contiguous(), weights, scale, colors, sigmas, 0, precision,
+                             opt.plane_axes)
+        return colors.reshape(b, m, out_dim), sigmas.reshape(b, m, 1)
+
+    return field
+
+
 def _evaluate_pass(
     renderer: ImportanceRenderer, part_planes: Tensor, face_planes: Tensor,
     decoder: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], deform: PartDeformFn, points: Tensor,
     directions: Tensor, depths_shape: torch.Size, eye_rays: Tensor, mouth_rays: Tensor, fuse: bool,
+    fused_field: FusedField | None = None, face_features: bool = True,
 ) -> _Pass:
+    """One pass (coarse or fine). ``fused_field``: evaluate both fields with it instead of ``decoder``;
+    ``face_features=False`` (fused only) leaves the face features at the points empty ``(B, M, 0)``."""
     b, r, s, _ = depths_shape
     box = renderer.options.box_warp
     d = deform(points)
@@ -87,9 +127,16 @@ def _evaluate_pass(
     inside = d.inside_bbox_eye.reshape(b, r, s, 1).to(points.dtype)
     mouth = mouth_rays.unsqueeze(-1)  # (B, R, S, 1)
 
-    rgb_p, sigma_p = decoder(sample_from_planes(part_planes, part_points, box), directions)
-    face_feats = sample_from_planes(face_planes, d.face, box)
-    rgb_f, sigma_f = decoder(face_feats, directions)
+    if fused_field is None:
+        rgb_p, sigma_p = decoder(sample_from_planes(part_planes, part_points, box), directions)
+        sampled = sample_from_planes(face_planes, d.face, box)
+        rgb_f, sigma_f = decoder(sampled, directions)
+        face_feats = sampled.mean(1)
+    else:
+        rgb_p, sigma_p = fused_field(part_planes, part_points)
+        rgb_f, sigma_f = fused_field(face_planes, d.face)
+        face_feats = (sample_from_planes(face_planes, d.face, box).mean(1) if face_features
+                      else points.new_zeros(b, r * s, 0))
     rgb_p, sigma_p = rgb_p.reshape(b, r, s, -1), sigma_p.reshape(b, r, s, 1) * (inside + mouth)
     rgb_f, sigma_f = rgb_f.reshape(b, r, s, -1), sigma_f.reshape(b, r, s, 1)
 
@@ -103,7 +150,7 @@ def _evaluate_pass(
         hard = (mouth > 0).to(sigma.dtype)
         sigma = sigma * (1 - hard) + (sigma_p + sigma_f) * hard
         color = color * (1 - hard) + color_mouth * hard
-    return _Pass(color, sigma, sigma_f * inside, sigma_f * mouth, face_feats.mean(1), eye_sel)
+    return _Pass(color, sigma, sigma_f * inside, sigma_f * mouth, face_feats, eye_sel)
 
 
 def render_parts(
@@ -118,6 +165,7 @@ def render_parts(
     mouth_mask: Tensor,
     fuse: bool = False,
     deterministic: bool | None = None,
+    fused: str | None = None,
 ) -> PartRenderOutput:
     """Render GenHead's two triplanes with part-wise deformation and compositing.
 
@@ -131,30 +179,35 @@ def render_parts(
         eye_mask, mouth_mask: ``(B, R, 1)`` screen-space masks of the rays' pixels.
         fuse: the fused (inference) compositing on mouth rays; ``False`` is the training form.
         deterministic: no stratified jitter and deterministic importance sampling (default: ``not training``).
+        fused: ``None`` (the reference), or ``'ieee'`` / ``'tf32'``: the fields through the fused Triton kernel
+            (module docstring; no gradients; raises :class:`avatar.render.fused.FusedRenderingUnsupportedError`
+            for options it does not cover).
     """
     opt = renderer.options
     if opt.depth_resolution_importance not in (0, opt.depth_resolution):
         raise ValueError("part rendering needs depth_resolution_importance == depth_resolution (as upstream) or 0")
     det = renderer.is_deterministic(deterministic)
     part_planes, face_planes = planes[:, 0:3], planes[:, 3:6]
+    fused_field = None if fused is None else _fused_field(renderer, decoder, planes, fused, det)
     depths = renderer.coarse_depths(origins, directions, cam_z, 1.0, det)
     b, r, s, _ = depths.shape
     eye_rays = eye_mask.expand(b, r, s)
     mouth_rays = mouth_mask.expand(b, r, s)
 
-    def run(depths_: Tensor) -> tuple[Tensor, _Pass]:
+    def run(depths_: Tensor, coarse_pass: bool) -> tuple[Tensor, _Pass]:
         points = (origins.unsqueeze(-2) + depths_ * directions.unsqueeze(-2)).reshape(b, -1, 3)
         dirs = directions.unsqueeze(-2).expand(-1, -1, depths_.shape[2], -1).reshape(b, -1, 3)
         return points, _evaluate_pass(renderer, part_planes, face_planes, decoder, deform, points, dirs,
-                                      depths_.shape, eye_rays, mouth_rays, fuse)
+                                      depths_.shape, eye_rays, mouth_rays, fuse, fused_field,
+                                      face_features=coarse_pass)  # the fine pass's are never returned
 
-    coarse_points, coarse = run(depths)
+    coarse_points, coarse = run(depths, True)
     colors, densities = coarse.colors, coarse.densities
     in_eye, in_mouth = coarse.face_density_in_eye, coarse.face_density_in_mouth
     if opt.depth_resolution_importance > 0:
         march = renderer.march_fn(colors, densities, depths, opt.clamp_mode, opt.white_back)
         fine_depths = renderer.importance_fn(depths, march.weights, opt.depth_resolution_importance, det)
-        _, fine = run(fine_depths)
+        _, fine = run(fine_depths, False)
         depths, colors, densities = renderer.merge_fn(depths, colors, densities, fine_depths, fine.colors,
                                                       fine.densities)
         in_eye = torch.cat([in_eye, fine.face_density_in_eye], dim=-2)
