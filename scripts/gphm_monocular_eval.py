@@ -408,8 +408,6 @@ def _fit_config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from avatar.fitting.gphm_fit import fit_gphm_avatar, render_frames
     from avatar.runtime import resolve_device
-    from eval.metrics.psnr import psnr
-    from eval.metrics.ssim import ssim
 
     device = resolve_device(args.device)
     if device.startswith("cuda"):
@@ -439,9 +437,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_seconds": round(fit.load_seconds, 2), "stopped_by": fit.stopped_by, "final_loss": fit.final_loss,
             "losses": avatar.manifest.get("fit", {}).get("losses"),
             "num_gaussians": int(avatar.avatar.means.shape[0]), "resolution": config.resolution,
-            "psnr": float(psnr(fake, real).mean()), "ssim": float(ssim(fake, real).mean()),
-            "lpips": float(lpips.per_sample(fake, real).mean()) if lpips is not None else "n/a",
-            "render_heldout_seconds": round(render_s, 3),
+            **_image_scores(fake, real, lpips), "render_heldout_seconds": round(render_s, 3),
         }
         if args.test_pose_steps:
             row["pose_refined"] = _score_refined_poses(avatar, real, exprs, poses, args.test_pose_steps, lpips,
@@ -472,51 +468,48 @@ def _score_refined_poses(avatar: Any, real: torch.Tensor, exprs: torch.Tensor, p
     """The held-out frames scored again after :func:`avatar.fitting.gphm_fit.refine_poses` (a diagnostic, not the
     protocol's number: it fits each held-out frame's head pose to that frame's image)."""
     from avatar.fitting.gphm_fit import refine_poses, render_frames
-    from eval.metrics.psnr import psnr
-    from eval.metrics.ssim import ssim
 
     t0 = time.perf_counter()
     corr = refine_poses(avatar, real, exprs, poses, steps=steps, progress=progress)
     fake = render_frames(avatar, exprs, poses, batch_size=8, corrections=corr)
-    return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2),
-            "psnr": float(psnr(fake, real).mean()), "ssim": float(ssim(fake, real).mean()),
-            "lpips": float(lpips.per_sample(fake, real).mean()) if lpips is not None else "n/a",
+    return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2), **_image_scores(fake, real, lpips),
             "mean_rotation_deg": float(corr[:, :3].norm(dim=1).mean() * 180 / math.pi),
             "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}
+
+
+def _image_scores(fake: torch.Tensor, real: torch.Tensor, lpips: Any) -> dict[str, Any]:
+    """Mean PSNR, SSIM and LPIPS (``"n/a"`` without its weights) of ``fake`` against ``real``, ``(F, 3, R, R)``."""
+    from eval.metrics.psnr import psnr
+    from eval.metrics.ssim import ssim
+
+    return {"psnr": float(psnr(fake, real).mean()), "ssim": float(ssim(fake, real).mean()),
+            "lpips": float(lpips.per_sample(fake, real).mean()) if lpips is not None else "n/a"}
 
 
 def _score_training_frames(avatar: Any, train: Any, count: int, corrections: torch.Tensor | None, config: Any,
                            pose_steps: int, lpips: Any, progress: bool) -> dict[str, Any]:
     """The last ``count`` training frames (those nearest the held-out part in time) scored like the held-out
-    ones: with their prepared poses (``psnr_prepared``, the protocol's rendering), with the pose corrections the
-    fit learned for them (``psnr_fitted``: what fitting saw), and, with ``pose_steps``, after
-    :func:`~avatar.fitting.gphm_fit.refine_poses` (``refined``). Beside the held-out figures this separates the
-    fit's quality from its generalisation, and says whether the pose refinement also moves frames the avatar was
-    fitted on. ``learned_mean_rotation_deg`` / ``learned_mean_translation_cm``: the fit's corrections over all its
-    training frames."""
-    from avatar.fitting.gphm_fit import refine_poses, render_frames
-    from eval.metrics.psnr import psnr
-    from eval.metrics.ssim import ssim
+    ones: with their prepared poses (``prepared``, the protocol's rendering), with the pose corrections the fit
+    learned for them (``fitted``: what fitting saw), and, with ``pose_steps``, as :func:`_score_refined_poses`
+    scores the held-out frames (``refined``). Beside the held-out figures this separates the fit's quality from
+    its generalisation, and says whether the pose refinement also moves frames the avatar was fitted on.
+    ``learned_mean_rotation_deg`` / ``learned_mean_translation_cm``: the fit's corrections over all its training
+    frames."""
+    from avatar.fitting.gphm_fit import render_frames
 
     n = len(train)
     picked = np.arange(max(0, n - count), n)
     real, exprs, poses = _targets(train.subset(picked), config.resolution, config.background)
-
-    def scores(fake: torch.Tensor) -> dict[str, Any]:
-        return {"psnr": float(psnr(fake, real).mean()), "ssim": float(ssim(fake, real).mean()),
-                "lpips": float(lpips.per_sample(fake, real).mean()) if lpips is not None else "n/a"}
-
-    out: dict[str, Any] = {"frames": len(picked), "prepared": scores(render_frames(avatar, exprs, poses, batch_size=8))}
+    out: dict[str, Any] = {"frames": len(picked),
+                           "prepared": _image_scores(render_frames(avatar, exprs, poses, batch_size=8), real, lpips)}
     if corrections is not None and len(corrections) == n:
-        out["fitted"] = scores(render_frames(avatar, exprs, poses, batch_size=8,
-                                             corrections=corrections[torch.from_numpy(picked)].float()))
+        fitted = render_frames(avatar, exprs, poses, batch_size=8,
+                               corrections=corrections[torch.from_numpy(picked)].float())
+        out["fitted"] = _image_scores(fitted, real, lpips)
         out["learned_mean_rotation_deg"] = float(corrections[:, :3].norm(dim=1).mean() * 180 / math.pi)
         out["learned_mean_translation_cm"] = float(corrections[:, 3:].norm(dim=1).mean())
     if pose_steps:
-        corr = refine_poses(avatar, real, exprs, poses, steps=pose_steps, progress=progress)
-        out["refined"] = {**scores(render_frames(avatar, exprs, poses, batch_size=8, corrections=corr)),
-                          "mean_rotation_deg": float(corr[:, :3].norm(dim=1).mean() * 180 / math.pi),
-                          "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}
+        out["refined"] = _score_refined_poses(avatar, real, exprs, poses, pose_steps, lpips, progress)
     return out
 
 
