@@ -81,44 +81,47 @@ class _Pass(NamedTuple):
     eye_sel: Tensor
 
 
-FusedField = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-"""``(planes (B, 3, C, H, W), points (B, M, 3)) -> (rgb (B, M, C_out), sigma (B, M, 1))`` by the fused kernel."""
+FusedField = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""``points (B, M, 3) -> (rgb (B, M, C_out), sigma (B, M, 1))`` of one triplane by the fused kernel."""
 
 
-def _fused_field(renderer: ImportanceRenderer, decoder: Any, planes: Tensor, precision: str, det: bool) -> FusedField:
-    """The triplane field (sampling + decoder) through :func:`avatar.render.fused.fused_triplane_field`; the
-    decoder's weights and each triplane's channels-last copy are made once per render."""
+def _fused_fields(renderer: ImportanceRenderer, decoder: Any, planes: Tensor, precision: str,
+                  det: bool) -> tuple[FusedField, FusedField]:
+    """The part and the face fields (triplane sampling + decoder) through
+    :func:`avatar.render.fused.fused_triplane_field`; the decoder's weights and the triplanes' channels-last copies
+    are made once per render."""
     from avatar.render.fused import check_fused_setup, decoder_weights, fused_triplane_field
 
     opt = renderer.options
     check_fused_setup(opt, det, decoder, precision, planes.device)
     weights = decoder_weights(decoder)
-    scale = 2.0 / opt.box_warp
     out_dim = decoder.out_rgb.out_features
-    hwc: dict[int, Tensor] = {}
 
-    def field(planes_: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
-        key = planes_.data_ptr()
-        if key not in hwc:
-            hwc[key] = planes_.float().permute(0, 1, 3, 4, 2).contiguous()
-        b, m, _ = points.shape
-        colors = torch.empty(b, m, 1, out_dim, device=points.device)
-        sigmas = torch.empty(b, m, 1, device=points.device)
-        fused_triplane_field(hwc[key], points.float().contiguous(), weights, scale, colors, sigmas, 0, precision,
-                             opt.plane_axes)
-        return colors.reshape(b, m, out_dim), sigmas.reshape(b, m, 1)
+    def field_of(triplane: Tensor) -> FusedField:
+        hwc = triplane.float().permute(0, 1, 3, 4, 2).contiguous()
 
-    return field
+        def field(points: Tensor) -> tuple[Tensor, Tensor]:
+            b, m, _ = points.shape
+            colors = torch.empty(b, m, 1, out_dim, device=points.device)
+            sigmas = torch.empty(b, m, 1, device=points.device)
+            fused_triplane_field(hwc, points.float().contiguous(), weights, 2.0 / opt.box_warp, colors, sigmas, 0,
+                                 precision, opt.plane_axes)
+            return colors.reshape(b, m, out_dim), sigmas.reshape(b, m, 1)
+
+        return field
+
+    return field_of(planes[:, 0:3]), field_of(planes[:, 3:6])
 
 
 def _evaluate_pass(
     renderer: ImportanceRenderer, part_planes: Tensor, face_planes: Tensor,
     decoder: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], deform: PartDeformFn, points: Tensor,
     directions: Tensor, depths_shape: torch.Size, eye_rays: Tensor, mouth_rays: Tensor, fuse: bool,
-    fused_field: FusedField | None = None, face_features: bool = True,
+    fused_fields: tuple[FusedField, FusedField] | None = None, face_features: bool = True,
 ) -> _Pass:
-    """One pass (coarse or fine). ``fused_field``: evaluate both fields with it instead of ``decoder``;
-    ``face_features=False`` (fused only) leaves the face features at the points empty ``(B, M, 0)``."""
+    """One pass (coarse or fine). ``fused_fields``: the part and the face field instead of ``decoder`` on the
+    sampled planes; ``face_features=False`` (fused only) leaves the face features at the points empty
+    ``(B, M, 0)``."""
     b, r, s, _ = depths_shape
     box = renderer.options.box_warp
     d = deform(points)
@@ -127,14 +130,14 @@ def _evaluate_pass(
     inside = d.inside_bbox_eye.reshape(b, r, s, 1).to(points.dtype)
     mouth = mouth_rays.unsqueeze(-1)  # (B, R, S, 1)
 
-    if fused_field is None:
+    if fused_fields is None:
         rgb_p, sigma_p = decoder(sample_from_planes(part_planes, part_points, box), directions)
         sampled = sample_from_planes(face_planes, d.face, box)
         rgb_f, sigma_f = decoder(sampled, directions)
         face_feats = sampled.mean(1)
     else:
-        rgb_p, sigma_p = fused_field(part_planes, part_points)
-        rgb_f, sigma_f = fused_field(face_planes, d.face)
+        rgb_p, sigma_p = fused_fields[0](part_points)
+        rgb_f, sigma_f = fused_fields[1](d.face)
         face_feats = (sample_from_planes(face_planes, d.face, box).mean(1) if face_features
                       else points.new_zeros(b, r * s, 0))
     rgb_p, sigma_p = rgb_p.reshape(b, r, s, -1), sigma_p.reshape(b, r, s, 1) * (inside + mouth)
@@ -188,7 +191,7 @@ def render_parts(
         raise ValueError("part rendering needs depth_resolution_importance == depth_resolution (as upstream) or 0")
     det = renderer.is_deterministic(deterministic)
     part_planes, face_planes = planes[:, 0:3], planes[:, 3:6]
-    fused_field = None if fused is None else _fused_field(renderer, decoder, planes, fused, det)
+    fused_fields = None if fused is None else _fused_fields(renderer, decoder, planes, fused, det)
     depths = renderer.coarse_depths(origins, directions, cam_z, 1.0, det)
     b, r, s, _ = depths.shape
     eye_rays = eye_mask.expand(b, r, s)
@@ -198,7 +201,7 @@ def render_parts(
         points = (origins.unsqueeze(-2) + depths_ * directions.unsqueeze(-2)).reshape(b, -1, 3)
         dirs = directions.unsqueeze(-2).expand(-1, -1, depths_.shape[2], -1).reshape(b, -1, 3)
         return points, _evaluate_pass(renderer, part_planes, face_planes, decoder, deform, points, dirs,
-                                      depths_.shape, eye_rays, mouth_rays, fuse, fused_field,
+                                      depths_.shape, eye_rays, mouth_rays, fuse, fused_fields,
                                       face_features=coarse_pass)  # the fine pass's are never returned
 
     coarse_points, coarse = run(depths, True)

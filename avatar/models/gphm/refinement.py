@@ -10,6 +10,8 @@ inside the toolkit's networks; GHA's sigmoid gives [0, 1]).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,10 +49,9 @@ class RefineNet(nn.Module):
         float32 upsampling kernels alone took 3.6 ms of the 25.9 ms of GPU time of a batch-8 fast-bf16 render
         call (``scripts/gpu_bench/profile_gphm.py``). Same result: the interpolation accumulates in float32 for
         a bf16 input too, and the convolution reading it rounds to bf16 either way."""
-        if x.is_cuda and torch.is_autocast_enabled("cuda"):
-            with torch.autocast("cuda", enabled=False):
-                return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        own_dtype = x.is_cuda and torch.is_autocast_enabled("cuda")
+        with torch.autocast("cuda", enabled=False) if own_dtype else contextlib.nullcontext():
+            return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
     def forward(self, features: Tensor) -> Tensor:
         if features.dim() != 4 or features.shape[1] != self.config.in_channels:
