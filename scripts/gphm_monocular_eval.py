@@ -32,7 +32,9 @@ fitted avatar at ``--speed-resolution`` (default 512; the avatar's own with ``--
 Gaussians -> splatting -> refine network, batch 1 and 8, after warm-up, CUDA-synchronised, median over
 ``--speed-iters`` calls. Beside the held-out scores, ``train_check``: the last training frames (as many as are
 held out) scored the same way, with their prepared poses, with the pose corrections the fit learned, and (with
-``--test-pose-steps``) after the same pose refinement, to tell the fit's quality from its generalisation.
+``--test-pose-steps``) after the same pose refinement, to tell the fit's quality from its generalisation; and
+``carried_correction``: the held-out frames rendered with the mean correction of the last training frames (no
+held-out image used).
 Output: ``OUT/results.json``, a printed table, ``OUT/<video>_grid.png`` (top row the
 real held-out frames, bottom row the renders), the avatars in ``WORK/<video>/avatar`` (``--work``, default
 ``OUT``; an interrupted run continues there when started again).
@@ -439,9 +441,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "num_gaussians": int(avatar.avatar.means.shape[0]), "resolution": config.resolution,
             **_image_scores(fake, real, lpips), "render_heldout_seconds": round(render_s, 3),
         }
+        refined_corr = None
         if args.test_pose_steps:
-            row["pose_refined"] = _score_refined_poses(avatar, real, exprs, poses, args.test_pose_steps, lpips,
-                                                       not args.quiet)
+            row["pose_refined"], refined_corr = _score_refined_poses(avatar, real, exprs, poses,
+                                                                     args.test_pose_steps, lpips, not args.quiet)
+        if fit.pose_corrections is not None:
+            row["carried_correction"] = _score_carried_correction(avatar, real, exprs, poses, fit.pose_corrections,
+                                                                  refined_corr, lpips)
         row["train_check"] = _score_training_frames(avatar, train, len(test), fit.pose_corrections, config,
                                                     args.test_pose_steps, lpips, not args.quiet)
         speed_res = args.speed_resolution or (config.resolution if args.tiny else 512)
@@ -474,7 +480,31 @@ def _score_refined_poses(avatar: Any, real: torch.Tensor, exprs: torch.Tensor, p
     fake = render_frames(avatar, exprs, poses, batch_size=8, corrections=corr)
     return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2), **_image_scores(fake, real, lpips),
             "mean_rotation_deg": float(corr[:, :3].norm(dim=1).mean() * 180 / math.pi),
-            "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}
+            "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}, corr
+
+
+def _score_carried_correction(avatar: Any, real: torch.Tensor, exprs: torch.Tensor, poses: torch.Tensor,
+                              learned: torch.Tensor, refined: torch.Tensor | None, lpips: Any) -> dict[str, Any]:
+    """The held-out frames rendered with one correction carried over from training: the mean of the corrections
+    the fit learned for its last ``len(real)`` training frames (those nearest in time). It uses no held-out image,
+    so unlike ``pose_refined`` it is a protocol-clean way to render new driving frames; it tests whether the pose
+    error the refinement finds is a slow drift that the last training frames already show. With ``refined`` (the
+    held-out frames' own refined corrections), ``refined_mean_*``: their mean, and ``gap_*``: its distance from the
+    carried one (rotation in degrees as the axis-angle difference, translation in centimetres)."""
+    from avatar.fitting.gphm_fit import render_frames
+
+    carried = learned[-len(real):].float().mean(dim=0)
+    fake = render_frames(avatar, exprs, poses, batch_size=8, corrections=carried.expand(len(real), 6).contiguous())
+    out: dict[str, Any] = {**_image_scores(fake, real, lpips),
+                           "rotation_deg": [round(float(v) * 180 / math.pi, 3) for v in carried[:3]],
+                           "translation_cm": [round(float(v), 3) for v in carried[3:]]}
+    if refined is not None:
+        mean = refined.float().mean(dim=0)
+        out["refined_mean_rotation_deg"] = [round(float(v) * 180 / math.pi, 3) for v in mean[:3]]
+        out["refined_mean_translation_cm"] = [round(float(v), 3) for v in mean[3:]]
+        out["gap_rotation_deg"] = float((mean[:3] - carried[:3]).norm() * 180 / math.pi)
+        out["gap_translation_cm"] = float((mean[3:] - carried[3:]).norm())
+    return out
 
 
 def _image_scores(fake: torch.Tensor, real: torch.Tensor, lpips: Any) -> dict[str, Any]:
@@ -509,7 +539,7 @@ def _score_training_frames(avatar: Any, train: Any, count: int, corrections: tor
         out["learned_mean_rotation_deg"] = float(corrections[:, :3].norm(dim=1).mean() * 180 / math.pi)
         out["learned_mean_translation_cm"] = float(corrections[:, 3:].norm(dim=1).mean())
     if pose_steps:
-        out["refined"] = _score_refined_poses(avatar, real, exprs, poses, pose_steps, lpips, progress)
+        out["refined"] = _score_refined_poses(avatar, real, exprs, poses, pose_steps, lpips, progress)[0]
     return out
 
 
@@ -540,6 +570,14 @@ def table(results: dict[str, Any]) -> str:
                          f"diagnostic, not the protocol): PSNR {pr['psnr']:.2f} SSIM {pr['ssim']:.4f} LPIPS "
                          f"{fmt(pr['lpips'], '6.4f').strip()}, mean correction {pr['mean_rotation_deg']:.2f} deg "
                          f"{pr['mean_translation_cm']:.2f} cm")
+    for name, r in results["videos"].items():
+        cc = r.get("carried_correction")
+        if cc:
+            gap = (f", {cc['gap_rotation_deg']:.2f} deg {cc['gap_translation_cm']:.2f} cm from the refined mean"
+                   if "gap_rotation_deg" in cc else "")
+            lines.append(f"{name}: held-out with the last training frames' mean correction (rotation "
+                         f"{cc['rotation_deg']} deg, translation {cc['translation_cm']} cm{gap}): PSNR "
+                         f"{cc['psnr']:.2f} SSIM {cc['ssim']:.4f}")
     for name, r in results["videos"].items():
         tc = r.get("train_check")
         if tc:

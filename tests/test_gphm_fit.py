@@ -260,6 +260,9 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     assert Path(row["grid"]).is_file()
     refined = row["pose_refined"]
     assert refined["steps"] == 2 and 0 < refined["psnr"] < 100 and refined["mean_translation_cm"] > 0
+    carried = row["carried_correction"]  # the last training frames' mean correction, no held-out image used
+    assert 0 < carried["psnr"] < 100 and len(carried["rotation_deg"]) == 3 and len(carried["translation_cm"]) == 3
+    assert carried["gap_rotation_deg"] >= 0 and len(carried["refined_mean_translation_cm"]) == 3
     check = row["train_check"]  # the last training frames, scored as the held-out ones are
     assert check["frames"] == min(row["test_frames"], row["train_frames"])
     for key in ("prepared", "fitted", "refined"):
@@ -268,6 +271,7 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "held-out poses refined (2 steps" in printed
     assert "training frames: prepared poses PSNR" in printed
+    assert "held-out with the last training frames' mean correction" in printed
     assert evalscript.main(["--prepared-dir", str(tmp_path / "none"), "--out", str(out), "-q"]) == 1
     assert evalscript.main(["--prepared-dir", str(packs), "--out", str(out), "-q", "--fit-option", "nope=1"]) == 1
     with pytest.raises(SystemExit):
