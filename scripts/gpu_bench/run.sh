@@ -5,7 +5,8 @@
 #
 # benchmarks (default; about 6 minutes on one H100 after the machine starts): GOHA against the official Model
 # (float32, batches 1/2/4, the per-stage breakdown at batch 2 with the memory each stage adds), GOHA's per-stage
-# CUDA kernels at batch 1 (profile_goha.py), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
+# CUDA kernels at batch 1 (profile_goha.py), the layers that set its peak memory at batches 1-8 (memory_goha.py,
+# also under a 256 MiB cuDNN workspace cap), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
 # speed of the template avatar (every mode, batches 1/8/16) and its top CUDA kernels at batch 8.
 # fit (about 9 minutes on a fresh machine, gsplat's build included): the 5-minute GPHM monocular fit of talk1 with
 # the held-out pose diagnostic and the training-frame check (the fast-path render speed is the benchmarks mode's
@@ -63,6 +64,9 @@ python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --
   --frames 16 --batch-sizes 1 2 4 --dtypes fp32 --fused ieee --breakdown --breakdown-batch 2 \
   --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
 stamp goha
+python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 > "$out/memory_goha.log" 2>&1
+CUDNN_CONV_WSCAP_DBG=256 python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 --top 4 >> "$out/memory_goha.log" 2>&1
+stamp goha-memory
 python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
 stamp goha-profile
 wait $gs; tail -3 "$out/gsplat_build.log"
