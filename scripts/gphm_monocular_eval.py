@@ -34,7 +34,8 @@ Gaussians -> splatting -> refine network, batch 1 and 8, after warm-up, CUDA-syn
 held out) scored the same way, with their prepared poses, with the pose corrections the fit learned, and (with
 ``--test-pose-steps``) after the same pose refinement, to tell the fit's quality from its generalisation; and
 ``carried_correction``: the held-out frames rendered with the mean correction of the last training frames (no
-held-out image used).
+held-out image used). The per-frame corrections (learned on the training frames, ``learned_corrections``, and
+refined on the held-out ones, ``pose_refined.corrections``) are kept in the results for analysis.
 Output: ``OUT/results.json``, a printed table, ``OUT/<video>_grid.png`` (top row the
 real held-out frames, bottom row the renders), the avatars in ``WORK/<video>/avatar`` (``--work``, default
 ``OUT``; an interrupted run continues there when started again).
@@ -445,7 +446,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.test_pose_steps:
             row["pose_refined"], refined_corr = _score_refined_poses(avatar, real, exprs, poses,
                                                                      args.test_pose_steps, lpips, not args.quiet)
+        if refined_corr is not None:
+            row["pose_refined"]["corrections"] = _rounded_rows(refined_corr)
         if fit.pose_corrections is not None:
+            row["learned_corrections"] = _rounded_rows(fit.pose_corrections)
             row["carried_correction"] = _score_carried_correction(avatar, real, exprs, poses, fit.pose_corrections,
                                                                   refined_corr, lpips)
         row["train_check"] = _score_training_frames(avatar, train, len(test), fit.pose_corrections, config,
@@ -481,6 +485,11 @@ def _score_refined_poses(avatar: Any, real: torch.Tensor, exprs: torch.Tensor, p
     return {"steps": steps, "seconds": round(time.perf_counter() - t0, 2), **_image_scores(fake, real, lpips),
             "mean_rotation_deg": float(corr[:, :3].norm(dim=1).mean() * 180 / math.pi),
             "mean_translation_cm": float(corr[:, 3:].norm(dim=1).mean())}, corr
+
+
+def _rounded_rows(corrections: torch.Tensor) -> list[list[float]]:
+    """``(F, 6)`` pose corrections (axis-angle radians, centimetres) as JSON rows, for analysis after the run."""
+    return [[round(float(v), 6) for v in row] for row in corrections.float().cpu()]
 
 
 def _score_carried_correction(avatar: Any, real: torch.Tensor, exprs: torch.Tensor, poses: torch.Tensor,

@@ -260,6 +260,7 @@ def test_eval_script_tiny_run(tmp_path, prepared, capsys):
     assert Path(row["grid"]).is_file()
     refined = row["pose_refined"]
     assert refined["steps"] == 2 and 0 < refined["psnr"] < 100 and refined["mean_translation_cm"] > 0
+    assert len(row["learned_corrections"]) == row["train_frames"] and len(refined["corrections"][0]) == 6
     carried = row["carried_correction"]  # the last training frames' mean correction, no held-out image used
     assert 0 < carried["psnr"] < 100 and len(carried["rotation_deg"]) == 3 and len(carried["translation_cm"]) == 3
     assert carried["gap_rotation_deg"] >= 0 and len(carried["refined_mean_translation_cm"]) == 3
