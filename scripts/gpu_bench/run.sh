@@ -60,20 +60,20 @@ fi
 mkdir -p /tmp/gpu_bench_goha_src && tar -xf "$bundle/goha_src.tar" -C /tmp/gpu_bench_goha_src
 build_gsplat > "$out/gsplat_build.log" 2>&1 &
 gs=$!
-python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
-  --frames 16 --batch-sizes 1 2 4 --dtypes fp32 --fused ieee --breakdown --breakdown-batch 2 \
-  --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
-stamp goha
 python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 > "$out/memory_goha.log" 2>&1
 CUDNN_CONV_WSCAP_DBG=256 python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 --top 4 >> "$out/memory_goha.log" 2>&1
 stamp goha-memory
-python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
-stamp goha-profile
+python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
+  --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --breakdown --breakdown-batch 2 \
+  --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
+stamp goha
 wait $gs; tail -3 "$out/gsplat_build.log"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
   tests/test_gaussian_render.py tests/test_flame_triton_search.py tests/test_goha_planes.py tests/test_genhead.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
 stamp tests
 python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
 stamp gphm
+python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
+stamp goha-profile
 python3 scripts/gpu_bench/profile_gphm.py 8 --modes fast-bf16 > "$out/profile_gphm.log" 2>&1
 stamp end
