@@ -81,6 +81,48 @@ def test_deformer_chunks_and_zero_padding(triton_interpreter):
     _assert_close(out, ref, atol=2e-6)
 
 
+@pytest.mark.parametrize(("n_fine", "empty"), [(8, False), (0, False), (8, True)])
+@torch.no_grad()
+def test_memory_chunks_give_the_one_chunk_result(triton_interpreter, n_fine, empty):
+    """A per-chunk memory budget splits the rays (several chunks here) and changes no value; in an empty scene
+    (no density anywhere: every depth is 0/0) each ray's depth is still the largest sample depth of the whole
+    batch, not of its chunk."""
+    planes, o, d, cam_z = _scene(2, 6, 16, 10, triton_interpreter)
+    dec = _decoder(16, 16, seed=3)
+    if empty:
+        dec.out_sigma.weight.zero_()
+        dec.out_sigma.bias.fill_(-200.0)  # softplus underflows to 0
+    ranges = {"ray_start": "auto", "ray_end": "auto"} if empty else {}  # each ray's own depth range
+    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=8, depth_resolution_importance=n_fine, **ranges))
+    whole = render_triplanes_fused(renderer, planes, dec, o, d, cam_z, deterministic=True, chunk_bytes=0)
+    per_ray = 2 * (8 + n_fine) * (16 + 5) * 4
+    assert fused.rays_per_chunk(2, 36, 8 + n_fine, 16, 5 * per_ray) == 5
+    assert fused.rays_per_chunk(2, 36, 8 + n_fine, 16, None) == 36
+    calls = []
+    original = fused.fused_ray_march
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    fused.fused_ray_march = counting
+    try:
+        chunked = render_triplanes_fused(renderer, planes, dec, o, d, cam_z, deterministic=True,
+                                         chunk_bytes=5 * per_ray)
+    finally:
+        fused.fused_ray_march = original
+    assert len(calls) == 8 * (2 if n_fine else 1)  # 36 rays in chunks of 5
+    for name in FIELDS:
+        assert torch.equal(getattr(chunked, name), getattr(whole, name)), name
+    if empty:
+        assert float(whole.t_bg.min()) == 1.0
+        assert torch.equal(whole.depth, torch.full_like(whole.depth, float(whole.all_depths.max())))
+        chunk_max = [float(whole.all_depths[:, i:i + 5].max()) for i in range(0, 36, 5)]
+        assert min(chunk_max) < float(whole.all_depths.max())  # a per-chunk clamp would differ
+    else:
+        assert float(whole.t_bg.min()) < 0.9
+
+
 @torch.no_grad()
 def test_unsupported_calls_say_why(triton_interpreter):
     planes, o, d, cam_z = _scene(1, 4, 16, 8, triton_interpreter)

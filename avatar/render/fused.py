@@ -12,6 +12,9 @@ samples and the ray marcher's chain of elementwise ops. The fused path does the 
 2. ``ray_march_kernel`` - per ray, merges the two sorted sample lists on the fly (no sort, no gather of the
    feature tensor) and composites them front to back.
 
+With deterministic sampling the rays are marched in chunks whose per-sample buffers stay within
+:data:`CHUNK_BYTES` (the same values as one chunk; the peak memory no longer grows with rays x samples).
+
 What stays in PyTorch (small tensors): the stratified depths, the importance sampling from the coarse
 weights (:func:`avatar.render.triplane.sample_importance`), the sample points and the deformer, the final
 depth division and clamp.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
@@ -52,6 +56,7 @@ __all__ = [
     "fused_available",
     "fused_ray_march",
     "fused_triplane_field",
+    "rays_per_chunk",
     "render_triplanes_fused",
 ]
 
@@ -59,6 +64,9 @@ Deformer = Callable[[Tensor], Tensor]
 
 BLOCK_M = 64
 BLOCK_R = 32
+
+CHUNK_BYTES = 256 * 2**20
+"""Default budget of one chunk's per-sample buffers in :func:`render_triplanes_fused` (deterministic sampling)."""
 
 
 FUSED_PLANE_AXES = ("xy-yz-zx", "xy-xz-zy")
@@ -203,7 +211,7 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 def fused_ray_march(colors: Tensor, sigmas: Tensor, depths: Tensor, n_coarse: int, n_fine: int,
-                    features: bool = True) -> RenderOutput:
+                    features: bool = True, clamp_depth: bool = True) -> RenderOutput:
     """Merge the coarse (slots ``0..n_coarse-1``) and the fine samples (the next ``n_fine`` slots) of each ray
     and composite them.
 
@@ -212,6 +220,8 @@ def fused_ray_march(colors: Tensor, sigmas: Tensor, depths: Tensor, n_coarse: in
             ``S_total >= n_coarse + n_fine``; within each ray the coarse and the fine depths are each sorted.
         features: composite the features too (``False``: weights and depth only, the ``features`` field is
             then empty).
+        clamp_depth: clamp the depth to the range of these rays' samples, as the reference does (``False``: the
+            caller clamps; a ray with no weight then has depth ``inf``).
 
     Returns:
         :class:`RenderOutput` as :meth:`ImportanceRenderer.render_field` gives it, over ``n_coarse + n_fine``
@@ -234,8 +244,19 @@ def fused_ray_march(colors: Tensor, sigmas: Tensor, depths: Tensor, n_coarse: in
         C_PAD=padded_width(c), BLOCK_R=BLOCK_R, FEATURES=features,
     )
     depth = torch.nan_to_num(zsum / total, float("inf"))
-    depth = torch.clamp(depth, torch.min(merged), torch.max(merged))
+    if clamp_depth:
+        depth = torch.clamp(depth, torch.min(merged), torch.max(merged))
     return RenderOutput(rgb, depth, merged, weights, 1 - total)
+
+
+def rays_per_chunk(batch: int, rays: int, samples: int, channels: int, budget_bytes: int | None) -> int:
+    """Rays of each frame per chunk so that the per-sample buffers of one chunk (features, density, depth and
+    the sample points: ``channels + 5`` float32 values a sample) stay within ``budget_bytes`` (``None``: no limit,
+    one chunk)."""
+    if budget_bytes is None:
+        return rays
+    per_ray = batch * samples * (channels + 5) * 4
+    return max(1, min(rays, budget_bytes // per_ray))
 
 
 def render_triplanes_fused(
@@ -249,6 +270,7 @@ def render_triplanes_fused(
     box_warp_scale: float = 1.0,
     deterministic: bool | None = None,
     precision: str = "ieee",
+    chunk_bytes: int | None = None,
 ) -> RenderOutput:
     """:meth:`ImportanceRenderer.forward` with the fused kernels (same arguments, same :class:`RenderOutput`).
 
@@ -257,6 +279,12 @@ def render_triplanes_fused(
         decoder: the NeRF decoder whose weights the kernel reads.
         origins, directions: ``(B, R, 3)``.
         precision: ``'ieee'`` (float32) or ``'tf32'`` for the decoder MLP.
+        chunk_bytes: with deterministic sampling, march the rays in chunks whose per-sample buffers stay within
+            this many bytes (:func:`rays_per_chunk`; ``None``: :data:`CHUNK_BYTES`, ``0``: one chunk). The
+            result is the same as in one chunk: the coarse depths are drawn for all rays first and the depth is
+            clamped to the range of all rays' samples at the end; only the peak memory changes (at 224x224 with
+            96 samples of 33 channels a ray, one chunk needs 0.7 GB a frame). Stochastic sampling always runs in
+            one chunk, so that it draws the reference's random numbers.
     """
     opt = renderer.options
     det = renderer.is_deterministic(deterministic)
@@ -272,24 +300,38 @@ def render_triplanes_fused(
     scale = 2 / (box_warp_scale * opt.box_warp)
     n_coarse, n_fine = opt.depth_resolution, opt.depth_resolution_importance
     s_total = n_coarse + n_fine
-    colors = torch.empty(b, r, s_total, decoder.out_rgb.out_features, device=planes.device)
-    sigmas = torch.empty(b, r, s_total, device=planes.device)
-    depths = torch.empty(b, r, s_total, device=planes.device)
-
-    def evaluate(z: Tensor, slot: int) -> None:
-        points = (origins.unsqueeze(-2) + z * directions.unsqueeze(-2)).reshape(b, -1, 3)
-        if deformer is not None:
-            points = deformer(points)
-        fused_triplane_field(planes_hwc, points.float().contiguous(), weights, scale, colors, sigmas, slot, precision,
-                             opt.plane_axes)
-        depths[:, :, slot:slot + z.shape[2]] = z[..., 0]
-
+    channels = decoder.out_rgb.out_features
     coarse = renderer.coarse_depths(origins, directions, cam_z, box_warp_scale, det)  # (B, R, S1, 1)
-    evaluate(coarse, 0)
-    if n_fine == 0:
-        return fused_ray_march(colors, sigmas, depths, n_coarse, 0)
-    first = fused_ray_march(colors, sigmas, depths, n_coarse, 0, features=False)
-    fine = sample_importance(coarse, first.weights, n_fine, det)
-    fine = torch.sort(fine, dim=2).values
-    evaluate(fine, n_coarse)
-    return fused_ray_march(colors, sigmas, depths, n_coarse, n_fine)
+    budget = CHUNK_BYTES if chunk_bytes is None else (chunk_bytes or None)
+    step = rays_per_chunk(b, r, s_total, channels, budget if det else None)
+
+    def march(o: Tensor, d: Tensor, z_coarse: Tensor, clamp_depth: bool) -> RenderOutput:
+        rc = o.shape[1]
+        colors = torch.empty(b, rc, s_total, channels, device=planes.device)
+        sigmas = torch.empty(b, rc, s_total, device=planes.device)
+        depths = torch.empty(b, rc, s_total, device=planes.device)
+
+        def evaluate(z: Tensor, slot: int) -> None:
+            points = (o.unsqueeze(-2) + z * d.unsqueeze(-2)).reshape(b, -1, 3)
+            if deformer is not None:
+                points = deformer(points)
+            fused_triplane_field(planes_hwc, points.float().contiguous(), weights, scale, colors, sigmas, slot,
+                                 precision, opt.plane_axes)
+            depths[:, :, slot:slot + z.shape[2]] = z[..., 0]
+
+        evaluate(z_coarse, 0)
+        if n_fine == 0:
+            return fused_ray_march(colors, sigmas, depths, n_coarse, 0, clamp_depth=clamp_depth)
+        first = fused_ray_march(colors, sigmas, depths, n_coarse, 0, features=False)
+        fine = sample_importance(z_coarse, first.weights, n_fine, det)
+        fine = torch.sort(fine, dim=2).values
+        evaluate(fine, n_coarse)
+        return fused_ray_march(colors, sigmas, depths, n_coarse, n_fine, clamp_depth=clamp_depth)
+
+    if step >= r:
+        return march(origins, directions, coarse, True)
+    parts = [march(origins[:, i:i + step], directions[:, i:i + step], coarse[:, i:i + step], False)
+             for i in range(0, r, step)]
+    out = RenderOutput(*(torch.cat([getattr(p, f.name) for p in parts], 1) for f in fields(RenderOutput)))
+    out.depth = torch.clamp(out.depth, torch.min(out.all_depths), torch.max(out.all_depths))
+    return out
