@@ -548,7 +548,8 @@ def _score_training_frames(avatar: Any, train: Any, count: int, corrections: tor
         out["learned_mean_rotation_deg"] = float(corrections[:, :3].norm(dim=1).mean() * 180 / math.pi)
         out["learned_mean_translation_cm"] = float(corrections[:, 3:].norm(dim=1).mean())
     if pose_steps:
-        out["refined"] = _score_refined_poses(avatar, real, exprs, poses, pose_steps, lpips, progress)[0]
+        out["refined"], refined = _score_refined_poses(avatar, real, exprs, poses, pose_steps, lpips, progress)
+        out["refined"]["corrections"] = _rounded_rows(refined)
     return out
 
 
