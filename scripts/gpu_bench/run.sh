@@ -73,7 +73,7 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/
 stamp tests
 python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
 stamp gphm
-python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
+timeout 60 python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
 stamp goha-profile
-python3 scripts/gpu_bench/profile_gphm.py 8 --modes fast-bf16 > "$out/profile_gphm.log" 2>&1
+timeout 45 python3 scripts/gpu_bench/profile_gphm.py 8 --modes fast-bf16 > "$out/profile_gphm.log" 2>&1
 stamp end
