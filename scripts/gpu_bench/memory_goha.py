@@ -19,8 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from avatar.bench.goha import FRONT, cameras, smooth_images  # noqa: E402
+from profile_goha import released_model_and_inputs  # noqa: E402
+
+from avatar.bench.goha import cameras  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,15 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2
-    from avatar.models.goha import GOHA, GOHAConfig
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = args.tf32 == "conv"
     device = torch.device("cuda")
-    model = GOHA(GOHAConfig()).to(device).eval().enable_fast_inference("ieee")
-    gen = torch.Generator().manual_seed(1)
-    s = model.config.image_size
-    src_img, pseudo = smooth_images(1, s, gen).to(device), smooth_images(1, s, gen).to(device)
+    model, source, pseudo = released_model_and_inputs(args.tf32, device)
     cap = os.environ.get("CUDNN_CONV_WSCAP_DBG", "unset")
     print(f"GOHA reenact memory, fp32, TF32 {args.tf32}, CUDNN_CONV_WSCAP_DBG={cap}, cuDNN "
           f"{torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}, torch {torch.__version__}")
@@ -60,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         return hook
 
     with torch.no_grad():
-        source = model.encode_source(src_img, torch.tensor([FRONT], device=device), with_coefficients=False)
         for b in args.batch_sizes:
             src_b, cam_b, pseudo_b = source.expand(b), cameras(b, device), pseudo.expand(b, -1, -1, -1)
             model.reenact(src_b, cam_b, pseudo_render=pseudo_b)  # warm-up: cuDNN plans, Triton kernels

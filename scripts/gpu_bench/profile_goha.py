@@ -15,6 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -29,6 +30,22 @@ def _device_us(event: object) -> float:
     return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
 
 
+@torch.no_grad()
+def released_model_and_inputs(tf32: str, device: torch.device) -> tuple[Any, Any, torch.Tensor]:
+    """GOHA at the released sizes with random weights on ``device`` (fused renderer, TF32 for convolutions only
+    when ``tf32 == 'conv'``), a smooth random source encoded once, and one smooth pseudo-render ``(1, 3, S, S)``."""
+    from avatar.models.goha import GOHA, GOHAConfig
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = tf32 == "conv"
+    model = GOHA(GOHAConfig()).to(device).eval().enable_fast_inference("ieee")
+    gen = torch.Generator().manual_seed(1)
+    s = model.config.image_size
+    src_img, pseudo = smooth_images(1, s, gen).to(device), smooth_images(1, s, gen).to(device)
+    source = model.encode_source(src_img, torch.tensor([FRONT], device=device), with_coefficients=False)
+    return model, source, pseudo
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("batch", type=int, nargs="?", default=1)
@@ -39,17 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA device", file=sys.stderr)
         return 2
-    from avatar.models.goha import GOHA, GOHAConfig
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = args.tf32 == "conv"
     device = torch.device("cuda")
-    model = GOHA(GOHAConfig()).to(device).eval().enable_fast_inference("ieee")
-    gen = torch.Generator().manual_seed(1)
+    model, source, pseudo = released_model_and_inputs(args.tf32, device)
     s = model.config.image_size
-    src_img, pseudo = smooth_images(1, s, gen).to(device), smooth_images(1, s, gen).to(device)
     with torch.no_grad():
-        source = model.encode_source(src_img, torch.tensor([FRONT], device=device), with_coefficients=False)
         stages = stage_calls(model, source.expand(args.batch), cameras(args.batch, device),
                              pseudo.expand(args.batch, -1, -1, -1))
         print(f"GOHA per-frame stages, batch {args.batch}, fp32, TF32 {args.tf32}, {torch.cuda.get_device_name()}, "
