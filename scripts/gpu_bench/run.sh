@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repository root, with the bundle of prepare.sh beside it:
 #
-#   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|quick|fit|genhead]
+#   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|quick|goha|fit|genhead]
 #
 # benchmarks (default; about 6 minutes on one H100 after the machine starts): GOHA against the official Model
 # (float32, batches 1/2/4, the per-stage breakdown at batch 2 with the memory each stage adds), GOHA's per-stage
@@ -58,6 +58,17 @@ if [ "$what" = genhead ]; then
   exit 0
 fi
 mkdir -p /tmp/gpu_bench_goha_src && tar -xf "$bundle/goha_src.tar" -C /tmp/gpu_bench_goha_src
+if [ "$what" = goha ]; then  # GOHA only (about 2.5 minutes): its memory by layer, speed and memory against the official
+  python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 > "$out/memory_goha.log" 2>&1
+  stamp goha-memory
+  python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
+    --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
+  stamp goha
+  timeout 60 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_goha_model.py \
+    tests/test_fused_render.py 2>&1 | tail -8 | tee "$out/gpu_tests.log"
+  stamp end
+  exit 0
+fi
 if [ "$what" = quick ]; then  # the benchmarks' main rows only (about 4 minutes): for a short device budget
   build_gsplat > "$out/gsplat_build.log" 2>&1 &
   gs=$!
