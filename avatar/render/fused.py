@@ -283,7 +283,7 @@ def render_triplanes_fused(
             this many bytes (:func:`rays_per_chunk`; ``None``: :data:`CHUNK_BYTES`, ``0``: one chunk). The
             result is the same as in one chunk: the coarse depths are drawn for all rays first and the depth is
             clamped to the range of all rays' samples at the end; only the peak memory changes (at 224x224 with
-            96 samples of 33 channels a ray, one chunk needs 0.7 GB a frame). Stochastic sampling always runs in
+            96 samples of 32 channels a ray, one chunk needs 0.69 GB a frame). Stochastic sampling always runs in
             one chunk, so that it draws the reference's random numbers.
     """
     opt = renderer.options
