@@ -446,7 +446,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.test_pose_steps:
             row["pose_refined"], refined_corr = _score_refined_poses(avatar, real, exprs, poses,
                                                                      args.test_pose_steps, lpips, not args.quiet)
-        if refined_corr is not None:
             row["pose_refined"]["corrections"] = _rounded_rows(refined_corr)
         if fit.pose_corrections is not None:
             row["learned_corrections"] = _rounded_rows(fit.pose_corrections)

@@ -322,7 +322,7 @@ def render_triplanes_fused(
         evaluate(z_coarse, 0)
         if n_fine == 0:
             return fused_ray_march(colors, sigmas, depths, n_coarse, 0, clamp_depth=clamp_depth)
-        first = fused_ray_march(colors, sigmas, depths, n_coarse, 0, features=False)
+        first = fused_ray_march(colors, sigmas, depths, n_coarse, 0, features=False, clamp_depth=False)
         fine = sample_importance(z_coarse, first.weights, n_fine, det)
         fine = torch.sort(fine, dim=2).values
         evaluate(fine, n_coarse)
