@@ -33,7 +33,11 @@ def _device_us(event: object) -> float:
 @torch.no_grad()
 def released_model_and_inputs(tf32: str, device: torch.device) -> tuple[Any, Any, torch.Tensor]:
     """GOHA at the released sizes with random weights on ``device`` (fused renderer, TF32 for convolutions only
-    when ``tf32 == 'conv'``), a smooth random source encoded once, and one smooth pseudo-render ``(1, 3, S, S)``."""
+    when ``tf32 == 'conv'``), a smooth random source encoded once, and one smooth pseudo-render ``(1, 3, S, S)``.
+    Exits with status 2 and a message when no CUDA device is visible."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("needs a CUDA device", file=sys.stderr)
+        raise SystemExit(2)
     from avatar.models.goha import GOHA, GOHAConfig
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -53,9 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tf32", choices=["off", "conv"], default="off")
     parser.add_argument("--top", type=int, default=8)
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("needs a CUDA device", file=sys.stderr)
-        return 2
     device = torch.device("cuda")
     model, source, pseudo = released_model_and_inputs(args.tf32, device)
     s = model.config.image_size
