@@ -58,48 +58,47 @@ if [ "$what" = genhead ]; then
   exit 0
 fi
 mkdir -p /tmp/gpu_bench_goha_src && tar -xf "$bundle/goha_src.tar" -C /tmp/gpu_bench_goha_src
-if [ "$what" = goha ]; then  # GOHA only (about 2.5 minutes): its memory by layer, speed and memory against the official
-  python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 > "$out/memory_goha.log" 2>&1
-  stamp goha-memory
+goha_memory() {  # BATCHES...: the layers that set GOHA's peak memory at each batch
+  python3 scripts/gpu_bench/memory_goha.py --batch-sizes "$@" > "$out/memory_goha.log" 2>&1
+}
+goha_bench() {  # [EXTRA OPTIONS]: ours against the official Model, float32, batches 1-4
   python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
-    --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
-  stamp goha
-  timeout 60 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_goha_model.py \
-    tests/test_fused_render.py 2>&1 | tail -8 | tee "$out/gpu_tests.log"
-  stamp end
-  exit 0
-fi
-if [ "$what" = quick ]; then  # the benchmarks' main rows only (about 4 minutes): for a short device budget
-  build_gsplat > "$out/gsplat_build.log" 2>&1 &
-  gs=$!
-  python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 > "$out/memory_goha.log" 2>&1
-  stamp goha-memory
-  python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
-    --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
-  stamp goha
-  wait $gs; tail -3 "$out/gsplat_build.log"
+    --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --json "$out/goha.json" "$@" 2>&1 | tee "$out/goha.log"
+}
+gpu_tests() {  # SECONDS TEST_FILES...: the tests marked gpu
+  local limit=$1; shift
+  timeout "$limit" python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu "$@" 2>&1 | tail -15 \
+    | tee "$out/gpu_tests.log"
+}
+gphm_bench() {
   python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
-  stamp gphm
-  timeout 90 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_gphm_model.py \
-    tests/test_goha_model.py tests/test_fused_render.py tests/test_genhead.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
-  stamp end
+}
+if [ "$what" = goha ]; then  # GOHA only (about 2.5 minutes): its memory by layer, speed and memory against the official
+  goha_memory 1 2 4; stamp goha-memory
+  goha_bench; stamp goha
+  gpu_tests 60 tests/test_goha_model.py tests/test_fused_render.py; stamp end
   exit 0
 fi
 build_gsplat > "$out/gsplat_build.log" 2>&1 &
 gs=$!
-python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 > "$out/memory_goha.log" 2>&1
+if [ "$what" = quick ]; then  # the benchmarks' main rows only (about 4 minutes): for a short device budget
+  goha_memory 1 2 4 8; stamp goha-memory
+  goha_bench; stamp goha
+  wait $gs; tail -3 "$out/gsplat_build.log"
+  gphm_bench; stamp gphm
+  gpu_tests 90 tests/test_gphm_model.py tests/test_goha_model.py tests/test_fused_render.py tests/test_genhead.py
+  stamp end
+  exit 0
+fi
+goha_memory 1 2 4 8
 CUDNN_CONV_WSCAP_DBG=256 python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 --top 4 >> "$out/memory_goha.log" 2>&1
 stamp goha-memory
-python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
-  --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --breakdown --breakdown-batch 2 \
-  --json "$out/goha.json" 2>&1 | tee "$out/goha.log"
-stamp goha
+goha_bench --breakdown --breakdown-batch 2; stamp goha
 wait $gs; tail -3 "$out/gsplat_build.log"
-timeout 150 python3 -m pytest -q -p no:cacheprovider -p no:timeout -m gpu tests/test_gphm_model.py tests/test_goha_model.py \
-  tests/test_gaussian_render.py tests/test_flame_triton_search.py tests/test_goha_planes.py tests/test_genhead.py 2>&1 | tail -15 | tee "$out/gpu_tests.log"
+gpu_tests 150 tests/test_gphm_model.py tests/test_goha_model.py tests/test_gaussian_render.py \
+  tests/test_flame_triton_search.py tests/test_goha_planes.py tests/test_genhead.py tests/test_fused_render.py
 stamp tests
-python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
-stamp gphm
+gphm_bench; stamp gphm
 timeout 60 python3 scripts/gpu_bench/profile_goha.py 1 > "$out/profile_goha.log" 2>&1
 stamp goha-profile
 timeout 45 python3 scripts/gpu_bench/profile_gphm.py 8 --modes fast-bf16 > "$out/profile_gphm.log" 2>&1
