@@ -4,7 +4,7 @@
 #   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|quick|goha|fit|genhead]
 #
 # benchmarks (default; about 6 minutes on one H100 after the machine starts): GOHA against the official Model
-# (float32, batches 1/2/4, the per-stage breakdown at batch 2 with the memory each stage adds), GOHA's per-stage
+# (float32, batches 1-4, the per-stage breakdown at batch 2 with the memory each stage adds), GOHA's per-stage
 # CUDA kernels at batch 1 (profile_goha.py), the layers that set its peak memory at batches 1-8 (memory_goha.py,
 # also under a 256 MiB cuDNN workspace cap), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
 # speed of the template avatar (every mode, batches 1/8/16) and its top CUDA kernels at batch 8.
