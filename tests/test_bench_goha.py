@@ -33,6 +33,18 @@ def test_goha_bench_tiny_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert torch.is_grad_enabled()  # the bench leaves the process's settings as it found them
     with pytest.raises(SystemExit):
         main(["goha", "--tiny", "--cuda-graphs", "maybe"])
+    for bad in ("0", "some"):
+        with pytest.raises(SystemExit):
+            main(["goha", "--tiny", "--sr-frames", bad])
+
+
+def test_goha_bench_sr_frames_rows(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    out = tmp_path / "rows.json"
+    assert main(["goha", "--tiny", "--device", "cpu", "--frames", "1", "--warmup", "0", "--batch-sizes", "2",
+                 "--dtypes", "fp32", "--fused", "off", "--sr-frames", "all", "1", "--json", str(out)]) == 0
+    assert [r["path"] for r in json.loads(out.read_text())][:2] == [
+        "ours fp32, source cached", "ours fp32 + SR 1 frame a call, source cached"]
 
 
 def test_goha_bench_triton_lifting_rows(triton_interpreter, tmp_path: Path) -> None:

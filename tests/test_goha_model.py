@@ -152,6 +152,38 @@ def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, ima
         model.enable_fast_inference("fp8")
 
 
+def test_super_resolution_by_groups_of_frames(model: GOHA, images: torch.Tensor) -> None:
+    """``sr_frames``: deterministic frames super-resolved a few at a time equal one call over the batch; a random
+    draw stays one call (the official's draw); bad values are refused by name."""
+    with torch.no_grad():
+        src = model.encode_source(images[:1], camera(1)).expand(3)
+        cams = torch.cat([camera(2, 0.05), camera(1, -0.05)])
+        pseudo = torch.rand(3, 3, model.config.image_size, model.config.image_size)
+        try:
+            ref = model.reenact(src, cams, pseudo_render=pseudo)
+            calls: list[int] = []
+            hook = model.neural_layers.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+            model.enable_fast_inference(None, sr_frames=2)
+            grouped = model.reenact(src, cams, pseudo_render=pseudo)
+            assert calls == [2, 1]
+            calls.clear()
+            torch.manual_seed(0)
+            drawn = model.reenact(src, cams, pseudo_render=pseudo, deterministic=False)
+            assert calls == [3]
+            hook.remove()
+            for bad in (0, -1, 1.5, True):
+                with pytest.raises(ConfigError, match="sr_frames"):
+                    model.enable_fast_inference(None, sr_frames=bad)  # type: ignore[arg-type]
+        finally:
+            model.disable_fast_inference()
+        assert model.sr_frames is None
+    torch.testing.assert_close(grouped.image, ref.image, atol=1e-5, rtol=0)
+    assert torch.equal(grouped.image_raw, ref.image_raw)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.equal(model.reenact(src, cams, pseudo_render=pseudo, deterministic=False).image, drawn.image)
+
+
 def test_graphed_reenact_plumbing_gives_the_eager_output(model: GOHA, images: torch.Tensor) -> None:
     """The CUDA-graph path's inputs and outputs (checked on CPU with a stand-in cache that runs the captured
     function on copies of its inputs, as a replay does); a failed capture falls back to the eager result."""

@@ -2,7 +2,7 @@
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32 [off|conv|all]]
         [--fused off ieee tf32] [--cuda-graphs off on]
-        [--sr-modconv fused input] [--lifting cdist triton]
+        [--sr-modconv fused input] [--lifting cdist triton] [--sr-frames all 1 2]
         [--breakdown] [--cudnn-benchmark] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
@@ -22,6 +22,8 @@ Rows:
   nearest-point lifting by a Triton kernel instead of the chunked ``cdist``;
 * ``... + SR input modulation`` (``--sr-modconv input``): ``enable_fast_inference(sr_fused_modconv=False)``, the
   super-resolution's modulated convolutions as one shared-weight convolution over the batch;
+* ``... + SR N frames a call`` (``--sr-frames N``): ``enable_fast_inference(sr_frames=N)``, the super-resolution
+  over at most N frames at a time, so that its activations stop growing with the batch;
 * ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph
   (``enable_fast_inference(cuda_graphs=True)``; the first call of each batch size captures it, before the timed
   calls; a failed capture is logged and the row is then eager);
@@ -185,17 +187,20 @@ def _run(args: argparse.Namespace) -> list[Row]:
         sr = (out.image[:1].float() - ref_image).abs().max().item()
         return sr, sr / max(ref_image.abs().max().item(), 1e-12), (out.image_raw[:1].float() - ref_raw).abs().max().item()
 
-    combos = [(dtype, fused, graphs == "on", modconv, lifting) for fused in args.fused for graphs in args.cuda_graphs
-              for modconv in args.sr_modconv for lifting in args.lifting for dtype in args.dtypes]
-    for dtype, fused, graphs, modconv, lifting in combos:
-        reference = fused == "off" and not graphs and modconv == "fused"
+    combos = [(dtype, fused, graphs == "on", modconv, lifting, None if sr_frames == "all" else int(sr_frames))
+              for fused in args.fused for graphs in args.cuda_graphs for modconv in args.sr_modconv
+              for lifting in args.lifting for sr_frames in args.sr_frames for dtype in args.dtypes]
+    for dtype, fused, graphs, modconv, lifting, sr_frames in combos:
+        reference = fused == "off" and not graphs and modconv == "fused" and sr_frames is None
         if reference:
             model.disable_fast_inference()
         else:
             model.enable_fast_inference(None if fused == "off" else fused, cuda_graphs=graphs,
-                                        sr_fused_modconv=modconv == "fused", fused_lifting=lifting == "triton")
+                                        sr_fused_modconv=modconv == "fused", fused_lifting=lifting == "triton",
+                                        sr_frames=sr_frames)
         name = (f"ours {dtype}" + ("" if fused == "off" else f" + fused {fused}")
                 + ("" if modconv == "fused" else " + SR input modulation")
+                + ("" if sr_frames is None else f" + SR {sr_frames} frame{'s' if sr_frames > 1 else ''} a call")
                 + (" + Triton lifting" if model._lift_fused(device) else "")
                 + (" + CUDA graphs" if graphs and device.type == "cuda" else ""))
         source = model.encode_source(src_img, src_cam, with_coefficients=False)
@@ -263,6 +268,7 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
         "super-resolution (GFPGANv1Clean)": lambda: model.neural_layers(rgb, noise_mode="const"),
         "super-resolution, modulation on the inputs": lambda: model.neural_layers(rgb, noise_mode="const",
                                                                                  fused_modconv=False),
+        "super-resolution, one frame a call": lambda: model._super_resolve(rgb, True, frames=1),
         "all of reenact (eager)": lambda: model.reenact(src, cam, pseudo_render=pseudo),
     }
 
@@ -311,6 +317,13 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _sr_frames(text: str) -> str:
+    """``--sr-frames`` values: ``all`` or a positive number of frames."""
+    if text == "all" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 'all' or a positive number of frames, got {text!r}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from avatar.cli import NON_NEGATIVE_INT, POSITIVE_INT
 
@@ -329,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr-modconv", nargs="+", choices=["fused", "input"], default=["fused"],
                         help="super-resolution modulated convolutions: upstream's grouped per-sample weights "
                              "('fused') and/or the modulation on the inputs ('input'), one row set each")
+    parser.add_argument("--sr-frames", nargs="+", type=_sr_frames, default=["all"],
+                        help="fast rows' frames per super-resolution call: 'all' (the batch, default) and/or a "
+                             "number (enable_fast_inference(sr_frames=N)), one row set each")
     parser.add_argument("--lifting", nargs="+", choices=["cdist", "triton"], default=["triton"],
                         help="fast rows' nearest-point lifting: the Triton kernel (default, as "
                              "enable_fast_inference) or the chunked cdist")

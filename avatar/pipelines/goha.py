@@ -256,14 +256,15 @@ class GOHAPipeline(AvatarPipeline):
 
     def enable_fast_inference(self, dtype: torch.dtype | None = torch.bfloat16,
                               fused_rendering: str | None = "ieee", *, cuda_graphs: bool = False,
-                              sr_fused_modconv: bool = True, fused_lifting: bool = True) -> GOHAPipeline:
+                              sr_fused_modconv: bool = True, fused_lifting: bool = True,
+                              sr_frames: int | None = None) -> GOHAPipeline:
         """Run GOHA under autocast ``dtype`` (``None``: float32; the preprocessing stays float32) and with
         :meth:`GOHA.enable_fast_inference` (``fused_rendering``: the Triton volume renderer on CUDA, ``None`` for
-        the PyTorch one; ``cuda_graphs``, ``sr_fused_modconv`` and ``fused_lifting`` as there, with its
-        defaults)."""
+        the PyTorch one; ``cuda_graphs``, ``sr_fused_modconv``, ``fused_lifting`` and ``sr_frames`` as there,
+        with its defaults)."""
         self.dtype = dtype
         self.model.enable_fast_inference(fused_rendering, cuda_graphs=cuda_graphs, sr_fused_modconv=sr_fused_modconv,
-                                         fused_lifting=fused_lifting)
+                                         fused_lifting=fused_lifting, sr_frames=sr_frames)
         return self
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:

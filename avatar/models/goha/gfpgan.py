@@ -218,10 +218,18 @@ class StyleConv(nn.Module):
         """``noise`` (broadcastable to (b, 1, h, w)) is used when given; otherwise ``noise_mode`` decides
         between a fresh draw (``"random"``) and no noise (anything else). ``fused_modconv``: see
         :meth:`ModulatedConv2d.forward`."""
-        out = self.modulated_conv(x, style, fused_modconv) * math.sqrt(2.0)
+        out = self.modulated_conv(x, style, fused_modconv)
         if noise is None and noise_mode == "random":
             b, _, h, w = out.shape
             noise = out.new_empty(b, 1, h, w).normal_()
+        if not torch.is_grad_enabled():
+            # inference: the same operations in place on the fresh convolution output, so that one (b, out, h, w)
+            # tensor is alive instead of three (bit-identical: each step rounds as its out-of-place twin)
+            out.mul_(math.sqrt(2.0))
+            if noise is not None:
+                out.add_(self.weight * noise)
+            return F.leaky_relu_(out.add_(self.bias), _SLOPE)
+        out = out * math.sqrt(2.0)
         if noise is not None:
             out = out + self.weight * noise
         return F.leaky_relu(out + self.bias, _SLOPE)
@@ -316,7 +324,11 @@ class StyleGAN2DecoderSFT(nn.Module):
             out = self.style_convs[2 * k](out, latent[:, i], noise[i], noise_mode, fm)
             if i < len(conditions):
                 scale, shift = conditions[i - 1], conditions[i]
-                if self.sft_half:
+                if not torch.is_grad_enabled():
+                    # inference: in place on the StyleConv's fresh output (bit-identical; no concatenated copy,
+                    # and no split view keeping the old tensor alive through the next convolution)
+                    (out[:, out.shape[1] // 2:] if self.sft_half else out).mul_(scale).add_(shift)
+                elif self.sft_half:
                     kept, modulated = torch.split(out, out.shape[1] // 2, dim=1)
                     out = torch.cat([kept, modulated * scale + shift], dim=1)
                 else:
@@ -397,6 +409,7 @@ class GFPGANv1Clean(nn.Module):
             conditions += [self.condition_scale[k](feat), self.condition_shift[k](feat)]
             if return_rgbs:
                 rgbs.append(self.toRGB[k](feat))
+        del feat, skips  # the U-Net's features are not needed by the decoder: free them before its largest layers
         image = self.stylegan_decoder(style, conditions, cfg.input_is_latent, noise, noise_mode, fused_modconv)
         return image, rgbs
 

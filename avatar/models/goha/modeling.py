@@ -197,6 +197,7 @@ class GOHA(ModelMixin):
         self.fast_lift_chunk: int | None = None  # None: by device (_lift_chunk)
         self.cuda_graphs = False
         self.sr_fused_modconv = True  # False: input-modulated SR convolutions (enable_fast_inference)
+        self.sr_frames: int | None = None  # frames per super-resolution call (enable_fast_inference)
         self.fused_lifting = False  # True: the Triton nearest-point lifting (enable_fast_inference)
         self._graphs = GraphCache(max_graphs=2)  # CUDA graphs of reenact()'s per-frame work (enable_fast_inference)
 
@@ -204,7 +205,7 @@ class GOHA(ModelMixin):
 
     def enable_fast_inference(self, fused_rendering: str | None = "ieee", lift_chunk: int | None = None,
                               cuda_graphs: bool = False, sr_fused_modconv: bool = True,
-                              fused_lifting: bool = True) -> GOHA:
+                              fused_lifting: bool = True, sr_frames: int | None = None) -> GOHA:
         """Where no gradient is recorded: volume rendering through the fused Triton kernels
         (:mod:`avatar.render.fused`, ``'ieee'`` float32 or ``'tf32'`` decoder products; ``None``: the PyTorch
         renderer) on CUDA, and ``lift_chunk`` grid cells per nearest-point distance block (default 1024 on CUDA,
@@ -221,18 +222,24 @@ class GOHA(ModelMixin):
         (CUDA), the nearest-point lifting by a Triton kernel that stores no distance matrix
         (:func:`~avatar.models.goha.planes.fused_nearest_point_indices`; the same points except at float32
         near-ties; ``lift_chunk`` is then unused). On one H100 it took the fp32 batch-1 frame from 54.0 to 47.6 ms
-        with the same SR difference to the official output (docs/goha/README.md, run 3).
-        Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
+        with the same SR difference to the official output (docs/goha/README.md, run 3). ``sr_frames``: in
+        deterministic calls, the super-resolution runs over at most this many frames at a time (``None``: the whole
+        batch), so that its activations (about 350 MiB a 512x512 frame in float32) stop growing with the batch while
+        the smaller stages keep the batch; the frames are those of one call up to the convolution algorithms'
+        rounding. Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
         if lift_chunk is not None and lift_chunk < 2:
             raise ConfigError(f"lift_chunk must be at least 2 grid cells, got {lift_chunk}")
+        if sr_frames is not None and (isinstance(sr_frames, bool) or not isinstance(sr_frames, int) or sr_frames < 1):
+            raise ConfigError(f"sr_frames must be a positive number of frames or None, got {sr_frames!r}")
         self.fast_inference_on = True
         self.fused_rendering = fused_rendering
         self.fast_lift_chunk = lift_chunk
         self.cuda_graphs = bool(cuda_graphs)
         self.sr_fused_modconv = bool(sr_fused_modconv)
         self.fused_lifting = bool(fused_lifting)
+        self.sr_frames = sr_frames
         self._graphs.clear()
         return self
 
@@ -243,6 +250,7 @@ class GOHA(ModelMixin):
         self.fast_lift_chunk = None
         self.cuda_graphs = False
         self.sr_fused_modconv = True
+        self.sr_frames = None
         self.fused_lifting = False
         self._graphs.clear()
         return self
@@ -482,9 +490,19 @@ class GOHA(ModelMixin):
         plane = sum_planes(source.canonical_plane, expression, appearance)
         features, depth = self.render(plane, camera, deterministic=deterministic)
         rgb = features[:, :3]
-        image = self.neural_layers(rgb, noise_mode="const" if deterministic else "random",
-                                   fused_modconv=self.sr_fused_modconv)
+        image = self._super_resolve(rgb, deterministic)
         return GOHAOutput(image, rgb, depth, features, pseudo_render, plane, expression, appearance)
+
+    def _super_resolve(self, rgb: Tensor, deterministic: bool, frames: int | None = None) -> Tensor:
+        """``neural_layers`` over ``rgb`` (B, 3, r, r), in groups of ``frames`` (default ``sr_frames``) frames when
+        deterministic (a random draw stays one call, as the official's)."""
+        noise_mode = "const" if deterministic else "random"
+        frames = frames or self.sr_frames
+        n = frames if deterministic and frames else rgb.shape[0]
+        if n >= rgb.shape[0]:
+            return self.neural_layers(rgb, noise_mode=noise_mode, fused_modconv=self.sr_fused_modconv)
+        return torch.cat([self.neural_layers(part, noise_mode=noise_mode, fused_modconv=self.sr_fused_modconv)
+                          for part in rgb.split(n)])
 
     def _reenact_graphed(self, source: GOHASource, camera: Tensor, pseudo_render: Tensor) -> GOHAOutput:
         """:meth:`_reenact_frames` (deterministic) replayed from a CUDA graph captured for these shapes, strides,
@@ -502,7 +520,8 @@ class GOHA(ModelMixin):
         device = camera.device
         autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         key = (tuple((k, tuple(v.shape), v.stride(), v.dtype, v.device) for k, v in inputs.items()), autocast,
-               self.fused_rendering, self._lift_chunk(device), self.sr_fused_modconv, self._lift_fused(device),
+               self.fused_rendering, self._lift_chunk(device), self.sr_fused_modconv, self.sr_frames,
+               self._lift_fused(device),
                torch.backends.cuda.matmul.allow_tf32,
                torch.backends.cudnn.allow_tf32, tensor_addresses(self))
         out = self._graphs.replay_or_none(key, per_frame, inputs, "GOHA.reenact")
