@@ -42,7 +42,8 @@ def test_goha_bench_sr_frames_rows(tmp_path: Path) -> None:
     torch.set_num_threads(2)
     out = tmp_path / "rows.json"
     assert main(["goha", "--tiny", "--device", "cpu", "--frames", "1", "--warmup", "0", "--batch-sizes", "2",
-                 "--dtypes", "fp32", "--fused", "off", "--sr-frames", "all", "1", "--json", str(out)]) == 0
+                 "--dtypes", "fp32", "--fused", "off", "--sr-frames", "all", "1", "--memory-cap-gib", "2",
+                 "--json", str(out)]) == 0  # the cap applies on CUDA only
     assert [r["path"] for r in json.loads(out.read_text())][:2] == [
         "ours fp32, source cached", "ours fp32 + SR 1 frame a call, source cached"]
 

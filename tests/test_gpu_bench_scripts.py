@@ -32,3 +32,48 @@ def test_profile_needs_cuda(script: str) -> None:
     done = subprocess.run([sys.executable, str(SCRIPTS / script), "2"], capture_output=True, text=True,
                           cwd=ROOT, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "needs a CUDA device" in done.stderr
+
+
+def test_memory_probe_keeps_each_enclosing_module_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory_goha.allocator_peaks on a stand-in allocator: the one CUDA peak counter is reset at every module
+    boundary, yet an enclosing module still gets the peak of a child that ran before."""
+    from torch import nn
+
+    sys.path.insert(0, str(SCRIPTS))
+    import memory_goha
+
+    gib = 2**30
+    state = {"now": 0, "peak": 0}
+
+    def alloc(n: int) -> None:
+        state["now"] += n * gib
+        state["peak"] = max(state["peak"], state["now"])
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: state.update(peak=state["now"]))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+
+    class Leaf(nn.Module):
+        def __init__(self, temporary: int, kept: int) -> None:
+            super().__init__()
+            self.temporary, self.kept = temporary, kept
+
+        def forward(self) -> None:
+            alloc(self.temporary + self.kept)
+            alloc(-self.temporary)
+
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = Leaf(4, 1), Leaf(2, 1)
+
+        def forward(self) -> None:
+            self.a()
+            alloc(3)  # 1 + 3 = 4 between the children
+            alloc(-3)
+            self.b()
+
+    model = nn.ModuleDict({"0": Outer()})
+    added = memory_goha.allocator_peaks(model, lambda: model["0"](), torch.device("cuda"))
+    assert added == {"0": 5.0, "0.a": 5.0, "0.b": 3.0}

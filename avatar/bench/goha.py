@@ -2,7 +2,7 @@
 
     python -m avatar.bench goha [--device cuda] [--frames 64] [--batch-sizes 1 8] [--dtypes fp32 bf16] [--tf32 [off|conv|all]]
         [--fused off ieee tf32] [--cuda-graphs off on]
-        [--sr-modconv fused input] [--lifting cdist triton] [--sr-frames all 1 2]
+        [--sr-modconv fused input] [--lifting cdist triton] [--sr-frames all 1 2] [--memory-cap-gib G]
         [--breakdown] [--cudnn-benchmark] [--official GOHA_CHECKOUT --extra-path DEPS] [--tiny]
 
 Rows:
@@ -27,6 +27,9 @@ Rows:
 * ``... + CUDA graphs`` (``--cuda-graphs on``): the per-frame work replayed from a CUDA graph
   (``enable_fast_inference(cuda_graphs=True)``; the first call of each batch size captures it, before the timed
   calls; a failed capture is logged and the row is then eager);
+* ``... + engines chosen under G GiB`` (``--memory-cap-gib G``, CUDA): before the row is timed, one call with the
+  process capped at G GiB (:func:`avatar.bench.memory_cap.engines_under_cap`), so that the convolution engines
+  cuDNN caches have workspaces that fit; the timed calls run without the cap;
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 ``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, the
@@ -53,6 +56,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from avatar.bench.memory_cap import engines_under_cap
 from avatar.bench.timing import fmt as _fmt
 from avatar.bench.timing import time_calls as _time
 from avatar.errors import InputError
@@ -214,11 +218,16 @@ def _run(args: argparse.Namespace) -> list[Row]:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     return model.reenact(src_b, cam_b, pseudo_render=pseudo_b)
 
+            capped = args.memory_cap_gib is not None and device.type == "cuda"
+            if capped and engines_under_cap(frame, device, args.memory_cap_gib) is None:
+                print(f"{name}, batch {b}: does not fit under {args.memory_cap_gib} GiB; no row", flush=True)
+                continue
             peak_reset()
             times = _time(frame, device, max(1, iters // b), args.warmup)
             ms = statistics.median(times) * 1e3 / b
             sr, rel, raw = diffs(frame())
-            label = name + (" (capture failed: eager)" if graphs and model._graphs.failed else "")
+            label = (name + (" (capture failed: eager)" if graphs and model._graphs.failed else "")
+                     + (f" + engines chosen under {args.memory_cap_gib:g} GiB" if capped else ""))
             rows.append(Row(f"{label}, source cached", b, ms, 1e3 / ms, peak(), sr, rel, raw, len(times)))
     if args.breakdown:
         breakdown(model, model.encode_source(src_img, src_cam, with_coefficients=False), cams, pseudo, args,
@@ -345,6 +354,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sr-frames", nargs="+", type=_sr_frames, default=["all"],
                         help="fast rows' frames per super-resolution call: 'all' (the batch, default) and/or a "
                              "number (enable_fast_inference(sr_frames=N)), one row set each")
+    parser.add_argument("--memory-cap-gib", type=float, default=None,
+                        help="CUDA: before timing each of our rows, one call with the process capped at this many "
+                             "GiB, so that cuDNN's cached convolution engines have workspaces that fit "
+                             "(avatar.bench.memory_cap); a row whose call does not fit is left out")
     parser.add_argument("--lifting", nargs="+", choices=["cdist", "triton"], default=["triton"],
                         help="fast rows' nearest-point lifting: the Triton kernel (default, as "
                              "enable_fast_inference) or the chunked cdist")

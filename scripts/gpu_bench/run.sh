@@ -3,11 +3,14 @@
 #
 #   bash scripts/gpu_bench/run.sh [BUNDLE] [OUT] [benchmarks|quick|goha|fit|genhead]
 #
-# benchmarks (default; about 6 minutes on one H100 after the machine starts): GOHA against the official Model
-# (float32, batches 1-4, the per-stage breakdown at batch 2 with the memory each stage adds), GOHA's per-stage
-# CUDA kernels at batch 1 (profile_goha.py), the layers that set its peak memory at batches 1-8 (memory_goha.py,
-# also under a 256 MiB cuDNN workspace cap), the GPU tests of GOHA / GPHM / the Gaussian rasteriser, GPHM render
-# speed of the template avatar (every mode, batches 1/8/16) and its top CUDA kernels at batch 8.
+# benchmarks (default; about 7 minutes on one H100 after the machine starts): GOHA against the official Model
+# (float32, batches 1-4, the super-resolution over the batch and one frame a call, the per-stage breakdown at
+# batch 2 with the memory each stage adds; again with cuDNN's engines chosen under 2.1 GiB), GOHA's per-stage
+# CUDA kernels at batch 1 (profile_goha.py), the layers that set its peak memory at batches 1-8 (memory_goha.py:
+# allocator against live tensors, the difference being cuDNN workspaces; again under the cap), the GPU tests of
+# GOHA / GPHM / the Gaussian rasteriser, GPHM render speed of the template avatar (every mode, batches 1/8/16) and
+# its top CUDA kernels at batch 8.
+# goha (about 4.5 minutes): the GOHA memory probes and the two GOHA bench runs against the official, GOHA's GPU tests.
 # fit (about 9 minutes on a fresh machine, gsplat's build included): the 5-minute GPHM monocular fit of talk1 with
 # the held-out pose diagnostic and the training-frame check (the fast-path render speed is the benchmarks mode's
 # template row: the same work for the same number of Gaussians); FIT_OPTIONS="KEY=VALUE ..." (env) passes
@@ -58,12 +61,23 @@ if [ "$what" = genhead ]; then
   exit 0
 fi
 mkdir -p /tmp/gpu_bench_goha_src && tar -xf "$bundle/goha_src.tar" -C /tmp/gpu_bench_goha_src
-goha_memory() {  # BATCHES...: the layers that set GOHA's peak memory at each batch
-  python3 scripts/gpu_bench/memory_goha.py --batch-sizes "$@" > "$out/memory_goha.log" 2>&1
+cap=2.1  # GiB: under half of the official's batch-1 peak (4.33 GiB in run 4)
+goha_memory() {  # BATCHES...: the layers that set GOHA's peak memory at each batch; then with cuDNN's engines
+  # chosen under the cap, and with the super-resolution one frame a call under the cap
+  local probe=scripts/gpu_bench/memory_goha.py log="$out/memory_goha.log"
+  python3 $probe --batch-sizes "$@" > "$log" 2>&1
+  python3 $probe --batch-sizes "$@" --top 6 --memory-cap-gib $cap >> "$log" 2>&1
+  python3 $probe --batch-sizes "$@" --top 6 --memory-cap-gib $cap --sr-frames 1 >> "$log" 2>&1
+  grep -E "^batch|does not fit|^GOHA" "$log"
 }
-goha_bench() {  # [EXTRA OPTIONS]: ours against the official Model, float32, batches 1-4
-  python3 -m avatar.bench goha --device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha \
-    --frames 16 --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --json "$out/goha.json" "$@" 2>&1 | tee "$out/goha.log"
+goha_bench() {  # [EXTRA OPTIONS]: ours against the official Model, float32, batches 1-4, the SR over the batch and
+  # one frame a call; then the same with cuDNN's engines chosen under the cap (another process: the engine choice
+  # is cached per process)
+  local common=(--device cuda --official /tmp/gpu_bench_goha_src --extra-path /tmp/gpu_bench_goha --frames 16
+                --batch-sizes 1 2 3 4 --dtypes fp32 --fused ieee --sr-frames all 1)
+  python3 -m avatar.bench goha "${common[@]}" --json "$out/goha.json" "$@" 2>&1 | tee "$out/goha.log"
+  python3 -m avatar.bench goha "${common[@]}" --memory-cap-gib $cap --json "$out/goha_capped.json" 2>&1 \
+    | tee "$out/goha_capped.log"
 }
 gpu_tests() {  # SECONDS TEST_FILES...: the tests marked gpu
   local limit=$1; shift
@@ -73,7 +87,7 @@ gpu_tests() {  # SECONDS TEST_FILES...: the tests marked gpu
 gphm_bench() {
   python3 -m avatar.bench gphm --device cuda --batch-sizes 1 8 16 --json "$out/gphm.json" 2>&1 | tee "$out/gphm.log"
 }
-if [ "$what" = goha ]; then  # GOHA only (about 2.5 minutes): its memory by layer, speed and memory against the official
+if [ "$what" = goha ]; then  # GOHA only (about 4.5 minutes): its memory by layer, speed and memory against the official
   goha_memory 1 2 4; stamp goha-memory
   goha_bench; stamp goha
   gpu_tests 60 tests/test_goha_model.py tests/test_fused_render.py; stamp end
@@ -91,7 +105,6 @@ if [ "$what" = quick ]; then  # the benchmarks' main rows only (about 4 minutes)
   exit 0
 fi
 goha_memory 1 2 4 8
-CUDNN_CONV_WSCAP_DBG=256 python3 scripts/gpu_bench/memory_goha.py --batch-sizes 1 2 4 8 --top 4 >> "$out/memory_goha.log" 2>&1
 stamp goha-memory
 goha_bench --breakdown --breakdown-batch 2; stamp goha
 wait $gs; tail -3 "$out/gsplat_build.log"

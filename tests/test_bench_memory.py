@@ -1,11 +1,14 @@
-"""The device-independent live-tensor counter of :mod:`avatar.bench.live_memory`."""
+"""The benchmarks' memory tools: the device-independent live-tensor counter (:mod:`avatar.bench.live_memory`) and
+the cuDNN engine choice under a memory cap (:mod:`avatar.bench.memory_cap`, on a stand-in CUDA allocator)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from avatar.bench.live_memory import LiveTensorBytes, module_peaks
+from avatar.bench.memory_cap import engines_under_cap, memory_cap
 
 
 def test_counts_storages_once_until_their_last_tensor_dies():
@@ -62,3 +65,40 @@ def test_module_peaks_name_the_module_that_holds_the_peak():
     # the two wide tensors alive at the peak, named by their operator and module
     assert sorted((b, what.split(" @ ")[1]) for b, what in live.peak_tensors) == [(wide, "0"), (wide, "0.wide")]
     assert any(what.startswith("relu.default (100, 512) float32 @ 0") for _, what in live.peak_tensors)
+
+
+@pytest.fixture
+def fractions(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The memory fractions set on a stand-in 80 GiB CUDA device."""
+    set_to: list[float] = []
+
+    class Properties:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Properties())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, device=None: set_to.append(f))
+    return set_to
+
+
+def test_engines_are_chosen_under_the_cap_and_the_cap_is_lifted(fractions: list[float]) -> None:
+    cuda = torch.device("cuda")
+    assert engines_under_cap(lambda: 7, cuda, 2.0) == 7
+    assert fractions == [2.0 / 80, 1.0]
+
+    def too_big() -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert engines_under_cap(too_big, cuda, 2.0) is None  # the call does not fit: no result, cap lifted
+    assert fractions[-1] == 1.0
+    fractions.clear()
+    assert engines_under_cap(lambda: 3, cuda, None) == 3 and fractions == []  # no cap, nothing set
+    with memory_cap(cuda, 500.0):  # more than the device: the whole device
+        assert fractions == [1.0]
+    with pytest.raises(ValueError, match="positive"):
+        with memory_cap(cuda, 0):
+            pass
+    with pytest.raises(ValueError, match="CUDA device"):
+        with memory_cap(torch.device("cpu"), 1.0):
+            pass
