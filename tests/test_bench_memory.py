@@ -96,9 +96,7 @@ def test_engines_are_chosen_under_the_cap_and_the_cap_is_lifted(fractions: list[
     assert engines_under_cap(lambda: 3, cuda, None) == 3 and fractions == []  # no cap, nothing set
     with memory_cap(cuda, 500.0):  # more than the device: the whole device
         assert fractions == [1.0]
-    with pytest.raises(ValueError, match="positive"):
-        with memory_cap(cuda, 0):
-            pass
-    with pytest.raises(ValueError, match="CUDA device"):
-        with memory_cap(torch.device("cpu"), 1.0):
-            pass
+    with pytest.raises(ValueError, match="positive"), memory_cap(cuda, 0):
+        pass
+    with pytest.raises(ValueError, match="CUDA device"), memory_cap(torch.device("cpu"), 1.0):
+        pass

@@ -124,6 +124,30 @@ def test_memory_chunks_give_the_one_chunk_result(triton_interpreter, n_fine, emp
 
 
 @torch.no_grad()
+def test_memory_chunks_bound_the_live_tensors(triton_interpreter):
+    """What the chunking is for, counted by the tensors alive at once (avatar.bench.live_memory): one chunk holds
+    every sample's buffers for the whole batch; chunked, the per-sample buffers stay within the budget and the
+    rest is the per-ray output (twice: the chunks' parts and their concatenation), the coarse depths and the
+    channels-last copy of the planes."""
+    from avatar.bench.live_memory import LiveTensorBytes
+
+    planes, o, d, cam_z = _scene(2, 16, 16, 10, triton_interpreter)
+    dec = _decoder(16, 16, seed=3)
+    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=8, depth_resolution_importance=8))
+    held = [planes, o, d, cam_z, *dec.parameters()]
+    per_sample = 2 * 256 * 16 * (16 + 5) * 4  # the whole batch's per-sample buffers: 688 KiB
+    with LiveTensorBytes(held) as whole:
+        out = render_triplanes_fused(renderer, planes, dec, o, d, cam_z, deterministic=True, chunk_bytes=0)
+    budget = per_sample // 8
+    with LiveTensorBytes(held) as chunked:
+        render_triplanes_fused(renderer, planes, dec, o, d, cam_z, deterministic=True, chunk_bytes=budget)
+    outputs = sum(getattr(out, name).numel() * 4 for name in FIELDS)
+    rest = 2 * outputs + 2 * 256 * 8 * 4 + planes.numel() * 4
+    assert whole.peak_bytes > per_sample
+    assert chunked.peak_bytes <= budget + rest < whole.peak_bytes
+
+
+@torch.no_grad()
 def test_unsupported_calls_say_why(triton_interpreter):
     planes, o, d, cam_z = _scene(1, 4, 16, 8, triton_interpreter)
     dec = _decoder(16, 16)
