@@ -3,7 +3,7 @@
     pip install --target /tmp/tfsite "transformers==4.36.2"          # GOHA's SegFormer names are transformers 4.x
     pip install --no-deps --target /tmp/kornia055 kornia==0.5.5     # GOHA's install.sh pins kornia 0.5.5
     python scripts/compare_official_goha.py --official /path/to/GOHA --extra-path /tmp/tfsite \
-        --extra-path /tmp/kornia055 [--tiny-render] [--seed 0]
+        --extra-path /tmp/kornia055 [--seed 0] [--fast]
 
 What it does:
 
@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--fast", action="store_true",
+                        help="our side with enable_fast_inference(None) (the fast path's operation order; the "
+                             "fused renderer and lifting need CUDA or Triton's interpreter)")
     args = parser.parse_args(argv)
     if args.official is None:
         print("no official checkout: pass --official or set GOHA_OFFICIAL", file=sys.stderr)
@@ -254,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "checkpoint825000.ckpt"
         torch.save({"iter": ITERATION, "model_state_dict": official.state_dict()}, path)
         ours = GOHA.from_official(path, deep3d=deep3d_state)
+    if args.fast:
+        ours.enable_fast_inference(None)
+        print("ours: fast inference path (enable_fast_inference(None))")
     back = model_state_to_official(ours.state_dict())
     reference = official.state_dict()
     same = set(back) == set(reference) and all(torch.equal(back[k], reference[k]) for k in reference)

@@ -147,7 +147,8 @@ def test_fast_inference_renders_through_the_kernels_and_matches(model: GOHA, ima
         torch.testing.assert_close(getattr(out, name), getattr(ref, name), atol=1e-4, rtol=0, msg=name)
     assert torch.equal(again.image, ref.image) and model.sr_fused_modconv
     torch.testing.assert_close(input_modulated.image, ref.image, atol=1e-4, rtol=1e-4)
-    assert torch.equal(input_modulated.image_raw, ref.image_raw)
+    # the fast path's IDUpsampler resizes after its 1x1 skip convolution: equal up to rounding
+    torch.testing.assert_close(input_modulated.image_raw, ref.image_raw, atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="fused_rendering"):
         model.enable_fast_inference("fp8")
 
@@ -160,6 +161,7 @@ def test_super_resolution_by_groups_of_frames(model: GOHA, images: torch.Tensor)
         cams = torch.cat([camera(2, 0.05), camera(1, -0.05)])
         pseudo = torch.rand(3, 3, model.config.image_size, model.config.image_size)
         try:
+            model.enable_fast_inference(None)
             ref = model.reenact(src, cams, pseudo_render=pseudo)
             calls: list[int] = []
             hook = model.neural_layers.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
@@ -171,6 +173,9 @@ def test_super_resolution_by_groups_of_frames(model: GOHA, images: torch.Tensor)
             drawn = model.reenact(src, cams, pseudo_render=pseudo, deterministic=False)
             assert calls == [3]
             hook.remove()
+            model.enable_fast_inference(None)  # the same draw as without sr_frames
+            torch.manual_seed(0)
+            assert torch.equal(model.reenact(src, cams, pseudo_render=pseudo, deterministic=False).image, drawn.image)
             for bad in (0, -1, 1.5, True):
                 with pytest.raises(ConfigError, match="sr_frames"):
                     model.enable_fast_inference(None, sr_frames=bad)  # type: ignore[arg-type]
@@ -179,9 +184,6 @@ def test_super_resolution_by_groups_of_frames(model: GOHA, images: torch.Tensor)
         assert model.sr_frames is None
     torch.testing.assert_close(grouped.image, ref.image, atol=1e-5, rtol=0)
     assert torch.equal(grouped.image_raw, ref.image_raw)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        assert torch.equal(model.reenact(src, cams, pseudo_render=pseudo, deterministic=False).image, drawn.image)
 
 
 def test_graphed_reenact_plumbing_gives_the_eager_output(model: GOHA, images: torch.Tensor) -> None:

@@ -127,6 +127,29 @@ def test_id_upsampler_uses_up_xy_for_every_plane() -> None:
     assert all(not torch.equal(net(x)[:, p], out[:, p]) for p in range(3))
 
 
+def test_id_upsampler_skip_before_the_resize_and_in_place_inference() -> None:
+    """The fast path's order (1x1 skip, then the resize) equals upstream's up to float rounding; without autograd
+    the in-place sums and ReLUs give the recorded values bit for bit, and gradients still flow through the
+    in-place ReLUs."""
+    torch.manual_seed(0)
+    net = IDUpsampler(16, 4, 8).eval()
+    x = torch.randn(2, 3, 16, 6, 6, requires_grad=True)
+    recorded = net(x)
+    recorded.square().sum().backward()
+    grad = x.grad.clone()
+    with torch.no_grad():
+        assert torch.equal(net(x), recorded)
+        skip_first = net(x, skip_first=True)
+    torch.testing.assert_close(skip_first, recorded.detach(), atol=1e-5, rtol=0)
+    assert not torch.equal(skip_first, recorded)  # another order of operations, not a copy of the same one
+    relus = [m for m in net.up_xy if isinstance(m, torch.nn.LeakyReLU)]
+    for m in relus:
+        m.inplace = False
+    x.grad = None
+    net(x).square().sum().backward()
+    assert torch.equal(x.grad, grad)
+
+
 def test_osg_decoder_matches_the_official_single_layer_formula() -> None:
     torch.manual_seed(0)
     dec = make_osg_decoder(GOHAPlanesConfig.tiny())

@@ -77,3 +77,29 @@ def test_memory_probe_keeps_each_enclosing_module_peak(monkeypatch: pytest.Monke
     model = nn.ModuleDict({"0": Outer()})
     added = memory_goha.allocator_peaks(model, lambda: model["0"](), torch.device("cuda"))
     assert added == {"0": 5.0, "0.a": 5.0, "0.b": 3.0}
+
+
+def test_memory_probe_runs_the_fused_renderer_code_without_its_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory_goha's CPU estimate: the fused renderer's own code and allocations run, its launches are skipped."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    sys.path.insert(0, str(SCRIPTS))
+    import memory_goha
+
+    from avatar.bench.live_memory import LiveTensorBytes
+    from avatar.render import fused
+    from avatar.render.camera import camera_z, orbit_labels, split_label
+    from avatar.render.rays import sample_rays
+    from avatar.render.triplane import ImportanceRenderer, RenderingOptions, TriplaneNeRFDecoder
+
+    planes = torch.randn(2, 3, 8, 6, 6)
+    c2w, intrinsics = split_label(orbit_labels(2))
+    origins, directions = sample_rays(c2w, intrinsics, 4)
+    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=4, depth_resolution_importance=4))
+    decoder = TriplaneNeRFDecoder(8, 8)
+    assert not fused.fused_available("cpu")
+    with torch.no_grad(), memory_goha.skipped_kernels(), LiveTensorBytes([planes]) as live:
+        out = fused.render_triplanes_fused(renderer, planes, decoder, origins, directions, camera_z(c2w),
+                                           deterministic=True)
+    assert out.features.shape == (2, 16, 8) and out.all_depths.shape == (2, 16, 8, 1)
+    assert live.peak_bytes >= 2 * 16 * 8 * (8 + 2) * 4  # the per-sample buffers were allocated
+    assert not fused.fused_available("cpu")  # restored

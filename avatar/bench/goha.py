@@ -262,7 +262,7 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
     chunk = model._lift_chunk(cam.device)
     fused = model._lift_fused(cam.device)
     lifted = lift_features(points, id_features, model.uv, chunk, fused=fused)
-    plane = sum_planes(src.canonical_plane, expression, model.id_upsampler(lifted))
+    plane = sum_planes(src.canonical_plane, expression, model.id_upsampler(lifted, model.fast_inference_on))
     rgb = model.render(plane, cam)[0][:, :3]
     return {
         "expression branch (expr_net + embedding2expr)": lambda: model.expression_plane(pseudo),
@@ -272,7 +272,7 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
         "appearance encoder (id_net)": lambda: model.id_net(pixel_values),
         "nearest-point lifting" + (" (Triton)" if fused else f" (cdist, {chunk} cells a block)"):
             lambda: lift_features(points, id_features, model.uv, chunk, fused=fused),
-        "IDUpsampler": lambda: model.id_upsampler(lifted),
+        "IDUpsampler": lambda: model.id_upsampler(lifted, model.fast_inference_on),
         f"final render ({c.render_resolution}^2)": lambda: model.render(plane, cam),
         "super-resolution (GFPGANv1Clean)": lambda: model.neural_layers(rgb, noise_mode="const"),
         "super-resolution, modulation on the inputs": lambda: model.neural_layers(rgb, noise_mode="const",

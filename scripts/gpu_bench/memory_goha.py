@@ -10,8 +10,12 @@ Two counts per module:
 * ``allocator`` (CUDA only): ``torch.cuda.max_memory_allocated`` above the memory allocated at the module's start:
   its outputs, its operators' temporaries and any cuDNN workspace;
 * ``tensors``: :func:`avatar.bench.live_memory.module_peaks`, the bytes of the tensors it creates that are alive
-  at once (no workspace, no allocator rounding). On the CPU this is the only count; there the renderer and the
-  lifting are the PyTorch ones unless ``TRITON_INTERPRET=1`` (slow), so their rows are not the GPU's.
+  at once (no workspace, no allocator rounding).
+
+On the CPU (``--device cpu``) the tensor count is the only one, and it estimates the GPU's: the fused renderer's
+own code runs, with every tensor it allocates, but its Triton kernel launches are skipped
+(:func:`skipped_kernels`; the values are then meaningless, the sizes are not), and the lifting is the chunked
+``cdist`` (256 cells a block, 16 MiB a frame; the GPU's Triton lifting holds no distance block).
 
 ``allocator - tensors`` is the memory the operators hold inside their kernels: cuDNN convolution workspaces. PyTorch
 sets no limit on them: without the autotuner it runs the first engine of cuDNN's heuristics whose workspace can be
@@ -24,8 +28,13 @@ the next engine is tried; the cached engine choices are kept, and the cap lifted
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
 
 import torch
 
@@ -79,6 +88,22 @@ def allocator_peaks(model: torch.nn.Module, call: object, device: torch.device) 
     return added
 
 
+@contextlib.contextmanager
+def skipped_kernels() -> Iterator[None]:
+    """The fused renderer on the CPU without Triton: its code and allocations as on a GPU, its two kernel launches
+    replaced by nothing (outputs left as allocated). For counting memory only."""
+    from avatar.render import fused
+
+    class NoLaunch:
+        def __getitem__(self, grid: object) -> Callable[..., None]:
+            return lambda *args, **kwargs: None
+
+    kernels = SimpleNamespace(triplane_field_kernel=NoLaunch(), ray_march_kernel=NoLaunch())
+    with mock.patch.object(fused, "_kernels", lambda: kernels), \
+            mock.patch.object(fused, "fused_available", lambda device: True):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -91,14 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     model, source, pseudo = released_model_and_inputs(args.tf32, device)
-    if device.type == "cpu":
-        model.enable_fast_inference(None, fused_lifting=True, sr_frames=args.sr_frames)  # fused where Triton runs
-        model.enable_fast_inference("ieee" if model._lift_fused(device) else None, sr_frames=args.sr_frames)
-    else:
-        model.enable_fast_inference("ieee", sr_frames=args.sr_frames)
     cuda = device.type == "cuda"
-    where = f"{torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}" if cuda else "CPU"
-    print(f"GOHA reenact memory, fp32, TF32 {args.tf32}, renderer {model.fused_rendering or 'PyTorch'}, "
+    with contextlib.ExitStack() as stack:
+        if not cuda:
+            stack.enter_context(skipped_kernels())
+        model.enable_fast_inference("ieee", sr_frames=args.sr_frames, fused_lifting=cuda)
+        return probe(model, source, pseudo, args, device)
+
+
+def probe(model: Any, source: Any, pseudo: torch.Tensor, args: argparse.Namespace, device: torch.device) -> int:
+    """The per-batch report of :func:`main`."""
+    cuda = device.type == "cuda"
+    where = (f"{torch.cuda.get_device_name()}, cuDNN {torch.backends.cudnn.version()}" if cuda
+             else "CPU (fused renderer's kernels skipped: an estimate of the GPU's tensors)")
+    print(f"GOHA reenact memory, fp32, TF32 {args.tf32}, renderer {'fused ' + model.fused_rendering if model.fused_rendering else 'PyTorch'}, "
           f"sr_frames {args.sr_frames}, cuDNN engines chosen "
           f"{'under ' + format(args.memory_cap_gib, 'g') + ' GiB' if args.memory_cap_gib else 'without a cap'}, "
           f"{where}, torch {torch.__version__}")

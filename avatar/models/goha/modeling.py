@@ -226,7 +226,10 @@ class GOHA(ModelMixin):
         deterministic calls, the super-resolution runs over at most this many frames at a time (``None``: the whole
         batch), so that its activations (about 350 MiB a 512x512 frame in float32) stop growing with the batch while
         the smaller stages keep the batch; the frames are those of one call up to the convolution algorithms'
-        rounding. Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
+        rounding. The fast path also runs ``IDUpsampler``'s 1x1 skip convolutions before their 2x resize (equal up
+        to rounding; its peak at the released sizes drops from 88 to 64 MiB a frame, counted by
+        :mod:`avatar.bench.live_memory`; :meth:`~avatar.models.goha.planes.IDUpsampler.forward`).
+        Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
         if lift_chunk is not None and lift_chunk < 2:
@@ -445,8 +448,9 @@ class GOHA(ModelMixin):
         cam2world, intrinsics = split_label(source.camera)
         points = depth_to_points(cam2world, intrinsics, depth)
         id_features = self.id_net(self.appearance_pixels(source, features))
-        return self.id_upsampler(lift_features(points, id_features, self.uv, self._lift_chunk(points.device),
-                                               fused=self._lift_fused(points.device)))
+        lifted = lift_features(points, id_features, self.uv, self._lift_chunk(points.device),
+                               fused=self._lift_fused(points.device))
+        return self.id_upsampler(lifted, skip_first=self.fast_inference_on)
 
     def appearance_pixels(self, source: GOHASource, features: Tensor) -> Tensor:
         """``id_net``'s 6-channel input ``(B, 6, S, S)``: the render at the source camera (``features`` ``(B, C, r,

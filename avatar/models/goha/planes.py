@@ -107,7 +107,9 @@ class GOHAPlanesConfig(Config):
 
 
 def _lrelu() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.2)
+    # in place: every one follows a convolution, whose backward does not read its output (same values, one
+    # feature map less alive)
+    return nn.LeakyReLU(0.2, inplace=True)
 
 
 class Embed2Plane(nn.Module):
@@ -173,14 +175,24 @@ class IDUpsampler(nn.Module):
         self.skip_xz = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
         self.skip_zy = nn.Conv2d(in_channels, out_channels, 1, 1, 0)
 
-    def forward(self, planes: Tensor) -> Tensor:
-        """``(B, 3, in, H, W)`` -> ``(B, 3, out, 2H, 2W)``."""
+    def forward(self, planes: Tensor, skip_first: bool = False) -> Tensor:
+        """``(B, 3, in, H, W)`` -> ``(B, 3, out, 2H, 2W)``.
+
+        ``skip_first``: the 1x1 skip convolution before the 2x resize instead of after it. Both are linear and the
+        bilinear weights of each output pixel sum to 1, so ``skip(resize(x)) = resize(skip(x))`` exactly in real
+        arithmetic (float32: equal up to rounding); the resize then moves ``out`` channels instead of ``in`` (32
+        instead of 256 at GOHA's sizes: 8 instead of 64 MiB a plane and frame) and the convolution runs at the
+        input's size. Upstream's order (``False``) is the reference; the fast path takes ``True``.
+        """
         h, w = planes.shape[-2:]
         out = []
         for p, skip in enumerate((self.skip_xy, self.skip_xz, self.skip_zy)):
             x = planes[:, p]
-            resized = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
-            out.append(skip(resized) + self.up_xy(x))
+            if skip_first:
+                skipped = F.interpolate(skip(x), size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+            else:
+                skipped = skip(F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False))
+            out.append(skipped.add_(self.up_xy(x)) if not torch.is_grad_enabled() else skipped + self.up_xy(x))
         return torch.stack(out, dim=1)
 
 
