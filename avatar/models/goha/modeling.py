@@ -491,6 +491,7 @@ class GOHA(ModelMixin):
         expression = self.expression_plane(pseudo_render)
         base = sum_planes(source.canonical_plane, expression)
         appearance = self.appearance_plane(source, base, deterministic=deterministic)
+        del base  # not needed by the final render: one tri-plane less alive during it
         plane = sum_planes(source.canonical_plane, expression, appearance)
         features, depth = self.render(plane, camera, deterministic=deterministic)
         rgb = features[:, :3]
