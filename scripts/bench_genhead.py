@@ -1,7 +1,7 @@
 """GenHead speed: ours against the official generator, same weights, same inputs, same GPU, one run.
 
     python scripts/bench_genhead.py --official /path/to/Portrait-4D --extra-path DEPS --device cuda \
-        [--pytorch3d-src DIR --pytorch3d-build DIR] [--iters 10] [--json out.json]
+        [--pytorch3d-src DIR --pytorch3d-build DIR] [--iters 10] [--breakdown | --breakdown-only] [--json out.json]
 
 The official generator is built and loaded into ours exactly as ``scripts/compare_official_genhead.py`` does
 (random weights, the synthetic FLAME stand-in; timings do not depend on weight values, and the stand-in's
@@ -15,6 +15,10 @@ Rows (median over ``--iters`` timed iterations after warm-up; CUDA synchronised)
 * ``v1 data step, 12 images``: Portrait4D v1's per-GPU GenHead work per training step (4 subjects x 3 views):
   mapping + synthesis of 12 images + the uv map and landmarks (``gen_data_by_G_syn`` without PD-FGC, which is
   the same network on both sides), reported as images/s and triples/s.
+
+``--breakdown`` then times ours stage by stage (each stage alone, given its inputs; fused fields on CUDA) at
+batches 1 and 12: mapping, the part masks, the tri-plane synthesis, the background, the part deformation set-up,
+the part render, the super-resolution, the uv map, and the whole ``sample`` (``--breakdown-batches`` to choose).
 
 Official rows run upstream's code as it is (fp32, stochastic sampling); ours run :class:`GenHead` in eval mode
 (deterministic sampling: the same work), fp32, on CUDA also with ``enable_fast_inference('ieee')`` (the part and
@@ -106,6 +110,62 @@ def bench_row(name: str, batch: int, official: torch.nn.Module, ours: torch.nn.M
     return rows
 
 
+def stage_calls(ours: torch.nn.Module, x: dict[str, torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The stages of ``ours.sample`` (+ the uv map) as separate calls, each given its inputs computed once here:
+    where a GenHead frame's time goes."""
+    from avatar.models.genhead.rendering import render_parts
+    from avatar.render.camera import camera_z, split_label
+    from avatar.render.rays import sample_rays
+
+    flame = (x["shape"], x["exp"], x["pose"], x["eye"])
+    cam = x["camera"]
+    nr = ours.config.neural_rendering_resolution
+    b = cam.shape[0]
+    ws = ours.mapping(x["z"], cam, x["shape"], 0.95, 14)
+    masks = ours.render_masks(cam, *flame)
+    planes = ours.triplanes(ws)
+    deform = ours.part_deformation(*flame)
+    cam2world, intrinsics = split_label(cam)
+    origins, directions = sample_rays(cam2world, intrinsics, nr)
+    eye, mouth = masks.eye[:, 0].reshape(b, -1, 1), masks.mouth[:, 0].reshape(b, -1, 1)
+
+    def render() -> object:
+        return render_parts(ours.renderer, planes, ours.decoder, deform, origins, directions, camera_z(cam2world),
+                            eye, mouth, fused=ours._fused(planes))
+
+    out = ours.sample(x["z"], *flame, cam, truncation_psi=0.95, truncation_cutoff=14)
+    return {
+        "mapping": lambda: ours.mapping(x["z"], cam, x["shape"], 0.95, 14),
+        "part masks (FLAME + rasteriser)": lambda: ours.render_masks(cam, *flame),
+        "tri-planes (StyleGAN2 synthesis)": lambda: ours.triplanes(ws),
+        "background generator": lambda: ours.background(x["z"], None, noise_mode="const"),
+        "part deformation set-up (FLAME meshes, head-pose grids)": lambda: ours.part_deformation(*flame),
+        "part render (deformation + fields + compositing)": render,
+        "super-resolution": lambda: ours.superresolution(out.image_raw, out.features, ws, noise_mode="const"),
+        "uv map + landmarks": lambda: ours.uv_map(cam, *flame),
+        "all of sample": lambda: ours.sample(x["z"], *flame, cam, truncation_psi=0.95, truncation_cutoff=14),
+    }
+
+
+def breakdown(ours: torch.nn.Module, batch: int, device: torch.device, iters: int) -> list[dict]:
+    """Median ms of each stage of ours (fused fields on CUDA), one at a time, at ``batch``."""
+    import compare_official_genhead as cmp
+
+    x = {k: v.to(device) for k, v in cmp.make_inputs(batch, 1).items()}
+    if device.type == "cuda":
+        ours.enable_fast_inference("ieee")
+    rows = []
+    print(f"\nours, stage by stage at batch {batch} (each timed alone; median ms):", flush=True)
+    try:
+        with torch.no_grad():
+            for name, fn in stage_calls(ours, x).items():
+                rows.append({"batch": batch, "stage": name, "ms": 1e3 * _time(fn, device, iters)})
+                print(f"{name:58s} {rows[-1]['ms']:9.2f}", flush=True)
+    finally:
+        ours.disable_fast_inference()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     import compare_official_genhead as cmp
 
@@ -119,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="also time ours under bf16 autocast")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time ours stage by stage (fused fields on CUDA) at --breakdown-batches")
+    parser.add_argument("--breakdown-only", action="store_true",
+                        help="only the stage breakdown (no official rows: a quick check, e.g. on a CPU)")
+    parser.add_argument("--breakdown-batches", type=int, nargs="+", default=[1, 12])
     args = parser.parse_args(argv)
     for p in args.extra_path:
         sys.path.insert(0, p)
@@ -152,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for name, batch in (("sample 512, batch 1", 1), ("v1 data step, 12 images", 12)):
-        rows += bench_row(name, batch, official, ours, device, args.iters, args.bf16)
+        if not args.breakdown_only:
+            rows += bench_row(name, batch, official, ours, device, args.iters, args.bf16)
 
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"GenHead on {gpu}; pytorch3d on the official side: {'its own kernels' if real_p3d else 'Python stand-ins'}"
@@ -163,8 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         tri = f"{r['triples_per_s']:10.1f}" if r["triples_per_s"] else f"{'':10s}"
         print(f"{r['row']:26s} {r['variant']:20s} {r['ms']:9.1f} {r['images_per_s']:9.1f} {tri} "
               f"{r['speedup']:10.2f} {r['peak_gib']:6.2f}")
+    stages = []
+    if args.breakdown or args.breakdown_only:
+        for batch in args.breakdown_batches:
+            stages += breakdown(ours, batch, device, args.iters)
     if args.json:
-        args.json.write_text(json.dumps({"gpu": gpu, "real_pytorch3d": real_p3d, "official_cuda_ops": cuda_ops, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"gpu": gpu, "real_pytorch3d": real_p3d, "official_cuda_ops": cuda_ops,
+                                         "rows": rows, "stages": stages}, indent=1))
     return 0
 
 

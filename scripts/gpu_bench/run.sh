@@ -16,7 +16,8 @@
 # template row: the same work for the same number of Gaussians); FIT_OPTIONS="KEY=VALUE ..." (env) passes
 # FitConfig overrides, e.g. FIT_OPTIONS="finetune_steps=2000" for the paper's fine-tuning length.
 # genhead (a bundle made with PORTRAIT4D and PYTORCH3D): GenHead against the official generator with pytorch3d's
-# own kernels (scripts/bench_genhead.py; the kernels compile first).
+# own kernels, and ours stage by stage at batches 1 and 12 (scripts/bench_genhead.py --breakdown; the kernels
+# compile first).
 # Everything is written under OUT (default outputs/gpu_bench).
 set -uo pipefail
 bundle=${1:-.gpu_bench}
@@ -56,7 +57,7 @@ if [ "$what" = genhead ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_bench_genhead \
     "$bundle"/genhead_whl/*.whl
   python3 scripts/bench_genhead.py --official /tmp/gpu_bench_p4d --extra-path /tmp/gpu_bench_genhead \
-    --pytorch3d-src /tmp/gpu_bench_p3d --device cuda --bf16 --json "$out/genhead.json" 2>&1 | tee "$out/genhead.log"
+    --pytorch3d-src /tmp/gpu_bench_p3d --device cuda --bf16 --breakdown --json "$out/genhead.json" 2>&1 | tee "$out/genhead.log"
   stamp end
   exit 0
 fi
