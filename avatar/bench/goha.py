@@ -29,7 +29,10 @@ Rows:
   calls; a failed capture is logged and the row is then eager);
 * ``... + engines chosen under G GiB`` (``--memory-cap-gib G``, CUDA): before the row is timed, one call with the
   process capped at G GiB (:func:`avatar.bench.memory_cap.engines_under_cap`), so that the convolution engines
-  cuDNN caches have workspaces that fit; the timed calls run without the cap;
+  cuDNN caches have workspaces that fit; the timed calls run without the cap. The choice is cached per
+  convolution shape for the whole process, so a shape an earlier row already ran keeps that row's engine: the
+  official row runs first and uncapped, and shares its batch-1 shapes with ours at batch 1 (GFPGAN, the SegFormer
+  branches, BiSeNet), so only our rows at other batch sizes are chosen entirely under the cap;
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 ``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, the

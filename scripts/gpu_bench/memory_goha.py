@@ -22,7 +22,9 @@ sets no limit on them: without the autotuner it runs the first engine of cuDNN's
 allocated (``try_configs`` in ATen's ``Conv_v8.cpp``), so a GPU with free memory gets the large-workspace engines.
 ``--memory-cap-gib G`` chooses the engines under a memory limit: the warm-up call runs with the process capped at G
 GiB in all (:func:`avatar.bench.memory_cap.engines_under_cap`), so that a workspace above it fails to allocate and
-the next engine is tried; the cached engine choices are kept, and the cap lifted, for the measured calls.
+the next engine is tried; the cached engine choices are kept, and the cap lifted, for the measured calls. The
+source is encoded once before, uncapped, and its batch-1 convolutions may share shapes with the per-frame ones at
+batch 1; at other batch sizes every engine is chosen under the cap.
 """
 
 from __future__ import annotations
