@@ -174,6 +174,30 @@ def test_head_concatenates_stages_in_reverse_order() -> None:
     assert torch.allclose(out, torch.full_like(out, 2.0 * c2 + 5.0 * c1))
 
 
+def test_folded_head_equals_the_concatenating_one_with_less_memory() -> None:
+    """The fast path's decode head (linear_fuse folded into each stage's projection, resized results summed):
+    the same function up to rounding, on the same hand case and on random maps, without the concatenation."""
+    from avatar.bench.live_memory import LiveTensorBytes
+
+    torch.manual_seed(0)
+    branch = SegformerBranch(SegformerBranchConfig.tiny().replace(decoder_hidden_size=24)).eval()
+    head = branch.decode_head
+    stages = [torch.randn(2, c, 16 // 2**i, 20 // 2**i) for i, c in enumerate(branch.config.hidden_sizes)]
+    with torch.no_grad():
+        with LiveTensorBytes(stages) as concatenating:
+            reference = head(stages)
+        with LiveTensorBytes(stages) as folded:
+            fast = head(stages, fold=True)
+        pixels = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(branch(pixels, fold_head=True), branch(pixels), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    assert fast.shape == reference.shape == (2, 24, 16, 20)
+    out_bytes = reference.numel() * 4
+    # concatenating: every resized projection and their (b, 2 d, h, w) copy (5 outputs' worth here); folded: the
+    # running sum, one stage's tokens and their map, and one resized map at most
+    assert folded.peak_bytes <= 3 * out_bytes < 5 * out_bytes <= concatenating.peak_bytes
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("GOHA_OFFICIAL"), reason="set GOHA_OFFICIAL to an extracted GOHA checkout")
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None,

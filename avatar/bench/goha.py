@@ -260,7 +260,7 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
     base = sum_planes(src.canonical_plane, expression)
     feats, depth = model.render(base, src.camera, c.cano_render_resolution)
     pixel_values = model.appearance_pixels(src, feats)
-    id_features = model.id_net(pixel_values)
+    id_features = model.id_net(pixel_values, fold_head=model._fold_heads())
     points = depth_to_points(*split_label(src.camera), depth)
     chunk = model._lift_chunk(cam.device)
     fused = model._lift_fused(cam.device)
@@ -272,7 +272,7 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
         f"render at the source camera ({c.cano_render_resolution}^2)":
             lambda: model.render(base, src.camera, c.cano_render_resolution),
         "id_net input (BiSeNet parsing of that render, blend)": lambda: model.appearance_pixels(src, feats),
-        "appearance encoder (id_net)": lambda: model.id_net(pixel_values),
+        "appearance encoder (id_net)": lambda: model.id_net(pixel_values, fold_head=model._fold_heads()),
         "nearest-point lifting" + (" (Triton)" if fused else f" (cdist, {chunk} cells a block)"):
             lambda: lift_features(points, id_features, model.uv, chunk, fused=fused),
         "IDUpsampler": lambda: model.id_upsampler(lifted, model.fast_inference_on),

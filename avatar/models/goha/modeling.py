@@ -226,9 +226,11 @@ class GOHA(ModelMixin):
         deterministic calls, the super-resolution runs over at most this many frames at a time (``None``: the whole
         batch), so that its activations (about 350 MiB a 512x512 frame in float32) stop growing with the batch while
         the smaller stages keep the batch; the frames are those of one call up to the convolution algorithms'
-        rounding. The fast path also runs ``IDUpsampler``'s 1x1 skip convolutions before their 2x resize (equal up
-        to rounding; its peak at the released sizes drops from 88 to 64 MiB a frame, counted by
-        :mod:`avatar.bench.live_memory`; :meth:`~avatar.models.goha.planes.IDUpsampler.forward`).
+        rounding. The fast path also folds each SegFormer decode head's ``linear_fuse`` into its stage projections
+        (no concatenation; :meth:`~avatar.models.goha.segformer.SegformerHead.forward`) and runs ``IDUpsampler``'s
+        1x1 skip convolutions before their 2x resize (:meth:`~avatar.models.goha.planes.IDUpsampler.forward`; that
+        stage's peak at the released sizes drops from 88 to 64 MiB a frame, counted by
+        :mod:`avatar.bench.live_memory`); both equal the reference up to float rounding.
         Autocast (bf16) is the caller's, as in :class:`~avatar.pipelines.goha.GOHAPipeline`. Returns ``self``."""
         if fused_rendering not in (None, "ieee", "tf32"):
             raise ConfigError(f"fused_rendering must be 'ieee', 'tf32' or None, got {fused_rendering!r}")
@@ -257,6 +259,10 @@ class GOHA(ModelMixin):
         self.fused_lifting = False
         self._graphs.clear()
         return self
+
+    def _fold_heads(self) -> bool:
+        """The SegFormer decode heads without their concatenation (fast path, no gradient)."""
+        return self.fast_inference_on and not torch.is_grad_enabled()
 
     def _lift_chunk(self, device: torch.device) -> int:
         if not self.fast_inference_on:
@@ -391,7 +397,7 @@ class GOHA(ModelMixin):
         """
         self._check_inputs(image, camera, "source images")
         keep = 1 - self.parsing_mask(image)
-        features = self.template_net(self.normalize(image) * keep)
+        features = self.template_net(self.normalize(image) * keep, fold_head=self._fold_heads())
         canonical = self.embedding2neutral(features).contiguous()
         exemplar = None
         if with_coefficients:
@@ -419,7 +425,7 @@ class GOHA(ModelMixin):
 
     def expression_plane(self, pseudo_render: Tensor) -> Tensor:
         """``(B, 3, S, S)`` pseudo-render in [-1, 1] -> the expression tri-plane ``(B, 3, C, P, P)``."""
-        return self.embedding2expr(self.expr_net(self.normalize(pseudo_render)))
+        return self.embedding2expr(self.expr_net(self.normalize(pseudo_render), fold_head=self._fold_heads()))
 
     def render(self, plane: Tensor, camera: Tensor, resolution: int | None = None, *,
                deterministic: bool | None = None) -> tuple[Tensor, Tensor]:
@@ -447,7 +453,7 @@ class GOHA(ModelMixin):
         features, depth = self.render(base_plane, source.camera, r, deterministic=deterministic)
         cam2world, intrinsics = split_label(source.camera)
         points = depth_to_points(cam2world, intrinsics, depth)
-        id_features = self.id_net(self.appearance_pixels(source, features))
+        id_features = self.id_net(self.appearance_pixels(source, features), fold_head=self._fold_heads())
         lifted = lift_features(points, id_features, self.uv, self._lift_chunk(points.device),
                                fused=self._lift_fused(points.device))
         return self.id_upsampler(lifted, skip_first=self.fast_inference_on)
