@@ -260,22 +260,22 @@ def stage_calls(model: Any, src: Any, cam: torch.Tensor, pseudo: torch.Tensor) -
     base = sum_planes(src.canonical_plane, expression)
     feats, depth = model.render(base, src.camera, c.cano_render_resolution)
     pixel_values = model.appearance_pixels(src, feats)
-    id_features = model.id_net(pixel_values, fold_head=model._fold_heads())
+    id_features = model.id_net(pixel_values, fold_head=model._fast_forms())
     points = depth_to_points(*split_label(src.camera), depth)
     chunk = model._lift_chunk(cam.device)
     fused = model._lift_fused(cam.device)
     lifted = lift_features(points, id_features, model.uv, chunk, fused=fused)
-    plane = sum_planes(src.canonical_plane, expression, model.id_upsampler(lifted, model.fast_inference_on))
+    plane = sum_planes(src.canonical_plane, expression, model.id_upsampler(lifted, model._fast_forms()))
     rgb = model.render(plane, cam)[0][:, :3]
     return {
         "expression branch (expr_net + embedding2expr)": lambda: model.expression_plane(pseudo),
         f"render at the source camera ({c.cano_render_resolution}^2)":
             lambda: model.render(base, src.camera, c.cano_render_resolution),
         "id_net input (BiSeNet parsing of that render, blend)": lambda: model.appearance_pixels(src, feats),
-        "appearance encoder (id_net)": lambda: model.id_net(pixel_values, fold_head=model._fold_heads()),
+        "appearance encoder (id_net)": lambda: model.id_net(pixel_values, fold_head=model._fast_forms()),
         "nearest-point lifting" + (" (Triton)" if fused else f" (cdist, {chunk} cells a block)"):
             lambda: lift_features(points, id_features, model.uv, chunk, fused=fused),
-        "IDUpsampler": lambda: model.id_upsampler(lifted, model.fast_inference_on),
+        "IDUpsampler": lambda: model.id_upsampler(lifted, model._fast_forms()),
         f"final render ({c.render_resolution}^2)": lambda: model.render(plane, cam),
         "super-resolution (GFPGANv1Clean)": lambda: model.neural_layers(rgb, noise_mode="const"),
         "super-resolution, modulation on the inputs": lambda: model.neural_layers(rgb, noise_mode="const",

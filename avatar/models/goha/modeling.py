@@ -260,8 +260,9 @@ class GOHA(ModelMixin):
         self._graphs.clear()
         return self
 
-    def _fold_heads(self) -> bool:
-        """The SegFormer decode heads without their concatenation (fast path, no gradient)."""
+    def _fast_forms(self) -> bool:
+        """Whether the fast path's reordered operations apply (fast inference on, no gradient recorded): the
+        SegFormer decode heads without their concatenation and ``IDUpsampler``'s skip before its resize."""
         return self.fast_inference_on and not torch.is_grad_enabled()
 
     def _lift_chunk(self, device: torch.device) -> int:
@@ -397,7 +398,7 @@ class GOHA(ModelMixin):
         """
         self._check_inputs(image, camera, "source images")
         keep = 1 - self.parsing_mask(image)
-        features = self.template_net(self.normalize(image) * keep, fold_head=self._fold_heads())
+        features = self.template_net(self.normalize(image) * keep, fold_head=self._fast_forms())
         canonical = self.embedding2neutral(features).contiguous()
         exemplar = None
         if with_coefficients:
@@ -425,7 +426,7 @@ class GOHA(ModelMixin):
 
     def expression_plane(self, pseudo_render: Tensor) -> Tensor:
         """``(B, 3, S, S)`` pseudo-render in [-1, 1] -> the expression tri-plane ``(B, 3, C, P, P)``."""
-        return self.embedding2expr(self.expr_net(self.normalize(pseudo_render), fold_head=self._fold_heads()))
+        return self.embedding2expr(self.expr_net(self.normalize(pseudo_render), fold_head=self._fast_forms()))
 
     def render(self, plane: Tensor, camera: Tensor, resolution: int | None = None, *,
                deterministic: bool | None = None) -> tuple[Tensor, Tensor]:
@@ -453,10 +454,10 @@ class GOHA(ModelMixin):
         features, depth = self.render(base_plane, source.camera, r, deterministic=deterministic)
         cam2world, intrinsics = split_label(source.camera)
         points = depth_to_points(cam2world, intrinsics, depth)
-        id_features = self.id_net(self.appearance_pixels(source, features), fold_head=self._fold_heads())
+        id_features = self.id_net(self.appearance_pixels(source, features), fold_head=self._fast_forms())
         lifted = lift_features(points, id_features, self.uv, self._lift_chunk(points.device),
                                fused=self._lift_fused(points.device))
-        return self.id_upsampler(lifted, skip_first=self.fast_inference_on)
+        return self.id_upsampler(lifted, skip_first=self._fast_forms())
 
     def appearance_pixels(self, source: GOHASource, features: Tensor) -> Tensor:
         """``id_net``'s 6-channel input ``(B, 6, S, S)``: the render at the source camera (``features`` ``(B, C, r,
