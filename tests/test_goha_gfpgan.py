@@ -217,9 +217,12 @@ def test_input_modulated_super_resolution_equals_the_fused_one() -> None:
 
 @pytest.mark.parametrize("sft_half", [True, False])
 @pytest.mark.parametrize("fused_modconv", [True, False])
-def test_in_place_inference_equals_the_recorded_forward_bit_for_bit(sft_half: bool, fused_modconv: bool) -> None:
+@pytest.mark.parametrize("bf16", [False, True])
+def test_in_place_inference_equals_the_recorded_forward_bit_for_bit(sft_half: bool, fused_modconv: bool,
+                                                                    bf16: bool) -> None:
     """Without autograd the StyleConv epilogue and the SFT run in place (less memory); the values are those of
-    the out-of-place operations that autograd records."""
+    the out-of-place operations that autograd records, under bf16 autocast too (where the out-of-place sums
+    promote to float32, the in-place forms are not taken)."""
     torch.manual_seed(1)
     model = GOHASuperResolution(GOHASuperResolutionConfig.tiny().replace(sft_half=sft_half)).eval()
     with torch.no_grad():
@@ -227,16 +230,17 @@ def test_in_place_inference_equals_the_recorded_forward_bit_for_bit(sft_half: bo
             if name.endswith(".weight") and p.shape == (1,):
                 p.fill_(0.5)
     img = torch.rand(2, 3, 24, 24) * 2 - 1
-    recorded = model(img, fused_modconv=fused_modconv)
-    assert recorded.requires_grad
-    with torch.no_grad():
-        in_place = model(img, fused_modconv=fused_modconv)
-    assert torch.equal(in_place, recorded.detach())
-    torch.manual_seed(5)
-    draws = [torch.randn(2, 1, s[-2], s[-1]) for s in model.config.noise_shapes()]
-    recorded = model(img, noise=draws, fused_modconv=fused_modconv)
-    with torch.no_grad():
-        assert torch.equal(model(img, noise=draws, fused_modconv=fused_modconv), recorded.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        recorded = model(img, fused_modconv=fused_modconv)
+        assert recorded.requires_grad
+        with torch.no_grad():
+            in_place = model(img, fused_modconv=fused_modconv)
+        assert in_place.dtype == recorded.dtype and torch.equal(in_place, recorded.detach())
+        torch.manual_seed(5)
+        draws = [torch.randn(2, 1, s[-2], s[-1]) for s in model.config.noise_shapes()]
+        recorded = model(img, noise=draws, fused_modconv=fused_modconv)
+        with torch.no_grad():
+            assert torch.equal(model(img, noise=draws, fused_modconv=fused_modconv), recorded.detach())
 
 
 @torch.no_grad()

@@ -222,9 +222,10 @@ class StyleConv(nn.Module):
         if noise is None and noise_mode == "random":
             b, _, h, w = out.shape
             noise = out.new_empty(b, 1, h, w).normal_()
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and out.dtype == self.bias.dtype:
             # inference: the same operations in place on the fresh convolution output, so that one (b, out, h, w)
-            # tensor is alive instead of three (bit-identical: each step rounds as its out-of-place twin)
+            # tensor is alive instead of three (bit-identical: each step rounds as its out-of-place twin; under a
+            # lower-precision autocast the out-of-place sums promote to the parameters' float32, so they stay)
             out.mul_(math.sqrt(2.0))
             if noise is not None:
                 out.add_(self.weight * noise)
@@ -324,9 +325,11 @@ class StyleGAN2DecoderSFT(nn.Module):
             out = self.style_convs[2 * k](out, latent[:, i], noise[i], noise_mode, fm)
             if i < len(conditions):
                 scale, shift = conditions[i - 1], conditions[i]
-                if not torch.is_grad_enabled():
-                    # inference: in place on the StyleConv's fresh output (bit-identical; no concatenated copy,
-                    # and no split view keeping the old tensor alive through the next convolution)
+                if not torch.is_grad_enabled() and torch.result_type(out, scale) == torch.result_type(out, shift) \
+                        == out.dtype:
+                    # inference: in place on the StyleConv's fresh output (bit-identical where no dtype promotes;
+                    # no concatenated copy, and no split view keeping the old tensor alive through the next
+                    # convolution)
                     (out[:, out.shape[1] // 2:] if self.sft_half else out).mul_(scale).add_(shift)
                 elif self.sft_half:
                     kept, modulated = torch.split(out, out.shape[1] // 2, dim=1)

@@ -192,7 +192,9 @@ class IDUpsampler(nn.Module):
                 skipped = F.interpolate(skip(x), size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
             else:
                 skipped = skip(F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False))
-            out.append(skipped.add_(self.up_xy(x)) if not torch.is_grad_enabled() else skipped + self.up_xy(x))
+            up = self.up_xy(x)
+            in_place = not torch.is_grad_enabled() and torch.result_type(skipped, up) == skipped.dtype
+            out.append(skipped.add_(up) if in_place else skipped + up)
         return torch.stack(out, dim=1)
 
 

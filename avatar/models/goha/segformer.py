@@ -194,7 +194,7 @@ class SegformerHead(nn.Module):
             y = tokens.transpose(1, 2).reshape(b, d, h, w)
             if (h, w) != tuple(size):
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            out = y if out is None else out.add_(y)
+            out = y if out is None else (out.add_(y) if torch.result_type(out, y) == out.dtype else out + y)
         assert out is not None
         return out
 
