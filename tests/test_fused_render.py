@@ -123,6 +123,30 @@ def test_memory_chunks_give_the_one_chunk_result(triton_interpreter, n_fine, emp
         assert float(whole.t_bg.min()) < 0.9
 
 
+@pytest.mark.parametrize("empty", [False, True])
+@torch.no_grad()
+def test_without_per_sample_outputs_the_other_fields_are_the_same(triton_interpreter, empty):
+    """per_sample=False (GOHA): all_depths and weights come back without samples, in one chunk and in several,
+    and features, depth (clamped to all rays' samples) and t_bg are those of the full output."""
+    planes, o, d, cam_z = _scene(2, 6, 16, 10, triton_interpreter)
+    dec = _decoder(16, 16, seed=3)
+    if empty:
+        dec.out_sigma.weight.zero_()
+        dec.out_sigma.bias.fill_(-200.0)
+    ranges = {"ray_start": "auto", "ray_end": "auto"} if empty else {}
+    renderer = ImportanceRenderer(RenderingOptions(depth_resolution=8, depth_resolution_importance=8, **ranges))
+    per_ray = 2 * 16 * (16 + 5) * 4
+    for chunk_bytes in (0, 5 * per_ray):
+        full = render_triplanes_fused(renderer, planes, dec, o, d, cam_z, deterministic=True, chunk_bytes=chunk_bytes)
+        lean = render_triplanes_fused(renderer, planes, dec, o, d, cam_z, deterministic=True, chunk_bytes=chunk_bytes,
+                                      per_sample=False)
+        assert lean.all_depths.shape == lean.weights.shape == (2, 36, 0, 1)
+        for name in ("features", "depth", "t_bg"):
+            assert torch.equal(getattr(lean, name), getattr(full, name)), (chunk_bytes, name)
+    via_renderer = renderer(planes, dec, o, d, cam_z, deterministic=True, fused="ieee", per_sample=False)
+    assert via_renderer.weights.shape[2] == 0 and torch.equal(via_renderer.features, full.features)
+
+
 @torch.no_grad()
 def test_memory_chunks_bound_the_live_tensors(triton_interpreter):
     """What the chunking is for, counted by the tensors alive at once (avatar.bench.live_memory): one chunk holds

@@ -271,6 +271,7 @@ def render_triplanes_fused(
     deterministic: bool | None = None,
     precision: str = "ieee",
     chunk_bytes: int | None = None,
+    per_sample: bool = True,
 ) -> RenderOutput:
     """:meth:`ImportanceRenderer.forward` with the fused kernels (same arguments, same :class:`RenderOutput`).
 
@@ -285,6 +286,10 @@ def render_triplanes_fused(
             clamped to the range of all rays' samples at the end; only the peak memory changes (at 224x224 with
             96 samples of 32 channels a ray, one chunk needs 0.69 GB a frame). Stochastic sampling always runs in
             one chunk, so that it draws the reference's random numbers.
+        per_sample: ``False``: ``all_depths`` and ``weights`` come back with no samples (``(B, R, 0, 1)``), for
+            callers that use only the features, depth and background transmittance (GOHA): the chunks' per-sample
+            outputs are then never concatenated (two ``(B, R, S, 1)`` tensors and their parts), and the depth is
+            still clamped to the range of all rays' samples. The other fields are the same.
     """
     opt = renderer.options
     det = renderer.is_deterministic(deterministic)
@@ -329,9 +334,22 @@ def render_triplanes_fused(
         return fused_ray_march(colors, sigmas, depths, n_coarse, n_fine, clamp_depth=clamp_depth)
 
     if step >= r:
-        return march(origins, directions, coarse, True)
-    parts = [march(origins[:, i:i + step], directions[:, i:i + step], coarse[:, i:i + step], False)
-             for i in range(0, r, step)]
+        return _drop_samples(march(origins, directions, coarse, True), per_sample)
+    parts, lows, highs = [], [], []
+    for i in range(0, r, step):
+        part = march(origins[:, i:i + step], directions[:, i:i + step], coarse[:, i:i + step], False)
+        lows.append(torch.min(part.all_depths))
+        highs.append(torch.max(part.all_depths))
+        parts.append(_drop_samples(part, per_sample))
     out = RenderOutput(*(torch.cat([getattr(p, f.name) for p in parts], 1) for f in fields(RenderOutput)))
-    out.depth = torch.clamp(out.depth, torch.min(out.all_depths), torch.max(out.all_depths))
+    out.depth = torch.clamp(out.depth, torch.stack(lows).min(), torch.stack(highs).max())
     return out
+
+
+def _drop_samples(out: RenderOutput, keep: bool) -> RenderOutput:
+    """``out`` as it is, or (``keep=False``) with ``all_depths`` and ``weights`` emptied to ``(B, R, 0, 1)``."""
+    if keep:
+        return out
+    b, r = out.depth.shape[:2]
+    empty = out.depth.new_empty(b, r, 0, 1)
+    return RenderOutput(out.features, out.depth, empty, empty, out.t_bg)

@@ -647,6 +647,7 @@ class ImportanceRenderer(nn.Module):
         deterministic: bool | None = None,
         chunk: int | None = None,
         fused: str | None = None,
+        per_sample: bool = True,
     ) -> RenderOutput:
         """Render triplanes (upstream ``DeformImportanceRendererNew.forward``).
 
@@ -661,6 +662,8 @@ class ImportanceRenderer(nn.Module):
             fused: ``None`` renders with the PyTorch ops above (the reference); ``'ieee'`` or ``'tf32'`` with
                 the Triton kernels of :mod:`avatar.render.fused` (float32 or TF32 decoder products; raises
                 :class:`avatar.render.fused.FusedRenderingUnsupportedError` for what they do not cover).
+            per_sample: ``False`` lets the fused renderer return ``all_depths`` and ``weights`` without samples
+                (``render_triplanes_fused``'s ``per_sample``; less memory); the PyTorch path always returns them.
         """
         render: Callable[[Tensor, Tensor], RenderOutput]
         if fused is not None:
@@ -668,7 +671,8 @@ class ImportanceRenderer(nn.Module):
 
             def render(o: Tensor, d: Tensor) -> RenderOutput:
                 return render_triplanes_fused(self, planes, decoder, o, d, cam_z, deformer,  # type: ignore[arg-type]
-                                              box_warp_scale, deterministic, fused)  # type: ignore[arg-type]
+                                              box_warp_scale, deterministic, fused,  # type: ignore[arg-type]
+                                              per_sample=per_sample)
         else:
             field = triplane_field(planes, decoder, self.options.box_warp, box_warp_scale, deformer,
                                    self.options.plane_axes)

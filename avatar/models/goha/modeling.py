@@ -439,7 +439,8 @@ class GOHA(ModelMixin):
         cam2world, intrinsics = split_label(camera)
         origins, directions = opencv_rays(cam2world, intrinsics, r)
         out = self.renderer(plane, self.decoder, origins, directions,
-                            deterministic=self._deterministic(deterministic), fused=self._fused(plane))
+                            deterministic=self._deterministic(deterministic), fused=self._fused(plane),
+                            per_sample=False)  # only the features and the depth are used
         return rays_to_image(out.features, r, r) * 2 - 1, rays_to_image(out.depth, r, r)
 
     def appearance_plane(self, source: GOHASource, base_plane: Tensor, *,
