@@ -32,7 +32,9 @@ Rows:
   cuDNN caches have workspaces that fit; the timed calls run without the cap. The choice is cached per
   convolution shape for the whole process, so a shape an earlier row already ran keeps that row's engine: the
   official row runs first and uncapped, and shares its batch-1 shapes with ours at batch 1 (GFPGAN, the SegFormer
-  branches, BiSeNet), so only our rows at other batch sizes are chosen entirely under the cap;
+  branches, BiSeNet), so only our rows at other batch sizes are chosen entirely under the cap (and the
+  super-resolution of ``--sr-frames 1`` rows runs at those batch-1 shapes: ``memory_goha.py``, which runs no
+  official model, gives the clean picture);
 * ``ours fp32, encode + reenact``: both per frame, the official's amount of work.
 
 ``--breakdown`` then times the stages of the per-frame work one by one (eager, first ``--fused`` setting, the
