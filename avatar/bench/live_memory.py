@@ -67,7 +67,6 @@ class LiveTensorBytes(TorchDispatchMode):
         self.peak_stack: tuple[str, ...] = ()
         self.peak_tensors: list[tuple[int, str]] = []
         self.stack: list[str] = []
-        self._listeners: list[Callable[[int], None]] = []
 
     def reset_peak(self) -> None:
         """Starts a new peak at the bytes live now."""
@@ -78,10 +77,6 @@ class LiveTensorBytes(TorchDispatchMode):
     def _live_tensors(self) -> list[tuple[int, str]]:
         """``(bytes, 'operator shape dtype @ module')`` of every counted storage alive now, largest first."""
         return sorted(((key[2], self._made_by[key]) for key in self._holders), reverse=True)
-
-    def add_listener(self, listener: Callable[[int], None]) -> None:
-        """``listener(live)`` is called after each increase of the live bytes."""
-        self._listeners.append(listener)
 
     def _release(self, key: tuple[str, int, int]) -> None:
         left = self._holders[key] - 1
@@ -106,8 +101,6 @@ class LiveTensorBytes(TorchDispatchMode):
                 self.peak_stack = tuple(self.stack)
                 if self.record_tensors:
                     self.peak_tensors = self._live_tensors()
-            for listener in self._listeners:
-                listener(self.live)
         self._holders[key] += 1
         weakref.finalize(tensor, self._release, key)
 
